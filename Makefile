@@ -1,0 +1,28 @@
+# Two commands on a fresh machine:
+#   make run    install everything into .venv/ and tag the demo library with config/tagger.yaml
+#   make test   install everything into .venv/ and run the whole test suite
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	@test -d photos || $(PY) scripts/sample_photos.py photos
+	$(VENV)/bin/tagger weights
+	$(VENV)/bin/tagger scan
+	$(VENV)/bin/tagger stats
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) var photos

@@ -1,0 +1,272 @@
+"""The `tagger` command. The only place where errors become messages and exit codes."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tagger import __version__
+from tagger.config import Config, load_config
+from tagger.errors import ConfigError, DecodeError, TaggerError
+from tagger.labels import resolve_tag, suggest_labels
+from tagger.weights import MODELS, candidate_paths, fetch, find_weights, locate
+
+log = logging.getLogger("tagger")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Context:
+    def __init__(self, config_file: str | None) -> None:
+        self.config_file = config_file
+
+    def config(self, *, require_folders: bool = True) -> Config:
+        return load_config(self.config_file, require_folders=require_folders)
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tagger")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="TAGGER_CONFIG",
+    help="Config file (default: config/tagger.yaml, or $TAGGER_CONFIG).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
+@click.option("-q", "--quiet", is_flag=True, help="Only log errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, verbose: bool, quiet: bool) -> None:
+    """Offline image auto-tagger: classify images, write sidecars, keep a SQLite index."""
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    logging.basicConfig(level=level, format="tagger: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    ctx.obj = _Context(config_file)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of text.")
+@click.option("--top-k", type=click.IntRange(1, 1000), help="How many tags per image (default: model.top_k).")
+@pass_ctx
+def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int | None) -> None:
+    """Print the tags of IMAGES; writes nothing (no sidecar, no index)."""
+    from tagger.classify import Classifier
+    from tagger.decode import open_rgb, preprocess
+
+    config = ctx.config(require_folders=False)
+    classifier = Classifier.load(config.model.name, config.weights_dir, config.model.fallback)
+    k = top_k or config.model.top_k
+    results: list[dict[str, Any]] = []
+    for path in images:
+        try:
+            decoded = open_rgb(path, config.decode.max_pixels)
+        except DecodeError as exc:
+            results.append({"path": str(path), "error": str(exc)})
+            if not as_json:
+                click.echo(f"{path}: error: {exc}", err=True)
+            continue
+        tags = classifier.tag_batch(preprocess(decoded.image, classifier.spec.preprocess)[None], k)[0]
+        results.append({"path": str(path), "model": classifier.name, "tags": [t.as_dict() for t in tags]})
+        if not as_json:
+            shown = ", ".join(f"{t.label} ({t.label_zh}) {t.score:.1%}" for t in tags)
+            click.echo(f"{path}: {shown}")
+    if as_json:
+        click.echo(json.dumps(results, ensure_ascii=False, indent=2))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
+    """Tag every image under PATHS (default: the configured folders).
+
+    Writes a sidecar next to each image and a row in the index. Bad files are
+    reported and recorded; the scan goes on and still exits 0.
+    """
+    from tagger.classify import Classifier
+    from tagger.pipeline import Tagger
+    from tagger.store import Store
+
+    config = ctx.config()
+    roots = list(paths) or list(config.folders)
+    if not roots:
+        raise ConfigError(f"{config.source}: key 'folders' is empty and no PATH was given: nothing to scan")
+    classifier = Classifier.load(config.model.name, config.weights_dir, config.model.fallback)
+    with Store.open(config.index) as store, _progress() as on_progress:
+        tagger = Tagger(config, classifier, store)
+        try:
+            summary = tagger.scan(roots, on_progress)
+        finally:
+            tagger.close()
+    rate = summary.classified / summary.seconds if summary.seconds else 0.0
+    click.echo(
+        f"{summary.files} images: {summary.classified} classified by {classifier.name}, "
+        f"{summary.reused} from the index (same content), {summary.unchanged} unchanged, "
+        f"{summary.failed} failed, {summary.removed} removed from the index; "
+        f"{summary.seconds:.1f} s ({rate:.1f} images/s)"
+    )
+    if summary.sidecar_errors:
+        click.echo(f"{summary.sidecar_errors} sidecars could not be written (tags are in the index)", err=True)
+    for path, reason in summary.failures:
+        click.echo(f"failed: {path}: {reason}", err=True)
+
+
+@contextmanager
+def _progress() -> Iterator[Any]:
+    """A progress bar on a terminal; nothing in logs and pipes."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+@cli.command()
+@click.option("--tag", "tags", multiple=True, help="Label (English or Chinese), WordNet id or class number; repeat to AND.")
+@click.option("--min-score", type=click.FloatRange(0, 1), help="Minimum score of a matching tag (default: model.min_score).")
+@click.option("--format", "fmt", type=click.Choice(["paths", "json", "csv"]), default="paths", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many files.")
+@pass_ctx
+def query(ctx: _Context, tags: tuple[str, ...], min_score: float | None, fmt: str, limit: int | None) -> None:
+    """List tagged files, best match first."""
+    from tagger.store import Store
+
+    config = ctx.config(require_folders=False)
+    groups = []
+    for term in tags:
+        matched = resolve_tag(term)
+        if not matched:
+            close = suggest_labels(term)
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            raise click.BadParameter(f"no ImageNet class matches {term!r}{hint}", param_hint="--tag")
+        groups.append([c.class_id for c in matched])
+    threshold = config.model.min_score if min_score is None else min_score
+    with Store.open(config.index, readonly=True) as store:
+        rows = store.query(groups, threshold, limit)
+    if fmt == "paths":
+        for row in rows:
+            click.echo(row.path)
+    elif fmt == "json":
+        out = [{"path": r.path, "sha256": r.sha256, "model": r.model, "tags": [t.as_dict() for t in r.tags]} for r in rows]
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "rank", "class_id", "wnid", "label", "label_zh", "score"])
+        for r in rows:
+            for rank, t in enumerate(r.tags):
+                writer.writerow([r.path, rank, t.class_id, t.wnid, t.label, t.label_zh, f"{t.score:.6f}"])
+
+
+@cli.command()
+@pass_ctx
+def stats(ctx: _Context) -> None:
+    """Counts from the index: files, failures, models, most common tags."""
+    from tagger.store import Store
+
+    config = ctx.config(require_folders=False)
+    with Store.open(config.index, readonly=True) as store:
+        s = store.stats()
+    click.echo(f"index: {config.index}")
+    click.echo(f"files tagged: {s.files_tagged}")
+    click.echo(f"files failed: {s.files_failed}")
+    click.echo(f"distinct images: {s.images}")
+    for model, count in s.models.items():
+        click.echo(f"  by {model}: {count}")
+    if s.top_labels:
+        click.echo("most common top tags:")
+        for label, label_zh, count in s.top_labels:
+            click.echo(f"  {count:6d}  {label} ({label_zh})")
+    if s.files_failed:
+        click.echo("list the failed files with: tagger failures")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def weights(ctx: click.Context) -> None:
+    """Show which models are installed and where their weights come from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = ctx.find_object(_Context).config(require_folders=False)  # type: ignore[union-attr]
+    for name, spec in MODELS.items():
+        marks = []
+        if name == config.model.name:
+            marks.append("configured")
+        if name == config.model.fallback:
+            marks.append("fallback")
+        label = f"{name} ({', '.join(marks)})" if marks else name
+        path = locate(spec, config.weights_dir)
+        if path is None:
+            click.echo(f"{label}: not installed")
+            click.echo(f"  looked in: {', '.join(str(p) for p in candidate_paths(spec, config.weights_dir))}")
+        else:
+            try:
+                verified = find_weights(spec, config.weights_dir)
+                click.echo(f"{label}: installed, {verified.path} (sha256 {verified.sha256[:16]}..., verified)")
+            except TaggerError as exc:
+                click.echo(f"{label}: BROKEN: {exc}")
+        click.echo(f"  source: {spec.source}")
+
+
+@weights.command("fetch")
+@click.argument("model", type=click.Choice(sorted(MODELS)))
+@click.option("--url", help="Download from this address instead (a mirror).")
+@pass_ctx
+def weights_fetch(ctx: _Context, model: str, url: str | None) -> None:
+    """Download MODEL's weights into weights_dir and check their hash (needs a network)."""
+    config = ctx.config(require_folders=False)
+    spec = MODELS[model]
+    existing = locate(spec, config.weights_dir)
+    if existing is not None and spec.url is None:
+        click.echo(f"{model}: already installed at {existing}")
+        return
+    result = fetch(spec, config.weights_dir, url)
+    click.echo(f"{model}: saved {result.path} (sha256 {result.sha256[:16]}..., verified)")
+
+
+@cli.command()
+@pass_ctx
+def failures(ctx: _Context) -> None:
+    """List files that could not be tagged, with the reason."""
+    from tagger.store import Store
+
+    config = ctx.config(require_folders=False)
+    with Store.open(config.index, readonly=True) as store:
+        for f in store.failures():
+            click.echo(f"{f.path}: {f.error}")
+
+
+def main() -> None:
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"tagger: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except TaggerError as exc:
+        click.echo(f"tagger: error: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

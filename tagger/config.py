@@ -1,0 +1,182 @@
+"""YAML config -> frozen dataclasses, checked once at start-up.
+
+A bad config refuses to start with the key, the file and a hint, because a daemon that
+guesses silently tags the wrong folder for weeks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tagger.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
+MODEL_NAMES = ("resnet18", "efficientnet-lite0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet18"
+    fallback: str | None = "efficientnet-lite0"
+    top_k: int = 5
+    min_score: float = 0.05
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    folders: tuple[Path, ...]
+    index: Path
+    weights_dir: Path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    sidecar: SidecarConfig = field(default_factory=SidecarConfig)
+    source: Path | None = None
+
+
+_SECTIONS: dict[str, type[Any]] = {"model": ModelConfig, "decode": DecodeConfig, "sidecar": SidecarConfig}
+_TOP_KEYS = ("folders", "index", "weights_dir", *_SECTIONS)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config wins, then TAGGER_CONFIG, then the shipped default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("TAGGER_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, require_folders: bool = True) -> Config:
+    """Read and check a config file; relative paths are relative to the file's folder."""
+    source = config_path(path)
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: config file not found (pass --config PATH or set TAGGER_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (folders, index, model, ...)")
+    return _build(raw, source.resolve(), require_folders=require_folders)
+
+
+def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Config:
+    _check_keys(raw, _TOP_KEYS, "", source)
+    base = source.parent
+    folders_raw = raw.get("folders", [])
+    if isinstance(folders_raw, str):
+        folders_raw = [folders_raw]
+    if not isinstance(folders_raw, list) or not all(isinstance(f, str) for f in folders_raw):
+        raise ConfigError(f"{source}: key 'folders' must be a list of folder paths, e.g. folders: [/srv/photos]")
+    folders = tuple(_resolve(base, f) for f in folders_raw)
+    if require_folders:
+        for folder in folders:
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"{source}: key 'folders': {folder} is not an existing folder "
+                    "(create it or remove it from the list)"
+                )
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        value = raw.get(name, {})
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{name}' must be a mapping, e.g. {name}: {{...}}")
+        sections[name] = _build_section(cls, value, name, source)
+    model: ModelConfig = sections["model"]
+    _check_model(model, source)
+    return Config(
+        folders=folders,
+        index=_resolve(base, _string(raw, "index", "tagger.sqlite", source)),
+        weights_dir=_resolve(base, _string(raw, "weights_dir", "weights", source)),
+        model=model,
+        decode=sections["decode"],
+        sidecar=sections["sidecar"],
+        source=source,
+    )
+
+
+def _check_model(model: ModelConfig, source: Path) -> None:
+    choices = ", ".join(MODEL_NAMES)
+    if model.name not in MODEL_NAMES:
+        raise ConfigError(f"{source}: key 'model.name': unknown model {model.name!r} (choose one of {choices})")
+    if model.fallback is not None and model.fallback not in MODEL_NAMES:
+        raise ConfigError(
+            f"{source}: key 'model.fallback': unknown model {model.fallback!r} (choose one of {choices}, or null)"
+        )
+    if not 1 <= model.top_k <= 1000:
+        raise ConfigError(f"{source}: key 'model.top_k' must be between 1 and 1000, not {model.top_k}")
+    if not 0.0 <= model.min_score <= 1.0:
+        raise ConfigError(f"{source}: key 'model.min_score' must be between 0 and 1, not {model.min_score}")
+    if not 1 <= model.batch_size <= 256:
+        raise ConfigError(f"{source}: key 'model.batch_size' must be between 1 and 256, not {model.batch_size}")
+
+
+def _build_section(cls: type[Any], raw: dict[str, Any], section: str, source: Path) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(raw, tuple(fields), f"{section}.", source)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        expected = str(fields[key].type)
+        values[key] = _coerce(value, expected, f"{section}.{key}", source)
+    return cls(**values)
+
+
+def _coerce(value: Any, expected: str, key: str, source: Path) -> Any:
+    """Check one scalar against its annotation; ints are accepted where floats are expected."""
+    if value is None and "None" in expected:
+        return None
+    if expected.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif expected.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        kind = expected.split(" ")[0]
+        raise ConfigError(f"{source}: key '{key}' must be {kind}, not {type(value).__name__} ({value!r})")
+    return value
+
+
+def _check_keys(raw: dict[str, Any], allowed: tuple[str, ...], prefix: str, source: Path) -> None:
+    for key in raw:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known keys: {', '.join(allowed)})"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+
+
+def _string(raw: dict[str, Any], key: str, default: str, source: Path) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: key '{key}' must be a path string, not {value!r}")
+    return value
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(os.path.expandvars(value)).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()

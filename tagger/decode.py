@@ -1,0 +1,150 @@
+"""Path -> correct RGB image -> the normalised array a model expects.
+
+Pure functions, no model and no database: a file that cannot become an image raises
+DecodeError with a reason a person can read, and the caller records it.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from tagger.errors import DecodeError
+from tagger.weights import Preprocess
+
+try:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORTED = True
+except ImportError:  # the plugin is optional: without it HEIC files are refused with a reason
+    HEIF_SUPPORTED = False
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own limit (DecodeConfig.max_pixels) is checked before decoding; Pillow's is switched
+# off so that a configured limit above Pillow's default is honoured.
+Image.MAX_IMAGE_PIXELS = None
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif"}
+)
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied
+    width: int  # as shown, after orientation
+    height: int
+    format: str
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file, read once: it is hashed and decoded from memory."""
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise DecodeError("is a folder, not a file") from None
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def open_rgb(path: Path, max_pixels: int) -> DecodedImage:
+    return decode_bytes(read_bytes(path), max_pixels)
+
+
+def decode_bytes(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode a file's bytes fully into RGB, or raise DecodeError naming why."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and metadata warnings are not the user's problem
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or "unknown"
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise DecodeError(
+                        f"image too large: {width}x{height} = {width * height:,} pixels is over the limit of "
+                        f"{max_pixels:,} (decode.max_pixels; a decompression bomb?)"
+                    )
+                img.seek(0)  # GIF, TIFF, WebP: the first frame
+                img.load()
+                img = _oriented(img)
+                rgb = to_rgb(img)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image, or a format this build cannot read") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"image too large (decompression bomb): {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
+        raise DecodeError(f"corrupt or truncated image: {exc}") from None
+    return DecodedImage(rgb, rgb.width, rgb.height, fmt)
+
+
+def _oriented(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as stored."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except (OSError, ValueError, TypeError, KeyError, SyntaxError):
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is flattened onto white, as a viewer shows it."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(img)), "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("PA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, _WHITE)
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    try:
+        return img.convert("RGB")
+    except ValueError:
+        raise DecodeError(f"unsupported colour mode {mode}") from None
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale 16/32-bit integer or float greyscale into 0..255 instead of clipping it."""
+    data = values.astype(np.float64)
+    if values.dtype.kind == "f":
+        top = 1.0 if data.size and float(np.nanmax(data)) <= 1.0 else 255.0
+    elif values.dtype.itemsize >= 2 and data.size and float(data.max()) > 255:
+        top = 65535.0
+    else:
+        top = 255.0
+    return np.clip(np.nan_to_num(data) * (255.0 / top), 0, 255).round().astype(np.uint8)
+
+
+def preprocess(img: Image.Image, spec: Preprocess) -> np.ndarray:
+    """RGB image -> float32 CHW array, exactly as torchvision's Resize/CenterCrop/ToTensor/Normalize."""
+    width, height = img.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = spec.resize, int(spec.resize * long / short)
+    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+    resized = img.resize(new_size, _FILTERS[spec.interpolation])
+    top = int(round((resized.height - spec.crop) / 2.0))
+    left = int(round((resized.width - spec.crop) / 2.0))
+    cropped = resized.crop((left, top, left + spec.crop, top + spec.crop))
+    array = np.asarray(cropped, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    array = array.transpose(2, 0, 1)
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((array - mean) / std)

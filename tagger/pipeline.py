@@ -1,0 +1,214 @@
+"""Wires the stages: find files -> read + hash -> decode -> classify -> sidecar + index.
+
+Decoding and classifying are separate stages on purpose: decoding runs in a small thread
+pool (Pillow releases the GIL) while the model sees whole batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tagger.classify import Classifier, Tag
+from tagger.config import Config
+from tagger.decode import decode_bytes, is_image_name, preprocess, read_bytes
+from tagger.errors import DecodeError
+from tagger.sidecar import ImageFacts, is_sidecar, sidecar_document, sidecar_path, write_sidecar
+from tagger.store import Store
+from tagger.weights import Preprocess
+
+log = logging.getLogger(__name__)
+
+SKIPPED_DIRS = frozenset({"@eaDir", ".stfolder", ".stversions", "__pycache__"})
+
+
+@dataclass
+class ScanSummary:
+    files: int = 0
+    classified: int = 0  # model runs
+    reused: int = 0  # same content already in the index: a hash, no model run
+    unchanged: int = 0
+    failed: int = 0
+    removed: int = 0
+    sidecar_errors: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def tagged(self) -> int:
+        return self.classified + self.reused
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A file read and hashed, waiting for a model run."""
+
+    path: Path
+    facts: ImageFacts
+    mtime_ns: int
+    array: np.ndarray
+
+
+def iter_images(root: Path) -> Iterator[Path]:
+    """Image files under `root`, sorted, skipping hidden and NAS/sync bookkeeping folders."""
+    if root.is_file():
+        yield root
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+        for name in sorted(files):
+            path = Path(folder, name)
+            if not name.startswith(".") and is_image_name(path) and not is_sidecar(path):
+                yield path
+
+
+class Tagger:
+    """One classifier and one index; `scan` tags everything under some folders."""
+
+    def __init__(self, config: Config, classifier: Classifier, store: Store) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.store = store
+        self._decoders = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+
+    def close(self) -> None:
+        self._decoders.shutdown(wait=True)
+
+    def scan(
+        self, roots: Sequence[Path], on_progress: Callable[[int], None] | None = None
+    ) -> ScanSummary:
+        started = time.monotonic()
+        summary = ScanSummary()
+        roots = [r.resolve() for r in roots]
+        paths = [p for root in roots for p in iter_images(root)]
+        summary.files = len(paths)
+        for batch in _chunks(paths, self.config.model.batch_size):
+            self.tag_files(batch, summary)
+            if on_progress:
+                on_progress(len(batch))
+        seen = {str(p) for p in paths}
+        for root in roots:
+            if root.is_dir():
+                gone = [p for p in self.store.paths_under(str(root)) if p not in seen and not os.path.exists(p)]
+                if gone:
+                    with self.store.transaction():
+                        self.store.delete_files(gone)
+                    summary.removed += len(gone)
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def tag_files(self, paths: Sequence[Path], summary: ScanSummary) -> None:
+        """One batch: cheap checks first, then one model run for what is really new.
+
+        Worker threads only read, hash and decode; the index is touched from this thread alone.
+        """
+        changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
+        to_decode: list[tuple[Path, os.stat_result, bytes, str]] = []
+        for (path, stat), read in zip(changed, self._decoders.map(_read_and_hash, [p for p, _ in changed])):
+            if isinstance(read, DecodeError):
+                self._fail(path, None, stat.st_size, stat.st_mtime_ns, str(read), summary)
+                continue
+            data, sha256 = read
+            cached = self.store.cached_image(sha256, self.classifier.name)
+            if cached is None:
+                to_decode.append((path, stat, data, sha256))
+                continue
+            self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False)
+            summary.reused += 1
+            self._count_sidecar(path, summary)
+        spec = self.classifier.spec.preprocess
+        max_pixels = self.config.decode.max_pixels
+        decoded = self._decoders.map(lambda item: _decode(item[2], max_pixels, spec), to_decode)
+        pending: list[_Pending] = []
+        for (path, stat, data, sha256), result in zip(to_decode, decoded):
+            if isinstance(result, DecodeError):
+                self._fail(path, sha256, len(data), stat.st_mtime_ns, str(result), summary)
+                continue
+            array, width, height = result
+            pending.append(_Pending(path, ImageFacts(sha256, len(data), width, height), stat.st_mtime_ns, array))
+        del to_decode
+        if not pending:
+            return
+        results = self.classifier.tag_batch(np.stack([p.array for p in pending]), self.config.model.top_k)
+        for item, tags in zip(pending, results):
+            self._record(item.path, item.facts, item.mtime_ns, tags, self.classifier.weights.sha256, fresh=True)
+            summary.classified += 1
+            self._count_sidecar(item.path, summary)
+
+    def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
+        """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            self._fail(path, None, 0, 0, f"cannot read file: {exc.strerror or exc}", summary)
+            return None
+        record = self.store.file_record(str(path))
+        if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
+            if record.status == "failed" or (record.model == self.classifier.name and self._sidecar_current(path)):
+                summary.unchanged += 1
+                return None
+        return stat
+
+    def _sidecar_current(self, path: Path) -> bool:
+        return not self.config.sidecar.enabled or sidecar_path(path).exists()
+
+    def _record(
+        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, fresh: bool
+    ) -> None:
+        """Sidecar first, then the index: a crash in between is repaired by the next scan."""
+        sidecar, note = None, None
+        if self.config.sidecar.enabled:
+            document = sidecar_document(
+                path, facts, self.classifier.name, weights_sha256, tags, self.config.model.min_score
+            )
+            try:
+                sidecar = str(write_sidecar(path, document))
+            except OSError as exc:
+                note = f"sidecar not written: {exc.strerror or exc}"
+                log.warning("%s: %s (tags are in the index)", path, note)
+        with self.store.transaction():
+            if fresh:
+                self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
+            self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
+
+    def _count_sidecar(self, path: Path, summary: ScanSummary) -> None:
+        record = self.store.file_record(str(path))
+        if record and record.error:
+            summary.sidecar_errors += 1
+
+    def _fail(self, path: Path, sha256: str | None, size: int, mtime_ns: int, reason: str, summary: ScanSummary) -> None:
+        log.warning("%s: %s", path, reason)
+        with self.store.transaction():
+            self.store.save_failure(str(path), sha256, size, mtime_ns, reason)
+        summary.failed += 1
+        summary.failures.append((str(path), reason))
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str] | DecodeError:
+    try:
+        data = read_bytes(path)
+    except DecodeError as exc:
+        return exc
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _decode(data: bytes, max_pixels: int, spec: Preprocess) -> tuple[np.ndarray, int, int] | DecodeError:
+    try:
+        decoded = decode_bytes(data, max_pixels)
+        return preprocess(decoded.image, spec), decoded.width, decoded.height
+    except DecodeError as exc:
+        return exc
+    except Exception as exc:  # a decoder bug on one hostile file must not stop the scan
+        return DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,99 @@
+"""`<image>.tags.json` next to each image, written atomically.
+
+A sidecar travels with the photo to other tools and backups, so it must never be seen
+half-written: temp file in the same folder, fsync, rename over the old one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tagger import __version__
+from tagger.classify import Tag
+
+SCHEMA_VERSION = 1
+SUFFIX = ".tags.json"
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    sha256: str
+    size: int
+    width: int
+    height: int
+
+
+def sidecar_path(image: Path) -> Path:
+    return image.with_name(image.name + SUFFIX)
+
+
+def is_sidecar(path: Path) -> bool:
+    return path.name.endswith(SUFFIX)
+
+
+def sidecar_document(
+    image: Path, facts: ImageFacts, model: str, weights_sha256: str, tags: Sequence[Tag], min_score: float
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": f"tagger {__version__}",
+        "image": {
+            "file": image.name,
+            "sha256": facts.sha256,
+            "size": facts.size,
+            "width": facts.width,
+            "height": facts.height,
+        },
+        "model": {"name": model, "weights_sha256": weights_sha256},
+        "tagged_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "min_score": min_score,
+        "tags": [t.as_dict() for t in tags if t.score >= min_score],
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a mix, even after a crash."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
+    path = sidecar_path(image)
+    text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    write_atomic(path, text.encode("utf-8"))
+    return path
+
+
+def read_sidecar(image: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(sidecar_path(image).read_text(encoding="utf-8"))
+    return data
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable; some filesystems refuse, which is harmless."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
