@@ -2,35 +2,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tagger.errors import WeightsError, WeightsMissingError
-from tagger.labels import imagenet_classes
+from tagger.labels import Tag, imagenet_classes
 from tagger.weights import MODELS, ModelSpec, WeightsFile, find_weights
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Tag:
-    class_id: int
-    wnid: str
-    label: str
-    label_zh: str
-    score: float
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "class_id": self.class_id,
-            "wnid": self.wnid,
-            "label": self.label,
-            "label_zh": self.label_zh,
-            "score": round(self.score, 6),
-        }
 
 
 def build_network(name: str) -> torch.nn.Module:

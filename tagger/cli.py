@@ -35,7 +35,28 @@ class _Context:
 pass_ctx = click.make_pass_decorator(_Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Failure(click.ClickException):
+    """A TaggerError on its way out: one line on stderr and its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"tagger: error: {self.message}", err=True)
+
+
+class _TaggerGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise _Failure(str(exc), EXIT_USAGE) from None
+        except TaggerError as exc:
+            raise _Failure(str(exc), EXIT_FAILURE) from None
+
+
+@click.group(cls=_TaggerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tagger")
 @click.option(
     "--config",
@@ -252,21 +273,4 @@ def failures(ctx: _Context) -> None:
 
 
 def main() -> None:
-    try:
-        code = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ConfigError as exc:
-        click.echo(f"tagger: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except TaggerError as exc:
-        click.echo(f"tagger: error: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    cli(prog_name="tagger")

@@ -19,6 +19,26 @@ class ImageNetClass:
     label_zh: str
 
 
+@dataclass(frozen=True)
+class Tag:
+    """One of the model's guesses about an image."""
+
+    class_id: int
+    wnid: str
+    label: str
+    label_zh: str
+    score: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "class_id": self.class_id,
+            "wnid": self.wnid,
+            "label": self.label,
+            "label_zh": self.label_zh,
+            "score": round(self.score, 6),
+        }
+
+
 @lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[ImageNetClass, ...]:
     """All 1000 classes in model output order."""

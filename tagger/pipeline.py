@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.classify import Classifier, Tag
+from tagger.classify import Classifier
+from tagger.labels import Tag
 from tagger.config import Config
 from tagger.decode import decode_bytes, is_image_name, preprocess, read_bytes
 from tagger.errors import DecodeError

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger import __version__
-from tagger.classify import Tag
+from tagger.labels import Tag
 
 SCHEMA_VERSION = 1
 SUFFIX = ".tags.json"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tagger.classify import Tag
+from tagger.labels import Tag
 from tagger.errors import StoreError
 from tagger.sidecar import ImageFacts
 

@@ -1,0 +1,156 @@
+"""The index and sidecars after a scan, a re-scan, a copy, a content change and a delete."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tagger.config import load_config
+from tagger.pipeline import ScanSummary, Tagger
+from tagger.sidecar import read_sidecar, sidecar_path
+from tagger.store import Store
+
+from conftest import CountingClassifier
+
+
+@pytest.fixture
+def library(tmp_path: Path, sample_jpegs: list[Path]) -> Path:
+    lib = tmp_path / "library"
+    (lib / "2024" / "trip").mkdir(parents=True)
+    for src in sample_jpegs:
+        shutil.copy(src, lib / "2024" / "trip" / src.name if "coffee" in src.name else lib / src.name)
+    (lib / "notes.txt").write_text("not an image, not a candidate")
+    (lib / ".hidden.jpg").write_bytes(b"ignored")
+    (lib / "broken.jpg").write_text("this is text with a .jpg name")
+    (lib / "empty.png").write_bytes(b"")
+    return lib
+
+
+def scan(config_path: Path, classifier: Any, roots: list[Path] | None = None) -> ScanSummary:
+    config = load_config(config_path)
+    with Store.open(config.index) as store:
+        tagger = Tagger(config, classifier, store)
+        try:
+            return tagger.scan(roots or list(config.folders))
+        finally:
+            tagger.close()
+
+
+def rows(index: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Plain SQL, as a user would query the index."""
+    with sqlite3.connect(index) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_scan_writes_sidecars_and_index(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier, tmp_path: Path
+) -> None:
+    summary = scan(write_config(), counting)
+    assert (summary.files, summary.classified, summary.failed) == (8, 6, 2)
+    assert counting.images == 6
+    coffee = library / "2024" / "trip" / "coffee.jpg"
+    doc = read_sidecar(coffee)
+    assert doc["tags"][0]["label"] == "espresso"
+    assert doc["model"]["name"] == "efficientnet-lite0"
+    assert not sidecar_path(library / "broken.jpg").exists()
+    assert not sidecar_path(library / ".hidden.jpg").exists()
+    index = tmp_path / "index.sqlite"
+    assert rows(index, "PRAGMA journal_mode") == [("wal",)]
+    assert rows(index, "SELECT path FROM file_tags WHERE label = 'espresso' AND rank = 0") == [(str(coffee),)]
+    failures = dict(rows(index, "SELECT path, error FROM files WHERE status = 'failed'"))
+    assert "not an image" in failures[str(library / "broken.jpg")]
+    assert "empty file" in failures[str(library / "empty.png")]
+    assert rows(index, "SELECT MAX(version) FROM schema_migrations") == [(1,)]
+
+
+def test_rescan_costs_no_model_run(library: Path, write_config: Callable[..., Path], counting: CountingClassifier) -> None:
+    config = write_config()
+    scan(config, counting)
+    counting.images = 0
+    summary = scan(config, counting)
+    assert counting.images == 0
+    assert (summary.unchanged, summary.classified, summary.reused, summary.failed) == (8, 0, 0, 0)
+
+
+def test_copy_is_tagged_from_the_index(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier, tmp_path: Path
+) -> None:
+    config = write_config()
+    scan(config, counting)
+    counting.images = 0
+    shutil.copy(library / "chelsea.jpg", library / "chelsea copy.jpg")
+    summary = scan(config, counting)
+    assert counting.images == 0 and summary.reused == 1
+    assert read_sidecar(library / "chelsea copy.jpg")["tags"] == read_sidecar(library / "chelsea.jpg")["tags"]
+    shas = rows(tmp_path / "index.sqlite", "SELECT DISTINCT sha256 FROM files WHERE path LIKE '%chelsea%'")
+    assert len(shas) == 1
+
+
+def test_changed_content_is_tagged_again(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier, tmp_path: Path
+) -> None:
+    config = write_config()
+    scan(config, counting)
+    counting.images = 0
+    target = library / "chelsea.jpg"
+    target.write_bytes((library / "2024" / "trip" / "coffee.jpg").read_bytes() + b"\0")  # new content
+    summary = scan(config, counting)
+    assert counting.images == 1 and summary.classified == 1
+    assert read_sidecar(target)["tags"][0]["label"] == "espresso"
+    top = rows(tmp_path / "index.sqlite", "SELECT label FROM file_tags WHERE path = ? AND rank = 0", str(target))
+    assert top == [("espresso",)]
+
+
+def test_deleted_files_leave_the_index(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier, tmp_path: Path
+) -> None:
+    config = write_config()
+    scan(config, counting)
+    (library / "rocket.jpg").unlink()
+    (library / "broken.jpg").unlink()
+    summary = scan(config, counting)
+    assert summary.removed == 2
+    paths = {p for (p,) in rows(tmp_path / "index.sqlite", "SELECT path FROM files")}
+    assert str(library / "rocket.jpg") not in paths and str(library / "chelsea.jpg") in paths
+
+
+def test_one_bad_file_in_a_batch_does_not_stop_the_rest(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    summary = scan(write_config(model={"batch_size": 64}), counting)
+    assert summary.classified == 6 and summary.failed == 2
+    assert counting.images == 6
+
+
+def test_unwritable_sidecar_still_indexes_and_says_why(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier, tmp_path: Path
+) -> None:
+    sidecar_path(library / "rocket.jpg").mkdir()  # the OS refuses to replace a folder with a file
+    summary = scan(write_config(), counting)
+    assert summary.sidecar_errors == 1 and summary.classified == 6
+    row = rows(tmp_path / "index.sqlite", "SELECT status, error FROM files WHERE path = ?", str(library / "rocket.jpg"))
+    assert row[0][0] == "tagged" and "sidecar not written" in row[0][1]
+
+
+def test_lost_sidecar_is_rewritten_without_a_model_run(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    config = write_config()
+    scan(config, counting)
+    counting.images = 0
+    sidecar_path(library / "chelsea.jpg").unlink()
+    summary = scan(config, counting)
+    assert counting.images == 0 and summary.reused == 1
+    assert sidecar_path(library / "chelsea.jpg").exists()
+
+
+def test_sidecars_can_be_switched_off(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier, tmp_path: Path
+) -> None:
+    scan(write_config(sidecar={"enabled": False}), counting)
+    assert not list(library.rglob("*.tags.json"))
+    assert rows(tmp_path / "index.sqlite", "SELECT COUNT(*) FROM files WHERE status = 'tagged'") == [(6,)]

@@ -1,0 +1,80 @@
+"""Sidecars: content, naming, and atomic replacement under failures and kill -9."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tagger.labels import Tag
+from tagger.sidecar import ImageFacts, read_sidecar, sidecar_document, sidecar_path, write_sidecar
+
+TAGS = [Tag(967, "n07920052", "espresso", "意式浓缩咖啡", 0.95), Tag(968, "n07930864", "cup", "茶杯", 0.01)]
+FACTS = ImageFacts("ab" * 32, 1234, 400, 300)
+
+
+def test_name_sits_next_to_the_image(tmp_path: Path) -> None:
+    assert sidecar_path(tmp_path / "IMG_1.jpg") == tmp_path / "IMG_1.jpg.tags.json"
+
+
+def test_document_holds_what_the_issue_lists(tmp_path: Path) -> None:
+    image = tmp_path / "IMG_1.jpg"
+    write_sidecar(image, sidecar_document(image, FACTS, "efficientnet-lite0", "57" * 32, TAGS, min_score=0.05))
+    doc = read_sidecar(image)
+    assert doc["schema_version"] == 1
+    assert doc["image"] == {"file": "IMG_1.jpg", "sha256": FACTS.sha256, "size": 1234, "width": 400, "height": 300}
+    assert doc["model"] == {"name": "efficientnet-lite0", "weights_sha256": "57" * 32}
+    assert doc["tagged_at"].endswith("Z")
+    assert [t["label"] for t in doc["tags"]] == ["espresso"]  # cup is under min_score
+    assert doc["tags"][0]["label_zh"] == "意式浓缩咖啡" and doc["tags"][0]["class_id"] == 967
+    assert "意式浓缩咖啡" in sidecar_path(image).read_text(encoding="utf-8")  # readable UTF-8, not \\u escapes
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "a.jpg"
+    write_sidecar(image, {"version": "old"})
+    before = sidecar_path(image).read_bytes()
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        write_sidecar(image, {"version": "new"})
+    assert sidecar_path(image).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg.tags.json"]
+
+
+WRITER = """
+import sys, itertools
+from pathlib import Path
+from tagger.sidecar import write_sidecar
+image = Path(sys.argv[1])
+print("ready", flush=True)
+for i in itertools.count():
+    version = "A" if i % 2 else "B"
+    write_sidecar(image, {"version": version, "padding": version * 200_000})
+"""
+
+
+def test_kill_9_mid_write_never_leaves_a_broken_sidecar(tmp_path: Path) -> None:
+    """A real crash: a writer process is SIGKILLed at random moments, 15 times."""
+    image = tmp_path / "photo.jpg"
+    rng = random.Random(7)
+    for _ in range(15):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(image)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.01, 0.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        if sidecar_path(image).exists():
+            doc = json.loads(sidecar_path(image).read_text())
+            assert doc["version"] in ("A", "B")
+            assert doc["padding"] == doc["version"] * 200_000
