@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from tagger.errors import DecodeError
 from tagger.weights import Preprocess
@@ -34,6 +34,16 @@ IMAGE_EXTENSIONS = frozenset(
 )
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _WHITE = (255, 255, 255)
+# EXIF Orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -93,23 +103,36 @@ def decode_bytes(data: bytes, max_pixels: int) -> DecodedImage:
 
 
 def _oriented(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as stored."""
+    """Apply the EXIF orientation; always a new image, detached from the file.
+
+    Only the pixels are kept, so the tag is read and applied here rather than with
+    ImageOps.exif_transpose, which also rewrites the EXIF block: one malformed tag elsewhere in it
+    made that raise struct.error or AttributeError (the image was lost) or TypeError (the rotation
+    was dropped). An unreadable EXIF block leaves the pixels as stored.
+    """
     try:
-        return ImageOps.exif_transpose(img) or img
-    except (OSError, ValueError, TypeError, KeyError, SyntaxError):
-        return img
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - metadata only; the pixels are already decoded
+        orientation = 1
+    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img.copy()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency is flattened onto white, as a viewer shows it."""
     mode = img.mode
-    if mode == "RGB":
+    key = _colour_key(img)  # PNG tRNS / GIF: one grey level or colour marks transparent pixels
+    if mode == "RGB" and key is None:
         return img
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_to_uint8(np.asarray(img)), "L").convert("RGB")
+        values = np.asarray(img)
+        grey = _to_uint8(values)
+        if key is not None:
+            grey[values == key] = 255
+        return Image.fromarray(grey, "L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("PA", "LA", "La", "RGBa"):
+    elif mode in ("PA", "LA", "La", "RGBa") or key is not None:
         img = img.convert("RGBA")
     if img.mode == "RGBA":
         background = Image.new("RGB", img.size, _WHITE)
@@ -121,11 +144,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise DecodeError(f"unsupported colour mode {mode}") from None
 
 
+def _colour_key(img: Image.Image) -> int | tuple[int, int, int] | None:
+    """The transparent grey level (1, L, I modes) or RGB colour of a colour-keyed image, if any."""
+    key = img.info.get("transparency")
+    if img.mode in ("1", "L") or img.mode.startswith("I"):
+        return key if isinstance(key, int) and not isinstance(key, bool) else None
+    if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3 and all(isinstance(v, int) for v in key):
+        return key
+    return None
+
+
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale 16/32-bit integer or float greyscale into 0..255 instead of clipping it."""
+    """Scale 16/32-bit integer or float greyscale into 0..255 instead of clipping it.
+
+    A uint16 array (modes I;16*) is always 0..65535, however dark the picture: guessing the range
+    from the values made a dark 16-bit image (all values <= 255) come out as if it were 8-bit.
+    Only 32-bit "I", whose range the mode does not say, is still guessed from its maximum.
+    """
     data = values.astype(np.float64)
     if values.dtype.kind == "f":
         top = 1.0 if data.size and float(np.nanmax(data)) <= 1.0 else 255.0
+    elif values.dtype.kind == "u" and values.dtype.itemsize == 2:
+        top = 65535.0
     elif values.dtype.itemsize >= 2 and data.size and float(data.max()) > 255:
         top = 65535.0
     else:
