@@ -16,6 +16,7 @@ from tagger import __version__
 from tagger.config import Config, load_config
 from tagger.errors import ConfigError, DecodeError, TaggerError
 from tagger.labels import resolve_tag, suggest_labels
+from tagger.systemd import JournalFormatter, under_journal
 from tagger.weights import MODELS, candidate_paths, fetch, find_weights, locate
 
 log = logging.getLogger("tagger")
@@ -71,7 +72,13 @@ class _TaggerGroup(click.Group):
 def cli(ctx: click.Context, config_file: str | None, verbose: bool, quiet: bool) -> None:
     """Offline image auto-tagger: classify images, write sidecars, keep a SQLite index."""
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    logging.basicConfig(level=level, format="tagger: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    if under_journal():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("tagger: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("watchdog").setLevel(max(level, logging.WARNING))
     ctx.obj = _Context(config_file)
 
 
@@ -141,6 +148,20 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
         click.echo(f"{summary.sidecar_errors} sidecars could not be written (tags are in the index)", err=True)
     for path, reason in summary.failures:
         click.echo(f"failed: {path}: {reason}", err=True)
+
+
+@cli.command()
+@pass_ctx
+def run(ctx: _Context) -> None:
+    """Run the daemon: tag what changed since last time, then watch the folders live.
+
+    SIGTERM or SIGINT finish the current batch and exit 0; SIGHUP reloads the config.
+    Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
+    """
+    from tagger.daemon import run_daemon
+
+    path = Path(ctx.config_file) if ctx.config_file else None
+    sys.exit(run_daemon(path))
 
 
 @contextmanager

@@ -40,6 +40,20 @@ class SidecarConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """How `tagger run` notices new files; seconds throughout."""
+
+    mode: str = "auto"  # auto (per folder, from its filesystem type), inotify or polling
+    polling_folders: tuple[str, ...] = ()  # always polled, whatever `mode` says
+    poll_interval: float = 30.0
+    stable_seconds: float = 1.0  # a file with no close event is tagged once unchanged this long
+    open_timeout: float = 120.0  # a file left open for writing this long is tagged anyway
+    delete_grace_seconds: float = 5.0
+    reconcile_interval: float = 3600.0  # 0 turns the periodic reconcile off
+    queue_limit: int = 100_000
+
+
+@dataclass(frozen=True)
 class Config:
     folders: tuple[Path, ...]
     index: Path
@@ -47,10 +61,16 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     source: Path | None = None
 
 
-_SECTIONS: dict[str, type[Any]] = {"model": ModelConfig, "decode": DecodeConfig, "sidecar": SidecarConfig}
+_SECTIONS: dict[str, type[Any]] = {
+    "model": ModelConfig,
+    "decode": DecodeConfig,
+    "sidecar": SidecarConfig,
+    "watch": WatchConfig,
+}
 _TOP_KEYS = ("folders", "index", "weights_dir", *_SECTIONS)
 
 
@@ -106,6 +126,9 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         sections[name] = _build_section(cls, value, name, source)
     model: ModelConfig = sections["model"]
     _check_model(model, source)
+    watch: WatchConfig = sections["watch"]
+    _check_watch(watch, source)
+    watch = dataclasses.replace(watch, polling_folders=tuple(str(_resolve(base, f)) for f in watch.polling_folders))
     return Config(
         folders=folders,
         index=_resolve(base, _string(raw, "index", "tagger.sqlite", source)),
@@ -113,6 +136,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         model=model,
         decode=sections["decode"],
         sidecar=sections["sidecar"],
+        watch=watch,
         source=source,
     )
 
@@ -133,6 +157,18 @@ def _check_model(model: ModelConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'model.batch_size' must be between 1 and 256, not {model.batch_size}")
 
 
+def _check_watch(watch: WatchConfig, source: Path) -> None:
+    if watch.mode not in ("auto", "inotify", "polling"):
+        raise ConfigError(f"{source}: key 'watch.mode' must be auto, inotify or polling, not {watch.mode!r}")
+    for key in ("poll_interval", "stable_seconds", "open_timeout", "delete_grace_seconds", "reconcile_interval"):
+        if getattr(watch, key) < 0:
+            raise ConfigError(f"{source}: key 'watch.{key}' must be zero or more seconds")
+    if watch.poll_interval < 0.1:
+        raise ConfigError(f"{source}: key 'watch.poll_interval' must be at least 0.1 seconds")
+    if watch.queue_limit < 100:
+        raise ConfigError(f"{source}: key 'watch.queue_limit' must be at least 100")
+
+
 def _build_section(cls: type[Any], raw: dict[str, Any], section: str, source: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     _check_keys(raw, tuple(fields), f"{section}.", source)
@@ -147,6 +183,12 @@ def _coerce(value: Any, expected: str, key: str, source: Path) -> Any:
     """Check one scalar against its annotation; ints are accepted where floats are expected."""
     if value is None and "None" in expected:
         return None
+    if expected.startswith("tuple[str"):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: key '{key}' must be a list of strings, not {value!r}")
+        return tuple(value)
     if expected.startswith("bool"):
         ok = isinstance(value, bool)
     elif expected.startswith("int"):

@@ -21,7 +21,15 @@ from tagger.labels import Tag
 from tagger.config import Config
 from tagger.decode import decode_bytes, is_image_name, preprocess, read_bytes
 from tagger.errors import DecodeError
-from tagger.sidecar import ImageFacts, is_sidecar, sidecar_document, sidecar_path, write_sidecar
+from tagger.sidecar import (
+    ImageFacts,
+    is_sidecar,
+    read_sidecar,
+    remove_own_sidecar,
+    sidecar_document,
+    sidecar_path,
+    write_sidecar,
+)
 from tagger.store import Store
 from tagger.weights import Preprocess
 
@@ -83,18 +91,36 @@ class Tagger:
         self._decoders.shutdown(wait=True)
 
     def scan(
-        self, roots: Sequence[Path], on_progress: Callable[[int], None] | None = None
+        self,
+        roots: Sequence[Path],
+        on_progress: Callable[[int], None] | None = None,
+        defer_recent: Callable[[Path], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> ScanSummary:
+        """Tag what is new or changed under `roots` and drop index rows of files that are gone.
+
+        With `defer_recent` (the daemon), files written in the last `watch.stable_seconds`
+        may still be growing: they are handed over instead of tagged half-written.
+        """
         started = time.monotonic()
         summary = ScanSummary()
         roots = [r.resolve() for r in roots]
-        paths = [p for root in roots for p in iter_images(root)]
+        found = [p for root in roots for p in iter_images(root)]
+        paths = found
+        if defer_recent is not None:
+            recent = _recently_written(found, self.config.watch.stable_seconds)
+            for path in recent:
+                defer_recent(path)
+            paths = [p for p in found if p not in recent]
         summary.files = len(paths)
         for batch in _chunks(paths, self.config.model.batch_size):
+            if cancelled is not None and cancelled():
+                summary.seconds = time.monotonic() - started
+                return summary  # stopping: the rest is found by the next reconcile
             self.tag_files(batch, summary)
             if on_progress:
                 on_progress(len(batch))
-        seen = {str(p) for p in paths}
+        seen = {str(p) for p in found}
         for root in roots:
             if root.is_dir():
                 gone = [p for p in self.store.paths_under(str(root)) if p not in seen and not os.path.exists(p)]
@@ -147,6 +173,10 @@ class Tagger:
         """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
         try:
             stat = path.stat()
+        except FileNotFoundError:  # deleted since it was listed or announced: nothing to tag
+            with self.store.transaction():
+                self.store.delete_files([str(path)])
+            return None
         except OSError as exc:
             self._fail(path, None, 0, 0, f"cannot read file: {exc.strerror or exc}", summary)
             return None
@@ -156,6 +186,53 @@ class Tagger:
                 summary.unchanged += 1
                 return None
         return stat
+
+    def move(self, src: Path, dst: Path) -> bool:
+        """A renamed or moved file keeps its tags: index row and sidecar follow, no model run.
+
+        False when `src` was never indexed (the caller tags `dst` as new instead).
+        """
+        if self.store.file_record(str(src)) is None:
+            return False
+        sidecar = self._move_sidecar(src, dst)  # first: a crash now leaves no orphan sidecar behind
+        with self.store.transaction():
+            self.store.move_file(str(src), str(dst))
+            self.store.set_sidecar(str(dst), sidecar)
+        return True
+
+    def move_tree(self, src: Path, dst: Path) -> int:
+        """A renamed folder: its sidecars moved with it; only index rows change."""
+        with self.store.transaction():
+            return self.store.move_tree(str(src), str(dst))
+
+    def forget(self, paths: Sequence[Path]) -> None:
+        """Deleted files (after the grace period): index rows and our orphan sidecars go."""
+        gone = [p for p in paths if not p.exists()]
+        with self.store.transaction():
+            self.store.delete_files([str(p) for p in gone])
+        for path in gone:
+            remove_own_sidecar(path)
+
+    def forget_tree(self, folder: Path) -> int:
+        if folder.exists():
+            return 0
+        with self.store.transaction():
+            return self.store.delete_tree(str(folder))
+
+    def _move_sidecar(self, src: Path, dst: Path) -> str | None:
+        """Rewrite the sidecar under the new name; None when there is none to move."""
+        old = sidecar_path(src)
+        if not self.config.sidecar.enabled or not old.exists():
+            return None
+        try:
+            document = read_sidecar(src)
+            document["image"]["file"] = dst.name
+            new = str(write_sidecar(dst, document))
+            old.unlink()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: sidecar not moved to %s: %s (it is rewritten at the next scan)", old, dst, exc)
+            return None
+        return new
 
     def _sidecar_current(self, path: Path) -> bool:
         return not self.config.sidecar.enabled or sidecar_path(path).exists()
@@ -190,6 +267,18 @@ class Tagger:
             self.store.save_failure(str(path), sha256, size, mtime_ns, reason)
         summary.failed += 1
         summary.failures.append((str(path), reason))
+
+
+def _recently_written(paths: Sequence[Path], seconds: float) -> set[Path]:
+    cutoff = time.time() - seconds
+    recent = set()
+    for path in paths:
+        try:
+            if path.stat().st_mtime > cutoff:
+                recent.add(path)
+        except OSError:
+            continue
+    return recent
 
 
 def _read_and_hash(path: Path) -> tuple[bytes, str] | DecodeError:

@@ -85,6 +85,18 @@ def read_sidecar(image: Path) -> dict[str, Any]:
     return data
 
 
+def remove_own_sidecar(image: Path) -> bool:
+    """Delete the sidecar of a deleted image, but only one that tagger wrote."""
+    try:
+        generator = read_sidecar(image).get("generator", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not str(generator).startswith("tagger"):
+        return False
+    sidecar_path(image).unlink(missing_ok=True)
+    return True
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make the rename itself durable; some filesystems refuse, which is harmless."""
     try:

@@ -256,6 +256,11 @@ class Store:
         rows = self.conn.execute("\n".join(sql), params).fetchall()
         return [TaggedFile(path, sha, model, self._tags(sha, min_score)) for path, sha, model, _ in rows]
 
+    def counts(self) -> tuple[int, int]:
+        """(tagged, failed) files: cheap enough for a status line."""
+        rows = dict(self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall())
+        return rows.get("tagged", 0), rows.get("failed", 0)
+
     def failures(self) -> list[Failure]:
         rows = self.conn.execute("SELECT path, error FROM files WHERE status = 'failed' ORDER BY path").fetchall()
         return [Failure(*r) for r in rows]
@@ -306,6 +311,31 @@ class Store:
 
     def delete_files(self, paths: Sequence[str]) -> None:
         self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+
+    def delete_tree(self, folder: str) -> int:
+        prefix = folder.rstrip("/") + "/"
+        cursor = self.conn.execute("DELETE FROM files WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0"))
+        return cursor.rowcount
+
+    def move_file(self, src: str, dst: str) -> bool:
+        """The row follows the file; False when `src` was not indexed."""
+        self.conn.execute("DELETE FROM files WHERE path = ?", (dst,))
+        cursor = self.conn.execute("UPDATE files SET path = ?, updated_at = ? WHERE path = ?", (dst, _now(), src))
+        return cursor.rowcount > 0
+
+    def move_tree(self, src: str, dst: str) -> int:
+        """Every row under folder `src` moves under `dst` (a renamed or moved folder)."""
+        old, new = src.rstrip("/") + "/", dst.rstrip("/") + "/"
+        self.conn.execute("DELETE FROM files WHERE path >= ? AND path < ?", (new, new[:-1] + "0"))
+        cursor = self.conn.execute(
+            """UPDATE files SET path = ? || substr(path, ?), updated_at = ?
+               WHERE path >= ? AND path < ?""",
+            (new, len(old) + 1, _now(), old, old[:-1] + "0"),
+        )
+        return cursor.rowcount
+
+    def set_sidecar(self, path: str, sidecar: str | None) -> None:
+        self.conn.execute("UPDATE files SET sidecar = ? WHERE path = ?", (sidecar, path))
 
 
 def _marks(values: Sequence[object]) -> str:

@@ -1,0 +1,218 @@
+"""`tagger run`: keep every configured folder tagged, live, until stopped.
+
+Wiring: watchers -> WorkQueue -> this worker (the index's only writer) -> Tagger.
+Signals only set flags; the worker finishes its batch before acting on them, so a stop
+never leaves anything half-written, and what was not done is found by the start-up
+reconcile next time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from tagger import __version__
+from tagger.classify import Classifier
+from tagger.config import Config, load_config
+from tagger.errors import TaggerError
+from tagger.pipeline import ScanSummary, Tagger
+from tagger.store import Store
+from tagger.systemd import Notifier
+from tagger.watch import Watcher
+from tagger.workqueue import Work, WorkQueue
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKE_SECONDS = 30.0
+
+
+@contextmanager
+def index_lock(index: Path) -> Iterator[None]:
+    """One daemon per index: a second one would fight over the same files."""
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with open(index.with_name(index.name + ".lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TaggerError(f"{index}: another `tagger run` is already using this index") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        notifier: Notifier | None = None,
+        classifier: Classifier | None = None,
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.queue = WorkQueue(
+            config.watch.stable_seconds,
+            config.watch.open_timeout,
+            config.watch.delete_grace_seconds,
+            config.watch.queue_limit,
+        )
+        self.summary = ScanSummary()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._next_reconcile = 0.0
+
+    # -- signals: flags only ---------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self._stop.set()
+        self.queue.stop()
+
+    def request_reload(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self._reload.set()
+        self.queue.interrupt()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        with index_lock(self.config.index):
+            classifier = self.classifier or Classifier.load(
+                self.config.model.name, self.config.weights_dir, self.config.model.fallback
+            )
+            with Store.open(self.config.index) as store:
+                tagger = Tagger(self.config, classifier, store)
+                watcher = Watcher(self.queue, self.config.watch)
+                try:
+                    self._serve(tagger, watcher)
+                finally:
+                    self.notifier.stopping()
+                    watcher.stop()
+                    tagger.close()
+        log.info("stopped: %s", self._status_line())
+        return 0
+
+    def _serve(self, tagger: Tagger, watcher: Watcher) -> None:
+        watcher.watch(self.config.folders)
+        for folder in self.config.folders:
+            self.queue.reconcile(folder)  # what changed while we were down
+        self._schedule_reconcile()
+        self.ready.set()
+        log.info("ready: model %s, watching %d folders", tagger.classifier.name, len(self.config.folders))
+        self.notifier.ready(self._status_line())
+        heartbeat = min(IDLE_WAKE_SECONDS, (self.notifier.watchdog_seconds or 60.0) / 2)
+        while not self._stop.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload(tagger, watcher)
+            timeout = max(0.0, min(heartbeat, self._next_reconcile - time.monotonic()))
+            work = self.queue.next_work(self.config.model.batch_size, timeout)
+            if work is not None:
+                self._do(work, tagger)
+                self.notifier.status(self._status_line())
+            else:
+                watcher.supervise()
+                if self.config.watch.reconcile_interval and time.monotonic() >= self._next_reconcile:
+                    for folder in self.config.folders:
+                        self.queue.reconcile(folder)
+                    self._schedule_reconcile()
+            self.notifier.ping()
+
+    def _do(self, work: Work, tagger: Tagger) -> None:
+        if work.kind == "tag":
+            tagger.tag_files(list(work.paths), self.summary)
+        elif work.kind == "move" and work.dst is not None:
+            src, dst = work.paths[0], work.dst
+            if dst.is_dir():
+                moved = tagger.move_tree(src, dst)
+                log.info("moved %s -> %s (%d files keep their tags)", src, dst, moved)
+            elif not tagger.move(src, dst):
+                tagger.tag_files([dst], self.summary)
+        elif work.kind == "delete":
+            tagger.forget(list(work.paths))
+        elif work.kind == "delete_tree":
+            tagger.forget_tree(work.paths[0])
+        elif work.kind == "reconcile":
+            self._reconcile(work.paths[0], tagger)
+
+    def _reconcile(self, folder: Path, tagger: Tagger) -> None:
+        if not folder.is_dir():
+            log.warning("%s: not reachable; reconciled when it is back", folder)
+            return
+        root = self._root_of(folder)
+        result = tagger.scan(
+            [folder],
+            on_progress=lambda n: self.notifier.ping(),
+            defer_recent=lambda path: self.queue.changed(path, root),
+            cancelled=self._stop.is_set,
+        )
+        self.summary.classified += result.classified
+        self.summary.reused += result.reused
+        self.summary.failed += result.failed
+        if result.classified or result.reused or result.failed or result.removed:
+            log.info(
+                "reconciled %s: %d classified, %d from the index, %d failed, %d removed",
+                folder, result.classified, result.reused, result.failed, result.removed,
+            )
+
+    def _root_of(self, path: Path) -> Path:
+        for folder in self.config.folders:
+            if path == folder or folder in path.parents:
+                return folder
+        return path
+
+    def _apply_reload(self, tagger: Tagger, watcher: Watcher) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except TaggerError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        if (new.model.name, new.index) != (self.config.model.name, self.config.index):
+            log.warning("model.name and index changes need a restart; applying the rest")
+            new = dataclasses.replace(new, model=self.config.model, index=self.config.index)
+        added = [f for f in new.folders if f not in self.config.folders]
+        self.config = new
+        tagger.config = new
+        watcher.config = new.watch
+        self.queue.configure(new.watch.stable_seconds, new.watch.open_timeout, new.watch.delete_grace_seconds)
+        watcher.watch(new.folders)
+        for folder in added:
+            self.queue.reconcile(folder)
+        log.info("reloaded %s: watching %d folders", self.config_path, len(new.folders))
+        self.notifier.ready(self._status_line())
+
+    def _schedule_reconcile(self) -> None:
+        interval = self.config.watch.reconcile_interval
+        self._next_reconcile = time.monotonic() + (interval if interval else 10 * 365 * 86400)
+
+    def _status_line(self) -> str:
+        s = self.summary
+        return (
+            f"queue {len(self.queue)}; {s.classified} classified, {s.reused} from the index, "
+            f"{s.failed} failed since start"
+        )
+
+
+def run_daemon(config_path: Path | None) -> int:
+    config = load_config(config_path)
+    daemon = Daemon(config, config_path)
+    daemon.install_signal_handlers()
+    log.info("tagger %s starting (pid %d)", __version__, os.getpid())
+    return daemon.run()
