@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(VENV)/bin/tagger stats
 
 test: $(STAMP)
+	scripts/install-system-deps.sh
 	$(VENV)/bin/pytest
 
 clean:

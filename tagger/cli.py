@@ -164,6 +164,26 @@ def run(ctx: _Context) -> None:
     sys.exit(run_daemon(path))
 
 
+@cli.command()
+@pass_ctx
+def health(ctx: _Context) -> None:
+    """Exit 0 if `tagger run` is alive and reporting (for HEALTHCHECK and monitoring)."""
+    from tagger.daemon import read_status
+
+    status = read_status(ctx.config(require_folders=False).index)
+    click.echo(f"ok: pid {status['pid']}, queue {status['queue']}")
+
+
+@cli.command()
+@pass_ctx
+def status(ctx: _Context) -> None:
+    """Show what the running daemon is doing: queue, counts, folders and how each is watched."""
+    from tagger.daemon import read_status
+
+    info = read_status(ctx.config(require_folders=False).index)
+    click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+
+
 @contextmanager
 def _progress() -> Iterator[Any]:
     """A progress bar on a terminal; nothing in logs and pipes."""

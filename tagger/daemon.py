@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from tagger.classify import Classifier
 from tagger.config import Config, load_config
 from tagger.errors import TaggerError
 from tagger.pipeline import ScanSummary, Tagger
+from tagger.sidecar import write_atomic
 from tagger.store import Store
 from tagger.systemd import Notifier
 from tagger.watch import Watcher
@@ -32,6 +34,30 @@ from tagger.workqueue import Work, WorkQueue
 log = logging.getLogger(__name__)
 
 IDLE_WAKE_SECONDS = 30.0
+STATUS_EVERY_SECONDS = 5.0
+HEALTHY_WITHIN_SECONDS = 3 * IDLE_WAKE_SECONDS
+
+
+def status_path(index: Path) -> Path:
+    """`tagger health` and `tagger status` read what the running daemon writes here."""
+    return index.with_name(index.name + ".status.json")
+
+
+def read_status(index: Path) -> dict[str, object]:
+    """The daemon's last status; raises TaggerError when it is absent, unreadable or stale."""
+    path = status_path(index)
+    try:
+        status: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TaggerError(f"{path}: no status: `tagger run` has not started for this index") from None
+    except (OSError, ValueError) as exc:
+        raise TaggerError(f"{path}: unreadable status: {exc}") from None
+    age = time.time() - float(status.get("updated", 0))  # type: ignore[arg-type]
+    if status.get("state") == "stopped":
+        raise TaggerError(f"tagger run stopped {age:.0f} s ago")
+    if age > HEALTHY_WITHIN_SECONDS:
+        raise TaggerError(f"tagger run has not reported for {age:.0f} s (stuck or killed?)")
+    return status
 
 
 @contextmanager
@@ -72,6 +98,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._next_reconcile = 0.0
+        self._status_written = 0.0
 
     # -- signals: flags only ---------------------------------------------------------------
 
@@ -104,6 +131,7 @@ class Daemon:
                     self.notifier.stopping()
                     watcher.stop()
                     tagger.close()
+                    self._write_status(watcher, "stopped")
         log.info("stopped: %s", self._status_line())
         return 0
 
@@ -112,6 +140,7 @@ class Daemon:
         for folder in self.config.folders:
             self.queue.reconcile(folder)  # what changed while we were down
         self._schedule_reconcile()
+        self._write_status(watcher, "running")
         self.ready.set()
         log.info("ready: model %s, watching %d folders", tagger.classifier.name, len(self.config.folders))
         self.notifier.ready(self._status_line())
@@ -132,6 +161,8 @@ class Daemon:
                         self.queue.reconcile(folder)
                     self._schedule_reconcile()
             self.notifier.ping()
+            if time.monotonic() - self._status_written >= STATUS_EVERY_SECONDS:
+                self._write_status(watcher, "running")
 
     def _do(self, work: Work, tagger: Tagger) -> None:
         if work.kind == "tag":
@@ -197,6 +228,24 @@ class Daemon:
             self.queue.reconcile(folder)
         log.info("reloaded %s: watching %d folders", self.config_path, len(new.folders))
         self.notifier.ready(self._status_line())
+
+    def _write_status(self, watcher: Watcher, state: str) -> None:
+        s = self.summary
+        status = {
+            "state": state,
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "queue": len(self.queue),
+            "classified": s.classified,
+            "reused": s.reused,
+            "failed": s.failed,
+            "folders": {str(folder): mode for folder, mode in watcher.folders.items()},
+        }
+        try:
+            write_atomic(status_path(self.config.index), json.dumps(status, indent=2).encode())
+        except OSError as exc:
+            log.warning("%s: cannot write status: %s", status_path(self.config.index), exc)
+        self._status_written = time.monotonic()
 
     def _schedule_reconcile(self) -> None:
         interval = self.config.watch.reconcile_interval

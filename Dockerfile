@@ -1,0 +1,45 @@
+# tagger: CPU-only image running the daemon (tagger run).
+#   docker build -t tagger .
+#   docker run -d --name tagger -v /path/to/photos:/photos -v tagger-index:/var/lib/tagger tagger
+# Weights are installed at build time (the only time tagger touches the network);
+# the running container needs no network at all.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TAGGER_CONFIG=/etc/tagger/tagger.yaml
+
+WORKDIR /opt/tagger
+
+# CPU-only PyTorch first (PyPI's default wheel carries CUDA, gigabytes that a CPU never uses).
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
+
+COPY setup.cfg pyproject.toml README.md ./
+COPY tagger ./tagger
+RUN pip install . \
+    && mkdir -p /opt/tagger/weights \
+    && printf 'folders: [/photos]\nindex: /var/lib/tagger/tagger.sqlite\nweights_dir: /opt/tagger/weights\n' > /tmp/build.yaml \
+    && mkdir -p /photos \
+    && tagger --config /tmp/build.yaml weights fetch resnet18 \
+    && tagger --config /tmp/build.yaml weights \
+    && rm /tmp/build.yaml
+
+COPY config/tagger.yaml /etc/tagger/tagger.yaml
+RUN sed -i -e 's#^  - ../photos#  - /photos#' \
+           -e 's#^index: ../var/tagger.sqlite#index: /var/lib/tagger/tagger.sqlite#' \
+           -e 's#^weights_dir: ../weights#weights_dir: /opt/tagger/weights#' /etc/tagger/tagger.yaml \
+    && groupadd --system --gid 10001 tagger \
+    && useradd --system --uid 10001 --gid tagger --home-dir /var/lib/tagger --shell /usr/sbin/nologin tagger \
+    && mkdir -p /var/lib/tagger \
+    && chown tagger:tagger /var/lib/tagger /photos
+
+USER 10001:10001
+VOLUME ["/photos", "/var/lib/tagger"]
+
+HEALTHCHECK --interval=60s --timeout=10s --start-period=120s --retries=3 CMD ["tagger", "health"]
+
+# tagger run handles SIGTERM itself: the current batch finishes, then it exits 0.
+STOPSIGNAL SIGTERM
+CMD ["tagger", "run"]

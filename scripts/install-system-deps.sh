@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses: systemd-analyze (unit verification).
+# Installs only what is missing; needs root (or sudo) the first time.
+set -euo pipefail
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+echo "installing Debian packages: ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

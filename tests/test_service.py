@@ -1,0 +1,158 @@
+"""Running as a service: the systemd unit, sd_notify messages, journal priorities, health, Dockerfile."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tagger.systemd import JournalFormatter, Notifier
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "tagger.service"
+TAGGER = str(Path(sys.executable).parent / "tagger")
+
+
+def need(tool: str) -> str:
+    """CI installs every tool its tests use (make test does); a developer may lack one."""
+    path = shutil.which(tool) or shutil.which(tool, path=str(Path(sys.executable).parent))
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed, and CI must install it")
+        pytest.skip(f"{tool} is not installed here (make test installs it)")
+    return path
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = need("systemd-analyze")
+    unit = tmp_path / "tagger.service"
+    unit.write_text(UNIT.read_text().replace("/opt/tagger/.venv/bin/tagger", TAGGER))
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "tagger.service" not in result.stderr, result.stderr
+
+
+def test_unit_is_notify_hardened_and_polite() -> None:
+    s = unit_settings()
+    assert s["Type"] == ["notify"] and "WatchdogSec" in s and s["Restart"] == ["on-failure"]
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    for key, value in [
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+        ("PrivateTmp", "yes"),
+        ("User", "tagger"),
+        ("StateDirectory", "tagger"),
+        ("IOSchedulingClass", "idle"),
+    ]:
+        assert s[key] == [value], key
+    assert "ReadWritePaths" in s and "Nice" in s
+    assert "MemoryDenyWriteExecute" not in s  # breaks PyTorch
+
+
+def test_journal_formatter_prefixes_priorities() -> None:
+    formatter = JournalFormatter("%(message)s")
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "bad\nsecond line", None, None)
+    assert formatter.format(record) == "<3>bad\n<3>second line"
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "fine", None, None)
+    assert formatter.format(record) == "<6>fine"
+
+
+def test_notifier_is_silent_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert Notifier().notify("READY=1") is False
+
+
+def test_real_daemon_talks_to_systemd(tmp_path: Path, sample_jpegs: list[Path]) -> None:
+    """READY, STATUS, WATCHDOG, RELOADING, STOPPING, over a real notify socket; journal prefixes; health."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "folders": [str(lib)],
+                "index": str(tmp_path / "index.sqlite"),
+                "model": {"name": "efficientnet-lite0", "fallback": None},
+                "watch": {"stable_seconds": 0.3},
+            }
+        )
+    )
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000", "JOURNAL_STREAM": "8:1234"}
+    env.pop("WATCHDOG_PID", None)
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([TAGGER, "--config", str(config), "run"], stderr=out, env=env)
+    messages: list[str] = []
+
+    def receive_until(word: str) -> None:
+        while not any(word in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+
+    try:
+        receive_until("READY=1")
+        assert "STATUS=queue" in messages[-1]
+        health = subprocess.run([TAGGER, "--config", str(config), "health"], capture_output=True, text=True)
+        assert health.returncode == 0, health.stderr
+        shutil.copy(sample_jpegs[0], lib / "a.jpg")
+        receive_until("1 classified")
+        receive_until("WATCHDOG=1")
+        proc.send_signal(signal.SIGHUP)
+        receive_until("RELOADING=1")
+        messages.clear()
+        receive_until("READY=1")
+        proc.send_signal(signal.SIGTERM)
+        receive_until("STOPPING=1")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+    stderr = log.read_text()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and all(line[:3] in ("<6>", "<4>", "<3>", "<7>", "<2>") for line in lines), stderr
+    health = subprocess.run([TAGGER, "--config", str(config), "health"], capture_output=True, text=True)
+    assert health.returncode == 1 and "stopped" in health.stderr
+
+
+def test_health_without_a_daemon_fails(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"folders: []\nindex: {tmp_path / 'i.sqlite'}\n")
+    result = subprocess.run([TAGGER, "--config", str(config), "health"], capture_output=True, text=True)
+    assert result.returncode == 1 and "has not started" in result.stderr
+
+
+def test_dockerfile_lints_clean() -> None:
+    hadolint = need("hadolint")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_the_daemon_as_non_root_with_volumes_and_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "USER 10001:10001" in text
+    assert 'VOLUME ["/photos", "/var/lib/tagger"]' in text
+    assert 'CMD ["tagger", "health"]' in text and "HEALTHCHECK" in text
+    assert "download.pytorch.org/whl/cpu" in text  # CPU-only torch
+    assert "weights fetch resnet18" in text  # weights at build time, never at run time
