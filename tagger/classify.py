@@ -1,60 +1,125 @@
-"""The model: load verified weights once, turn a batch of arrays into ranked tags."""
+"""The model: load verified weights once, turn a batch of arrays into ranked tags.
+
+Two runtimes behind one interface. ONNX Runtime is the default: it starts in a fraction
+of a second, needs a fifth of the memory and runs faster than eager PyTorch. Its model
+file is exported once from the verified weights and cached beside them, with the
+weights' hash, so it is rebuilt whenever the weights change. PyTorch is the reference
+and the fallback when no export can be made.
+"""
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from tagger.config import Config
 from tagger.errors import WeightsError, WeightsMissingError
 from tagger.labels import Tag, imagenet_classes
-from tagger.weights import MODELS, ModelSpec, WeightsFile, find_weights
+from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256, find_weights
 
 log = logging.getLogger(__name__)
 
-
-def build_network(name: str) -> torch.nn.Module:
-    """The architecture alone, with untrained weights."""
-    if name == "resnet18":
-        from torchvision.models import resnet18
-
-        return resnet18(weights=None)
-    if name == "efficientnet-lite0":
-        from efficientnet_lite_pytorch import EfficientNet
-
-        return EfficientNet.from_name("efficientnet-lite0")
-    raise WeightsError(f"unknown model {name!r} (choose one of {', '.join(MODELS)})")
+RUNTIMES = ("auto", "onnx", "torch")
+PRECISIONS = ("fp32", "int8")
+Network = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W float32 -> N x 1000 logits
 
 
-def load_network(spec: ModelSpec, weights: WeightsFile) -> torch.nn.Module:
-    """Strict load: a file with missing, extra or misshapen tensors is refused, never half-used."""
-    network = build_network(spec.name)
+def onnx_cache_path(spec: ModelSpec, weights: WeightsFile, weights_dir: Path, precision: str) -> Path:
+    return weights_dir / "onnx" / f"{Path(spec.filename).stem}.{precision}.onnx"
+
+
+def _cached_export_is_current(path: Path, weights: WeightsFile, precision: str) -> bool:
     try:
-        state = torch.load(weights.path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged pickle/zip
-        raise WeightsError(f"{weights.path}: not a readable PyTorch weights file: {exc}") from None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{weights.path}: expected a state dict, found {type(state).__name__}")
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        meta.get("source_sha256") == weights.sha256
+        and meta.get("precision") == precision
+        and path.is_file()
+        and meta.get("onnx_sha256") == file_sha256(path)
+    )
+
+
+def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> None:
+    """Run the export in a child process so that torch never enters this one."""
+    log.info("exporting %s (%s) to ONNX once: %s", spec.name, precision, out)
+    cmd = [
+        sys.executable, "-m", "tagger.torchnet", "--model", spec.name, "--weights", str(weights.path),
+        "--sha256", weights.sha256, "--out", str(out), "--precision", precision,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise WeightsError(f"cannot export {spec.name} to ONNX: {reason}")
+
+
+def onnx_network(path: Path, threads: int | None = None) -> Network:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Decoder threads share these cores: idle ORT threads must sleep, not spin.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        logits: np.ndarray = session.run(None, {"input": batch})[0]
+        return logits
+
+    return run
+
+
+def torch_network(spec: ModelSpec, weights: WeightsFile) -> Network:
+    import torch
+
+    from tagger.torchnet import load_network
+
+    module = load_network(spec, weights)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits: np.ndarray = module(torch.from_numpy(batch)).numpy()
+        return logits
+
+    return run
+
+
+def _onnx_available() -> bool:
     try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[:3]
-        raise WeightsError(f"{weights.path}: weights do not fit {spec.name}: {' '.join(first)}") from None
-    return network.eval()
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class Classifier:
     """One loaded model; `tag_batch` is the only thing the pipeline calls."""
 
-    def __init__(self, spec: ModelSpec, weights: WeightsFile, network: torch.nn.Module) -> None:
+    def __init__(self, spec: ModelSpec, weights: WeightsFile, network: Network, runtime: str = "torch") -> None:
         self.spec = spec
         self.weights = weights
         self.network = network
+        self.runtime = runtime
         self.classes = imagenet_classes()
 
     @classmethod
-    def load(cls, name: str, weights_dir: Path, fallback: str | None = None) -> Classifier:
+    def load(
+        cls,
+        name: str,
+        weights_dir: Path,
+        fallback: str | None = None,
+        runtime: str = "torch",
+        precision: str = "fp32",
+    ) -> Classifier:
         """Load `name`, or `fallback` (saying why in one line) when `name`'s weights are absent."""
         spec = MODELS[name]
         try:
@@ -65,22 +130,38 @@ class Classifier:
             log.warning("%s weights not installed (%s); using %s instead", name, spec.filename, fallback)
             spec = MODELS[fallback]
             weights = find_weights(spec, weights_dir)
-        return cls(spec, weights, load_network(spec, weights))
+        if runtime == "torch" or (runtime == "auto" and not _onnx_available()):
+            return cls(spec, weights, torch_network(spec, weights), "torch")
+        path = onnx_cache_path(spec, weights, weights_dir, precision)
+        try:
+            if not _cached_export_is_current(path, weights, precision):
+                _export(spec, weights, path, precision)
+            network = onnx_network(path)
+        except (WeightsError, OSError) as exc:
+            if runtime == "onnx":
+                raise WeightsError(f"ONNX runtime requested but unavailable: {exc}") from None
+            log.warning("%s; using PyTorch instead (slower, more memory)", exc)
+            return cls(spec, weights, torch_network(spec, weights), "torch")
+        return cls(spec, weights, network, f"onnx-{precision}")
+
+    @classmethod
+    def from_config(cls, config: Config) -> Classifier:
+        m = config.model
+        return cls.load(m.name, config.weights_dir, m.fallback, m.runtime, m.precision)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    @torch.inference_mode()
     def tag_batch(self, batch: np.ndarray, top_k: int) -> list[list[Tag]]:
         """N x 3 x H x W float32 -> for each image, its top_k tags by probability."""
-        logits = self.network(torch.from_numpy(batch))
-        probabilities = logits.softmax(dim=1)
-        scores, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-        return [
-            [self._tag(int(i), float(s)) for s, i in zip(row_scores, row_indices)]
-            for row_scores, row_indices in zip(scores.tolist(), indices.tolist())
-        ]
+        logits = self.network(np.ascontiguousarray(batch, dtype=np.float32)).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        k = min(top_k, probabilities.shape[1])
+        top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [[self._tag(int(i), float(row[i])) for i in indices] for row, indices in zip(probabilities, top)]
 
     def _tag(self, class_id: int, score: float) -> Tag:
         c = self.classes[class_id]

@@ -93,12 +93,13 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
     from tagger.decode import open_rgb, preprocess
 
     config = ctx.config(require_folders=False)
-    classifier = Classifier.load(config.model.name, config.weights_dir, config.model.fallback)
+    classifier = Classifier.from_config(config)
     k = top_k or config.model.top_k
     results: list[dict[str, Any]] = []
     for path in images:
         try:
-            decoded = open_rgb(path, config.decode.max_pixels)
+            draft = classifier.spec.preprocess.resize if config.decode.draft else None
+            decoded = open_rgb(path, config.decode.max_pixels, draft)
         except DecodeError as exc:
             results.append({"path": str(path), "error": str(exc)})
             if not as_json:
@@ -130,7 +131,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
     roots = list(paths) or list(config.folders)
     if not roots:
         raise ConfigError(f"{config.source}: key 'folders' is empty and no PATH was given: nothing to scan")
-    classifier = Classifier.load(config.model.name, config.weights_dir, config.model.fallback)
+    classifier = Classifier.from_config(config)
     with Store.open(config.index) as store, _progress() as on_progress:
         tagger = Tagger(config, classifier, store)
         try:

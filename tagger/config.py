@@ -27,11 +27,14 @@ class ModelConfig:
     top_k: int = 5
     min_score: float = 0.05
     batch_size: int = 16
+    runtime: str = "auto"  # auto (ONNX Runtime where installed), onnx or torch
+    precision: str = "fp32"  # fp32 or int8 (ONNX Runtime only)
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     max_pixels: int = 100_000_000
+    draft: bool = True  # JPEGs decoded at reduced scale (1/2..1/8), still above the model's input size
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,20 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """`tagger serve`: the viewer and JSON API."""
+
+    host: str = "127.0.0.1"  # loopback only; another address exposes the library to that network
+    port: int = 8765  # 0 picks a free port
+    token: str | None = None  # when set, every request but /health must carry it
+    max_upload_mb: int = 50  # one manual-check request, all its files together
+    max_upload_pixels: int = 50_000_000  # a larger uploaded image is refused as a possible bomb
+    thumb_size: int = 320  # longest side of grid thumbnails, in pixels
+    page_size: int = 60  # images per grid page and API page
+    threads: int = 4  # requests served at once
+
+
+@dataclass(frozen=True)
 class Config:
     folders: tuple[Path, ...]
     index: Path
@@ -62,6 +79,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: Path | None = None
 
 
@@ -70,6 +88,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "decode": DecodeConfig,
     "sidecar": SidecarConfig,
     "watch": WatchConfig,
+    "web": WebConfig,
 }
 _TOP_KEYS = ("folders", "index", "weights_dir", *_SECTIONS)
 
@@ -129,6 +148,8 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
     watch: WatchConfig = sections["watch"]
     _check_watch(watch, source)
     watch = dataclasses.replace(watch, polling_folders=tuple(str(_resolve(base, f)) for f in watch.polling_folders))
+    web: WebConfig = sections["web"]
+    _check_web(web, source)
     return Config(
         folders=folders,
         index=_resolve(base, _string(raw, "index", "tagger.sqlite", source)),
@@ -137,6 +158,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         decode=sections["decode"],
         sidecar=sections["sidecar"],
         watch=watch,
+        web=web,
         source=source,
     )
 
@@ -153,6 +175,12 @@ def _check_model(model: ModelConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'model.top_k' must be between 1 and 1000, not {model.top_k}")
     if not 0.0 <= model.min_score <= 1.0:
         raise ConfigError(f"{source}: key 'model.min_score' must be between 0 and 1, not {model.min_score}")
+    if model.runtime not in ("auto", "onnx", "torch"):
+        raise ConfigError(f"{source}: key 'model.runtime' must be auto, onnx or torch, not {model.runtime!r}")
+    if model.precision not in ("fp32", "int8"):
+        raise ConfigError(f"{source}: key 'model.precision' must be fp32 or int8, not {model.precision!r}")
+    if model.precision == "int8" and model.runtime == "torch":
+        raise ConfigError(f"{source}: key 'model.precision': int8 needs model.runtime auto or onnx")
     if not 1 <= model.batch_size <= 256:
         raise ConfigError(f"{source}: key 'model.batch_size' must be between 1 and 256, not {model.batch_size}")
 
@@ -167,6 +195,29 @@ def _check_watch(watch: WatchConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'watch.poll_interval' must be at least 0.1 seconds")
     if watch.queue_limit < 100:
         raise ConfigError(f"{source}: key 'watch.queue_limit' must be at least 100")
+
+
+def _check_web(web: WebConfig, source: Path) -> None:
+    if not web.host.strip():
+        raise ConfigError(f"{source}: key 'web.host' must be an address, e.g. 127.0.0.1 (this machine only)")
+    if not 0 <= web.port <= 65535:
+        raise ConfigError(f"{source}: key 'web.port' must be between 0 (any free port) and 65535, not {web.port}")
+    if web.token is not None and (len(web.token) < 16 or web.token != web.token.strip()):
+        raise ConfigError(
+            f"{source}: key 'web.token' must be at least 16 characters with no surrounding spaces "
+            "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe())'), or null"
+        )
+    limits = {
+        "max_upload_mb": (1, 1024),
+        "max_upload_pixels": (1, 1_000_000_000),
+        "thumb_size": (64, 1024),
+        "page_size": (1, 500),
+        "threads": (1, 64),
+    }
+    for key, (low, high) in limits.items():
+        value = getattr(web, key)
+        if not low <= value <= high:
+            raise ConfigError(f"{source}: key 'web.{key}' must be between {low:,} and {high:,}, not {value:,}")
 
 
 def _build_section(cls: type[Any], raw: dict[str, Any], section: str, source: Path) -> Any:

@@ -119,9 +119,7 @@ class Daemon:
 
     def run(self) -> int:
         with index_lock(self.config.index):
-            classifier = self.classifier or Classifier.load(
-                self.config.model.name, self.config.weights_dir, self.config.model.fallback
-            )
+            classifier = self.classifier or Classifier.from_config(self.config)
             with Store.open(self.config.index) as store:
                 tagger = Tagger(self.config, classifier, store)
                 watcher = Watcher(self.queue, self.config.watch)

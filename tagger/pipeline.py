@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,17 @@ class ScanSummary:
         return self.classified + self.reused
 
 
+@dataclass
+class _InFlight:
+    """A file read and hashed, its decoding running in a worker thread."""
+
+    path: Path
+    mtime_ns: int
+    size: int
+    sha256: str
+    decoded: Future[tuple[np.ndarray, int, int] | DecodeError]
+
+
 @dataclass(frozen=True)
 class _Pending:
     """A file read and hashed, waiting for a model run."""
@@ -85,9 +96,13 @@ class Tagger:
         self.config = config
         self.classifier = classifier
         self.store = store
-        self._decoders = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+        self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
+        self._decoders = ThreadPoolExecutor(
+            max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tagger-decode"
+        )
 
     def close(self) -> None:
+        self._readers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
 
     def scan(
@@ -113,13 +128,24 @@ class Tagger:
                 defer_recent(path)
             paths = [p for p in found if p not in recent]
         summary.files = len(paths)
+        # Two batches in flight: while the model runs on one, the next one is being decoded.
+        previous: tuple[list[_InFlight], int] | None = None
         for batch in _chunks(paths, self.config.model.batch_size):
             if cancelled is not None and cancelled():
-                summary.seconds = time.monotonic() - started
-                return summary  # stopping: the rest is found by the next reconcile
-            self.tag_files(batch, summary)
+                break
+            current = (self._start(batch, summary), len(batch))
+            if previous is not None:
+                self._finish(previous[0], summary)
+                if on_progress:
+                    on_progress(previous[1])
+            previous = current
+        if previous is not None:
+            self._finish(previous[0], summary)  # even when stopping: already decoded, so record it
             if on_progress:
-                on_progress(len(batch))
+                on_progress(previous[1])
+        if cancelled is not None and cancelled():
+            summary.seconds = time.monotonic() - started
+            return summary  # stopping: the rest is found by the next reconcile
         seen = {str(p) for p in found}
         for root in roots:
             if root.is_dir():
@@ -132,42 +158,52 @@ class Tagger:
         return summary
 
     def tag_files(self, paths: Sequence[Path], summary: ScanSummary) -> None:
-        """One batch: cheap checks first, then one model run for what is really new.
+        """One batch, start to finish (the daemon's unit of work)."""
+        self._finish(self._start(paths, summary), summary)
+
+    def _start(self, paths: Sequence[Path], summary: ScanSummary) -> list[_InFlight]:
+        """Cheap checks, read + hash, reuse from the index; decoding of the rest is left running.
 
         Worker threads only read, hash and decode; the index is touched from this thread alone.
         """
         changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
-        to_decode: list[tuple[Path, os.stat_result, bytes, str]] = []
-        for (path, stat), read in zip(changed, self._decoders.map(_read_and_hash, [p for p, _ in changed])):
+        spec = self.classifier.spec.preprocess
+        max_pixels = self.config.decode.max_pixels
+        draft = spec.resize if self.config.decode.draft else None
+        inflight: list[_InFlight] = []
+        for (path, stat), read in zip(changed, self._readers.map(_read_and_hash, [p for p, _ in changed])):
             if isinstance(read, DecodeError):
                 self._fail(path, None, stat.st_size, stat.st_mtime_ns, str(read), summary)
                 continue
             data, sha256 = read
             cached = self.store.cached_image(sha256, self.classifier.name)
             if cached is None:
-                to_decode.append((path, stat, data, sha256))
+                future = self._decoders.submit(_decode, data, max_pixels, spec, draft)
+                inflight.append(_InFlight(path, stat.st_mtime_ns, len(data), sha256, future))
                 continue
             self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False)
             summary.reused += 1
             self._count_sidecar(path, summary)
-        spec = self.classifier.spec.preprocess
-        max_pixels = self.config.decode.max_pixels
-        decoded = self._decoders.map(lambda item: _decode(item[2], max_pixels, spec), to_decode)
+        return inflight
+
+    def _finish(self, inflight: list[_InFlight], summary: ScanSummary) -> None:
+        """Collect the decoded arrays, one model run, then sidecars and index rows."""
         pending: list[_Pending] = []
-        for (path, stat, data, sha256), result in zip(to_decode, decoded):
+        for item in inflight:
+            result = item.decoded.result()
             if isinstance(result, DecodeError):
-                self._fail(path, sha256, len(data), stat.st_mtime_ns, str(result), summary)
+                self._fail(item.path, item.sha256, item.size, item.mtime_ns, str(result), summary)
                 continue
             array, width, height = result
-            pending.append(_Pending(path, ImageFacts(sha256, len(data), width, height), stat.st_mtime_ns, array))
-        del to_decode
+            pending.append(_Pending(item.path, ImageFacts(item.sha256, item.size, width, height), item.mtime_ns, array))
+        inflight.clear()  # let the decoded bytes go before the model runs
         if not pending:
             return
         results = self.classifier.tag_batch(np.stack([p.array for p in pending]), self.config.model.top_k)
-        for item, tags in zip(pending, results):
-            self._record(item.path, item.facts, item.mtime_ns, tags, self.classifier.weights.sha256, fresh=True)
+        for done, tags in zip(pending, results):
+            self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, fresh=True)
             summary.classified += 1
-            self._count_sidecar(item.path, summary)
+            self._count_sidecar(done.path, summary)
 
     def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
         """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
@@ -289,9 +325,11 @@ def _read_and_hash(path: Path) -> tuple[bytes, str] | DecodeError:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _decode(data: bytes, max_pixels: int, spec: Preprocess) -> tuple[np.ndarray, int, int] | DecodeError:
+def _decode(
+    data: bytes, max_pixels: int, spec: Preprocess, draft: int | None
+) -> tuple[np.ndarray, int, int] | DecodeError:
     try:
-        decoded = decode_bytes(data, max_pixels)
+        decoded = decode_bytes(data, max_pixels, draft)
         return preprocess(decoded.image, spec), decoded.width, decoded.height
     except DecodeError as exc:
         return exc

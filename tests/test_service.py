@@ -79,7 +79,7 @@ def test_notifier_is_silent_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> 
     assert Notifier().notify("READY=1") is False
 
 
-def test_real_daemon_talks_to_systemd(tmp_path: Path, sample_jpegs: list[Path]) -> None:
+def test_real_daemon_talks_to_systemd(tmp_path: Path, sample_jpegs: list[Path], weights_dir: Path) -> None:
     """READY, STATUS, WATCHDOG, RELOADING, STOPPING, over a real notify socket; journal prefixes; health."""
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -89,6 +89,7 @@ def test_real_daemon_talks_to_systemd(tmp_path: Path, sample_jpegs: list[Path]) 
             {
                 "folders": [str(lib)],
                 "index": str(tmp_path / "index.sqlite"),
+                "weights_dir": str(weights_dir),
                 "model": {"name": "efficientnet-lite0", "fallback": None},
                 "watch": {"stable_seconds": 0.3},
             }
