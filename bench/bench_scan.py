@@ -1,13 +1,18 @@
 """Benchmark `tagger scan` against the naive way, in one run, on real-size photos.
 
-The naive baseline: full PIL decode, torchvision transforms, eager PyTorch, one image at
-a time. Both run as child processes so that each one's peak memory is its own.
+The naive baseline: full PIL decode, torchvision transforms, eager PyTorch, one image at a
+time. It is also the reference for top-1 agreement. Every path runs as its own child
+process, so that each one's peak memory (VmHWM) is its own.
 
-    .venv/bin/python bench/bench_scan.py --count 200 --size 4000x3000 --model efficientnet-lite0
+    .venv/bin/python bench/bench_scan.py --count 200 --size 4000x3000
+
+ResNet-18 runs with random weights (the real file cannot be downloaded here): a weights
+file is made with torch's seeded initialisation and trusted for this run only.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sqlite3
@@ -20,6 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+PATHS = {  # name -> config overrides of a `tagger scan` run
+    "torch-fp32 full-decode": {"model": {"runtime": "torch"}, "decode": {"draft": False}},
+    "onnx-fp32 full-decode": {"model": {"runtime": "onnx"}, "decode": {"draft": False}},
+    "onnx-fp32 draft-decode": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
+    "onnx-int8 draft-decode": {"model": {"runtime": "onnx", "precision": "int8"}, "decode": {"draft": True}},
+}
+
 
 def build_library(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
     from sample_photos import sample_sources, write_samples
@@ -28,37 +40,66 @@ def build_library(folder: Path, count: int, size: tuple[int, int]) -> list[Path]
     paths = write_samples(folder, size, copies)
     for extra in paths[count:]:
         extra.unlink()
-    return paths[:count]
+    return paths[:count] + write_samples(folder / "originals")
+
+
+def trust_resnet(weights_dir: Path) -> str:
+    """A seeded random ResNet-18 state dict under torchvision's file name; returns its hash prefix."""
+    import torch
+    from torchvision.models import resnet18
+
+    from tagger.weights import file_sha256
+
+    path = weights_dir / "resnet18-f37072fd.pth"
+    if not path.exists():
+        torch.manual_seed(18)
+        torch.save(resnet18(weights=None).state_dict(), path)
+    return file_sha256(path)[:8]
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MB (of that child alone) and stdout of one command."""
     started = time.monotonic()
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - started
         out.seek(0)
-        text = out.read().decode()
+        err.seek(0)
+        text, errors = out.read().decode(), err.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{errors}")
     return seconds, usage.ru_maxrss / 1024, text
 
 
-def naive(model_name: str, folder: Path) -> None:
+def child_scan(config: Path, prefix: str | None) -> None:
+    """`tagger scan` in this process, trusting the bench's random ResNet-18 when asked."""
+    if prefix:
+        from tagger.weights import MODELS
+
+        MODELS["resnet18"] = dataclasses.replace(MODELS["resnet18"], sha256_prefix=prefix)
+    from tagger.cli import cli
+
+    cli(["--config", str(config), "-q", "scan"], prog_name="tagger", standalone_mode=False)
+
+
+def child_naive(model: str, weights_dir: Path, folder: Path, prefix: str | None) -> None:
     """The baseline, printed as JSON {path: top-1 class id}."""
     import torch
     from PIL import Image
     from torchvision import transforms
 
-    from tagger.classify import Classifier
+    from tagger.torchnet import load_network
+    from tagger.weights import MODELS, find_weights
 
-    classifier = Classifier.load(model_name, ROOT / "weights")
-    pre = classifier.spec.preprocess
-    interpolation = transforms.InterpolationMode(pre.interpolation)
+    spec = MODELS[model]
+    if prefix:
+        spec = dataclasses.replace(spec, sha256_prefix=prefix)
+    network = load_network(spec, find_weights(spec, weights_dir))
+    pre = spec.preprocess
     transform = transforms.Compose(
         [
-            transforms.Resize(pre.resize, interpolation=interpolation),
+            transforms.Resize(pre.resize, interpolation=transforms.InterpolationMode(pre.interpolation)),
             transforms.CenterCrop(pre.crop),
             transforms.ToTensor(),
             transforms.Normalize(pre.mean, pre.std),
@@ -66,58 +107,80 @@ def naive(model_name: str, folder: Path) -> None:
     )
     top1 = {}
     with torch.inference_mode():
-        for path in sorted(folder.glob("*.jpg")):
+        for path in sorted(folder.rglob("*.jpg")):
             with Image.open(path) as img:
                 x = transform(img.convert("RGB"))[None]
-            top1[str(path)] = int(classifier.network(x).argmax(1)[0])
+            top1[str(path)] = int(network(x).argmax(1)[0])
     print(json.dumps(top1))
+
+
+def write_config(path: Path, library: Path, index: Path, weights_dir: Path, model: str, overrides: dict) -> Path:
+    data: dict = {
+        "folders": [str(library)],
+        "index": str(index),
+        "weights_dir": str(weights_dir),
+        "model": {"name": model, "fallback": None, "batch_size": 16},
+        "decode": {},
+    }
+    for key, value in overrides.items():
+        data[key].update(value)
+    path.write_text(json.dumps(data))
+    return path
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--size", default="4000x3000")
-    parser.add_argument("--model", default="efficientnet-lite0")
-    parser.add_argument("--naive-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--models", default="resnet18,efficientnet-lite0")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated names from: " + ", ".join(PATHS))
+    parser.add_argument("--child-scan", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-naive", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--trust", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.naive_dir:
-        naive(args.model, args.naive_dir)
+    if args.child_scan:
+        child_scan(args.child_scan, args.trust)
+        return 0
+    if args.child_naive:
+        model, weights_dir, folder = args.child_naive
+        child_naive(model, Path(weights_dir), Path(folder), args.trust)
         return 0
     width, height = (int(v) for v in args.size.lower().split("x"))
+    me = [sys.executable, __file__]
+    rows = []
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         work = Path(tmp)
-        library = work / "library"
-        print(f"building {args.count} {width}x{height} JPEGs ...", file=sys.stderr)
-        build_library(library, args.count, (width, height))
-        config = work / "tagger.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "folders": [str(library)],
-                    "index": str(work / "index.sqlite"),
-                    "weights_dir": str(ROOT / "weights"),
-                    "model": {"name": args.model, "fallback": None},
-                }
-            )
-        )
-        tagger = str(Path(sys.executable).parent / "tagger")
-        t_seconds, t_mb, _ = run_measured([tagger, "--config", str(config), "-q", "scan"])
-        n_seconds, n_mb, n_out = run_measured(
-            [sys.executable, __file__, "--model", args.model, "--naive-dir", str(library)]
-        )
-        reference = json.loads(n_out)
-        with sqlite3.connect(work / "index.sqlite") as conn:
-            ours = dict(conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0").fetchall())
-        agree = sum(ours.get(p) == c for p, c in reference.items()) / len(reference)
-    rows = [
-        ("naive (PIL full decode, torchvision, 1 at a time)", n_seconds, n_mb),
-        ("tagger scan", t_seconds, t_mb),
-    ]
-    print(f"{args.count} photos {width}x{height}, model {args.model}, {os.cpu_count()} cores")
-    print(f"{'path':52s} {'images/s':>9s} {'ratio':>6s} {'peak MB':>8s}")
-    for name, seconds, mb in rows:
-        print(f"{name:52s} {args.count / seconds:9.2f} {n_seconds / seconds:5.2f}x {mb:8.0f}")
-    print(f"top-1 agreement of tagger scan with the naive reference: {agree:.1%}")
+        library, weights_dir = work / "library", work / "weights"
+        weights_dir.mkdir()
+        print(f"building {args.count} {width}x{height} JPEGs (+ the 6 originals) ...", file=sys.stderr)
+        files = build_library(library, args.count, (width, height))
+        empty = work / "empty"
+        empty.mkdir()
+        for model in args.models.split(","):
+            trust = trust_resnet(weights_dir) if model == "resnet18" else None
+            extra = ["--trust", trust] if trust else []
+            print(f"{model}: naive baseline ...", file=sys.stderr)
+            n_sec, n_mb, out = run_measured([*me, "--child-naive", model, str(weights_dir), str(library), *extra])
+            reference = json.loads(out)
+            rows.append((model, "naive (reference)", len(files) / n_sec, 1.0, n_mb, 1.0, None))
+            for name in args.paths.split(","):
+                overrides = PATHS[name]
+                config = write_config(work / "c.json", library, work / f"{len(rows)}.sqlite", weights_dir, model, overrides)
+                warm = write_config(work / "w.json", empty, work / "warm.sqlite", weights_dir, model, overrides)
+                run_measured([*me, "--child-scan", str(warm), *extra])  # makes the ONNX export outside the timing
+                start_sec, _, _ = run_measured([*me, "--child-scan", str(warm), *extra])
+                print(f"{model}: {name} ...", file=sys.stderr)
+                sec, mb, _ = run_measured([*me, "--child-scan", str(config), *extra])
+                with sqlite3.connect(work / f"{len(rows)}.sqlite") as conn:
+                    ours = dict(conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0").fetchall())
+                agree = sum(ours.get(p) == c for p, c in reference.items()) / len(reference)
+                rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec))
+    print(f"\n{len(files)} photos ({args.count} at {width}x{height} + 6 originals), {os.cpu_count()} cores")
+    print(f"{'model':19s} {'path':26s} {'images/s':>9s} {'ratio':>7s} {'peak MB':>8s} {'top-1 agree':>12s} {'start s':>8s}")
+    for model, name, rate, ratio, mb, agree, start in rows:
+        start_text = f"{start:8.2f}" if start is not None else f"{'':8s}"
+        print(f"{model:19s} {name:26s} {rate:9.2f} {ratio:6.2f}x {mb:8.0f} {agree:11.1%} {start_text}")
+    print("start s: a whole `tagger scan` of an empty folder (process start, imports, model load)")
     return 0
 
 
