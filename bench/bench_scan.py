@@ -119,7 +119,7 @@ def write_config(path: Path, library: Path, index: Path, weights_dir: Path, mode
         "folders": [str(library)],
         "index": str(index),
         "weights_dir": str(weights_dir),
-        "model": {"name": model, "fallback": None, "batch_size": 16},
+        "model": {"name": model, "fallback": None},
         "decode": {},
     }
     for key, value in overrides.items():

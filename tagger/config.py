@@ -26,9 +26,9 @@ class ModelConfig:
     fallback: str | None = "efficientnet-lite0"
     top_k: int = 5
     min_score: float = 0.05
-    batch_size: int = 16
+    batch_size: int = 4
     runtime: str = "auto"  # auto (ONNX Runtime where installed), onnx or torch
-    precision: str = "fp32"  # fp32 or int8 (ONNX Runtime only)
+    precision: str = "int8"  # int8 or fp32; int8 needs ONNX Runtime (see README for its agreement)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,9 @@ def _check_model(model: ModelConfig, source: Path) -> None:
     if model.precision not in ("fp32", "int8"):
         raise ConfigError(f"{source}: key 'model.precision' must be fp32 or int8, not {model.precision!r}")
     if model.precision == "int8" and model.runtime == "torch":
-        raise ConfigError(f"{source}: key 'model.precision': int8 needs model.runtime auto or onnx")
+        raise ConfigError(
+            f"{source}: key 'model.precision': int8 needs model.runtime auto or onnx (or set precision: fp32)"
+        )
     if not 1 <= model.batch_size <= 256:
         raise ConfigError(f"{source}: key 'model.batch_size' must be between 1 and 256, not {model.batch_size}")
 

@@ -100,8 +100,19 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
 
 
 def _quantize(spec: ModelSpec, fp32: Path, tmp: Path) -> Path:
-    """Static INT8, per-channel weights, QDQ: the variant that kept top-1 agreement in our bench."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    """Static INT8: per-channel weights, QDQ, percentile calibration.
+
+    Of the variants measured (QOperator/QDQ x MinMax/Entropy/Percentile), only percentile
+    calibration kept top-1 agreement with fp32 on every real test photo: MinMax and Entropy
+    let outlier activations stretch the ranges and flipped a close call (a cat photo).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     arrays = calibration_batches(spec)
@@ -124,6 +135,7 @@ def _quantize(spec: ModelSpec, fp32: Path, tmp: Path) -> Path:
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Percentile,
     )
     return out
 
