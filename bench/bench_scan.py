@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 PATHS = {  # name -> config overrides of a `tagger scan` run
-    "torch-fp32 full-decode": {"model": {"runtime": "torch"}, "decode": {"draft": False}},
-    "onnx-fp32 full-decode": {"model": {"runtime": "onnx"}, "decode": {"draft": False}},
-    "onnx-fp32 draft-decode": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
+    "torch-fp32 full-decode": {"model": {"runtime": "torch", "precision": "fp32"}, "decode": {"draft": False}},
+    "onnx-fp32 full-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": False}},
+    "onnx-fp32 draft-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": True}},
     "onnx-int8 draft-decode": {"model": {"runtime": "onnx", "precision": "int8"}, "decode": {"draft": True}},
 }
 

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses: systemd-analyze (unit verification).
+# Debian packages the test suite uses: systemd-analyze (unit verification), and chromium
+# with its chromedriver (the viewer's real-browser test).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v exiftool >/dev/null || missing+=(libimage-exiftool-perl)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -1,0 +1,386 @@
+"""Rules: which of the model's raw guesses a user sees as keywords, and under what names.
+
+The raw top-k scores are stored untouched and rules are applied to them afterwards, so that
+a changed threshold, rename or category re-tags the whole library in seconds with no model
+run. The rules file format and its precedence are documented at the top of
+tagger/data/default_rules.yaml.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass, replace
+from functools import lru_cache
+from importlib import resources
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from tagger.errors import ConfigError
+from tagger.labels import ImageNetClass, Tag, imagenet_classes
+
+DEFAULT_RULES = Path(__file__).resolve().parent / "data" / "default_rules.yaml"
+
+_TOP_KEYS = ("categories", "rules")
+_RULE_KEYS = ("class", "subtree", "rename", "rename_zh", "threshold", "drop", "parents", "aliases")
+_WNID = re.compile(r"n\d{8}")
+
+
+@dataclass(frozen=True)
+class Synset:
+    """One WordNet noun: an ImageNet class or one of its ancestors."""
+
+    wnid: str
+    hypernyms: tuple[str, ...]
+    lemmas: tuple[str, ...]
+
+
+class WordNet:
+    """The WordNet 3.0 hypernym graph above the 1000 classes (shipped, since rules name subtrees).
+
+    It is a graph, not a tree: a dog is both a canine and a domestic animal.
+    """
+
+    def __init__(self, synsets: dict[str, Synset]) -> None:
+        self.synsets = synsets
+        self._by_lemma: dict[str, list[Synset]] = {}
+        for synset in synsets.values():
+            for lemma in dict.fromkeys(lemma.casefold() for lemma in synset.lemmas):
+                self._by_lemma.setdefault(lemma, []).append(synset)
+
+    def ancestors(self, wnid: str) -> set[str]:
+        """Every synset above `wnid`, and itself."""
+        found: set[str] = set()
+        pending = [wnid]
+        while pending:
+            current = pending.pop()
+            if current not in found:
+                found.add(current)
+                pending.extend(self.synsets[current].hypernyms)
+        return found
+
+    def depth(self, wnid: str) -> int:
+        """The longest chain of hypernyms from `wnid` up to 'entity': a synset is deeper than all above it."""
+        hypernyms = self.synsets[wnid].hypernyms
+        return 1 + max(map(self.depth, hypernyms)) if hypernyms else 0
+
+    def named(self, lemma: str) -> list[Synset]:
+        return self._by_lemma.get(lemma.casefold(), [])
+
+    def names(self) -> list[str]:
+        return list(self._by_lemma)
+
+
+@lru_cache(maxsize=1)
+def wordnet() -> WordNet:
+    """Read once: every rules file resolves its subtrees against it."""
+    text = resources.files("tagger").joinpath("data/imagenet_hierarchy.tsv").read_text(encoding="utf-8")
+    rows = csv.DictReader((line for line in text.splitlines() if not line.startswith("#")), delimiter="\t")
+    synsets = {
+        r["wnid"]: Synset(r["wnid"], tuple(r["hypernyms"].split()), tuple(r["lemmas"].split("|"))) for r in rows
+    }
+    missing = [c.wnid for c in imagenet_classes() if c.wnid not in synsets]
+    if missing:
+        raise RuntimeError(f"tagger/data/imagenet_hierarchy.tsv is damaged: no entry for {', '.join(missing[:5])}")
+    return WordNet(synsets)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of the rules file, as written; None means the rule leaves that field alone."""
+
+    position: int  # 1-based place in the file: for messages, and the later of two equals wins
+    kind: str  # "class" or "subtree"
+    targets: tuple[str | int, ...]
+    rename: str | None = None
+    rename_zh: str | None = None
+    threshold: float | None = None
+    drop: bool | None = None
+    parents: tuple[str, ...] | None = None
+    aliases: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"rule {self.position} ({self.kind}: {', '.join(map(str, self.targets))})"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyword:
+    """One tag as users see it after rules."""
+
+    name: str
+    name_zh: str
+    score: float  # best score among the raw tags that map to it
+    class_ids: tuple[int, ...]  # the raw classes that produced it, in the order of the raw tags
+    parents: tuple[str, ...]  # outermost first: ("animal", "dog") + "beagle" is animal/dog/beagle
+    parents_zh: tuple[str, ...]
+
+    @property
+    def path(self) -> str:
+        return "/".join((*self.parents, self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class _Display:
+    """What a class is shown as; classes that show the same merge into one keyword."""
+
+    name: str
+    name_zh: str
+    parents: tuple[str, ...]
+    parents_zh: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _ClassRule:
+    """The rules in effect for one class once precedence is settled."""
+
+    display: _Display
+    threshold: float | None  # None: the caller's min_score
+    dropped: bool
+    aliases: tuple[str, ...]
+
+
+class Rules:
+    """Rules resolved into one entry per class at load, so that apply() is a lookup per tag."""
+
+    def __init__(self, classes: Sequence[_ClassRule]) -> None:
+        self._classes = tuple(classes)
+        self._table = tuple((c.display, math.inf if c.dropped else c.threshold) for c in self._classes)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Rules:
+        """Read and check a rules file; None is the default shipped inside the package."""
+        source = path or DEFAULT_RULES
+        try:
+            raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: rules file not found (copy config/rules.yaml there to start)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read rules file: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        return _RulesFile(source).build(raw)
+
+    def apply(self, tags: Sequence[Tag], min_score: float) -> list[Keyword]:
+        """Raw tags -> keywords, best first; tags that rename alike merge, keeping the max score."""
+        table = self._table
+        found: dict[_Display, tuple[float, list[int]]] = {}
+        for tag in tags:
+            display, threshold = table[tag.class_id]
+            score = tag.score
+            if score < (min_score if threshold is None else threshold):
+                continue
+            seen = found.get(display)
+            if seen is None:
+                found[display] = (score, [tag.class_id])
+            else:
+                seen[1].append(tag.class_id)
+                if score > seen[0]:
+                    found[display] = (score, seen[1])
+        keywords = [
+            Keyword(d.name, d.name_zh, score, tuple(ids), d.parents, d.parents_zh) for d, (score, ids) in found.items()
+        ]
+        keywords.sort(key=_best_first)
+        return keywords
+
+    def aliases(self) -> dict[str, list[int]]:
+        """Search term (casefolded, English or Chinese) -> the classes it finds.
+
+        Terms are each class's label, its name after rules, its parents and its aliases, so
+        that 'cat', '猫' and 'kitty' find every domestic cat and 'animal' every animal. A
+        dropped class is never a keyword, so no term leads to it.
+        """
+        terms: dict[str, list[int]] = {}
+        for class_id, (rule, imagenet) in enumerate(zip(self._classes, imagenet_classes())):
+            if rule.dropped:
+                continue
+            d = rule.display
+            words = (imagenet.label, imagenet.label_zh, d.name, d.name_zh, *d.parents, *d.parents_zh, *rule.aliases)
+            for word in dict.fromkeys(w.strip().casefold() for w in words):
+                terms.setdefault(word, []).append(class_id)
+        return terms
+
+    def fingerprint(self) -> str:
+        """A hash of the effective rules: equal for files that tag alike, whatever their comments or order."""
+        text = json.dumps(["rules-v1", [astuple(c) for c in self._classes]], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _best_first(keyword: Keyword) -> tuple[float, str]:
+    return (-keyword.score, keyword.name)
+
+
+class _RulesFile:
+    """Checks one parsed rules file and resolves it; every refusal names the file, rule, key and a hint."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.classes = imagenet_classes()
+        self.tree = wordnet()
+        self.above = [self.tree.ancestors(c.wnid) for c in self.classes]
+
+    def build(self, raw: Any) -> Rules:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.source}: the top level must be a mapping with keys categories and rules")
+        self.check_keys(raw, _TOP_KEYS, "key")
+        self.categories = self.read_categories(raw.get("categories") or {})
+        entries = raw.get("rules") or []
+        if not isinstance(entries, list):
+            raise ConfigError(f"{self.source}: key 'rules' must be a list, e.g. rules: [{{class: tabby, drop: true}}]")
+        rules = [self.read_rule(position, entry) for position, entry in enumerate(entries, start=1)]
+        return Rules(self.resolve(rules))
+
+    def read_categories(self, raw: Any) -> dict[str, str]:
+        if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+            raise ConfigError(f"{self.source}: key 'categories' must map English to Chinese names, e.g. animal: 动物")
+        return raw
+
+    def read_rule(self, position: int, raw: Any) -> Rule:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.source}: rule {position} must be a mapping, e.g. {{class: tabby, rename: cat}}")
+        kinds = [kind for kind in ("class", "subtree") if kind in raw]
+        if len(kinds) != 1:
+            raise ConfigError(
+                f"{self.source}: rule {position} needs exactly one of the keys 'class' (one class: id, wnid or "
+                "English label) and 'subtree' (a WordNet wnid or name: every class below it)"
+            )
+        targets = raw[kinds[0]]
+        rule = Rule(position, kinds[0], tuple(targets) if isinstance(targets, list) else (targets,))
+        self.check_keys(raw, _RULE_KEYS, f"{rule}: key")
+        return replace(
+            rule,
+            rename=self.text(rule, raw, "rename"),
+            rename_zh=self.text(rule, raw, "rename_zh"),
+            threshold=self.threshold(rule, raw.get("threshold")),
+            drop=self.flag(rule, raw.get("drop")),
+            parents=self.parents(rule, raw["parents"]) if "parents" in raw else None,
+            aliases=self.words(rule, "aliases", raw.get("aliases", [])),
+        )
+
+    def resolve(self, rules: list[Rule]) -> list[_ClassRule]:
+        """Field by field, the most specific rule that sets a field decides it; aliases add up."""
+        matching: list[list[tuple[tuple[int, int, int], Rule]]] = [[] for _ in self.classes]
+        for rule in rules:
+            for class_id, depth in self.matches(rule).items():
+                rank = (1, 0, rule.position) if rule.kind == "class" else (0, depth, rule.position)
+                matching[class_id].append((rank, rule))
+        return [self.settle(c, [r for _, r in sorted(m, key=itemgetter(0))]) for c, m in zip(self.classes, matching)]
+
+    def settle(self, imagenet: ImageNetClass, rules: list[Rule]) -> _ClassRule:
+        """Apply `rules`, least specific first, to one class."""
+        name, name_zh, threshold, dropped = imagenet.label, imagenet.label_zh, None, False
+        parents: tuple[str, ...] = ()
+        aliases: list[str] = []
+        for rule in rules:
+            if rule.rename is not None or rule.rename_zh is not None:
+                name = rule.rename or imagenet.label
+                name_zh = rule.rename_zh or rule.rename or imagenet.label_zh
+            threshold = rule.threshold if rule.threshold is not None else threshold
+            dropped = rule.drop if rule.drop is not None else dropped
+            parents = rule.parents if rule.parents is not None else parents
+            aliases.extend(rule.aliases)
+        display = _Display(name, name_zh, parents, tuple(self.categories[p] for p in parents))
+        return _ClassRule(display, threshold, dropped, tuple(dict.fromkeys(aliases)))
+
+    def matches(self, rule: Rule) -> dict[int, int]:
+        """class id -> the WordNet depth of the deepest of the rule's subtrees that holds it."""
+        if rule.kind == "class":
+            return {self.class_id(rule, target): 0 for target in rule.targets}
+        depths = {wnid: self.tree.depth(wnid) for wnid in (self.subtree(rule, t) for t in rule.targets)}
+        found: dict[int, int] = {}
+        for class_id, above in enumerate(self.above):
+            held = [depth for wnid, depth in depths.items() if wnid in above]
+            if held:
+                found[class_id] = max(held)
+        return found
+
+    def class_id(self, rule: Rule, target: str | int) -> int:
+        if isinstance(target, bool) or not isinstance(target, (int, str)):
+            self.fail(rule, "class", f"{target!r} is not a class", "write an id 0-999, a wnid or an English label")
+        if isinstance(target, int):
+            if not 0 <= target < len(self.classes):
+                self.fail(rule, "class", f"no class {target}", "class ids are 0-999")
+            return target
+        found = [c for c in self.classes if target in (c.wnid, c.label)]
+        found = found or [c for c in self.classes if c.label.casefold() == target.casefold()]
+        if len(found) > 1:
+            named = ", ".join(f"{c.class_id} ({c.label}, {c.label_zh})" for c in found)
+            self.fail(rule, "class", f"{target!r} names several classes: {named}", "write the id or wnid")
+        if not found:
+            close = difflib.get_close_matches(target, [c.label for c in self.classes], n=3, cutoff=0.6)
+            hint = _did_you_mean(close) or "write an id 0-999, a wnid or an English label from imagenet_classes.tsv"
+            self.fail(rule, "class", f"unknown class {target!r}", hint)
+        return found[0].class_id
+
+    def subtree(self, rule: Rule, target: str | int) -> str:
+        if not isinstance(target, str):
+            self.fail(rule, "subtree", f"{target!r} is not a WordNet synset", "write a wnid (n02084071) or name (dog)")
+        if target in self.tree.synsets:
+            return target
+        if _WNID.fullmatch(target):
+            self.fail(rule, "subtree", f"no ImageNet class lies under {target}", "see imagenet_hierarchy.tsv")
+        found = self.tree.named(target)
+        if len(found) > 1:
+            named = ", ".join(f"{s.wnid} ({', '.join(s.lemmas[:3])})" for s in found)
+            self.fail(rule, "subtree", f"{target!r} names several WordNet synsets: {named}", "write the wnid")
+        if not found:
+            close = difflib.get_close_matches(target.casefold(), self.tree.names(), n=3, cutoff=0.6)
+            hint = _did_you_mean(close) or "write a wnid or name from imagenet_hierarchy.tsv"
+            self.fail(rule, "subtree", f"no WordNet synset above the ImageNet classes is called {target!r}", hint)
+        return found[0].wnid
+
+    def parents(self, rule: Rule, raw: Any) -> tuple[str, ...]:
+        parents = self.words(rule, "parents", raw)
+        for parent in parents:
+            if parent not in self.categories:
+                close = difflib.get_close_matches(parent, list(self.categories), n=3)
+                hint = _did_you_mean(close) or f"add it under categories:, e.g. {parent}: <Chinese name>"
+                self.fail(rule, "parents", f"{parent!r} is not one of the categories", hint)
+        return parents
+
+    def words(self, rule: Rule, key: str, raw: Any) -> tuple[str, ...]:
+        values = [raw] if isinstance(raw, str) else raw
+        if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+            self.fail(rule, key, f"must be a list of words, not {raw!r}", f"e.g. {key}: [animal]")
+        return tuple(values)
+
+    def text(self, rule: Rule, raw: dict[str, Any], key: str) -> str | None:
+        value = raw.get(key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            self.fail(rule, key, f"must be a name, not {value!r}", f"e.g. {key}: cat")
+        return value
+
+    def threshold(self, rule: Rule, value: Any) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            self.fail(rule, "threshold", f"must be a score between 0 and 1, not {value!r}", "e.g. threshold: 0.3")
+        return float(value)
+
+    def flag(self, rule: Rule, value: Any) -> bool | None:
+        if value is not None and not isinstance(value, bool):
+            self.fail(rule, "drop", f"must be true or false, not {value!r}", "e.g. drop: true")
+        return value
+
+    def check_keys(self, raw: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+        for key in raw:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
+                raise ConfigError(f"{self.source}: {where} '{key}' is unknown ({hint})")
+
+    def fail(self, rule: Rule, key: str, problem: str, hint: str) -> NoReturn:
+        raise ConfigError(f"{self.source}: {rule}: key '{key}': {problem} ({hint})")
+
+
+def _did_you_mean(close: Iterable[str]) -> str:
+    names = ", ".join(repr(c) for c in close)
+    return f"did you mean {names}?" if names else ""
