@@ -1,0 +1,153 @@
+"""One query language for the CLI, the viewer and the API, in the style of beets.
+
+    tag:dog score:0.6.. ^tag:cat folder:2024 added:-1w.. 猫
+
+- A bare word or `tag:WORD` is a tag: an English or Chinese label, a keyword from the
+  rules (`cat`, `猫`, `animal`), an alias, a WordNet id or a class number. Quote words
+  with spaces: `tag:"sports car"`. Several tags must all match.
+- `^` before any term negates it: `^tag:cat`, `^猫`, `^folder:tmp`.
+- `score:LO..HI` bounds the score of the matching tags (`score:0.6..`, `score:..0.3`,
+  `score:0.5` means at least 0.5).
+- `folder:NAME` keeps files with a folder of that name in their path (`folder:2024`);
+  an absolute path keeps files under it (`folder:/srv/photos/trips`).
+- `added:RANGE` (when tagger first saw the file) and `date:RANGE` (the file's own
+  modification time) take `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or a relative `-3d`, `-2w`,
+  `-6m`, `-1y`, alone or as `FROM..TO` with either side optional: `added:-1w..`,
+  `date:2023..2024-06`.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from tagger.errors import TaggerError
+
+FIELDS = ("tag", "score", "folder", "added", "date")
+_RELATIVE = re.compile(r"^-(\d+)([dwmy])$")
+_UNIT_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
+
+
+class QueryError(TaggerError):
+    """A query that cannot be understood; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Seconds since the epoch, either end open."""
+
+    start: float | None = None
+    end: float | None = None
+
+    def contains(self, when: float) -> bool:
+        return (self.start is None or when >= self.start) and (self.end is None or when < self.end)
+
+
+@dataclass(frozen=True)
+class Query:
+    tags: tuple[str, ...] = ()
+    not_tags: tuple[str, ...] = ()
+    score_min: float | None = None
+    score_max: float | None = None
+    folders: tuple[str, ...] = ()
+    not_folders: tuple[str, ...] = ()
+    added: TimeRange | None = None
+    date: TimeRange | None = None
+    text: str = field(default="", compare=False)
+
+    @property
+    def empty(self) -> bool:
+        return self == Query()
+
+
+def parse(text: str, now: datetime | None = None) -> Query:
+    """Parse a query string; raises QueryError naming the bad term."""
+    now = now or datetime.now(timezone.utc)
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise QueryError(f"cannot read query {text!r}: {exc}") from None
+    tags: list[str] = []
+    not_tags: list[str] = []
+    folders: list[str] = []
+    not_folders: list[str] = []
+    score_min = score_max = None
+    added = date = None
+    for word in words:
+        negated = word.startswith("^")
+        body = word[1:] if negated else word
+        name, sep, value = body.partition(":")
+        if not sep or name not in FIELDS:
+            name, value = "tag", body  # a bare word, or a label that itself holds a colon
+        if not value:
+            raise QueryError(f"empty value in {word!r} (e.g. {name}:...)")
+        if name == "tag":
+            (not_tags if negated else tags).append(value)
+        elif name == "folder":
+            (not_folders if negated else folders).append(value)
+        elif negated:
+            raise QueryError(f"{word!r}: only tag: and folder: terms can be negated with ^")
+        elif name == "score":
+            score_min, score_max = _score_range(value, word)
+        else:
+            when = _time_range(value, word, now)
+            if name == "added":
+                added = when
+            else:
+                date = when
+    return Query(
+        tuple(tags), tuple(not_tags), score_min, score_max, tuple(folders), tuple(not_folders), added, date, text
+    )
+
+
+def _score_range(value: str, word: str) -> tuple[float | None, float | None]:
+    low, sep, high = value.partition("..")
+    try:
+        lo = float(low) if low else None
+        hi = float(high) if high else None
+    except ValueError:
+        raise QueryError(f"{word!r}: a score is a number from 0 to 1, e.g. score:0.6..") from None
+    for bound in (lo, hi):
+        if bound is not None and not 0.0 <= bound <= 1.0:
+            raise QueryError(f"{word!r}: a score is a number from 0 to 1")
+    return lo, (hi if sep else None)
+
+
+def _time_range(value: str, word: str, now: datetime) -> TimeRange:
+    low, sep, high = value.partition("..")
+    if not sep:  # a single date means that whole day, month or year
+        start, end = _instant(low, word, now, end=False), _instant(low, word, now, end=True)
+        return TimeRange(start, end)
+    return TimeRange(
+        _instant(low, word, now, end=False) if low else None,
+        _instant(high, word, now, end=True) if high else None,
+    )
+
+
+def _instant(text: str, word: str, now: datetime, *, end: bool) -> float:
+    """Start (or, with end, the end) of a date written as YYYY[-MM[-DD]] or -N[dwmy]."""
+    relative = _RELATIVE.match(text)
+    if relative:
+        days = int(relative.group(1)) * _UNIT_DAYS[relative.group(2)]
+        return (now - timedelta(days=days)).timestamp()
+    parts = text.split("-")
+    try:
+        numbers = [int(p) for p in parts]
+        if len(numbers) == 1:
+            start = datetime(numbers[0], 1, 1, tzinfo=timezone.utc)
+            following = datetime(numbers[0] + 1, 1, 1, tzinfo=timezone.utc)
+        elif len(numbers) == 2:
+            start = datetime(numbers[0], numbers[1], 1, tzinfo=timezone.utc)
+            year, month = divmod(numbers[1], 12)
+            following = datetime(numbers[0] + year, month + 1, 1, tzinfo=timezone.utc)
+        elif len(numbers) == 3:
+            start = datetime(numbers[0], numbers[1], numbers[2], tzinfo=timezone.utc)
+            following = start + timedelta(days=1)
+        else:
+            raise ValueError(text)
+    except ValueError:
+        raise QueryError(
+            f"{word!r}: dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
+        ) from None
+    return (following if end else start).timestamp()

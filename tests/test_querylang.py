@@ -1,0 +1,91 @@
+"""The query language: every term kind, negation, ranges, and clear refusals."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from tagger.querylang import Query, QueryError, TimeRange, parse
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+
+def ts(*args: int) -> float:
+    return datetime(*args, tzinfo=timezone.utc).timestamp()
+
+
+def test_the_documented_example() -> None:
+    q = parse("tag:dog score:0.6.. ^tag:cat folder:2024 added:-1w.. 猫", NOW)
+    assert q.tags == ("dog", "猫") and q.not_tags == ("cat",)
+    assert (q.score_min, q.score_max) == (0.6, None)
+    assert q.folders == ("2024",)
+    assert q.added == TimeRange(ts(2026, 11, 20, 12), None)
+    assert q.date is None
+
+
+def test_quoted_words_and_bare_words() -> None:
+    q = parse('tag:"sports car" "tiger cat" espresso', NOW)
+    assert q.tags == ("sports car", "tiger cat", "espresso")
+
+
+def test_a_label_with_a_colon_is_a_tag() -> None:
+    assert parse("foo:bar", NOW).tags == ("foo:bar",)
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high"),
+    [("score:0.6..", 0.6, None), ("score:..0.3", None, 0.3), ("score:0.2..0.8", 0.2, 0.8), ("score:0.5", 0.5, None)],
+)
+def test_score_ranges(text: str, low: float | None, high: float | None) -> None:
+    q = parse(text, NOW)
+    assert (q.score_min, q.score_max) == (low, high)
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "end"),
+    [
+        ("date:2024", ts(2024, 1, 1), ts(2025, 1, 1)),
+        ("date:2024-12", ts(2024, 12, 1), ts(2025, 1, 1)),
+        ("date:2024-02-28", ts(2024, 2, 28), ts(2024, 2, 29)),
+        ("date:2023..2024-06", ts(2023, 1, 1), ts(2024, 7, 1)),
+        ("added:..2020", None, ts(2021, 1, 1)),
+        ("added:-3d..", ts(2026, 11, 24, 12), None),
+        ("added:-1y..-6m", ts(2025, 11, 27, 12), ts(2026, 5, 31, 12)),
+    ],
+)
+def test_time_ranges(text: str, start: float | None, end: float | None) -> None:
+    q = parse(text, NOW)
+    assert (q.added or q.date) == TimeRange(start, end)
+
+
+def test_time_range_contains_is_half_open() -> None:
+    r = TimeRange(ts(2024, 1, 1), ts(2025, 1, 1))
+    assert r.contains(ts(2024, 6, 1)) and r.contains(ts(2024, 1, 1)) and not r.contains(ts(2025, 1, 1))
+
+
+def test_negated_folder() -> None:
+    q = parse("^folder:tmp folder:/srv/photos", NOW)
+    assert q.not_folders == ("tmp",) and q.folders == ("/srv/photos",)
+
+
+def test_empty_query() -> None:
+    assert parse("", NOW).empty and parse("   ", NOW) == Query()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("score:high", ["score:high", "number from 0 to 1"]),
+        ("score:1.5..", ["from 0 to 1"]),
+        ("added:yesterday", ["added:yesterday", "YYYY-MM-DD", "-3d"]),
+        ("date:2024-13", ["date:2024-13"]),
+        ("^score:0.5", ["only tag: and folder:"]),
+        ("tag:", ["empty value"]),
+        ('tag:"unclosed', ["cannot read query"]),
+    ],
+)
+def test_refusals_name_the_term(text: str, words: list[str]) -> None:
+    with pytest.raises(QueryError) as info:
+        parse(text, NOW)
+    for word in words:
+        assert word in str(info.value)
