@@ -58,18 +58,25 @@ def trust_resnet(weights_dir: Path) -> str:
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB (of that child alone) and stdout of one command."""
+    """Wall seconds, peak RSS in MB and stdout of one child.
+
+    The peak is the child's own VmHWM, which it prints as it exits: getrusage's ru_maxrss
+    would also count the pages this (large) parent process had when it forked the child.
+    """
     started = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.monotonic() - started
-        out.seek(0)
-        err.seek(0)
-        text, errors = out.read().decode(), err.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{errors}")
-    return seconds, usage.ru_maxrss / 1024, text
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{result.stderr}")
+    peaks = [int(line.split()[1]) for line in result.stderr.splitlines() if line.startswith("VmHWM:")]
+    return seconds, (peaks[-1] / 1024 if peaks else float("nan")), result.stdout
+
+
+def report_peak_memory() -> None:
+    """Print this process's peak resident memory (VmHWM, kB) to stderr for the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            print(line, file=sys.stderr)
 
 
 def child_scan(config: Path, prefix: str | None) -> None:
@@ -140,10 +147,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.child_scan:
         child_scan(args.child_scan, args.trust)
+        report_peak_memory()
         return 0
     if args.child_naive:
         model, weights_dir, folder = args.child_naive
         child_naive(model, Path(weights_dir), Path(folder), args.trust)
+        report_peak_memory()
         return 0
     width, height = (int(v) for v in args.size.lower().split("x"))
     me = [sys.executable, __file__]

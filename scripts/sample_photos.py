@@ -39,8 +39,9 @@ def write_samples(dest: Path, size: tuple[int, int] | None = None, copies: int =
                 rgb = rgb.resize(size, Image.Resampling.BICUBIC)
             for i in range(copies):
                 out = dest / (f"{name}.jpg" if copies == 1 else f"{name}_{i:04d}.jpg")
-                # Vary quality slightly so that copies are distinct files with distinct hashes.
-                rgb.save(out, "JPEG", quality=quality - (i % 5))
+                # A distinct comment (and a slightly different quality) per copy: distinct files with
+                # distinct hashes, so each one costs a real decode and model run.
+                rgb.save(out, "JPEG", quality=quality - (i % 5), comment=f"{name} copy {i}")
                 written.append(out)
     return written
 
