@@ -303,6 +303,56 @@ def weights_fetch(ctx: _Context, model: str, url: str | None) -> None:
 
 
 @cli.command()
+@click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: web.port, 8765; 0 picks a free one).")
+@pass_ctx
+def serve(ctx: _Context, host: str | None, port: int | None) -> None:
+    """Serve the web viewer and JSON API (browse, search, check an image) until stopped.
+
+    Runs under waitress, a production WSGI server. The index is only read; a schema left
+    by an older tagger is upgraded first.
+    """
+    import dataclasses
+
+    from waitress import create_server
+
+    from tagger.store import MIGRATIONS, Store
+    from tagger.web import create_app
+
+    config = ctx.config(require_folders=False)
+    web = dataclasses.replace(config.web, host=host or config.web.host, port=config.web.port if port is None else port)
+    config = dataclasses.replace(config, web=web)
+    if config.index.exists():
+        with Store.open(config.index, readonly=True) as current:
+            outdated = current.schema_version() < len(MIGRATIONS)
+        if outdated:
+            Store.open(config.index).close()  # applies the pending migrations; from then on only reads
+    else:
+        log.warning("%s: no index yet: pages stay empty until `tagger scan` or `tagger run` makes it", config.index)
+    if web.token is None and web.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without web.token: anyone who can reach it can browse the library", web.host)
+    app = create_app(config)
+    server = create_server(
+        app,
+        host=web.host,
+        port=web.port,
+        threads=web.threads,
+        max_request_body_size=web.max_upload_mb * 1024 * 1024 + 65536,
+        ident="tagger",
+        clear_untrusted_proxy_headers=True,
+    )
+    shown = f"[{web.host}]" if ":" in web.host else web.host
+    click.echo(f"tagger: serving {config.index} at http://{shown}:{server.effective_port}/ (Ctrl-C stops)")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        app.extensions["tagger"].close()
+
+
+@cli.command()
 @pass_ctx
 def failures(ctx: _Context) -> None:
     """List files that could not be tagged, with the reason."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tagger.labels import Tag
+from tagger.labels import Tag, imagenet_classes
 from tagger.errors import StoreError
 from tagger.sidecar import ImageFacts
 
@@ -62,6 +62,65 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX files_tagged_by_mtime ON files(mtime_ns, path) WHERE status = 'tagged';
     CREATE INDEX tags_top_by_score ON tags(score) WHERE rank = 0;
     """,
+    # 3: the viewer's folder filter: a folder's files are counted and sorted by time from
+    # this index alone (status is in it so that no file row is read).
+    """
+    CREATE INDEX files_tagged_by_path ON files(path, mtime_ns, status) WHERE status = 'tagged';
+    """,
+    # 4: tagged files per class and score percent, kept by the database itself on every write,
+    # so that the viewer's tag list costs a sum of at most 100,000 rows, not a join of every
+    # file with its tags (6 to 60 seconds at a million files). INSERT OR REPLACE fires no
+    # delete trigger (recursive_triggers is off), so a row about to be replaced is uncounted
+    # just before. The backfill below takes about 10 s at a million files, once.
+    """
+    CREATE TABLE tag_counts (
+        class_id INTEGER NOT NULL,
+        percent  INTEGER NOT NULL,
+        files    INTEGER NOT NULL,
+        PRIMARY KEY (class_id, percent)
+    ) WITHOUT ROWID;
+    INSERT INTO tag_counts (class_id, percent, files)
+        SELECT t.class_id, CAST(t.score * 100 AS INTEGER), COUNT(*)
+        FROM files f CROSS JOIN tags t WHERE t.sha256 = f.sha256 AND f.status = 'tagged' GROUP BY 1, 2;
+    CREATE TRIGGER tag_counts_file_replaced BEFORE INSERT ON files BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT t.class_id, CAST(t.score * 100 AS INTEGER), -1 FROM files f CROSS JOIN tags t
+            WHERE f.path = NEW.path AND f.status = 'tagged' AND t.sha256 = f.sha256
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_file_added AFTER INSERT ON files WHEN NEW.status = 'tagged' BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), 1 FROM tags WHERE sha256 = NEW.sha256
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_file_removed AFTER DELETE ON files WHEN OLD.status = 'tagged' BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), -1 FROM tags WHERE sha256 = OLD.sha256
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_file_changed AFTER UPDATE OF sha256, status ON files BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), -1 FROM tags
+            WHERE sha256 = OLD.sha256 AND OLD.status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), 1 FROM tags
+            WHERE sha256 = NEW.sha256 AND NEW.status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_tag_added AFTER INSERT ON tags BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT NEW.class_id, CAST(NEW.score * 100 AS INTEGER), COUNT(*) FROM files
+            WHERE sha256 = NEW.sha256 AND status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_tag_removed AFTER DELETE ON tags BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT OLD.class_id, CAST(OLD.score * 100 AS INTEGER), -COUNT(*) FROM files
+            WHERE sha256 = OLD.sha256 AND status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    """,
 )
 
 
@@ -108,7 +167,7 @@ class Stats:
     top_labels: list[tuple[str, str, int]]
 
 
-# The grid's orders: key column and direction; ties are broken by path in the same direction.
+# The viewer's orders: key column and direction; ties are broken by path in the same direction.
 SORTS: dict[str, tuple[str, str]] = {
     "newest": ("f.mtime_ns", "DESC"),
     "oldest": ("f.mtime_ns", "ASC"),
@@ -116,8 +175,12 @@ SORTS: dict[str, tuple[str, str]] = {
     "name": ("f.path", "ASC"),
 }
 # A filter matching fewer rows than this (a rare tag, a small folder) is fetched whole and
-# sorted; a wider one walks the sort's own index until a page is full.
-FEW_ROWS = 20_000
+# sorted; a wider one walks the sort's own index until a page is full. Around this size
+# both take some tens of milliseconds at a million files; away from it, a few.
+FEW_ROWS = 3_000
+# A folder with fewer files than this is shown by time by sorting its (path, mtime) keys in
+# a covering index, rather than by walking all the newer files of the library.
+FOLDER_KEYS_FIRST = 200_000
 
 SortKey = tuple[float | int | str, str]  # (the sort column's value, path) of a file in a listing
 
@@ -145,17 +208,11 @@ class GridItem:
 
 
 @dataclass(frozen=True)
-class ImageDetail:
-    path: str
-    sha256: str | None
-    size: int
-    mtime_ns: int
-    status: str
-    error: str | None
-    sidecar: str | None
+class ImageDetail(FileRecord):
+    """A file's record with its image's facts and all of its stored tags."""
+
     width: int | None
     height: int | None
-    model: str | None
     classified_at: str | None
     tags: list[Tag]
 
@@ -250,9 +307,8 @@ class Store:
             if version <= self.schema_version():
                 continue
             with self.transaction() as conn:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(script):
+                    conn.execute(statement)
                 conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, _now()))
 
     # -- reads ---------------------------------------------------------------------------
@@ -294,34 +350,90 @@ class Store:
     def query(self, class_groups: Sequence[Sequence[int]], min_score: float, limit: int | None) -> list[TaggedFile]:
         """Files having, for every group, at least one of its classes at `min_score` or more.
 
-        Best first: ordered by the score of the first group's match.
+        Best first: ordered by the score of the first group's match. With a limit, each class's
+        (class_id, score) index is walked from the top, so a common tag costs what a page
+        costs, not a sort of every match.
         """
-        params: list[object] = []
-        if class_groups:
-            first, *rest = class_groups
-            sql = [
-                """SELECT f.path, f.sha256, i.model, MAX(t0.score) AS best
-                   FROM tags t0 JOIN files f ON f.sha256 = t0.sha256 JOIN images i ON i.sha256 = f.sha256""",
-                f"WHERE f.status = 'tagged' AND t0.class_id IN ({_marks(first)}) AND t0.score >= ?",
-            ]
-            params += [*first, min_score]
-            for group in rest:
-                sql.append(
-                    f"""AND EXISTS (SELECT 1 FROM tags t WHERE t.sha256 = f.sha256
-                        AND t.class_id IN ({_marks(group)}) AND t.score >= ?)"""
-                )
-                params += [*group, min_score]
-            sql.append("GROUP BY f.path ORDER BY best DESC, f.path")
-        else:
-            sql = [
-                """SELECT f.path, f.sha256, i.model, 0 FROM files f JOIN images i ON i.sha256 = f.sha256
-                   WHERE f.status = 'tagged' ORDER BY f.path"""
-            ]
+        if not class_groups:
+            rows = self.conn.execute(
+                """SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
+                   WHERE f.status = 'tagged' ORDER BY f.path LIMIT ?""",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+            return self._with_tags(rows, min_score)
         if limit is not None:
-            sql.append("LIMIT ?")
-            params.append(limit)
-        rows = self.conn.execute("\n".join(sql), params).fetchall()
-        return [TaggedFile(path, sha, model, self._tags(sha, min_score)) for path, sha, model, _ in rows]
+            found = self._query_top(class_groups, min_score, limit)
+            if found is not None:
+                return found
+        first, *rest = class_groups
+        sql = [
+            f"""WITH m AS (SELECT sha256, MAX(score) AS best FROM tags
+                           WHERE class_id IN ({_marks(first)}) AND score >= ? GROUP BY sha256)
+                SELECT f.path, f.sha256, i.model FROM m
+                JOIN files f ON f.sha256 = m.sha256 AND f.status = 'tagged' JOIN images i ON i.sha256 = m.sha256
+                WHERE 1"""
+        ]
+        params: list[object] = [*first, min_score]
+        for group in rest:
+            sql.append(
+                f"""AND EXISTS (SELECT 1 FROM tags t WHERE t.sha256 = m.sha256
+                    AND t.class_id IN ({_marks(group)}) AND t.score >= ?)"""
+            )
+            params += [*group, min_score]
+        sql.append("ORDER BY m.best DESC, f.path LIMIT ?")
+        params.append(-1 if limit is None else limit)
+        return self._with_tags(self.conn.execute("\n".join(sql), params).fetchall(), min_score)
+
+    def _query_top(
+        self, class_groups: Sequence[Sequence[int]], min_score: float, limit: int
+    ) -> list[TaggedFile] | None:
+        """The first `limit` matches from the top of each class's index; None if that was not enough."""
+        first, *rest = class_groups
+        reach = limit * 4 + 100  # contents per class: room for copies, other groups and filters
+        best: dict[str, float] = {}
+        exhausted = True
+        for class_id in first:
+            rows = self.conn.execute(
+                "SELECT sha256, score FROM tags WHERE class_id = ? AND score >= ? ORDER BY score DESC LIMIT ?",
+                (class_id, min_score, reach),
+            ).fetchall()
+            exhausted = exhausted and len(rows) < reach
+            for sha, score in rows:
+                if score > best.get(sha, -1.0):
+                    best[sha] = score
+        found: list[tuple[str, str, str]] = []
+        for sha, _ in sorted(best.items(), key=lambda item: -item[1]):
+            if any(not self._has_any(sha, group, min_score) for group in rest):
+                continue
+            found += self.conn.execute(
+                """SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
+                   WHERE f.sha256 = ? AND f.status = 'tagged' ORDER BY f.path""",
+                (sha,),
+            ).fetchall()
+            if len(found) >= limit:
+                return self._with_tags(found[:limit], min_score)
+        return self._with_tags(found, min_score) if exhausted else None
+
+    def _has_any(self, sha256: str, class_ids: Sequence[int], min_score: float) -> bool:
+        row = self.conn.execute(
+            f"SELECT 1 FROM tags WHERE sha256 = ? AND class_id IN ({_marks(class_ids)}) AND score >= ? LIMIT 1",
+            (sha256, *class_ids, min_score),
+        ).fetchone()
+        return row is not None
+
+    def _with_tags(self, rows: Sequence[tuple[str, str, str]], min_score: float) -> list[TaggedFile]:
+        """Attach each file's tags, fetched for all the rows' contents at once (not one query per row)."""
+        shas = list(dict.fromkeys(sha for _, sha, _ in rows))
+        tags: dict[str, list[Tag]] = {sha: [] for sha in shas}
+        for start in range(0, len(shas), 500):
+            chunk = shas[start : start + 500]
+            for sha, *fields in self.conn.execute(
+                f"""SELECT sha256, class_id, wnid, label, label_zh, score FROM tags
+                    WHERE sha256 IN ({_marks(chunk)}) AND score >= ? ORDER BY sha256, rank""",
+                (*chunk, min_score),
+            ):
+                tags[sha].append(Tag(*fields))
+        return [TaggedFile(path, sha, model, tags[sha]) for path, sha, model in rows]
 
     def counts(self) -> tuple[int, int]:
         """(tagged, failed) files: cheap enough for a status line."""
@@ -418,107 +530,130 @@ class Store:
         """The `limit` files that follow `after` in the listing's order.
 
         A keyset page (WHERE key < last key, never OFFSET): as fast a million files deep as on
-        the first page, and no file is skipped or repeated when others arrive meanwhile.
-        `backwards` walks towards the start (the previous image); `only` keeps one path
-        (to learn its key).
+        the first page, and nothing is skipped or repeated when files arrive meanwhile.
+        `backwards` walks towards the start (the previous image); `only` keeps one path (to
+        learn its key).
         """
         column, direction = SORTS[listing.sort]
         if backwards:
             direction = "ASC" if direction == "DESC" else "DESC"
-        where, params = self._listing_filter(listing)
-        if after is not None:
-            op = "<" if direction == "DESC" else ">"
-            value, path = after
-            if column == "f.path":
-                where.append(f"f.path {op} ?")
-                params.append(path)
-            else:
-                where.append(f"{column} {op}= ? AND ({column} {op} ? OR f.path {op} ?)")
-                params += [value, value, path]
-        if only is not None:
-            where.append("f.path = ?")
-            params.append(only)
-        rows = self.conn.execute(
-            f"""SELECT f.path, f.sha256, f.size, f.mtime_ns, i.width, i.height,
-                       t.class_id, t.wnid, t.label, t.label_zh, t.score, {column}
-                FROM {self._walk(listing)} CROSS JOIN images i
-                WHERE i.sha256 = f.sha256 AND {" AND ".join(where)}
-                ORDER BY {column} {direction}, f.path {direction} LIMIT ?""",
-            [*params, limit],
-        ).fetchall()
+        op = "<" if direction == "DESC" else ">"
+        plan = self._plan(listing)
+        file_terms, file_params = _file_filter(listing, only)
+        if after is not None and column == "f.path":
+            file_terms.append(f"f.path {op} ?")
+            file_params.append(after[1])
+        elif after is not None:
+            file_terms.append(f"{column} {op}= ? AND ({column} {op} ? OR f.path {op} ?)")
+            file_params += [after[0], after[0], after[1]]
+        # How deep into the bound or the folder's keys to reach: a page's worth, more when other
+        # terms will drop some; reached deeper until a page is full or there is no more.
+        depth = limit if not listing.groups and listing.min_score == 0 else 4 * limit
+        while True:
+            bound = None  # how far down the scores this page can reach: found first, from the index alone
+            if plan.merge_classes:
+                bound = self._score_bound(plan.merge_classes, listing.min_score, after, direction, depth)
+            tag_terms, tag_params = _tag_filter(listing, bound, direction)
+            source, terms, params = plan.source, file_terms + tag_terms, file_params + tag_params
+            if plan.folder_size:  # the folder's first `depth` keys, sorted in a covering index, then joined
+                source = f"""(SELECT f.path AS key_path FROM files f INDEXED BY files_tagged_by_path
+                              WHERE {" AND ".join(file_terms)} ORDER BY {column} {direction}, f.path {direction}
+                              LIMIT ?) CROSS JOIN {source}"""
+                terms, params = ["f.path = key_path", *tag_terms], [*file_params, depth, *tag_params]
+            rows = self.conn.execute(
+                f"""SELECT f.path, f.sha256, f.size, f.mtime_ns, i.width, i.height,
+                           t.class_id, t.wnid, t.label, t.label_zh, t.score, {column}
+                    FROM {source} CROSS JOIN images i WHERE {" AND ".join(["i.sha256 = f.sha256", *terms])}
+                    ORDER BY {column} {direction}, f.path {direction} LIMIT ?""",
+                [*params, limit],
+            ).fetchall()
+            reached_end = bound is None and depth >= plan.folder_size
+            if len(rows) == limit or reached_end:
+                break
+            depth *= 8 if plan.folder_size else 2
         return [
             GridItem(path, sha, size, mtime, width, height, Tag(*tag), (key, path))
             for path, sha, size, mtime, width, height, *tag, key in rows
         ]
 
-    def _listing_filter(self, listing: Listing) -> tuple[list[str], list[object]]:
-        """WHERE terms giving one row per file, `t` being the tag its card shows."""
-        where = ["f.status = 'tagged'", "t.sha256 = f.sha256", "t.score >= ?"]
-        params: list[object] = [listing.min_score]
-        if listing.groups:
-            first, *rest = listing.groups
-            where.append(f"t.class_id IN ({_marks(first)})")
-            params += first
-            if len(first) > 1:  # several of its classes may match one image: show the best (lowest rank)
-                where.append(
-                    f"""NOT EXISTS (SELECT 1 FROM tags b INDEXED BY sqlite_autoindex_tags_1 WHERE b.sha256 = t.sha256 AND b.rank < t.rank
-                        AND b.class_id IN ({_marks(first)}))"""
-                )
-                params += first
-            for group in rest:
-                where.append(
-                    f"""EXISTS (SELECT 1 FROM tags x INDEXED BY sqlite_autoindex_tags_1 WHERE x.sha256 = f.sha256
-                        AND x.class_id IN ({_marks(group)}) AND x.score >= ?)"""
-                )
-                params += [*group, listing.min_score]
-        else:
-            where.append("t.rank = 0")
-        if listing.folder is not None:
-            where.append("f.path >= ? AND f.path < ?")
-            params += _folder_range(listing.folder)
-        return where, params
+    def _plan(self, listing: Listing) -> _Plan:
+        """Which index a page walks. It decides the speed, never the rows.
 
-    def _walk(self, listing: Listing) -> str:
-        """The FROM clause in join order. Which index is walked decides the speed, never the rows.
-
-        A narrow filter is fetched whole and sorted (a small folder by its path range, a rare
-        tag by tags_by_class); otherwise the sort's own index is walked, filtering as it goes,
-        until one page is full.
+        A narrow filter (a rare tag, a small folder) is fetched whole and sorted; otherwise
+        the sort's own index is walked, filtering as it goes, until the page is full.
         """
         by_path = "files f INDEXED BY sqlite_autoindex_files_1 CROSS JOIN tags t INDEXED BY sqlite_autoindex_tags_1"
-        if listing.folder is not None and self._fewer_than(
-            "SELECT 1 FROM files WHERE path >= ? AND path < ?", _folder_range(listing.folder)
-        ):
-            return by_path
-        if listing.groups:
-            first = listing.groups[0]
-            if listing.sort == "score" or self._fewer_than(
-                f"SELECT 1 FROM tags WHERE class_id IN ({_marks(first)}) AND score >= ?", [*first, listing.min_score]
-            ):
-                return "tags t INDEXED BY tags_by_class CROSS JOIN files f"
+        by_mtime = "files f INDEXED BY files_tagged_by_mtime CROSS JOIN tags t INDEXED BY sqlite_autoindex_tags_1"
+        by_class = "tags t INDEXED BY tags_by_class CROSS JOIN files f"
+        first = listing.groups[0] if listing.groups else ()
+        in_folder = FOLDER_KEYS_FIRST
+        if listing.folder is not None:
+            in_folder = self._count_upto(
+                """SELECT 1 FROM files INDEXED BY files_tagged_by_path
+                   WHERE status = 'tagged' AND path >= ? AND path < ?""",
+                _folder_range(listing.folder),
+                FOLDER_KEYS_FIRST,
+            )
+            if in_folder < FEW_ROWS:
+                return _Plan(by_path)
+        if listing.sort == "score" and first:
+            return _Plan(by_class, merge_classes=first if len(first) > 1 else ())
         if listing.sort == "score":
-            return "tags t INDEXED BY tags_top_by_score CROSS JOIN files f"
-        if listing.sort == "name":
-            return by_path
-        return "files f INDEXED BY files_tagged_by_mtime CROSS JOIN tags t INDEXED BY sqlite_autoindex_tags_1"
+            return _Plan("tags t INDEXED BY tags_top_by_score CROSS JOIN files f")
+        matches = f"SELECT 1 FROM tags WHERE class_id IN ({_marks(first)}) AND score >= ?"
+        if first and self._count_upto(matches, [*first, listing.min_score], FEW_ROWS) < FEW_ROWS:
+            return _Plan(by_class)
+        if in_folder < FOLDER_KEYS_FIRST and listing.sort != "name":
+            return _Plan(by_path, folder_size=in_folder)
+        return _Plan(by_path if listing.sort == "name" else by_mtime)
 
-    def _fewer_than(self, select: str, params: Sequence[object]) -> bool:
-        """Whether `select` has fewer than FEW_ROWS rows; reads at most that many index entries."""
-        row = self.conn.execute(f"SELECT COUNT(*) FROM ({select} LIMIT ?)", [*params, FEW_ROWS]).fetchone()
-        return bool(row[0] < FEW_ROWS)
+    def _score_bound(
+        self, classes: Sequence[int], min_score: float, after: SortKey | None, direction: str, depth: int
+    ) -> float | None:
+        """The `depth`-th best score among these classes' tags past the cursor; None if there are fewer.
+
+        Each class's tags are in score order in tags_by_class, so this reads `depth` index
+        entries per class, where all the tags of a common group can number a hundred thousand.
+        """
+        op = "<" if direction == "DESC" else ">"
+        start = after[0] if after is not None else (2.0 if direction == "DESC" else -1.0)
+        scores: list[float] = []
+        for class_id in classes:
+            rows = self.conn.execute(
+                f"""SELECT score FROM tags INDEXED BY tags_by_class WHERE class_id = ? AND score >= ?
+                    AND score {op}= ? ORDER BY score {direction} LIMIT ?""",
+                (class_id, min_score, start, depth),
+            ).fetchall()
+            scores += [r[0] for r in rows]
+        if len(scores) < depth:
+            return None
+        scores.sort(reverse=direction == "DESC")
+        return scores[depth - 1]
+
+    def map_memory(self, size: int) -> None:
+        """Read the index through memory-mapped pages: random lookups in a large index are about
+        twice as fast as through read() calls. For long-lived read-only connections."""
+        self.conn.execute(f"PRAGMA mmap_size = {int(size)}")
+
+    def _count_upto(self, select: str, params: Sequence[object], cap: int) -> int:
+        """Rows of `select`, counting no further than `cap` (reading at most that many index entries)."""
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM ({select} LIMIT ?)", [*params, cap]).fetchone()[0])
 
     def image_detail(self, path: str) -> ImageDetail | None:
         """Everything the index knows about one file, with all of its stored tags."""
         row = self.conn.execute(
-            """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar,
-                      i.width, i.height, i.model, i.classified_at
+            """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model,
+                      i.width, i.height, i.classified_at
                FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = ?""",
             (path,),
         ).fetchone()
         if row is None:
             return None
-        tags = self._tags(row[1]) if row[4] == "tagged" else []
-        return ImageDetail(*row, tags=tags)
+        path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at = row
+        tags = self._tags(sha256) if status == "tagged" else []
+        return ImageDetail(
+            path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at, tags
+        )
 
     def paths_with_content(self, sha256: str) -> list[str]:
         """Tagged files holding this content (a thumbnail can be made from any of them)."""
@@ -528,15 +663,86 @@ class Store:
         return [r[0] for r in rows]
 
     def tag_counts(self, min_score: float) -> list[TagCount]:
-        """Tagged files per class at `min_score` or more, most common first (a full scan: cache it)."""
+        """Tagged files per class whose tag scores `min_score` or more (rounded down to a percent),
+        most common first. Kept up to date by triggers (migration 4): no scan of the files."""
         rows = self.conn.execute(
-            """SELECT t.class_id, t.wnid, t.label, t.label_zh, COUNT(*) AS n
-               FROM files f JOIN tags t ON t.sha256 = f.sha256
-               WHERE f.status = 'tagged' AND t.score >= ?
-               GROUP BY t.class_id ORDER BY n DESC, t.label""",
-            (min_score,),
+            """SELECT class_id, SUM(files) AS n FROM tag_counts WHERE percent >= ?
+               GROUP BY class_id HAVING n > 0 ORDER BY n DESC, class_id""",
+            (int(min_score * 100 + 1e-9),),
         ).fetchall()
-        return [TagCount(*r) for r in rows]
+        classes = imagenet_classes()
+        return [TagCount(c, classes[c].wnid, classes[c].label, classes[c].label_zh, n) for c, n in rows]
+
+    def tagged_count(self) -> int:
+        """Files tagged, read from the smallest index that holds exactly them."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM files INDEXED BY files_tagged_by_mtime WHERE status = 'tagged'"
+        ).fetchone()
+        return int(row[0])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    source: str  # the FROM clause: tables in join order, each with the index it is read by
+    folder_size: int = 0  # set: sort the folder's keys in a covering index first, then join a page
+    merge_classes: tuple[int, ...] = ()  # best first across these classes: bound the scores first
+
+
+def _file_filter(listing: Listing, only: str | None) -> tuple[list[str], list[object]]:
+    terms, params = ["f.status = 'tagged'"], list[object]()
+    if listing.folder is not None:
+        terms.append("f.path >= ? AND f.path < ?")
+        params += _folder_range(listing.folder)
+    if only is not None:
+        terms.append("f.path = ?")
+        params.append(only)
+    return terms, params
+
+
+def _tag_filter(
+    listing: Listing, bound: float | None = None, direction: str = "DESC"
+) -> tuple[list[str], list[object]]:
+    """`t` is the tag a file's card shows: its best match for the first group, or its top tag.
+
+    `bound` is the lowest score a best-first page reaches (the highest, walking `ASC`); it
+    joins min_score in one range on the index.
+    """
+    terms = ["t.sha256 = f.sha256", "t.score >= ?"]
+    params: list[object] = [listing.min_score]
+    if bound is not None and direction == "DESC":
+        params = [max(listing.min_score, bound)]
+    elif bound is not None:
+        terms.append("t.score <= ?")
+        params.append(bound)
+    if not listing.groups:
+        return [*terms, "t.rank = 0"], params
+    first, *rest = listing.groups
+    terms.append(f"t.class_id IN ({_marks(first)})")
+    params += first
+    if len(first) > 1:  # several classes of the group may match one image: keep its best (lowest rank)
+        terms.append(
+            f"""NOT EXISTS (SELECT 1 FROM tags b INDEXED BY sqlite_autoindex_tags_1
+                WHERE b.sha256 = t.sha256 AND b.rank < t.rank AND b.class_id IN ({_marks(first)}))"""
+        )
+        params += first
+    for group in rest:
+        terms.append(
+            f"""EXISTS (SELECT 1 FROM tags x INDEXED BY sqlite_autoindex_tags_1
+                WHERE x.sha256 = f.sha256 AND x.class_id IN ({_marks(group)}) AND x.score >= ?)"""
+        )
+        params += [*group, listing.min_score]
+    return terms, params
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration, each whole: a trigger's body keeps its own semicolons."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -544,6 +750,6 @@ def _marks(values: Sequence[object]) -> str:
 
 
 def _folder_range(folder: str) -> list[str]:
-    """[low, high) of the paths inside `folder`: a range scan on the path key."""
+    """[low, high) of the paths inside `folder`: a range on the path key."""
     prefix = folder.rstrip("/") + "/"
     return [prefix, prefix[:-1] + "0"]

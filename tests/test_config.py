@@ -71,3 +71,43 @@ def test_fixture_config_round_trip(write_config: Callable[..., Path]) -> None:
     config = load_config(write_config(model={"top_k": 7}))
     assert config.model.top_k == 7
     assert config.model.name == "efficientnet-lite0"
+
+
+def test_web_section_defaults_are_loopback_and_no_token(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("folders: []\n")
+    web = load_config(cfg).web
+    assert (web.host, web.port, web.token) == ("127.0.0.1", 8765, None)
+    assert web.max_upload_mb > 0 and web.thumb_size >= 64 and web.page_size >= 1
+    shipped = load_config(DEFAULT_CONFIG, require_folders=False).web
+    assert shipped == web  # the commented default file says what the code does
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("web: {port: 70000}\n", ["'web.port'", "65535"]),
+        ("web: {port: '8080'}\n", ["'web.port'", "must be int"]),
+        ("web: {host: ''}\n", ["'web.host'", "127.0.0.1"]),
+        ("web: {token: short}\n", ["'web.token'", "at least 16 characters"]),
+        ("web: {token: 12345678901234567890}\n", ["'web.token'", "must be str"]),
+        ("web: {max_upload_mb: 0}\n", ["'web.max_upload_mb'", "between 1"]),
+        ("web: {thumb_size: 10}\n", ["'web.thumb_size'", "between 64"]),
+        ("web: {page_size: 1000}\n", ["'web.page_size'", "500"]),
+        ("web: {hots: 0.0.0.0}\n", ["unknown key 'web.hots'", "did you mean 'web.host'"]),
+    ],
+)
+def test_bad_web_config_names_key_and_hint(tmp_path: Path, text: str, words: list[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("folders: []\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    for word in [str(cfg), *words]:
+        assert word in str(info.value)
+
+
+def test_web_token_and_address_from_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("folders: []\nweb: {host: 0.0.0.0, port: 0, token: a-long-enough-secret-token}\n")
+    web = load_config(cfg).web
+    assert (web.host, web.port, web.token) == ("0.0.0.0", 0, "a-long-enough-secret-token")

@@ -1,0 +1,109 @@
+"""The web viewer and JSON API: browse, search and check one image, over the index read-only.
+
+`create_app(config)` builds the Flask app and `tagger serve` runs it under waitress.
+Each serving thread reads the index through its own read-only connection (SQLite
+connections are not shared across threads); views call Store functions, never SQL.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from typing import IO, TYPE_CHECKING
+
+from flask import Flask, Request, Response, g, request
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, Unauthorized
+
+from tagger.config import Config
+from tagger.errors import StoreError
+from tagger.web import api, media, pages
+from tagger.web.context import Viewer, token_ok, wants_json
+
+if TYPE_CHECKING:
+    from tagger.classify import Classifier
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+OPEN_ENDPOINTS = frozenset({"pages.health", "pages.login"})
+
+
+class _InMemoryRequest(Request):
+    """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): a manual check writes nothing
+    anywhere, not even a temporary file."""
+
+    def _get_file_stream(
+        self, total_content_length: int | None, content_type: str | None, filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
+    """The viewer of `config`'s index; `classifier` is loaded on the first manual check unless given."""
+    app = Flask(__name__)
+    app.request_class = _InMemoryRequest
+    app.url_map.merge_slashes = False  # "//etc/passwd" is refused as it is, not redirected
+    upload_bytes = config.web.max_upload_mb * 1024 * 1024
+    app.config.update(MAX_CONTENT_LENGTH=upload_bytes, MAX_FORM_MEMORY_SIZE=upload_bytes)
+    if config.web.host in LOOPBACK_HOSTS:
+        # Another site must not reach a loopback-only viewer by pointing one of its own
+        # names at 127.0.0.1 (DNS rebinding): only loopback names are accepted as Host.
+        app.config["TRUSTED_HOSTS"] = ["localhost", "127.0.0.1", "[::1]"]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["tagger"] = Viewer(config, classifier)
+    app.register_blueprint(pages.blueprint)
+    app.register_blueprint(media.blueprint)
+    app.register_blueprint(api.blueprint, url_prefix="/api")
+    app.before_request(_require_token)
+    app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(StoreError, _store_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def _require_token() -> None:
+    if request.endpoint not in OPEN_ENDPOINTS and not token_ok():
+        raise Unauthorized("this viewer needs its access token (web.token in its config)")
+
+
+def _security_headers(response: Response) -> Response:
+    nonce = g.get("style_nonce")
+    style = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'self'; img-src 'self' blob: data:; style-src {style}; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    message = exc.description or exc.name
+    if wants_json():
+        response = api.error_response(code, message)
+    else:
+        try:
+            response = pages.error_page(code, exc.name, message)
+        except Exception:  # noqa: BLE001 - an error page must not fail into a traceback
+            log.exception("the error page for %s failed", request.path)
+            response = Response(f"{code} {exc.name}\n", status=code, mimetype="text/plain")
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tagger"'
+    return response
+
+
+def _store_error(exc: StoreError) -> Response:
+    log.error("index unavailable: %s", exc)
+    return _http_error(ServiceUnavailable(f"the index cannot be read: {exc}"))
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    """The traceback goes to the log; the client only learns that something went wrong."""
+    log.exception("%s %s failed", request.method, request.path)
+    return _http_error(InternalServerError("something went wrong on the server; the details are in its log"))

@@ -1,0 +1,140 @@
+"""The JSON API: images by query (with a `next` cursor), one image, tags with counts, classify.
+
+Errors are JSON too: {"error": "what went wrong", "status": 404}.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import BadRequest, ServiceUnavailable
+
+from tagger.errors import WeightsError
+from tagger.store import GridItem, ImageDetail
+from tagger.web.check import CheckResult
+from tagger.web.context import indexed_file, store, viewer
+from tagger.web.query import fetch_page, parse_query
+
+blueprint = Blueprint("api", __name__)
+
+MAX_LIMIT = 500
+CHECK_TOP_K = 3
+
+
+def error_response(code: int, message: str) -> Response:
+    response = jsonify({"error": message, "status": code})
+    response.status_code = code
+    return response
+
+
+@blueprint.get("/images")
+def images() -> Response:
+    """?tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N"""
+    config = viewer().config
+    query = parse_query(request.args, viewer().library, config.model.min_score)
+    if query.problems:
+        raise BadRequest("; ".join(query.problems))
+    limit = int_arg("limit", config.web.page_size, 1, MAX_LIMIT)
+    page = fetch_page(store(), query, limit)
+    next_url = url_for(".images", **query.args(after=page.next, limit=limit)) if page.next else None
+    return jsonify({"images": [item_json(i) for i in page.items], "next": page.next, "next_url": next_url})
+
+
+@blueprint.get("/images/<path:raw>")
+def image(raw: str) -> Response:
+    detail = indexed_file(raw)
+    return jsonify(detail_json(detail, viewer().library.stays_inside(detail.path)))
+
+
+@blueprint.get("/tags")
+def tags() -> Response:
+    counts = viewer().tag_counts.get(store())
+    return jsonify(
+        {
+            "images": counts.images,
+            "min_score": viewer().config.model.min_score,
+            "tags": [
+                {"class_id": t.class_id, "wnid": t.wnid, "label": t.label, "label_zh": t.label_zh, "count": t.count}
+                for t in counts.tags
+            ],
+        }
+    )
+
+
+@blueprint.post("/classify")
+def classify() -> tuple[Response, int]:
+    """Multipart files (any field name, several at once) -> each one's top tags. Nothing is stored."""
+    results = check_uploads(int_arg("top_k", CHECK_TOP_K, 1, 20))
+    status = 200 if any(r.error is None for r in results) else 422
+    return jsonify({"model": viewer().checker.model_name, "results": [r.as_dict() for r in results]}), status
+
+
+def check_uploads(top_k: int) -> list[CheckResult]:
+    """Every file of this request, checked in turn; a model that cannot load is a 503."""
+    uploads = [f for key in request.files for f in request.files.getlist(key) if f.filename]
+    if not uploads:
+        raise BadRequest("send one or more images as multipart/form-data files, e.g. curl -F file=@photo.jpg")
+    try:
+        return [viewer().checker.check(f.filename or "upload", f.read(), top_k) for f in uploads]
+    except WeightsError as exc:
+        raise ServiceUnavailable(f"the model cannot be loaded: {exc}") from None
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.values.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}, not {raw!r}")
+    return int(raw)
+
+
+def _iso(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _links(path: str, sha256: str | None) -> dict[str, str]:
+    raw = path.lstrip("/")
+    links = {
+        "self": url_for("api.image", raw=raw),
+        "page": url_for("pages.image", raw=raw),
+        "original": url_for("media.original", raw=raw),
+    }
+    if sha256:
+        links["thumbnail"] = url_for("media.thumbnail", sha256=sha256)
+    return links
+
+
+def item_json(item: GridItem) -> dict[str, object]:
+    return {
+        "path": item.path,
+        "sha256": item.sha256,
+        "size": item.size,
+        "modified": _iso(item.mtime_ns),
+        "width": item.width,
+        "height": item.height,
+        "tag": item.tag.as_dict(),
+        "links": _links(item.path, item.sha256),
+    }
+
+
+def detail_json(detail: ImageDetail, exists: bool) -> dict[str, object]:
+    links = _links(detail.path, detail.sha256 if detail.status == "tagged" else None)
+    if detail.sidecar:
+        links["sidecar"] = url_for("media.sidecar", raw=detail.path.lstrip("/"))
+    return {
+        "path": detail.path,
+        "exists": exists,
+        "status": detail.status,
+        "error": detail.error,
+        "sha256": detail.sha256,
+        "size": detail.size,
+        "modified": _iso(detail.mtime_ns),
+        "width": detail.width,
+        "height": detail.height,
+        "model": detail.model,
+        "classified_at": detail.classified_at,
+        "sidecar": detail.sidecar,
+        "tags": [t.as_dict() for t in detail.tags],
+        "links": links,
+    }

@@ -1,0 +1,74 @@
+"""Manual check: classify an uploaded image in memory. Nothing is written anywhere.
+
+The same decoding (draft or not, as configured) and preprocessing as a scan, so the answer
+is the one a scan gives. One image at a time: the model is shared, and a 50-megapixel PNG
+takes 150 MB to decode.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tagger.config import Config
+from tagger.decode import decode_bytes, preprocess
+from tagger.errors import DecodeError
+from tagger.labels import Tag
+
+if TYPE_CHECKING:
+    from tagger.classify import Classifier
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    tags: list[Tag]
+    width: int = 0
+    height: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        if self.error is not None:
+            return {"file": self.name, "error": self.error}
+        return {
+            "file": self.name,
+            "width": self.width,
+            "height": self.height,
+            "seconds": round(self.seconds, 3),
+            "tags": [t.as_dict() for t in self.tags],
+        }
+
+
+class Checker:
+    def __init__(self, config: Config, classifier: Classifier | None = None) -> None:
+        self.config = config
+        self._classifier = classifier
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str | None:
+        return self._classifier.name if self._classifier is not None else None
+
+    def _model(self) -> Classifier:
+        """Loaded on the first check (with the config's fallback and runtime), then kept; call with the lock held."""
+        if self._classifier is None:
+            from tagger.classify import Classifier
+
+            self._classifier = Classifier.from_config(self.config)
+        return self._classifier
+
+    def check(self, name: str, data: bytes, top_k: int) -> CheckResult:
+        """Top `top_k` tags of one uploaded file, or the reason it is not an image we can read."""
+        started = time.monotonic()
+        with self._lock:
+            classifier = self._model()
+            draft = classifier.spec.preprocess.resize if self.config.decode.draft else None  # as a scan decodes
+            try:
+                decoded = decode_bytes(data, self.config.web.max_upload_pixels, draft)
+            except DecodeError as exc:
+                return CheckResult(name, [], error=str(exc))
+            array = preprocess(decoded.image, classifier.spec.preprocess)
+            tags = classifier.tag_batch(array[None], top_k)[0]
+        return CheckResult(name, tags, decoded.width, decoded.height, time.monotonic() - started)

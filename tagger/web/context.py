@@ -1,0 +1,105 @@
+"""What every request shares, and this request's read-only connection to the index."""
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flask import current_app, g, request
+from werkzeug.exceptions import NotFound
+
+from tagger.config import Config
+from tagger.errors import StoreError
+from tagger.store import MIGRATIONS, ImageDetail, Store
+from tagger.web.check import Checker
+from tagger.web.files import Library
+from tagger.web.tagcounts import TagCounts
+from tagger.web.thumbs import Thumbnails
+
+if TYPE_CHECKING:
+    from tagger.classify import Classifier
+
+TOKEN_COOKIE = "tagger_token"
+MMAP_BYTES = 1 << 30  # of the index read through memory mapping, per connection (address space, not RAM)
+
+
+class Viewer:
+    """The config, the folders the viewer may serve, its caches, the model, and one read-only
+    connection to the index per serving thread (kept: SQLite's page cache and memory map stay warm)."""
+
+    def __init__(self, config: Config, classifier: Classifier | None) -> None:
+        self.config = config
+        self.library = Library(config.folders)
+        self.thumbnails = Thumbnails(Path(f"{config.index}.thumbs"), config.decode.max_pixels)
+        self.tag_counts = TagCounts(config.index, config.model.min_score)
+        self.checker = Checker(config, classifier)
+        self._local = threading.local()
+        self._opened: list[Store] = []
+        self._lock = threading.Lock()
+
+    def store(self) -> Store:
+        """This thread's connection; an index that still needs a migration is refused with a hint."""
+        opened: Store | None = getattr(self._local, "store", None)
+        if opened is None:
+            opened = Store.open(self.config.index, readonly=True)
+            version = opened.schema_version()
+            if version < len(MIGRATIONS):
+                opened.close()
+                raise StoreError(
+                    f"index schema {version} predates this viewer ({len(MIGRATIONS)}): "
+                    "restart `tagger serve`, or run `tagger scan` once, to upgrade it"
+                )
+            opened.map_memory(MMAP_BYTES)
+            self._local.store = opened
+            with self._lock:
+                self._opened.append(opened)
+        return opened
+
+    def close(self) -> None:
+        """Close every thread's connection (the server has stopped)."""
+        with self._lock:
+            for opened in self._opened:
+                opened.close()
+            self._opened.clear()
+        self._local = threading.local()
+
+
+def viewer() -> Viewer:
+    state: Viewer = current_app.extensions["tagger"]
+    return state
+
+
+def store() -> Store:
+    return viewer().store()
+
+
+def indexed_file(raw: str) -> ImageDetail:
+    """The index's record of the file a URL names (refused outside the folders, 404 if not indexed)."""
+    detail = store().image_detail(viewer().library.url_path(raw))
+    if detail is None:
+        raise NotFound("that file is not in the index")
+    return detail
+
+
+def token_ok() -> bool:
+    """No token configured, or the request carries it (Bearer header, or the sign-in cookie)."""
+    expected = viewer().config.web.token
+    if expected is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    given = header[len("Bearer ") :] if header.startswith("Bearer ") else request.cookies.get(TOKEN_COOKIE, "")
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def style_nonce() -> str:
+    """Pages shown before sign-in carry their style inline: /static needs the token too."""
+    if "style_nonce" not in g:
+        g.style_nonce = secrets.token_urlsafe(16)
+    nonce: str = g.style_nonce
+    return nonce
+
+
+def wants_json() -> bool:
+    return request.path == "/api" or request.path.startswith(("/api/", "/health"))

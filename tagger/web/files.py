@@ -1,0 +1,114 @@
+"""Which files the viewer may serve: only those inside the configured folders.
+
+A path from a URL is refused, not repaired: `..`, `.`, empty segments and NUL never
+appear in a link the viewer made. A path that is inside a folder by name but leads out
+of it through a symlink is refused too, so the real path is checked before any read.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import ExifTags, Image
+from werkzeug.exceptions import BadRequest, Forbidden, NotFound
+
+MAX_SUBFOLDERS = 200
+
+
+@dataclass(frozen=True)
+class Crumb:
+    name: str
+    folder: str
+
+
+class Library:
+    def __init__(self, folders: Sequence[Path]) -> None:
+        # Scans index paths under each folder's real path, so that is what URLs name too.
+        self.roots = tuple(os.path.realpath(f) for f in folders)
+
+    def root_of(self, path: str) -> str | None:
+        """The configured folder holding `path` (the deepest one, when folders nest)."""
+        holding = [r for r in self.roots if path == r or path.startswith(r.rstrip("/") + "/")]
+        return max(holding, key=len) if holding else None
+
+    def inside(self, path: str) -> bool:
+        return self.root_of(path) is not None
+
+    def url_path(self, raw: str) -> str:
+        """The absolute path named by the `<path:...>` part of a URL (it has no leading slash)."""
+        if "\x00" in raw or any(part in ("", ".", "..") for part in raw.split("/")):
+            raise Forbidden("that path is refused: it is not a plain path inside the configured folders")
+        path = "/" + raw
+        if not self.inside(path):
+            raise Forbidden("that path is outside the configured folders")
+        return path
+
+    def stays_inside(self, path: str) -> bool:
+        """Refuses (403) an indexed path that leads out of the folders through a symlink; True if it exists."""
+        real = os.path.realpath(path)
+        if not self.inside(real):
+            raise Forbidden("that file leads outside the configured folders")
+        return os.path.isfile(real)
+
+    def readable(self, path: str) -> Path:
+        """The real file behind an indexed path, if it is there and inside the folders."""
+        if not self.stays_inside(path):
+            raise NotFound("that file is no longer there (it leaves the index at the next scan)")
+        return Path(os.path.realpath(path))
+
+    def folder(self, raw: str) -> str:
+        """A folder filter from a query string: a configured folder or one inside it."""
+        folder = raw.rstrip("/") or "/"
+        if not folder.startswith("/") or "\x00" in folder or any(p in (".", "..") for p in folder.split("/")):
+            raise BadRequest(f"folder {raw!r} is not an absolute path")
+        if not self.inside(folder):
+            raise BadRequest(f"folder {raw!r} is not inside a configured folder")
+        return folder
+
+    def crumbs(self, folder: str) -> list[Crumb]:
+        """The configured folder holding `folder`, then each folder down to it."""
+        root = self.root_of(folder)
+        if root is None:
+            return []
+        crumbs = [Crumb(Path(root).name or root, root)]
+        for part in Path(folder).relative_to(root).parts:
+            crumbs.append(Crumb(part, str(Path(crumbs[-1].folder, part))))
+        return crumbs
+
+    def subfolders(self, folder: str) -> list[Crumb]:
+        """Folders directly inside `folder`, less hidden and NAS bookkeeping ones (@eaDir) and symlinks."""
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name.casefold())
+        except OSError:
+            return []
+        found = []
+        for entry in entries:
+            if entry.name.startswith((".", "@")) or not entry.is_dir(follow_symlinks=False):
+                continue
+            found.append(Crumb(entry.name, entry.path))
+            if len(found) == MAX_SUBFOLDERS:
+                break
+        return found
+
+
+def exif_facts(path: Path) -> dict[str, str]:
+    """When and with what the photo was taken, if its EXIF says so (only the header is read)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a malformed EXIF block is the camera's problem, not the page's
+            with Image.open(path) as img:
+                exif = img.getexif()
+                details = exif.get_ifd(ExifTags.IFD.Exif)
+    except Exception:  # noqa: BLE001 - metadata only: a page without it is still a page
+        return {}
+    facts = {}
+    taken = details.get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime)
+    if isinstance(taken, str) and taken.strip("\x00 "):
+        facts["Taken"] = taken.strip("\x00 ")
+    camera = " ".join(str(exif.get(tag, "")).strip("\x00 ") for tag in (ExifTags.Base.Make, ExifTags.Base.Model))
+    if camera.strip():
+        facts["Camera"] = camera.strip()
+    return facts

@@ -1,0 +1,90 @@
+"""Image bytes: thumbnails and previews (by content hash), originals and sidecars (by path).
+
+Every file read here is checked first: indexed, and really inside a configured folder.
+"""
+from __future__ import annotations
+
+import logging
+import mimetypes
+import re
+
+from flask import Blueprint, Response, send_file
+from werkzeug.exceptions import HTTPException, NotFound
+
+from tagger.errors import DecodeError
+from tagger.store import ImageDetail
+from tagger.web.context import indexed_file, store, viewer
+from tagger.web.thumbs import PREVIEW_SIZE
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("media", __name__)
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+IMMUTABLE = "private, max-age=31536000, immutable"  # named by content: a new photo gets a new URL
+MAX_SIDECAR_BYTES = 1024 * 1024
+
+
+@blueprint.get("/thumb/<sha256>")
+def thumbnail(sha256: str) -> Response:
+    return _rendition(sha256, viewer().config.web.thumb_size)
+
+
+@blueprint.get("/preview/<sha256>")
+def preview(sha256: str) -> Response:
+    return _rendition(sha256, PREVIEW_SIZE)
+
+
+def _rendition(sha256: str, size: int) -> Response:
+    """From the cache, or made from any readable file still holding this content."""
+    if not SHA256.fullmatch(sha256):
+        raise NotFound("not a content hash")
+    thumbnails = viewer().thumbnails
+    cached = thumbnails.cached(sha256, size)
+    for path in store().paths_with_content(sha256):
+        try:
+            source = viewer().library.readable(path)
+        except HTTPException:
+            continue
+        if cached.is_file():
+            response = send_file(cached, mimetype="image/jpeg", conditional=True)
+        else:
+            try:
+                jpeg = thumbnails.make(source, sha256, size)
+            except DecodeError as exc:
+                log.warning("%s: no thumbnail: %s", path, exc)
+                continue
+            if jpeg is None:
+                continue
+            response = Response(jpeg, mimetype="image/jpeg")
+        response.headers["Cache-Control"] = IMMUTABLE
+        return response
+    raise NotFound("no readable file in the configured folders holds this image now")
+
+
+@blueprint.get("/original/<path:raw>")
+def original(raw: str) -> Response:
+    path = indexed_file(raw).path
+    mimetype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    name = path.rsplit("/", 1)[-1]
+    return send_file(viewer().library.readable(path), mimetype=mimetype, conditional=True, download_name=name)
+
+
+@blueprint.get("/sidecar/<path:raw>")
+def sidecar(raw: str) -> Response:
+    detail = indexed_file(raw)
+    if not detail.sidecar:
+        raise NotFound("this image has no sidecar")
+    return send_file(viewer().library.readable(detail.sidecar), mimetype="application/json", conditional=True)
+
+
+def sidecar_text(detail: ImageDetail) -> str | None:
+    """The sidecar as written, for the image page; None when there is none to show."""
+    if not detail.sidecar:
+        return None
+    try:
+        with viewer().library.readable(detail.sidecar).open(encoding="utf-8", errors="replace") as fh:
+            return fh.read(MAX_SIDECAR_BYTES)
+    except (HTTPException, OSError):
+        return None
+

@@ -1,0 +1,194 @@
+"""The HTML pages: the grid (browse and search), all tags, one image, the manual check, sign-in."""
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, make_response, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from tagger import __version__
+from tagger.errors import StoreError
+from tagger.labels import Tag
+from tagger.store import SORTS, GridItem
+from tagger.web.api import CHECK_TOP_K, check_uploads
+from tagger.web.check import CheckResult
+from tagger.web.context import TOKEN_COOKIE, indexed_file, store, style_nonce, token_ok, viewer
+from tagger.web.files import exif_facts
+from tagger.web.media import sidecar_text
+from tagger.web.query import Query, default_sort, fetch_page, parse_query, term_for
+
+blueprint = Blueprint("pages", __name__)
+
+MIN_SCORE_CHOICES = (0.1, 0.25, 0.5, 0.75, 0.9)
+TOP_TAGS_SHOWN = 40
+TOKEN_COOKIE_SECONDS = 30 * 24 * 3600
+SORT_NAMES = {"newest": "Newest first", "oldest": "Oldest first", "score": "Most confident", "name": "Name"}
+
+
+@blueprint.get("/health")
+def health() -> tuple[Response, int]:
+    """For monitoring: open without the token, and it says nothing about the library."""
+    try:
+        store()
+    except StoreError:
+        return jsonify({"status": "unavailable", "reason": "the index cannot be read"}), 503
+    return jsonify({"status": "ok", "version": __version__}), 200
+
+
+@blueprint.get("/")
+def grid() -> str:
+    current = _query()
+    page = fetch_page(store(), current, viewer().config.web.page_size)
+    counts = viewer().tag_counts.get(store())
+    folder = current.listing.folder
+    return render_template(
+        "grid.html",
+        query=current,
+        page=page,
+        counts=counts,
+        top_tags=counts.tags[:TOP_TAGS_SHOWN],
+        crumbs=viewer().library.crumbs(folder) if folder else [],
+        subfolders=viewer().library.subfolders(folder) if folder else [],
+        roots=viewer().library.roots,
+        min_scores=MIN_SCORE_CHOICES,
+        search_min_score=viewer().config.model.min_score,
+    )
+
+
+@blueprint.get("/tags")
+def tags() -> str:
+    counts = viewer().tag_counts.get(store())
+    return render_template("tags.html", counts=counts, query=_query(), min_score=viewer().config.model.min_score)
+
+
+@blueprint.get("/image/<path:raw>")
+def image(raw: str) -> str:
+    detail = indexed_file(raw)
+    exists = viewer().library.stays_inside(detail.path)
+    current = _query()
+    previous, following = _neighbours(current, detail.path)
+    folder = detail.path.rsplit("/", 1)[0]
+    return render_template(
+        "image.html",
+        detail=detail,
+        exists=exists,
+        query=current,
+        previous=previous,
+        following=following,
+        crumbs=viewer().library.crumbs(folder),
+        exif=exif_facts(viewer().library.readable(detail.path)) if exists else {},
+        sidecar=sidecar_text(detail) if exists else None,
+    )
+
+
+def _neighbours(current: Query, path: str) -> tuple[GridItem | None, GridItem | None]:
+    """The images before and after this one in the listing it was opened from (for ← and →)."""
+    if current.problems:
+        return None, None
+    here = store().browse(current.listing, 1, only=path)
+    if not here:
+        return None, None
+    before = store().browse(current.listing, 1, here[0].key, backwards=True)
+    after = store().browse(current.listing, 1, here[0].key)
+    return (before[0] if before else None), (after[0] if after else None)
+
+
+@blueprint.route("/check", methods=["GET", "POST"])
+def check() -> str | tuple[str, int]:
+    """Upload images and see their top 3; the page's script does it in place, this is the no-script way."""
+    results: list[CheckResult] = check_uploads(CHECK_TOP_K) if request.method == "POST" else []
+    status = 422 if results and all(r.error for r in results) else 200
+    return render_template("check.html", results=results, query=_query()), status
+
+
+@blueprint.route("/login", methods=["GET", "POST"])
+def login() -> BaseResponse | tuple[str, int]:
+    expected = viewer().config.web.token
+    if expected is None:
+        return redirect(url_for(".grid"))
+    target = request.values.get("next", "")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        target = url_for(".grid")
+    if request.method == "POST":
+        given = request.form.get("token", "").strip()
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            response = redirect(target, code=303)
+            response.set_cookie(
+                TOKEN_COOKIE, given, max_age=TOKEN_COOKIE_SECONDS, httponly=True, samesite="Strict", path="/"
+            )
+            return response
+        time.sleep(0.5)  # a guessing script gets two tries a second, not thousands
+        return sign_in_page("That token is not right.", target), 401
+    return sign_in_page(None, target), (200 if token_ok() else 401)
+
+
+@blueprint.post("/logout")
+def logout() -> BaseResponse:
+    response = redirect(url_for(".login"), code=303)
+    response.delete_cookie(TOKEN_COOKIE, path="/")
+    return response
+
+
+def sign_in_page(problem: str | None, target: str) -> str:
+    return render_template("login.html", problem=problem, target=target, nonce=style_nonce())
+
+
+def error_page(code: int, name: str, message: str) -> Response:
+    if code == 401:
+        target = request.full_path.rstrip("?") if request.method == "GET" else url_for(".grid")
+        return make_response(sign_in_page(None, target), 401)
+    return make_response(render_template("error.html", code=code, name=name, message=message), code)
+
+
+def _query() -> Query:
+    return parse_query(request.args, viewer().library, viewer().config.model.min_score)
+
+
+@blueprint.app_template_global()
+def grid_url(current: Query, **changes: Any) -> str:
+    return url_for("pages.grid", **current.args(**changes))
+
+
+@blueprint.app_template_global()
+def image_url(path: str, current: Query | None = None) -> str:
+    return url_for("pages.image", raw=path.lstrip("/"), **(current.args() if current else {}))
+
+
+@blueprint.app_template_global()
+def tag_url(tag: Tag) -> str:
+    return url_for("pages.grid", tag=term_for(tag.class_id))
+
+
+@blueprint.app_template_global()
+def sort_names(current: Query) -> dict[str, str]:
+    """The sort menu; "Most confident" reads "Best match" while searching."""
+    names = dict(SORT_NAMES)
+    if current.terms:
+        names["score"] = "Best match"
+    return {key: names[key] for key in SORTS}
+
+
+blueprint.add_app_template_global(default_sort, "default_sort")
+blueprint.add_app_template_global(term_for, "term_for")
+
+
+@blueprint.app_template_filter()
+def filesize(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+@blueprint.app_template_filter()
+def local_time(mtime_ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime_ns / 1e9))
+
+
+@blueprint.app_template_filter()
+def percent(score: float) -> str:
+    return f"{score * 100:.1f}%" if score < 0.995 else f"{score * 100:.0f}%"

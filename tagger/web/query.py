@@ -1,0 +1,155 @@
+"""A grid query as it lives in the URL (bookmarkable, shareable) <-> a store Listing.
+
+    /?tag=cat&tag=咖啡&min_score=0.3&folder=/srv/photos/2024&sort=score&after=CURSOR
+
+`tag` may repeat, and one value may hold several terms separated by commas; every term
+must match. The cursor is opaque to clients: the sort key and path of the last image shown.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from functools import lru_cache
+
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from tagger.labels import imagenet_classes, resolve_tag, suggest_labels
+from tagger.store import SORTS, GridItem, Listing, SortKey, Store
+from tagger.web.files import Library
+
+TERM_SEPARATORS = re.compile(r"[,，、]")
+MAX_TERMS = 8
+
+
+@dataclass(frozen=True)
+class Query:
+    terms: tuple[str, ...]
+    listing: Listing
+    min_score_given: bool  # the user chose a minimum score (else the default for the mode applies)
+    after: SortKey | None = None
+    problems: tuple[str, ...] = field(default=())  # shown on the page; a 400 in the API
+
+    def args(self, **changes: Any) -> dict[str, Any]:
+        """URL arguments of this query (without the cursor), with `changes` applied; None drops one."""
+        args: dict[str, Any] = {"tag": list(self.terms)} if self.terms else {}
+        if self.min_score_given:
+            args["min_score"] = f"{self.listing.min_score:g}"
+        if self.listing.folder is not None:
+            args["folder"] = self.listing.folder
+        if self.listing.sort != default_sort(bool(self.terms)):
+            args["sort"] = self.listing.sort
+        args.update(changes)
+        return {k: v for k, v in args.items() if v is not None and v != []}
+
+
+def default_sort(searching: bool) -> str:
+    """Best matches first for a search; newest first for browsing."""
+    return "score" if searching else "newest"
+
+
+def parse_query(args: MultiDict[str, str], library: Library, search_min_score: float) -> Query:
+    """Read a query from URL arguments; what cannot be understood becomes a problem, not an exception."""
+    problems: list[str] = []
+    terms = _terms(args.getlist("tag"))
+    groups = []
+    for term in terms:
+        classes = resolve_tag(term)
+        if classes:
+            groups.append(tuple(c.class_id for c in classes))
+        else:
+            close = suggest_labels(term)
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            problems.append(f"no ImageNet class matches {term!r}{hint}")
+    if len(terms) > MAX_TERMS:
+        problems.append(f"at most {MAX_TERMS} tags at once")
+    raw_score = args.get("min_score", "").strip()
+    min_score, score_given = (search_min_score if terms else 0.0), False
+    if raw_score:
+        try:
+            chosen = float(raw_score)
+        except ValueError:
+            chosen = -1.0
+        if 0.0 <= chosen <= 1.0:
+            min_score, score_given = chosen, True
+        else:
+            problems.append(f"min_score must be a number from 0 to 1, not {raw_score!r}")
+    sort = args.get("sort", "").strip() or default_sort(bool(terms))
+    if sort not in SORTS:
+        problems.append(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+        sort = default_sort(bool(terms))
+    folder = None
+    if args.get("folder", "").strip():
+        try:
+            folder = library.folder(args["folder"].strip())
+        except HTTPException as exc:
+            problems.append(str(exc.description))
+    after = None
+    if args.get("after"):
+        try:
+            after = decode_cursor(args["after"], sort)
+        except BadRequest as exc:
+            problems.append(str(exc.description))
+    listing = Listing(tuple(groups), min_score, folder, sort)
+    return Query(tuple(terms), listing, score_given, after, tuple(problems))
+
+
+def _terms(values: list[str]) -> list[str]:
+    terms: list[str] = []
+    for value in values:
+        for term in TERM_SEPARATORS.split(value):
+            term = " ".join(term.split())
+            if term and term not in terms:
+                terms.append(term)
+    return terms
+
+
+def encode_cursor(sort: str, key: SortKey) -> str:
+    text = json.dumps([sort, *key], ensure_ascii=False, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str) -> SortKey:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_sort, value, path = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise BadRequest("the page cursor ('after') is not one this viewer made") from None
+    if cursor_sort != sort:
+        raise BadRequest(f"the page cursor ('after') belongs to sort={cursor_sort!r}, not sort={sort!r}")
+    if not isinstance(path, str) or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRequest("the page cursor ('after') is not one this viewer made")
+    return value, path
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[GridItem]
+    next: str | None  # the cursor of the following page; None on the last one
+
+
+def fetch_page(store: Store, query: Query, limit: int) -> Page:
+    """One page of the query, and whether another follows (one row more is asked for to know)."""
+    if query.problems:
+        return Page([], None)
+    items = store.browse(query.listing, limit + 1, query.after)
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items, encode_cursor(query.listing.sort, items[-1].key) if more else None)
+
+
+@lru_cache(maxsize=1)
+def _shared_labels() -> frozenset[str]:
+    labels = Counter(c.label.casefold() for c in imagenet_classes())
+    return frozenset(label for label, n in labels.items() if n > 1)
+
+
+def term_for(class_id: int) -> str:
+    """The search term naming exactly this class: its label, or its WordNet id where two classes share the label."""
+    c = imagenet_classes()[class_id]
+    return c.wnid if c.label.casefold() in _shared_labels() else c.label

@@ -1,0 +1,88 @@
+// tagger viewer: progressive enhancement only; every page works without this script.
+"use strict";
+document.documentElement.classList.add("js");
+
+// Forms leave empty fields out of the URL, so that a query stays short and shareable.
+for (const form of document.querySelectorAll("form[data-clean-url]")) {
+  form.addEventListener("submit", () => {
+    for (const field of form.elements) {
+      if (field.name && field.value === "") field.disabled = true;
+    }
+    window.setTimeout(() => { for (const field of form.elements) field.disabled = false; }, 0);
+  });
+}
+
+// Filters apply as soon as they change.
+for (const form of document.querySelectorAll("form[data-autosubmit]")) {
+  for (const select of form.querySelectorAll("select")) {
+    select.addEventListener("change", () => form.requestSubmit());
+  }
+}
+
+// Tag suggestions for the search box, fetched once, when it is first used.
+const search = document.getElementById("search");
+if (search && search.dataset.suggest) {
+  search.addEventListener("focus", async () => {
+    const list = document.getElementById("tag-suggestions");
+    if (!list || list.dataset.loaded) return;
+    list.dataset.loaded = "1";
+    try {
+      const response = await fetch(search.dataset.suggest, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const data = await response.json();
+      for (const tag of data.tags) {
+        for (const value of [tag.label, tag.label_zh]) {
+          const option = document.createElement("option");
+          option.value = value;
+          option.label = `${tag.label} · ${tag.label_zh} (${tag.count})`;
+          list.append(option);
+        }
+      }
+    } catch (error) { /* suggestions are a convenience */ }
+  }, { once: true });
+}
+
+// Endless grid: the "More images" link is followed in place when it scrolls into view.
+const grid = document.getElementById("grid");
+function watchMore() {
+  const link = document.querySelector('.more a[rel="next"]');
+  if (!grid || !link || !("IntersectionObserver" in window)) return;
+  const observer = new IntersectionObserver(async (entries) => {
+    if (!entries.some((entry) => entry.isIntersecting)) return;
+    observer.disconnect();
+    try {
+      const response = await fetch(link.href, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      const items = page.querySelectorAll("#grid > li");
+      grid.append(...items);
+      const next = page.querySelector(".more");
+      link.closest(".more").replaceWith(...(next ? [next] : []));
+      watchMore();
+    } catch (error) { /* the link still works by hand */ }
+  }, { rootMargin: "800px" });
+  observer.observe(link);
+}
+watchMore();
+
+// Image page: arrow keys step through the list it was opened from; Escape goes back to it.
+document.addEventListener("keydown", (event) => {
+  if (event.altKey || event.ctrlKey || event.metaKey) return;
+  if (event.target.closest && event.target.closest("input, select, textarea")) return;
+  const link = document.querySelector(`a[data-key="${event.key}"]`);
+  if (link) {
+    event.preventDefault();
+    window.location.href = link.href;
+  }
+});
+
+// Tags page: filter the list as you type.
+const filter = document.getElementById("tag-filter");
+if (filter) {
+  filter.addEventListener("input", () => {
+    const needle = filter.value.trim().toLowerCase();
+    for (const chip of document.querySelectorAll("#all-tags .chip")) {
+      chip.hidden = needle !== "" && !chip.textContent.toLowerCase().includes(needle);
+    }
+  });
+}

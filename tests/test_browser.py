@@ -1,0 +1,115 @@
+"""The viewer in a real browser (Debian's chromium, headless), against `tagger serve` itself.
+
+Opens the grid, searches a tag, opens an image, checks an uploaded image and sees its top 3.
+A screenshot of each step is kept in test-artifacts/.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tagger.classify import Classifier
+
+from test_web import scanned_config
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+TAGGER = str(Path(sys.executable).parent / "tagger")
+WAIT_SECONDS = 30
+
+
+def need(tool: str) -> str:
+    """CI installs chromium and chromedriver (make test does); a developer may lack them."""
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed, and CI must install it (scripts/install-system-deps.sh)")
+        pytest.skip(f"{tool} is not installed here (scripts/install-system-deps.sh installs it)")
+    return path
+
+
+@pytest.fixture
+def served(tmp_path: Path, sample_jpegs: list[Path], lite0: Classifier, weights_dir: Path) -> Iterator[str]:
+    """A tagged library and `tagger serve` on a free port of 127.0.0.1; yields its address."""
+    library = tmp_path / "library"
+    library.mkdir()
+    for photo in sample_jpegs:
+        shutil.copy(photo, library / photo.name)
+    config_file = scanned_config(library, lite0, weights_dir, web={"port": 0})
+    server = subprocess.Popen(
+        [TAGGER, "--config", str(config_file), "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        assert "http://127.0.0.1:" in line, f"tagger serve did not start: {line}"
+        yield line.split(" at ", 1)[1].split()[0].rstrip("/")
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    chromium, chromedriver = need("chromium"), need("chromedriver")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_browse_search_open_and_check_an_image(served: str, browser: Any, sample_jpegs: list[Path]) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    browser.get(served + "/")
+    cards = wait.until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, "#grid .card img")))
+    assert len(cards) == len(sample_jpegs)
+    wait.until(lambda b: all(b.execute_script("return arguments[0].naturalWidth", img) > 0 for img in cards))
+    browser.save_screenshot(str(ARTIFACTS / "browser-1-grid.png"))
+
+    search = browser.find_element(By.ID, "search")
+    search.send_keys("espresso", Keys.ENTER)
+    wait.until(ready.url_contains("tag=espresso"))
+    results = wait.until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, "#grid .card a")))
+    assert "coffee.jpg" in results[0].text and "意式浓缩咖啡" in results[0].text
+    browser.save_screenshot(str(ARTIFACTS / "browser-2-search.png"))
+
+    results[0].click()
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, ".bars meter")))
+    assert browser.find_element(By.CSS_SELECTOR, ".file-name").text == "coffee.jpg"
+    assert "espresso" in browser.find_element(By.CSS_SELECTOR, ".bars").text
+    picture = browser.find_element(By.CSS_SELECTOR, ".picture img")
+    wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", picture) > 0)
+    browser.save_screenshot(str(ARTIFACTS / "browser-3-image.png"))
+
+    browser.find_element(By.LINK_TEXT, "Check an image").click()
+    chooser = wait.until(ready.presence_of_element_located((By.ID, "check-files")))
+    chooser.send_keys(str(next(p for p in sample_jpegs if p.stem == "coffee")))
+    result = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#check-results .result.done")))
+    bars = result.find_elements(By.CSS_SELECTOR, ".bar")
+    assert len(bars) == 3 and "espresso" in bars[0].text and "意式浓缩咖啡" in bars[0].text
+    preview = result.find_element(By.CSS_SELECTOR, "img.preview")
+    assert browser.execute_script("return arguments[0].naturalWidth", preview) > 0
+    browser.save_screenshot(str(ARTIFACTS / "browser-4-check.png"))
