@@ -90,7 +90,7 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool, quiet: bool)
 def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int | None) -> None:
     """Print the tags of IMAGES; writes nothing (no sidecar, no index)."""
     from tagger.classify import Classifier
-    from tagger.decode import open_rgb, preprocess
+    from tagger.decode import draft_size, open_rgb, preprocess
 
     config = ctx.config(require_folders=False)
     classifier = Classifier.from_config(config)
@@ -98,7 +98,7 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
     results: list[dict[str, Any]] = []
     for path in images:
         try:
-            draft = classifier.spec.preprocess.resize if config.decode.draft else None
+            draft = draft_size(classifier.spec.preprocess, config.decode.draft)
             decoded = open_rgb(path, config.decode.max_pixels, draft)
         except DecodeError as exc:
             results.append({"path": str(path), "error": str(exc)})

@@ -58,6 +58,15 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def draft_size(spec: Preprocess, enabled: bool) -> int | None:
+    """How far a JPEG may be reduced while decoding: to twice the model's resize, no further.
+
+    At exactly the resize (1/8 of a camera photo), one test photo's near-tie flipped its top-1;
+    at twice it, every test photo kept the full decode's answer, for 35 ms instead of 32 ms.
+    """
+    return 2 * spec.resize if enabled else None
+
+
 def read_bytes(path: Path) -> bytes:
     """The whole file, read once: it is hashed and decoded from memory."""
     try:

@@ -19,7 +19,7 @@ import numpy as np
 from tagger.classify import Classifier
 from tagger.labels import Tag
 from tagger.config import Config
-from tagger.decode import decode_bytes, is_image_name, preprocess, read_bytes
+from tagger.decode import decode_bytes, draft_size, is_image_name, preprocess, read_bytes
 from tagger.errors import DecodeError
 from tagger.sidecar import (
     ImageFacts,
@@ -169,7 +169,7 @@ class Tagger:
         changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
         spec = self.classifier.spec.preprocess
         max_pixels = self.config.decode.max_pixels
-        draft = spec.resize if self.config.decode.draft else None
+        draft = draft_size(spec, self.config.decode.draft)
         inflight: list[_InFlight] = []
         for (path, stat), read in zip(changed, self._readers.map(_read_and_hash, [p for p, _ in changed])):
             if isinstance(read, DecodeError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tagger.config import Config
-from tagger.decode import decode_bytes, preprocess
+from tagger.decode import decode_bytes, draft_size, preprocess
 from tagger.errors import DecodeError
 from tagger.labels import Tag
 
@@ -64,7 +64,7 @@ class Checker:
         started = time.monotonic()
         with self._lock:
             classifier = self._model()
-            draft = classifier.spec.preprocess.resize if self.config.decode.draft else None  # as a scan decodes
+            draft = draft_size(classifier.spec.preprocess, self.config.decode.draft)  # as a scan decodes
             try:
                 decoded = decode_bytes(data, self.config.web.max_upload_pixels, draft)
             except DecodeError as exc:
