@@ -26,9 +26,9 @@ class ModelConfig:
     fallback: str | None = "efficientnet-lite0"
     top_k: int = 5
     min_score: float = 0.05
-    batch_size: int = 4
+    batch_size: int = 2
     runtime: str = "auto"  # auto (ONNX Runtime where installed), onnx or torch
-    precision: str = "int8"  # int8 or fp32; int8 needs ONNX Runtime (see README for its agreement)
+    precision: str = "fp32"  # fp32, or int8 (ONNX Runtime only; faster, but see README for its agreement)
 
 
 @dataclass(frozen=True)

@@ -77,16 +77,19 @@ def variants(sample_paths: dict[str, Path]) -> list[Image.Image]:
     return out
 
 
-def test_int8_keeps_the_fp32_answers_on_real_photos(
+def test_int8_is_close_to_fp32_and_stays_opt_in(
     lite0_int8: Classifier, lite0: Classifier, sample_paths: dict[str, Path]
 ) -> None:
-    """INT8 is the default only because it keeps >= 99% top-1 agreement with fp32 here."""
+    """INT8 agreed on 96.6% of the benchmark's 206 photos, under the 99% a default needs."""
+    from tagger.config import DEFAULT_CONFIG, load_config
+
+    assert load_config(DEFAULT_CONFIG, require_folders=False).model.precision == "fp32"
     assert lite0_int8.runtime == "onnx-int8"
     batch = np.stack([preprocess(image, lite0.spec.preprocess) for image in variants(sample_paths)])
     fast = [tags[0].class_id for tags in lite0_int8.tag_batch(batch, 1)]
     reference = [tags[0].class_id for tags in lite0.tag_batch(batch, 1)]
     agreement = sum(a == b for a, b in zip(fast, reference)) / len(reference)
-    assert agreement >= 0.99, f"int8 top-1 agreement {agreement:.1%}"
+    assert agreement >= 0.9, f"int8 top-1 agreement {agreement:.1%}"
 
 
 def test_draft_decoding_agrees_with_full_decoding(lite0: Classifier, sample_paths: dict[str, Path]) -> None:
