@@ -14,8 +14,7 @@ import click
 
 from tagger import __version__
 from tagger.config import Config, load_config
-from tagger.errors import ConfigError, DecodeError, TaggerError
-from tagger.labels import resolve_tag, suggest_labels
+from tagger.errors import ConfigError, DecodeError, StoreError, TaggerError
 from tagger.systemd import JournalFormatter, under_journal
 from tagger.weights import MODELS, candidate_paths, fetch, find_weights, locate
 
@@ -201,32 +200,64 @@ def _progress() -> Iterator[Any]:
 
 
 @cli.command()
-@click.option("--tag", "tags", multiple=True, help="Label (English or Chinese), WordNet id or class number; repeat to AND.")
-@click.option("--min-score", type=click.FloatRange(0, 1), help="Minimum score of a matching tag (default: model.min_score).")
+@click.argument("text", metavar="[QUERY]", required=False, default="")
+@click.option("--tag", "tags", multiple=True, help="A tag, as tag:T in QUERY; repeat to AND.")
+@click.option("--min-score", type=click.FloatRange(0, 1), help="Least score of a matching keyword, as score:S.. in QUERY.")
 @click.option("--format", "fmt", type=click.Choice(["paths", "json", "csv"]), default="paths", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many files.")
 @pass_ctx
-def query(ctx: _Context, tags: tuple[str, ...], min_score: float | None, fmt: str, limit: int | None) -> None:
-    """List tagged files, best match first."""
+def query(
+    ctx: _Context, text: str, tags: tuple[str, ...], min_score: float | None, fmt: str, limit: int | None
+) -> None:
+    """List tagged files matching QUERY, best match first.
+
+    \b
+    QUERY words (all must match; ^ negates tag: and folder:):
+      dog  tag:"sports car"  猫     a keyword, category, alias, label, WordNet id or class number
+      score:0.6..  score:..0.3      score of the matching keywords
+      folder:2024  folder:/srv/x    a folder name in the path, or an absolute folder
+      added:-1w..  date:2023..2024-06   first seen by tagger / file modified
+    Example: tagger query 'tag:dog score:0.6.. ^tag:cat folder:2024 added:-1w..'
+    """
+    import dataclasses
+
+    from tagger.keywords import UnknownTag, resolve_query
+    from tagger.querylang import QueryError, parse
+    from tagger.rules import Rules
     from tagger.store import Store
 
     config = ctx.config(require_folders=False)
-    groups = []
-    for term in tags:
-        matched = resolve_tag(term)
-        if not matched:
-            close = suggest_labels(term)
-            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            raise click.BadParameter(f"no ImageNet class matches {term!r}{hint}", param_hint="--tag")
-        groups.append([c.class_id for c in matched])
-    threshold = config.model.min_score if min_score is None else min_score
-    with Store.open(config.index, readonly=True) as store:
-        rows = store.query(groups, threshold, limit)
+    rules = Rules.load(config.rules)
+    try:
+        parsed = parse(text)
+        parsed = dataclasses.replace(
+            parsed,
+            tags=parsed.tags + tags,
+            score_min=parsed.score_min if min_score is None else max(min_score, parsed.score_min or 0.0),
+        )
+        store = Store.open(config.index, readonly=True) if config.index.exists() else None
+        search = resolve_query(rules, parsed, store.has_term if store else lambda term: False)
+    except (QueryError, UnknownTag) as exc:
+        raise click.BadParameter(str(exc), param_hint="QUERY") from None
+    if store is None:
+        raise StoreError(f"{config.index}: no index yet (run `tagger scan` first)")
+    with store:
+        rows = store.search(search, limit, config.model.min_score)
+        keywords = {r.sha256: store.keywords(r.sha256) for r in rows} if fmt == "json" else {}
     if fmt == "paths":
         for row in rows:
             click.echo(row.path)
     elif fmt == "json":
-        out = [{"path": r.path, "sha256": r.sha256, "model": r.model, "tags": [t.as_dict() for t in r.tags]} for r in rows]
+        out = [
+            {
+                "path": r.path,
+                "sha256": r.sha256,
+                "model": r.model,
+                "tags": [t.as_dict() for t in r.tags],
+                "keywords": [k.as_dict() for k in keywords[r.sha256]],
+            }
+            for r in rows
+        ]
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -234,6 +265,74 @@ def query(ctx: _Context, tags: tuple[str, ...], min_score: float | None, fmt: st
         for r in rows:
             for rank, t in enumerate(r.tags):
                 writer.writerow([r.path, rank, t.class_id, t.wnid, t.label, t.label_zh, f"{t.score:.6f}"])
+
+
+@cli.command()
+@pass_ctx
+def retag(ctx: _Context) -> None:
+    """Re-apply the rules, min_score and corrections to the stored raw tags (no model run).
+
+    Only images whose keywords changed get their sidecars (JSON and XMP) rewritten.
+    """
+    from tagger.keywords import Keywording
+    from tagger.store import Store
+
+    config = ctx.config(require_folders=False)
+    with Store.open(config.index) as store:
+        summary = Keywording(config, store).retag()
+    click.echo(
+        f"{summary.contents} images: keywords changed for {summary.changed}, "
+        f"{summary.sidecars} files' sidecars rewritten; {summary.seconds:.1f} s (no model run)"
+    )
+
+
+@cli.group()
+def tag() -> None:
+    """Correct an image's keywords; corrections survive re-tags, moves and a change of model."""
+
+
+def _correction_command(action: str, summary: str) -> None:
+    """`tagger tag add` and `tagger tag remove`: the same arguments, the opposite correction."""
+
+    @tag.command(action, help=summary)
+    @click.argument("image", type=click.Path(path_type=Path))
+    @click.argument("keywords", nargs=-1, required=True)
+    @pass_ctx
+    def correct(ctx: _Context, image: Path, keywords: tuple[str, ...]) -> None:
+        from tagger.keywords import Keywording
+        from tagger.store import Store
+
+        config = ctx.config(require_folders=False)
+        with Store.open(config.index) as store:
+            _show_keywords(store, Keywording(config, store).correct(image.resolve(), keywords, action))
+
+
+_correction_command("add", "Add KEYWORDS to IMAGE (and every copy of it) as your own.")
+_correction_command("remove", "Remove KEYWORDS from IMAGE (and every copy of it), whatever the rules say later.")
+
+
+@tag.command("show")
+@click.argument("image", type=click.Path(path_type=Path))
+@pass_ctx
+def tag_show(ctx: _Context, image: Path) -> None:
+    """Show IMAGE's keywords: the model's (after rules) and your own."""
+    from tagger.store import Store
+
+    config = ctx.config(require_folders=False)
+    with Store.open(config.index, readonly=True) as store:
+        record = store.file_record(str(image.resolve()))
+        if record is None or record.sha256 is None:
+            raise TaggerError(f"{image}: not a tagged image in the index (run `tagger scan` first)")
+        _show_keywords(store, record.sha256)
+
+
+def _show_keywords(store: Any, sha256: str) -> None:
+    """One line per keyword, the model's and the user's; then the keywords the user removed."""
+    for row in store.keywords(sha256):
+        click.echo(f"{row.source:5}  {row.score:6.1%}  {row.path}  ({row.path_zh})")
+    for correction in store.corrections(sha256):
+        if correction.action == "remove":
+            click.echo(f"removed by user: {correction.keyword}")
 
 
 @cli.command()

@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from tagger.errors import ConfigError
+from tagger.rules import Rules
+from tagger.xmp import XMP_STYLES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
 MODEL_NAMES = ("resnet18", "efficientnet-lite0")
@@ -40,6 +42,15 @@ class DecodeConfig:
 @dataclass(frozen=True)
 class SidecarConfig:
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class XmpConfig:
+    """XMP sidecars for digiKam, darktable, Lightroom and Immich (merged, never clobbered)."""
+
+    enabled: bool = False
+    style: str = "append"  # append: IMG_1.jpg.xmp; replace: IMG_1.xmp
+    prefix: str = "auto/"  # machine keywords live under this tag
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,8 @@ class Config:
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    xmp: XmpConfig = field(default_factory=XmpConfig)
+    rules: Path | None = None  # None: the rules shipped inside the package
     source: Path | None = None
 
 
@@ -89,8 +102,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "sidecar": SidecarConfig,
     "watch": WatchConfig,
     "web": WebConfig,
+    "xmp": XmpConfig,
 }
-_TOP_KEYS = ("folders", "index", "weights_dir", *_SECTIONS)
+_TOP_KEYS = ("folders", "index", "weights_dir", "rules", *_SECTIONS)
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -150,6 +164,12 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
     watch = dataclasses.replace(watch, polling_folders=tuple(str(_resolve(base, f)) for f in watch.polling_folders))
     web: WebConfig = sections["web"]
     _check_web(web, source)
+    xmp: XmpConfig = sections["xmp"]
+    _check_xmp(xmp, source)
+    rules = None
+    if raw.get("rules") is not None:
+        rules = _resolve(base, _string(raw, "rules", "", source))
+    Rules.load(rules)  # a bad rules file refuses to start, naming the file, rule and key
     return Config(
         folders=folders,
         index=_resolve(base, _string(raw, "index", "tagger.sqlite", source)),
@@ -159,6 +179,8 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         sidecar=sections["sidecar"],
         watch=watch,
         web=web,
+        xmp=xmp,
+        rules=rules,
         source=source,
     )
 
@@ -220,6 +242,15 @@ def _check_web(web: WebConfig, source: Path) -> None:
         value = getattr(web, key)
         if not low <= value <= high:
             raise ConfigError(f"{source}: key 'web.{key}' must be between {low:,} and {high:,}, not {value:,}")
+
+
+def _check_xmp(xmp: XmpConfig, source: Path) -> None:
+    if xmp.style not in XMP_STYLES:
+        raise ConfigError(
+            f"{source}: key 'xmp.style' must be append (IMG_1.jpg.xmp) or replace (IMG_1.xmp), not {xmp.style!r}"
+        )
+    if not xmp.prefix.strip("/ "):
+        raise ConfigError(f"{source}: key 'xmp.prefix' must name a tag, e.g. 'auto/', not {xmp.prefix!r}")
 
 
 def _build_section(cls: type[Any], raw: dict[str, Any], section: str, source: Path) -> Any:

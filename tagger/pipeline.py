@@ -21,17 +21,12 @@ from tagger.labels import Tag
 from tagger.config import Config
 from tagger.decode import decode_bytes, draft_size, is_image_name, preprocess, read_bytes
 from tagger.errors import DecodeError
-from tagger.sidecar import (
-    ImageFacts,
-    is_sidecar,
-    read_sidecar,
-    remove_own_sidecar,
-    sidecar_document,
-    sidecar_path,
-    write_sidecar,
-)
+from tagger.keywords import Keywording
+from tagger.rules import Rules
+from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
 from tagger.store import Store
 from tagger.weights import Preprocess
+from tagger.xmp import xmp_path
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +87,12 @@ def iter_images(root: Path) -> Iterator[Path]:
 class Tagger:
     """One classifier and one index; `scan` tags everything under some folders."""
 
-    def __init__(self, config: Config, classifier: Classifier, store: Store) -> None:
+    def __init__(self, config: Config, classifier: Classifier, store: Store, rules: Rules | None = None) -> None:
         self.config = config
         self.classifier = classifier
         self.store = store
+        self.keywording = Keywording(config, store, rules)
+        self.keywording.check_settings()
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
         self._decoders = ThreadPoolExecutor(
             max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tagger-decode"
@@ -231,6 +228,7 @@ class Tagger:
         if self.store.file_record(str(src)) is None:
             return False
         sidecar = self._move_sidecar(src, dst)  # first: a crash now leaves no orphan sidecar behind
+        self._move_xmp(src, dst)
         with self.store.transaction():
             self.store.move_file(str(src), str(dst))
             self.store.set_sidecar(str(dst), sidecar)
@@ -242,7 +240,10 @@ class Tagger:
             return self.store.move_tree(str(src), str(dst))
 
     def forget(self, paths: Sequence[Path]) -> None:
-        """Deleted files (after the grace period): index rows and our orphan sidecars go."""
+        """Deleted files (after the grace period): index rows and our orphan JSON sidecars go.
+
+        An XMP sidecar stays: other tools and the user write to it too.
+        """
         gone = [p for p in paths if not p.exists()]
         with self.store.transaction():
             self.store.delete_files([str(p) for p in gone])
@@ -270,26 +271,44 @@ class Tagger:
             return None
         return new
 
+    def _move_xmp(self, src: Path, dst: Path) -> None:
+        """The XMP sidecar follows its image; one already at the new name is merged into instead."""
+        if not self.config.xmp.enabled:
+            return
+        old, new = xmp_path(src, self.config.xmp.style), xmp_path(dst, self.config.xmp.style)
+        if not old.exists() or old == new:
+            return
+        if new.exists():
+            record = self.store.file_record(str(src))
+            if record is not None and record.sha256 is not None:
+                self.keywording.write_xmp(dst, self.store.keywords(record.sha256))
+            return
+        try:
+            os.replace(old, new)
+        except OSError as exc:
+            log.warning("%s: XMP sidecar not moved to %s: %s", old, new, exc.strerror or exc)
+
     def _sidecar_current(self, path: Path) -> bool:
-        return not self.config.sidecar.enabled or sidecar_path(path).exists()
+        xmp = self.config.xmp
+        return (not self.config.sidecar.enabled or sidecar_path(path).exists()) and (
+            not xmp.enabled or xmp_path(path, xmp.style).exists()
+        )
 
     def _record(
         self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, fresh: bool
     ) -> None:
-        """Sidecar first, then the index: a crash in between is repaired by the next scan."""
-        sidecar, note = None, None
-        if self.config.sidecar.enabled:
-            document = sidecar_document(
-                path, facts, self.classifier.name, weights_sha256, tags, self.config.model.min_score
-            )
-            try:
-                sidecar = str(write_sidecar(path, document))
-            except OSError as exc:
-                note = f"sidecar not written: {exc.strerror or exc}"
-                log.warning("%s: %s (tags are in the index)", path, note)
+        """Sidecars first, then the index: a crash in between is repaired by the next scan.
+
+        Keywords are the rules applied to the raw tags, then the user's corrections of this content.
+        """
+        keywords = self.keywording.rows(facts.sha256, tags)
+        sidecar, note = self.keywording.write_sidecars(
+            path, facts, self.classifier.name, weights_sha256, tags, keywords
+        )
         with self.store.transaction():
             if fresh:
                 self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
+            self.store.save_keywords(facts.sha256, keywords)
             self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
 
     def _count_sidecar(self, path: Path, summary: ScanSummary) -> None:

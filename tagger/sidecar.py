@@ -17,7 +17,7 @@ from typing import Any
 from tagger import __version__
 from tagger.labels import Tag
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to the raw "tags"
 SUFFIX = ".tags.json"
 
 
@@ -38,8 +38,15 @@ def is_sidecar(path: Path) -> bool:
 
 
 def sidecar_document(
-    image: Path, facts: ImageFacts, model: str, weights_sha256: str, tags: Sequence[Tag], min_score: float
+    image: Path,
+    facts: ImageFacts,
+    model: str,
+    weights_sha256: str,
+    tags: Sequence[Tag],
+    min_score: float,
+    keywords: Sequence[dict[str, object]] = (),
 ) -> dict[str, Any]:
+    """`tags` are the model's raw guesses; `keywords` what the rules and the user's corrections made of them."""
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"tagger {__version__}",
@@ -54,6 +61,7 @@ def sidecar_document(
         "tagged_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "min_score": min_score,
         "tags": [t.as_dict() for t in tags if t.score >= min_score],
+        "keywords": list(keywords),
     }
 
 

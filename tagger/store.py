@@ -7,11 +7,12 @@ copy or a re-scan costs a hash, not a model run.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tagger.labels import Tag, imagenet_classes
 from tagger.errors import StoreError
@@ -121,7 +122,82 @@ MIGRATIONS: tuple[str, ...] = (
         ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
     END;
     """,
+    # 5: keywords (the rules applied to the raw tags, then the user's corrections), searched
+    # best first through keyword_terms: one row per search word (the keyword and each of its
+    # categories, English and Chinese, casefolded), walked from the top of (term, score).
+    # Corrections are keyed by content, so they survive moves, re-tags and a change of model.
+    """
+    ALTER TABLE files ADD COLUMN added_at TEXT;
+    UPDATE files SET added_at = updated_at;
+    CREATE TABLE keywords (
+        sha256     TEXT NOT NULL,
+        keyword    TEXT NOT NULL,
+        keyword_zh TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        path_zh    TEXT NOT NULL,
+        score      REAL NOT NULL,
+        source     TEXT NOT NULL CHECK (source IN ('model', 'user')),
+        PRIMARY KEY (sha256, keyword)
+    ) WITHOUT ROWID;
+    CREATE TABLE keyword_terms (
+        term   TEXT NOT NULL,
+        score  REAL NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (term, score, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX keyword_terms_by_sha256 ON keyword_terms(sha256, term);
+    CREATE TABLE corrections (
+        sha256     TEXT NOT NULL,
+        keyword    TEXT NOT NULL,
+        action     TEXT NOT NULL CHECK (action IN ('add', 'remove')),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (sha256, keyword)
+    ) WITHOUT ROWID;
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
+
+
+@dataclass(frozen=True)
+class KeywordRow:
+    """A keyword of one content, as stored and written into sidecars."""
+
+    keyword: str
+    keyword_zh: str
+    path: str  # with its categories: animal/cat
+    path_zh: str
+    score: float
+    source: str  # model or user
+
+    def terms(self) -> set[str]:
+        """The search words that find it: itself and each category, English and Chinese."""
+        return {w.strip().casefold() for w in (*self.path.split("/"), *self.path_zh.split("/")) if w.strip()}
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "keyword": self.keyword,
+            "keyword_zh": self.keyword_zh,
+            "path": self.path,
+            "path_zh": self.path_zh,
+            "score": round(self.score, 6),
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Correction:
+    keyword: str
+    action: str  # add or remove
+
+
+@dataclass(frozen=True)
+class StoredContent:
+    """One content's raw tags, keywords and corrections, for a re-tag."""
+
+    sha256: str
+    tags: list[Tag]
+    keywords: list[KeywordRow]
+    corrections: list[Correction]
 
 
 @dataclass(frozen=True)
@@ -193,6 +269,20 @@ class Listing:
     min_score: float = 0.0  # for the tag a card shows: the first group's match, else the top tag
     folder: str | None = None  # only files under this folder
     sort: str = "newest"
+
+
+@dataclass(frozen=True)
+class Search:
+    """A parsed query (tagger.querylang) with its words resolved to stored search terms."""
+
+    groups: tuple[tuple[str, ...], ...] = ()  # every group must match (a word -> its terms)
+    not_groups: tuple[tuple[str, ...], ...] = ()  # none may match
+    score_min: float = 0.0  # of the matching keywords (of any keyword, with no groups)
+    score_max: float = 1.0
+    folders: tuple[str, ...] = ()  # a folder's name anywhere in the path, or an absolute folder
+    not_folders: tuple[str, ...] = ()
+    added: tuple[str | None, str | None] = (None, None)  # [from, to) of files.added_at
+    mtime_ns: tuple[int | None, int | None] = (None, None)  # [from, to) of files.mtime_ns
 
 
 @dataclass(frozen=True)
@@ -321,6 +411,13 @@ class Store:
         ).fetchone()
         return FileRecord(*row) if row else None
 
+    def image_facts(self, sha256: str) -> tuple[ImageFacts, str, str] | None:
+        """(facts, model, weights sha256) of a classified content."""
+        row = self.conn.execute(
+            "SELECT size, width, height, model, weights_sha256 FROM images WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        return None if row is None else (ImageFacts(sha256, *row[:3]), row[3], row[4])
+
     def cached_image(self, sha256: str, model: str) -> CachedImage | None:
         row = self.conn.execute(
             "SELECT size, width, height, model, weights_sha256 FROM images WHERE sha256 = ? AND model = ?",
@@ -338,6 +435,50 @@ class Store:
             (sha256, min_score),
         ).fetchall()
         return [Tag(*r) for r in rows]
+
+    def keywords(self, sha256: str) -> list[KeywordRow]:
+        rows = self.conn.execute(
+            """SELECT keyword, keyword_zh, path, path_zh, score, source FROM keywords
+               WHERE sha256 = ? ORDER BY score DESC, keyword""",
+            (sha256,),
+        ).fetchall()
+        return [KeywordRow(*r) for r in rows]
+
+    def corrections(self, sha256: str) -> list[Correction]:
+        rows = self.conn.execute(
+            "SELECT keyword, action FROM corrections WHERE sha256 = ? ORDER BY created_at, keyword", (sha256,)
+        ).fetchall()
+        return [Correction(*r) for r in rows]
+
+    def setting(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def stored_contents(self, after: str, limit: int, only: Sequence[str] | None = None) -> list[StoredContent]:
+        """The next `limit` contents after sha256 `after` (or the contents `only`): range reads on primary keys."""
+        if only is not None:
+            shas = sorted(only)
+        else:
+            rows = self.conn.execute("SELECT sha256 FROM images WHERE sha256 > ? ORDER BY sha256 LIMIT ?", (after, limit))
+            shas = [r[0] for r in rows]
+        if not shas:
+            return []
+        span = (shas[0], shas[-1])
+        tags: dict[str, list[Tag]] = {sha: [] for sha in shas}
+        keywords: dict[str, list[KeywordRow]] = {sha: [] for sha in shas}
+        corrections: dict[str, list[Correction]] = {sha: [] for sha in shas}
+        reads: tuple[tuple[str, str, dict[str, list[Any]], Callable[..., Any]], ...] = (
+            ("class_id, wnid, label, label_zh, score FROM tags", "rank", tags, Tag),
+            ("keyword, keyword_zh, path, path_zh, score, source FROM keywords", "score DESC", keywords, KeywordRow),
+            ("keyword, action FROM corrections", "created_at", corrections, Correction),
+        )
+        for columns, order, found, make in reads:
+            for sha, *fields in self.conn.execute(
+                f"SELECT sha256, {columns} WHERE sha256 BETWEEN ? AND ? ORDER BY sha256, {order}", span
+            ):
+                if sha in found:
+                    found[sha].append(make(*fields))
+        return [StoredContent(sha, tags[sha], keywords[sha], corrections[sha]) for sha in shas]
 
     def paths_under(self, root: str) -> list[str]:
         """Indexed paths inside folder `root` (a range scan on the primary key)."""
@@ -414,6 +555,70 @@ class Store:
                 return self._with_tags(found[:limit], min_score)
         return self._with_tags(found, min_score) if exhausted else None
 
+    def search(self, search: Search, limit: int | None, min_score: float) -> list[TaggedFile]:
+        """Files matching `search`: best first by the first group's keyword score, else by path.
+
+        With a limit, each term's (term, score) key in keyword_terms is walked from the top,
+        deeper only while filters leave the page short: a common tag costs a page, not a sort.
+        """
+        terms, params = _search_filter(search)
+        where = " AND ".join(["f.status = 'tagged'", *terms])
+        if not search.groups:
+            rows = self.conn.execute(
+                f"""SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
+                    WHERE {where} ORDER BY f.path LIMIT ?""",
+                [*params, -1 if limit is None else limit],
+            ).fetchall()
+            return self._with_tags(rows, min_score)
+        reach = -1 if limit is None else limit * 4 + 100
+        while True:
+            best: dict[str, float] = {}
+            exhausted = True
+            for term in search.groups[0]:
+                rows = self.conn.execute(
+                    """SELECT sha256, score FROM keyword_terms WHERE term = ? AND score BETWEEN ? AND ?
+                       ORDER BY score DESC LIMIT ?""",
+                    (term, search.score_min, search.score_max, reach),
+                ).fetchall()
+                exhausted = exhausted and (reach < 0 or len(rows) < reach)
+                for sha, score in rows:
+                    best[sha] = max(score, best.get(sha, -1.0))
+            found: list[tuple[str, str, str]] = []
+            for sha, _ in sorted(best.items(), key=lambda item: (-item[1], item[0])):
+                found += self.conn.execute(
+                    f"""SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
+                        WHERE f.sha256 = ? AND {where} ORDER BY f.path""",
+                    [sha, *params],
+                ).fetchall()
+                if limit is not None and len(found) >= limit:
+                    return self._with_tags(found[:limit], min_score)
+            if exhausted:
+                return self._with_tags(found, min_score)
+            reach *= 8
+
+    def search_items(self, search: Search, limit: int) -> list[GridItem]:
+        """The viewer's cards for a search: its best `limit` files, each shown with its top tag."""
+        found = self.search(search, limit, 0.0)
+        cards = {
+            row[0]: row
+            for row in self.conn.execute(
+                f"""SELECT f.path, f.sha256, f.size, f.mtime_ns, i.width, i.height,
+                           t.class_id, t.wnid, t.label, t.label_zh, t.score
+                    FROM files f JOIN images i ON i.sha256 = f.sha256 JOIN tags t ON t.sha256 = f.sha256
+                    WHERE f.path IN ({_marks(found)}) AND t.rank = 0""",
+                [r.path for r in found],
+            )
+        }
+        return [
+            GridItem(path, sha, size, mtime, width, height, Tag(*tag), (0, path))
+            for path, sha, size, mtime, width, height, *tag in (cards[r.path] for r in found if r.path in cards)
+        ]
+
+    def has_term(self, term: str) -> bool:
+        """Some keyword (a user's own, or a category) is found by this search word."""
+        row = self.conn.execute("SELECT 1 FROM keyword_terms WHERE term = ? LIMIT 1", (term,)).fetchone()
+        return row is not None
+
     def _has_any(self, sha256: str, class_ids: Sequence[int], min_score: float) -> bool:
         row = self.conn.execute(
             f"SELECT 1 FROM tags WHERE sha256 = ? AND class_id IN ({_marks(class_ids)}) AND score >= ? LIMIT 1",
@@ -476,16 +681,16 @@ class Store:
     ) -> None:
         """A tagged file; `note` says why its sidecar is missing, if it is."""
         self.conn.execute(
-            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at)
-               VALUES (?, ?, ?, ?, 'tagged', ?, ?, ?)""",
-            (path, sha256, size, mtime_ns, note, sidecar, _now()),
+            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
+               VALUES (?, ?, ?, ?, 'tagged', ?, ?, ?, COALESCE((SELECT added_at FROM files WHERE path = ?), ?))""",
+            (path, sha256, size, mtime_ns, note, sidecar, _now(), path, _now()),
         )
 
     def save_failure(self, path: str, sha256: str | None, size: int, mtime_ns: int, error: str) -> None:
         self.conn.execute(
-            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at)
-               VALUES (?, ?, ?, ?, 'failed', ?, NULL, ?)""",
-            (path, sha256, size, mtime_ns, error, _now()),
+            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
+               VALUES (?, ?, ?, ?, 'failed', ?, NULL, ?, COALESCE((SELECT added_at FROM files WHERE path = ?), ?))""",
+            (path, sha256, size, mtime_ns, error, _now(), path, _now()),
         )
 
     def delete_files(self, paths: Sequence[str]) -> None:
@@ -515,6 +720,36 @@ class Store:
 
     def set_sidecar(self, path: str, sidecar: str | None) -> None:
         self.conn.execute("UPDATE files SET sidecar = ? WHERE path = ?", (sidecar, path))
+
+    def save_keywords(self, sha256: str, keywords: Sequence[KeywordRow], *, replacing: bool = True) -> None:
+        """Replace the keywords of one content, and the search words that find them
+        (`replacing=False`: it has none yet, so there is nothing to look up and delete)."""
+        if replacing:
+            self.conn.execute("DELETE FROM keywords WHERE sha256 = ?", (sha256,))
+            self.conn.execute("DELETE FROM keyword_terms WHERE sha256 = ?", (sha256,))
+        self.conn.executemany(
+            """INSERT INTO keywords (sha256, keyword, keyword_zh, path, path_zh, score, source)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            [(sha256, k.keyword, k.keyword_zh, k.path, k.path_zh, k.score, k.source) for k in keywords],
+        )
+        best: dict[str, float] = {}
+        for k in keywords:
+            for term in k.terms():
+                best[term] = max(best.get(term, 0.0), k.score)
+        self.conn.executemany(
+            "INSERT INTO keyword_terms (term, score, sha256) VALUES (?, ?, ?)",
+            [(term, score, sha256) for term, score in best.items()],
+        )
+
+    def save_correction(self, sha256: str, keyword: str, action: str) -> None:
+        """The latest word of the user about a keyword of this content wins."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO corrections (sha256, keyword, action, created_at) VALUES (?, ?, ?, ?)",
+            (sha256, keyword, action, _now()),
+        )
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
     # -- viewer reads --------------------------------------------------------------------------
 
@@ -630,6 +865,11 @@ class Store:
         scores.sort(reverse=direction == "DESC")
         return scores[depth - 1]
 
+    def grow_cache(self, size: int) -> None:
+        """A page cache of `size` bytes for this connection: a bulk rewrite (retag) of a large
+        index stops re-reading the same index pages from disk."""
+        self.conn.execute(f"PRAGMA cache_size = {-(int(size) // 1024)}")
+
     def map_memory(self, size: int) -> None:
         """Read the index through memory-mapped pages: random lookups in a large index are about
         twice as fast as through read() calls. For long-lived read-only connections."""
@@ -731,6 +971,38 @@ def _tag_filter(
                 WHERE x.sha256 = f.sha256 AND x.class_id IN ({_marks(group)}) AND x.score >= ?)"""
         )
         params += [*group, listing.min_score]
+    return terms, params
+
+
+def _search_filter(search: Search) -> tuple[list[str], list[object]]:
+    """WHERE terms on `files f` for everything in a search but the first group's own match."""
+    terms: list[str] = []
+    params: list[object] = []
+    matches = "SELECT 1 FROM keyword_terms k WHERE k.sha256 = f.sha256 AND k.term IN ({})"
+    for group in search.groups[1:]:
+        terms.append(f"EXISTS ({matches.format(_marks(group))} AND k.score BETWEEN ? AND ?)")
+        params += [*group, search.score_min, search.score_max]
+    for group in search.not_groups:
+        terms.append(f"NOT EXISTS ({matches.format(_marks(group))})")
+        params += group
+    if not search.groups and (search.score_min > 0.0 or search.score_max < 1.0):
+        terms.append("EXISTS (SELECT 1 FROM keywords k WHERE k.sha256 = f.sha256 AND k.score BETWEEN ? AND ?)")
+        params += [search.score_min, search.score_max]
+    for folders, negate in ((search.folders, ""), (search.not_folders, "NOT ")):
+        for folder in folders:
+            if folder.startswith("/"):
+                terms.append(f"{negate}(f.path >= ? AND f.path < ?)")
+                params += _folder_range(folder)
+            else:
+                terms.append(f"{negate}(instr(f.path, ?) > 0)")
+                params.append("/" + folder.strip("/") + "/")
+    for column, (low, high) in (("f.added_at", search.added), ("f.mtime_ns", search.mtime_ns)):
+        if low is not None:
+            terms.append(f"{column} >= ?")
+            params.append(low)
+        if high is not None:
+            terms.append(f"{column} < ?")
+            params.append(high)
     return terms, params
 
 

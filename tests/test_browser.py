@@ -91,7 +91,7 @@ def test_browse_search_open_and_check_an_image(served: str, browser: Any, sample
 
     search = browser.find_element(By.ID, "search")
     search.send_keys("espresso", Keys.ENTER)
-    wait.until(ready.url_contains("tag=espresso"))
+    wait.until(ready.url_contains("q=espresso"))
     results = wait.until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, "#grid .card a")))
     assert "coffee.jpg" in results[0].text and "意式浓缩咖啡" in results[0].text
     browser.save_screenshot(str(ARTIFACTS / "browser-2-search.png"))

@@ -111,3 +111,35 @@ def test_web_token_and_address_from_config(tmp_path: Path) -> None:
     cfg.write_text("folders: []\nweb: {host: 0.0.0.0, port: 0, token: a-long-enough-secret-token}\n")
     web = load_config(cfg).web
     assert (web.host, web.port, web.token) == ("0.0.0.0", 0, "a-long-enough-secret-token")
+
+
+def test_rules_and_xmp_from_config(tmp_path: Path) -> None:
+    rules = tmp_path / "my-rules.yaml"
+    rules.write_text("rules: [{class: tabby, threshold: 0.5}]\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("folders: []\nrules: my-rules.yaml\nxmp: {enabled: true, style: replace, prefix: tags/}\n")
+    config = load_config(cfg)
+    assert config.rules == rules
+    assert (config.xmp.enabled, config.xmp.style, config.xmp.prefix) == (True, "replace", "tags/")
+    shipped = load_config(DEFAULT_CONFIG, require_folders=False)
+    assert shipped.rules is None and not shipped.xmp.enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("xmp: {style: sidecar}\n", ["'xmp.style'", "append", "replace"]),
+        ("xmp: {prefix: /}\n", ["'xmp.prefix'"]),
+        ("xmp: {enabled: yes please}\n", ["'xmp.enabled'", "bool"]),
+        ("rules: missing.yaml\n", ["missing.yaml", "rules file not found"]),
+        ("rules: bad-rules.yaml\n", ["bad-rules.yaml", "rule 1", "threshold"]),
+    ],
+)
+def test_bad_rules_or_xmp_config_refuses_to_start(tmp_path: Path, text: str, words: list[str]) -> None:
+    (tmp_path / "bad-rules.yaml").write_text("rules: [{class: tabby, threshold: 7}]\n")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("folders: []\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    for word in [str(cfg) if "xmp" in text else "", *words]:
+        assert word in str(info.value)

@@ -27,7 +27,7 @@ def test_document_holds_what_the_issue_lists(tmp_path: Path) -> None:
     image = tmp_path / "IMG_1.jpg"
     write_sidecar(image, sidecar_document(image, FACTS, "efficientnet-lite0", "57" * 32, TAGS, min_score=0.05))
     doc = read_sidecar(image)
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["image"] == {"file": "IMG_1.jpg", "sha256": FACTS.sha256, "size": 1234, "width": 400, "height": 300}
     assert doc["model"] == {"name": "efficientnet-lite0", "weights_sha256": "57" * 32}
     assert doc["tagged_at"].endswith("Z")

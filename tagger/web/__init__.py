@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from tagger.config import Config
 from tagger.errors import StoreError
 from tagger.web import api, media, pages
-from tagger.web.context import Viewer, token_ok, wants_json
+from tagger.web.context import CSRF_COOKIE, Viewer, token_ok, wants_json
 
 if TYPE_CHECKING:
     from tagger.classify import Classifier
@@ -79,6 +79,8 @@ def _security_headers(response: Response) -> Response:
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers.setdefault("Cache-Control", "no-store")
+    if "csrf" in g and request.cookies.get(CSRF_COOKIE) != g.csrf:
+        response.set_cookie(CSRF_COOKIE, g.csrf, httponly=True, samesite="Strict", path="/")
     return response
 
 

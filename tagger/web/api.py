@@ -7,12 +7,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from flask import Blueprint, Response, jsonify, request, url_for
-from werkzeug.exceptions import BadRequest, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, Forbidden, ServiceUnavailable
 
 from tagger.errors import WeightsError
 from tagger.store import GridItem, ImageDetail
 from tagger.web.check import CheckResult
-from tagger.web.context import indexed_file, store, viewer
+from tagger.web.context import correct_keywords, cross_origin, has_term, indexed_file, store, viewer
 from tagger.web.query import fetch_page, parse_query
 
 blueprint = Blueprint("api", __name__)
@@ -29,9 +29,10 @@ def error_response(code: int, message: str) -> Response:
 
 @blueprint.get("/images")
 def images() -> Response:
-    """?tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N"""
+    """?tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N, or
+    ?q=QUERY&limit=N (the query language: its best N matches, no cursor)"""
     config = viewer().config
-    query = parse_query(request.args, viewer().library, config.model.min_score)
+    query = parse_query(request.args, viewer().library, config.model.min_score, viewer().rules, has_term)
     if query.problems:
         raise BadRequest("; ".join(query.problems))
     limit = int_arg("limit", config.web.page_size, 1, MAX_LIMIT)
@@ -44,6 +45,25 @@ def images() -> Response:
 def image(raw: str) -> Response:
     detail = indexed_file(raw)
     return jsonify(detail_json(detail, viewer().library.stays_inside(detail.path)))
+
+
+@blueprint.post("/images/<path:raw>/keywords")
+def keywords(raw: str) -> Response:
+    """JSON {"add": [...], "remove": [...]}: the user's corrections; the image's keywords come back.
+
+    Only JSON bodies are taken: another site cannot send one without a CORS preflight, which
+    this viewer never grants.
+    """
+    if not request.is_json or cross_origin():
+        raise Forbidden('send JSON, e.g. {"add": ["Chelsea"], "remove": ["lynx"]}, from a script or this viewer')
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not all(
+        isinstance(body.get(k, []), list) and all(isinstance(w, str) for w in body.get(k, [])) for k in ("add", "remove")
+    ):
+        raise BadRequest('the body must be {"add": [keywords], "remove": [keywords]}')
+    detail = indexed_file(raw)
+    rows = correct_keywords(detail.path, body.get("add", []), body.get("remove", []))
+    return jsonify({"path": detail.path, "keywords": [k.as_dict() for k in rows]})
 
 
 @blueprint.get("/tags")
@@ -136,5 +156,6 @@ def detail_json(detail: ImageDetail, exists: bool) -> dict[str, object]:
         "classified_at": detail.classified_at,
         "sidecar": detail.sidecar,
         "tags": [t.as_dict() for t in detail.tags],
+        "keywords": [k.as_dict() for k in store().keywords(detail.sha256)] if detail.sha256 else [],
         "links": links,
     }

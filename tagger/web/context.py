@@ -4,15 +4,19 @@ from __future__ import annotations
 import hmac
 import secrets
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from flask import current_app, g, request
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import BadRequest, NotFound
 
 from tagger.config import Config
-from tagger.errors import StoreError
-from tagger.store import MIGRATIONS, ImageDetail, Store
+from tagger.errors import StoreError, TaggerError
+from tagger.keywords import Keywording
+from tagger.rules import Rules
+from tagger.store import MIGRATIONS, ImageDetail, KeywordRow, Store
 from tagger.web.check import Checker
 from tagger.web.files import Library
 from tagger.web.tagcounts import TagCounts
@@ -22,6 +26,8 @@ if TYPE_CHECKING:
     from tagger.classify import Classifier
 
 TOKEN_COOKIE = "tagger_token"
+CSRF_COOKIE = "tagger_csrf"
+CSRF_FIELD = "csrf"
 MMAP_BYTES = 1 << 30  # of the index read through memory mapping, per connection (address space, not RAM)
 
 
@@ -35,6 +41,7 @@ class Viewer:
         self.thumbnails = Thumbnails(Path(f"{config.index}.thumbs"), config.decode.max_pixels)
         self.tag_counts = TagCounts(config.index, config.model.min_score)
         self.checker = Checker(config, classifier)
+        self.rules = Rules.load(config.rules)
         self._local = threading.local()
         self._opened: list[Store] = []
         self._lock = threading.Lock()
@@ -81,6 +88,57 @@ def indexed_file(raw: str) -> ImageDetail:
     if detail is None:
         raise NotFound("that file is not in the index")
     return detail
+
+
+def has_term(term: str) -> bool:
+    """Some stored keyword is found by this word (the index is only opened when a query needs it)."""
+    return store().has_term(term)
+
+
+def correct_keywords(path: str, add: Sequence[str], remove: Sequence[str]) -> list[KeywordRow]:
+    """The viewer's one write: a user's corrections, through a writable connection opened for
+    this request alone; sidecars (JSON, XMP) are rewritten as by `tagger tag`."""
+    add, remove = [w.strip() for w in add if w.strip()], [w.strip() for w in remove if w.strip()]
+    if not add and not remove:
+        raise BadRequest("give a keyword to add or to remove")
+    config = viewer().config
+    with Store.open(config.index) as writable:
+        keywording = Keywording(config, writable, viewer().rules)
+        try:
+            sha256 = ""
+            for words, action in ((add, "add"), (remove, "remove")):
+                if words:
+                    sha256 = keywording.correct(Path(path), words, action)
+        except StoreError:
+            raise
+        except TaggerError as exc:
+            raise BadRequest(str(exc)) from None
+        return writable.keywords(sha256)
+
+
+def csrf_token() -> str:
+    """This browser's form token: a random value kept in a SameSite=Strict cookie and echoed by
+    every form (double submit). Another site can neither read it nor make the browser send it."""
+    if "csrf" not in g:
+        g.csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    token: str = g.csrf
+    return token
+
+
+def same_site_post() -> bool:
+    """A form POST from this viewer's own pages: its form token matches the cookie, and no
+    foreign Origin is announced."""
+    if cross_origin():
+        return False
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    given = request.form.get(CSRF_FIELD, "")
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), given.encode())
+
+
+def cross_origin() -> bool:
+    """The browser says this request comes from another site's page."""
+    origin = request.headers.get("Origin")
+    return origin not in (None, "null") and urlsplit(origin).netloc != request.host
 
 
 def token_ok() -> bool:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import hmac
+import shlex
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, make_response, redirect, render_template, request, url_for
+from werkzeug.exceptions import Forbidden
 from werkzeug.wrappers import Response as BaseResponse
 
 from tagger import __version__
@@ -14,10 +17,22 @@ from tagger.labels import Tag
 from tagger.store import SORTS, GridItem
 from tagger.web.api import CHECK_TOP_K, check_uploads
 from tagger.web.check import CheckResult
-from tagger.web.context import TOKEN_COOKIE, indexed_file, store, style_nonce, token_ok, viewer
+from tagger.web.context import (
+    CSRF_FIELD,
+    TOKEN_COOKIE,
+    correct_keywords,
+    csrf_token,
+    has_term,
+    indexed_file,
+    same_site_post,
+    store,
+    style_nonce,
+    token_ok,
+    viewer,
+)
 from tagger.web.files import exif_facts
 from tagger.web.media import sidecar_text
-from tagger.web.query import Query, default_sort, fetch_page, parse_query, term_for
+from tagger.web.query import TERM_SEPARATORS, Query, default_sort, fetch_page, parse_query, term_for
 
 blueprint = Blueprint("pages", __name__)
 
@@ -80,7 +95,20 @@ def image(raw: str) -> str:
         crumbs=viewer().library.crumbs(folder),
         exif=exif_facts(viewer().library.readable(detail.path)) if exists else {},
         sidecar=sidecar_text(detail) if exists else None,
+        keywords=store().keywords(detail.sha256) if detail.sha256 and detail.status == "tagged" else [],
+        csrf=(CSRF_FIELD, csrf_token()),
     )
+
+
+@blueprint.post("/image/<path:raw>/keywords")
+def correct(raw: str) -> BaseResponse:
+    """The image page's add and remove forms; refused unless posted from this viewer's own page."""
+    if not same_site_post():
+        raise Forbidden("this form must be sent from the viewer's own image page (reload the page and try again)")
+    detail = indexed_file(raw)
+    add = TERM_SEPARATORS.split(request.form.get("add", ""))
+    correct_keywords(detail.path, add, request.form.getlist("remove"))
+    return redirect(url_for(".image", raw=raw), code=303)
 
 
 def _neighbours(current: Query, path: str) -> tuple[GridItem | None, GridItem | None]:
@@ -143,7 +171,7 @@ def error_page(code: int, name: str, message: str) -> Response:
 
 
 def _query() -> Query:
-    return parse_query(request.args, viewer().library, viewer().config.model.min_score)
+    return parse_query(request.args, viewer().library, viewer().config.model.min_score, viewer().rules, has_term)
 
 
 @blueprint.app_template_global()
@@ -168,6 +196,12 @@ def sort_names(current: Query) -> dict[str, str]:
     if current.terms:
         names["score"] = "Best match"
     return {key: names[key] for key in SORTS}
+
+
+@blueprint.app_template_global()
+def as_query(terms: Sequence[str]) -> str:
+    """Tag terms written in the query language, for the search box."""
+    return " ".join(shlex.quote(term) for term in terms)
 
 
 blueprint.add_app_template_global(default_sort, "default_sort")

@@ -12,6 +12,7 @@ import binascii
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from functools import lru_cache
@@ -20,7 +21,10 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from tagger.labels import imagenet_classes, resolve_tag, suggest_labels
-from tagger.store import SORTS, GridItem, Listing, SortKey, Store
+from tagger.keywords import UnknownTag, resolve_query
+from tagger.querylang import QueryError, parse
+from tagger.rules import Rules
+from tagger.store import SORTS, GridItem, Listing, Search, SortKey, Store
 from tagger.web.files import Library
 
 TERM_SEPARATORS = re.compile(r"[,，、]")
@@ -34,10 +38,14 @@ class Query:
     min_score_given: bool  # the user chose a minimum score (else the default for the mode applies)
     after: SortKey | None = None
     problems: tuple[str, ...] = field(default=())  # shown on the page; a 400 in the API
+    text: str = ""  # q: the query language (tagger.querylang), as typed
+    search: Search | None = None  # q resolved: its best matches, one page, no cursor
 
     def args(self, **changes: Any) -> dict[str, Any]:
         """URL arguments of this query (without the cursor), with `changes` applied; None drops one."""
         args: dict[str, Any] = {"tag": list(self.terms)} if self.terms else {}
+        if self.text:
+            args["q"] = self.text
         if self.min_score_given:
             args["min_score"] = f"{self.listing.min_score:g}"
         if self.listing.folder is not None:
@@ -53,9 +61,25 @@ def default_sort(searching: bool) -> str:
     return "score" if searching else "newest"
 
 
-def parse_query(args: MultiDict[str, str], library: Library, search_min_score: float) -> Query:
-    """Read a query from URL arguments; what cannot be understood becomes a problem, not an exception."""
+def parse_query(
+    args: MultiDict[str, str],
+    library: Library,
+    search_min_score: float,
+    rules: Rules,
+    has_term: Callable[[str], bool],
+) -> Query:
+    """Read a query from URL arguments; what cannot be understood becomes a problem, not an exception.
+
+    `q` holds the query language; the other arguments (tag, min_score, folder) narrow it further.
+    """
     problems: list[str] = []
+    text = " ".join(args.get("q", "").split())
+    search = None
+    if text:
+        try:
+            search = resolve_query(rules, parse(text), has_term)
+        except (QueryError, UnknownTag) as exc:
+            problems.append(str(exc))
     terms = _terms(args.getlist("tag"))
     groups = []
     for term in terms:
@@ -96,7 +120,9 @@ def parse_query(args: MultiDict[str, str], library: Library, search_min_score: f
         except BadRequest as exc:
             problems.append(str(exc.description))
     listing = Listing(tuple(groups), min_score, folder, sort)
-    return Query(tuple(terms), listing, score_given, after, tuple(problems))
+    if search is not None and (terms or folder or score_given):
+        problems.append("q cannot be combined with tag, min_score or folder: write them in q (tag:, score:, folder:)")
+    return Query(tuple(terms), listing, score_given, after, tuple(problems), text, search)
 
 
 def _terms(values: list[str]) -> list[str]:
@@ -137,6 +163,8 @@ def fetch_page(store: Store, query: Query, limit: int) -> Page:
     """One page of the query, and whether another follows (one row more is asked for to know)."""
     if query.problems:
         return Page([], None)
+    if query.search is not None:
+        return Page(store.search_items(query.search, limit), None)
     items = store.browse(query.listing, limit + 1, query.after)
     more = len(items) > limit
     items = items[:limit]

@@ -1,0 +1,341 @@
+"""Keywords from rules, `tagger retag`, user corrections, XMP sidecars and the query language."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tagger.cli import cli
+from tagger.config import load_config
+from tagger.keywords import Keywording
+from tagger.pipeline import Tagger
+from tagger.sidecar import read_sidecar
+from tagger.store import MIGRATIONS, Store
+from tagger.watch import is_candidate
+
+from conftest import CountingClassifier
+from test_scan import scan
+from test_web import make_app, scanned_config
+from test_xmp import LIGHTROOM
+
+@pytest.fixture
+def library(tmp_path: Path, sample_jpegs: list[Path]) -> Path:
+    lib = tmp_path / "library"
+    (lib / "2024").mkdir(parents=True)
+    for src in sample_jpegs:
+        shutil.copy(src, lib / "2024" / src.name if src.name == "coffee.jpg" else lib / src.name)
+    return lib
+
+
+@contextmanager
+def daemon_tagger(config_path: Path, classifier: Any) -> Iterator[Tagger]:
+    """A Tagger as the daemon holds one: for moves and deletes."""
+    config = load_config(config_path)
+    with Store.open(config.index) as store:
+        tagger = Tagger(config, classifier, store)
+        try:
+            yield tagger
+        finally:
+            tagger.close()
+
+
+def stored_keywords(config_path: Path, image: Path) -> dict[str, tuple[str, str]]:
+    """keyword -> (path, source) from the index."""
+    config = load_config(config_path)
+    with Store.open(config.index, readonly=True) as store:
+        record = store.file_record(str(image))
+        assert record is not None and record.sha256 is not None
+        return {k.keyword: (k.path, k.source) for k in store.keywords(record.sha256)}
+
+
+def sidecar_keywords(image: Path) -> dict[str, str]:
+    return {k["keyword"]: k["source"] for k in read_sidecar(image)["keywords"]}
+
+
+def tagger_cli(config_path: Path, *args: str) -> Any:
+    return CliRunner().invoke(cli, ["--config", str(config_path), *args])
+
+
+def test_rules_merge_cat_breeds_into_one_keyword_at_scan(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    config = write_config()
+    scan(config, counting)
+    cat = library / "chelsea.jpg"
+    labels = [t["label"] for t in read_sidecar(cat)["tags"]]
+    assert {"tiger cat", "Egyptian cat", "tabby"} <= set(labels)
+    keywords = stored_keywords(config, cat)
+    assert keywords["cat"] == ("animal/cat", "model")
+    assert not {"tiger cat", "Egyptian cat", "tabby"} & set(keywords)
+    document = read_sidecar(cat)
+    assert document["schema_version"] == 2
+    (entry,) = [k for k in document["keywords"] if k["keyword"] == "cat"]
+    assert (entry["path"], entry["path_zh"], entry["keyword_zh"]) == ("animal/cat", "动物/猫", "猫")
+    assert entry["score"] == max(t["score"] for t in document["tags"])
+
+
+def test_retag_after_a_threshold_change_needs_no_model_run(
+    library: Path, tmp_path: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: [{subtree: domestic cat, rename: cat, rename_zh: 猫}]\n", encoding="utf-8")
+    config = write_config(rules=str(rules))
+    scan(config, counting)
+    runs = counting.images
+    cat = library / "chelsea.jpg"
+    assert "cat" in stored_keywords(config, cat) and "cat" in sidecar_keywords(cat)
+    rules.write_text("rules: [{subtree: domestic cat, rename: cat, rename_zh: 猫, threshold: 0.9}]\n", encoding="utf-8")
+    result = tagger_cli(config, "retag")
+    assert result.exit_code == 0, result.output
+    assert "keywords changed for 1," in result.stdout and "no model run" in result.stdout
+    assert "cat" not in stored_keywords(config, cat) and "cat" not in sidecar_keywords(cat)
+    assert counting.images == runs
+    again = tagger_cli(config, "retag")
+    assert "keywords changed for 0, 0 files' sidecars rewritten" in again.stdout
+
+
+def test_a_correction_survives_retag_move_and_a_change_of_model(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier, lite0_torch: Any
+) -> None:
+    config_path = write_config()
+    scan(config_path, counting)
+    cat = library / "chelsea.jpg"
+    assert tagger_cli(config_path, "tag", "add", str(cat), "Chelsea the cat").exit_code == 0
+    removed = tagger_cli(config_path, "tag", "remove", str(cat), "cat")
+    assert removed.exit_code == 0 and "removed by user: cat" in removed.stdout
+
+    def check(image: Path) -> None:
+        keywords = stored_keywords(config_path, image)
+        assert keywords["Chelsea the cat"] == ("Chelsea the cat", "user") and "cat" not in keywords
+        assert sidecar_keywords(image)["Chelsea the cat"] == "user" and "cat" not in sidecar_keywords(image)
+
+    check(cat)
+    assert tagger_cli(config_path, "retag").exit_code == 0
+    check(cat)
+    moved = library / "2024" / "renamed.jpg"
+    with daemon_tagger(config_path, counting) as tagger:
+        os.rename(cat, moved)
+        assert tagger.move(cat, moved)
+    check(moved)
+    shown = tagger_cli(config_path, "tag", "show", str(moved))
+    assert "user" in shown.stdout and "Chelsea the cat" in shown.stdout
+    renamed_again = library / "again.jpg"
+    os.rename(moved, renamed_again)
+    scan(config_path, counting)  # a rename seen by a scan: the same content, found by its hash
+    check(renamed_again)
+    other_model = _Renamed(lite0_torch, "efficientnet-lite0-torch")
+    scan(config_path, other_model)
+    assert other_model.images == 6  # every content classified again by the new model
+    check(renamed_again)
+
+
+class _Renamed(CountingClassifier):
+    """The same network under another name: to the index, a change of model."""
+
+    def __init__(self, inner: Any, name: str) -> None:
+        super().__init__(inner)
+        self.name = name
+
+
+def test_xmp_sidecar_read_back_with_exiftool(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    if shutil.which("exiftool") is None:
+        if os.environ.get("CI"):
+            pytest.fail("exiftool is required in CI")
+        pytest.skip("exiftool is not installed")
+    config = write_config(xmp={"enabled": True})
+    scan(config, counting)
+    out = subprocess.run(
+        ["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-XMP-digiKam:TagsList",
+         str(library / "chelsea.jpg.xmp")],
+        capture_output=True, text=True, check=True,
+    )
+    (found,) = json.loads(out.stdout)
+    subjects = found["Subject"] if isinstance(found["Subject"], list) else [found["Subject"]]
+    assert "cat" in subjects and "猫" in subjects
+    assert "auto|animal|cat" in found["HierarchicalSubject"] and "auto|动物|猫" in found["HierarchicalSubject"]
+    assert "auto/animal/cat" in found["TagsList"]
+
+
+def test_an_existing_lightroom_xmp_is_merged_through_a_scan(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    xmp = library / "chelsea.xmp"
+    xmp.write_text(LIGHTROOM, encoding="utf-8")
+    config = write_config(xmp={"enabled": True, "style": "replace"})
+    scan(config, counting)
+    text = xmp.read_text(encoding="utf-8")
+    for kept in ('xmp:Rating="4"', 'crs:Exposure2012="+0.35"', "<rdf:li>holiday</rdf:li>", "places|harbour"):
+        assert kept in text
+    assert "auto|animal|cat" in text and "<rdf:li>cat</rdf:li>" in text
+    assert not (library / "chelsea.jpg.xmp").exists()
+
+
+def test_query_language_through_the_cli(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    config = write_config()
+    scan(config, counting)
+
+    def names(*args: str) -> list[str]:
+        result = tagger_cli(config, "query", *args)
+        assert result.exit_code == 0, result.output
+        return [Path(p).name for p in result.stdout.split()]
+
+    assert names("猫") == ["chelsea.jpg"]
+    assert names("tag:cat score:0.3..") == ["chelsea.jpg"]
+    assert names("tag:cat score:0.9..") == []
+    assert names("animal") == ["chelsea.jpg"]
+    assert names("animal ^cat") == []
+    assert names("folder:2024") == ["coffee.jpg"]
+    assert "coffee.jpg" not in names("^folder:2024")
+    assert len(names("added:-1d..")) == 6 and names("added:..2001") == []
+    assert names("espresso", "--tag", "cup") == ["coffee.jpg"]
+    assert tagger_cli(config, "tag", "add", str(library / "rocket.jpg"), "launch").exit_code == 0
+    assert names("launch") == ["rocket.jpg"]
+    assert tagger_cli(config, "tag", "remove", str(library / "chelsea.jpg"), "cat").exit_code == 0
+    assert names("猫") == []
+    for bad in ("tag:no-such-thing-xyz", "score:7", 'tag:"open'):
+        result = tagger_cli(config, "query", bad)
+        assert result.exit_code == 2 and "Error" in result.stderr
+
+
+def test_added_at_is_kept_when_a_file_is_recorded_again(tmp_path: Path) -> None:
+    index = tmp_path / "old.sqlite"
+    with Store.open(index) as store, store.transaction():
+        store.save_failure("/x/a.jpg", None, 1, 1, "bad")
+    conn = sqlite3.connect(index)
+    (added,) = conn.execute("SELECT added_at FROM files").fetchone()
+    conn.close()
+    assert added is not None
+    with Store.open(index) as store:
+        with store.transaction():
+            store.save_failure("/x/a.jpg", None, 2, 2, "still bad")
+        assert store.conn.execute("SELECT added_at FROM files").fetchone()[0] == added
+
+
+def test_keywording_retag_counts(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    config_path = write_config()
+    scan(config_path, counting)
+    config = load_config(config_path)
+    with Store.open(config.index) as store:
+        summary = Keywording(config, store).retag()
+    assert (summary.contents, summary.changed, summary.sidecars) == (6, 0, 0)
+
+
+def test_migration_fills_added_at_of_existing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = tmp_path / "old.sqlite"
+    with monkeypatch.context() as patch:
+        patch.setattr("tagger.store.MIGRATIONS", MIGRATIONS[:4])
+        with Store.open(index) as store, store.transaction():
+            store.conn.execute(
+                """INSERT INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at)
+                   VALUES ('/x/a.jpg', NULL, 1, 1, 'failed', 'bad', NULL, '2020-01-02T03:04:05Z')"""
+            )
+    with Store.open(index) as store:
+        assert store.schema_version() == len(MIGRATIONS)
+        assert store.conn.execute("SELECT added_at FROM files").fetchone()[0] == "2020-01-02T03:04:05Z"
+
+
+def test_a_daemon_move_carries_the_xmp_sidecar_and_the_watcher_ignores_it(
+    library: Path, write_config: Callable[..., Path], counting: CountingClassifier
+) -> None:
+    config_path = write_config(xmp={"enabled": True})
+    scan(config_path, counting)
+    src, dst = library / "rocket.jpg", library / "2024" / "launch.jpg"
+    assert not is_candidate(library / "rocket.jpg.xmp")
+    with daemon_tagger(config_path, counting) as tagger:
+        os.rename(src, dst)
+        assert tagger.move(src, dst)
+        os.unlink(dst)
+        tagger.forget([dst])
+    assert not (library / "rocket.jpg.xmp").exists()
+    assert (library / "2024" / "launch.jpg.xmp").exists()  # a deleted image's XMP stays: other tools share it
+    assert not (library / "2024" / "launch.jpg.tags.json").exists()
+
+
+# -- the viewer ------------------------------------------------------------------------------
+
+TOKEN = "a-long-enough-secret-token"
+
+
+@pytest.fixture
+def viewer_app(library: Path, tmp_path: Path, lite0: Any, weights_dir: Path) -> Iterator[Flask]:
+    config = load_config(scanned_config(library, lite0, weights_dir, xmp={"enabled": True}))
+    app = make_app(config, lite0, token=TOKEN)
+    yield app
+    app.extensions["tagger"].close()
+
+
+def signed_in(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    return client
+
+
+def csrf_of(client: FlaskClient, raw: str) -> str:
+    page = client.get(f"/image/{raw}").get_data(as_text=True)
+    return page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def test_viewer_corrections_rewrite_index_and_sidecars(viewer_app: Flask, library: Path) -> None:
+    client = signed_in(viewer_app)
+    cat = library / "chelsea.jpg"
+    raw = str(cat).lstrip("/")
+    page = client.get(f"/image/{raw}").get_data(as_text=True)
+    assert 'class="keyword model"' in page and "animal/cat" in page and "Remove" in page
+    token = csrf_of(client, raw)
+    added = client.post(f"/image/{raw}/keywords", data={"csrf": token, "add": "Chelsea, garden"})
+    assert added.status_code == 303
+    removed = client.post(f"/image/{raw}/keywords", data={"csrf": token, "remove": "cat"})
+    assert removed.status_code == 303
+    page = client.get(f"/image/{raw}").get_data(as_text=True)
+    assert 'class="keyword user"' in page and "Chelsea" in page and "animal/cat" not in page
+    assert sidecar_keywords(cat)["garden"] == "user" and "cat" not in sidecar_keywords(cat)
+    assert "auto/Chelsea" in (library / "chelsea.jpg.xmp").read_text(encoding="utf-8")
+    api = client.post(
+        f"/api/images/{raw}/keywords", json={"add": ["sofa"], "remove": ["garden"]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert api.status_code == 200
+    assert {k["keyword"]: k["source"] for k in api.json["keywords"]}.get("sofa") == "user"
+    assert "garden" not in {k["keyword"] for k in api.json["keywords"]}
+    found = client.get("/api/images?q=" + quote("sofa ^cat folder:library"))
+    assert [i["path"] for i in found.json["images"]] == [str(cat)]
+    grid = client.get("/?q=" + quote("tag:sofa")).get_data(as_text=True)
+    assert "chelsea.jpg" in grid and "Best matches for" in grid
+    bad = client.get("/api/images?q=" + quote("tag:no-such-thing-xyz"))
+    assert bad.status_code == 400 and "no-such-thing-xyz" in bad.json["error"]
+
+
+def test_viewer_corrections_refuse_strangers_and_other_sites(viewer_app: Flask, library: Path) -> None:
+    raw = str(library / "chelsea.jpg").lstrip("/")
+    stranger = viewer_app.test_client()
+    assert stranger.post(f"/image/{raw}/keywords", data={"add": "x"}).status_code == 401
+    assert stranger.post(f"/api/images/{raw}/keywords", json={"add": ["x"]}).status_code == 401
+    client = signed_in(viewer_app)
+    token = csrf_of(client, raw)
+    assert client.post(f"/image/{raw}/keywords", data={"add": "x"}).status_code == 403  # no form token
+    assert client.post(f"/image/{raw}/keywords", data={"add": "x", "csrf": "forged"}).status_code == 403
+    foreign = client.post(
+        f"/image/{raw}/keywords", data={"add": "x", "csrf": token}, headers={"Origin": "https://evil.example"}
+    )
+    assert foreign.status_code == 403
+    as_form = client.post(f"/api/images/{raw}/keywords", data={"add": "x"})
+    assert as_form.status_code == 403  # a cross-site form cannot send JSON
+    assert "x" not in sidecar_keywords(library / "chelsea.jpg")
