@@ -50,7 +50,7 @@ IGNORED_DIRS = frozenset({"@eaDir", "#recycle", "#snapshot", "lost+found"})
 def is_candidate(path: Path) -> bool:
     """An image file we should tag: not hidden, temporary, NAS bookkeeping or our own sidecar."""
     if any(part.startswith(".") or part in IGNORED_DIRS for part in path.parts[1:]):
-        return False  # dot-files and rsync's .name.XXXXXX, .stfolder, .stversions, @eaDir ...
+        return False  # dot-files and rsync's .name.a1B2c3 temporaries, .stfolder, .stversions, @eaDir ...
     name = path.name.lower()
     return not name.endswith(TEMP_SUFFIXES) and not is_sidecar(path) and is_image_name(path)
 
