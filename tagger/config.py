@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tagger.errors import ConfigError
 from tagger.rules import Rules
+from tagger.yamlfile import read_yaml
 from tagger.xmp import XMP_STYLES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
@@ -118,14 +117,7 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 def load_config(path: str | os.PathLike[str] | None = None, *, require_folders: bool = True) -> Config:
     """Read and check a config file; relative paths are relative to the file's folder."""
     source = config_path(path)
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: config file not found (pass --config PATH or set TAGGER_CONFIG)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read config file: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    raw = read_yaml(source, "config", "pass --config PATH or set TAGGER_CONFIG")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

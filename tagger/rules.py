@@ -21,10 +21,9 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from tagger.errors import ConfigError
 from tagger.labels import ImageNetClass, Tag, imagenet_classes
+from tagger.yamlfile import read_yaml
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "data" / "default_rules.yaml"
 
@@ -157,14 +156,7 @@ class Rules:
     def load(cls, path: Path | None = None) -> Rules:
         """Read and check a rules file; None is the default shipped inside the package."""
         source = path or DEFAULT_RULES
-        try:
-            raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: rules file not found (copy config/rules.yaml there to start)") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{source}: cannot read rules file: {exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raw = read_yaml(source, "rules", "copy config/rules.yaml there to start")
         return _RulesFile(source).build(raw)
 
     def apply(self, tags: Sequence[Tag], min_score: float) -> list[Keyword]:
