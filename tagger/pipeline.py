@@ -178,9 +178,9 @@ class Tagger:
                 future = self._decoders.submit(_decode, data, max_pixels, spec, draft)
                 inflight.append(_InFlight(path, stat.st_mtime_ns, len(data), sha256, future))
                 continue
-            self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False)
+            if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False):
+                summary.sidecar_errors += 1
             summary.reused += 1
-            self._count_sidecar(path, summary)
         return inflight
 
     def _finish(self, inflight: list[_InFlight], summary: ScanSummary) -> None:
@@ -198,9 +198,9 @@ class Tagger:
             return
         results = self.classifier.tag_batch(np.stack([p.array for p in pending]), self.config.model.top_k)
         for done, tags in zip(pending, results):
-            self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, fresh=True)
+            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, fresh=True):
+                summary.sidecar_errors += 1
             summary.classified += 1
-            self._count_sidecar(done.path, summary)
 
     def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
         """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
@@ -296,10 +296,11 @@ class Tagger:
 
     def _record(
         self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, fresh: bool
-    ) -> None:
+    ) -> bool:
         """Sidecars first, then the index: a crash in between is repaired by the next scan.
 
         Keywords are the rules applied to the raw tags, then the user's corrections of this content.
+        False when a sidecar could not be written (the reason is kept in the index).
         """
         keywords = self.keywording.rows(facts.sha256, tags)
         sidecar, note = self.keywording.write_sidecars(
@@ -310,11 +311,7 @@ class Tagger:
                 self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
             self.store.save_keywords(facts.sha256, keywords)
             self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
-
-    def _count_sidecar(self, path: Path, summary: ScanSummary) -> None:
-        record = self.store.file_record(str(path))
-        if record and record.error:
-            summary.sidecar_errors += 1
+        return note is None
 
     def _fail(self, path: Path, sha256: str | None, size: int, mtime_ns: int, reason: str, summary: ScanSummary) -> None:
         log.warning("%s: %s", path, reason)
