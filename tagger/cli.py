@@ -268,18 +268,20 @@ def query(
 
 
 @cli.command()
+@click.option("--all", "everything", is_flag=True, help="Rebuild every image's keywords, not only the changed.")
 @pass_ctx
-def retag(ctx: _Context) -> None:
+def retag(ctx: _Context, everything: bool) -> None:
     """Re-apply the rules, min_score and corrections to the stored raw tags (no model run).
 
-    Only images whose keywords changed get their sidecars (JSON and XMP) rewritten.
+    Only images with a raw tag that a changed rule or threshold touches are looked at, and
+    only those whose keywords changed get their sidecars (JSON and XMP) rewritten.
     """
     from tagger.keywords import Keywording
     from tagger.store import Store
 
     config = ctx.config(require_folders=False)
     with Store.open(config.index) as store:
-        summary = Keywording(config, store).retag()
+        summary = Keywording(config, store).retag(everything=everything)
     click.echo(
         f"{summary.contents} images: keywords changed for {summary.changed}, "
         f"{summary.sidecars} files' sidecars rewritten; {summary.seconds:.1f} s (no model run)"

@@ -6,7 +6,9 @@ enabled) are rewritten from the result.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,14 +23,14 @@ from tagger.labels import Tag, resolve_tag, suggest_labels
 from tagger.querylang import Query, TimeRange
 from tagger.rules import Rules
 from tagger.sidecar import ImageFacts, sidecar_document, write_sidecar
-from tagger.store import Correction, KeywordRow, Search, Store
+from tagger.store import ClassKeyword, Correction, KeywordRow, Search, StoredContent, Store
 from tagger.xmp import XmpError, write_xmp
 
 log = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
-RULES_SETTING = "rules_fingerprint"
-MIN_SCORE_SETTING = "min_score"
+RULES_SETTING = "keyword_rules"  # per class, the keyword and least score that made the stored keywords
+BULK_SHARE = 0.4  # when more of the contents than this may change, rebuild all in bulk (SQL), not one by one
 RETAG_CACHE_BYTES = 512 << 20  # SQLite page cache while re-tagging: keeps the keyword indexes' pages in memory
 
 
@@ -58,6 +60,53 @@ def keyword_rows(
     kept = [r for r in rows if r.keyword.casefold() not in taken and r.keyword_zh.casefold() not in taken]
     users = [KeywordRow(word, word, word, word, 1.0, "user") for word in added if word.casefold() not in removed]
     return users + kept
+
+
+def class_keywords(rules: Rules, min_score: float) -> list[ClassKeyword]:
+    """The rules as a table: per class, its keyword and the least score at which it counts."""
+    return [
+        ClassKeyword(class_id, threshold, d.name, d.name_zh, d.path, d.path_zh)
+        for class_id, (d, threshold) in enumerate(rules.outcomes(min_score))
+    ]
+
+
+def changed_bands(old: Sequence[ClassKeyword], new: Sequence[ClassKeyword]) -> list[tuple[int, float, float]]:
+    """(class, low, high): the raw scores of a class whose keyword differs between two tables.
+
+    Same keyword, other threshold: the scores between the two thresholds. Another keyword,
+    or a drop: every score from the lower threshold up. Scores below both never counted.
+    A content is re-tagged only when one of its raw tags falls in a band.
+    """
+    bands = []
+    for was, now in zip(old, new):
+        low, high = sorted((was.threshold, now.threshold))
+        if was == now or low > 1.0:
+            continue
+        renamed = (was.keyword, was.keyword_zh, was.path, was.path_zh) != (
+            now.keyword, now.keyword_zh, now.path, now.path_zh
+        )
+        bands.append((now.class_id, low, math.inf if renamed else high))
+    return bands
+
+
+def _dump_table(table: Sequence[ClassKeyword]) -> str:
+    return json.dumps(
+        [[None if math.isinf(k.threshold) else k.threshold, k.keyword, k.keyword_zh, k.path, k.path_zh] for k in table],
+        ensure_ascii=False,
+    )
+
+
+def _load_table(text: str | None) -> list[ClassKeyword] | None:
+    """The stored table, or None when there is none or it cannot be read (then everything is re-tagged)."""
+    try:
+        rows = json.loads(text or "null")
+        table = [
+            ClassKeyword(class_id, math.inf if threshold is None else float(threshold), *map(str, names))
+            for class_id, (threshold, *names) in enumerate(rows)
+        ]
+    except (TypeError, ValueError):
+        return None
+    return table if len(table) == 1000 and all(len(r) == 5 for r in rows) else None
 
 
 def machine_keywords(rows: Sequence[KeywordRow]) -> list[str]:
@@ -174,66 +223,105 @@ class Keywording:
         except XmpError as exc:
             log.warning("%s (keywords are in the index and the JSON sidecar)", exc)
 
-    def remember_settings(self) -> None:
-        """Which rules and threshold made the stored keywords (call inside a transaction)."""
-        self.store.set_setting(RULES_SETTING, self.rules.fingerprint())
-        self.store.set_setting(MIN_SCORE_SETTING, repr(self.config.model.min_score))
+    def table(self) -> list[ClassKeyword]:
+        return class_keywords(self.rules, self.config.model.min_score)
+
+    def remember_settings(self, table: Sequence[ClassKeyword]) -> None:
+        """Which rules made the stored keywords, for the next retag to compare (call inside a transaction)."""
+        self.store.set_setting(RULES_SETTING, _dump_table(table))
 
     def check_settings(self) -> None:
         """Warn when the stored keywords were made by other rules or another threshold."""
-        stored = (self.store.setting(RULES_SETTING), self.store.setting(MIN_SCORE_SETTING))
-        if stored == (None, None):
+        stored, current = self.store.setting(RULES_SETTING), self.table()
+        if stored is None and self.store.content_count() == 0:
             with self.store.transaction():
-                self.remember_settings()
-        elif stored != (self.rules.fingerprint(), repr(self.config.model.min_score)):
+                self.remember_settings(current)
+        elif stored != _dump_table(current):
             log.warning("rules or model.min_score changed since the stored keywords were made: run `tagger retag`")
 
-    def retag(self, only: Sequence[str] | None = None, batch: int = 5000) -> RetagSummary:
-        """Recompute keywords from the stored raw tags; rewrite sidecars of the contents that changed.
+    def retag(self, only: Sequence[str] | None = None, *, everything: bool = False) -> RetagSummary:
+        """Recompute keywords from the stored raw tags (no model run); rewrite sidecars of the contents that changed.
 
-        No model run. `only` limits it to some contents (after a correction).
+        The per-class table of the rules that made the stored keywords is kept in the index;
+        only contents with a raw tag in a band where the old and new tables differ are looked
+        at, one by one, unless there are many: then all keywords are rebuilt in bulk in SQL.
+        `only`: just these contents (after a correction); `everything`: rebuild all.
         """
         started = time.monotonic()
         summary = RetagSummary()
         self.store.grow_cache(RETAG_CACHE_BYTES)
-        after = ""
-        while True:
-            contents = self.store.stored_contents(after, batch, only)
-            if not contents:
-                break
-            changed = []
-            with self.store.transaction():
-                for content in contents:
-                    rows = keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections)
-                    if set(rows) != set(content.keywords):
-                        self.store.save_keywords(content.sha256, rows, replacing=bool(content.keywords))
-                        changed.append((content, rows))
-                if only is None:
-                    self.remember_settings()
-            summary.contents += len(contents)
-            summary.changed += len(changed)
-            for content, rows in changed:
-                summary.sidecars += self._rewrite_sidecars(content.sha256, content.tags, rows)
-            if only is not None:
-                break
-            after = contents[-1].sha256
+        table = self.table()
+        if only is not None:
+            summary.contents = len(set(only))
+            changed = self._retag_each(sorted(set(only)))
+        else:
+            stored = None if everything else _load_table(self.store.setting(RULES_SETTING))
+            touched = None if stored is None else self.store.contents_scored(changed_bands(stored, table))
+            total = self.store.content_count()
+            if touched is None or len(touched) > BULK_SHARE * total:
+                summary.contents = total
+                changed = self._rebuild(table)
+            else:
+                summary.contents = len(touched)
+                changed = self._retag_each(sorted(touched))
+                with self.store.transaction():
+                    self.remember_settings(table)
+        summary.changed = len(changed)
+        summary.sidecars = self._rewrite_sidecars(changed)
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _rewrite_sidecars(self, sha256: str, tags: Sequence[Tag], rows: Sequence[KeywordRow]) -> int:
+    def _retag_each(self, shas: Sequence[str], batch: int = 5000) -> list[str]:
+        """Recompute these contents one by one; the ones whose keywords changed."""
+        changed = []
+        for start in range(0, len(shas), batch):
+            with self.store.transaction():
+                for content in self.store.stored_contents("", 0, only=shas[start : start + batch]):
+                    if self._redo(content):
+                        changed.append(content.sha256)
+        return changed
+
+    def _redo(self, content: StoredContent) -> bool:
+        rows = keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections)
+        if set(rows) == set(content.keywords):
+            return False
+        self.store.save_keywords(content.sha256, rows, replacing=bool(content.keywords))
+        return True
+
+    def _rebuild(self, table: Sequence[ClassKeyword]) -> list[str]:
+        """Every content's keywords in bulk, in one transaction; then the corrected contents one by one."""
+        corrected = self.store.corrected_contents()
+        with self.store.transaction():
+            before = self.store.stored_contents("", 0, only=corrected) if corrected else []
+            changed = self.store.rebuild_model_keywords(table)
+            for content in before:
+                rows = keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections)
+                self.store.save_keywords(content.sha256, rows)
+                if set(rows) != set(content.keywords):
+                    changed.append(content.sha256)
+            self.remember_settings(table)
+        return changed
+
+    def _rewrite_sidecars(self, shas: Sequence[str], batch: int = 1000) -> int:
+        """Sidecars of every file of these contents, from the stored keywords; how many files."""
         if not (self.config.sidecar.enabled or self.config.xmp.enabled):
             return 0
-        image = self.store.image_facts(sha256)
-        if image is None:
-            return 0
-        facts, model, weights_sha256 = image
-        paths = self.store.paths_with_content(sha256)
-        for path in paths:
-            sidecar, _ = self.write_sidecars(Path(path), facts, model, weights_sha256, tags, rows)
-            if sidecar is not None:
-                with self.store.transaction():
-                    self.store.set_sidecar(path, sidecar)
-        return len(paths)
+        written = 0
+        for start in range(0, len(shas), batch):
+            for content in self.store.stored_contents("", 0, only=shas[start : start + batch]):
+                image = self.store.image_facts(content.sha256)
+                if image is None:
+                    continue
+                facts, model, weights_sha256 = image
+                for path in self.store.paths_with_content(content.sha256):
+                    sidecar, _ = self.write_sidecars(
+                        Path(path), facts, model, weights_sha256, content.tags, content.keywords
+                    )
+                    if sidecar is not None:
+                        with self.store.transaction():
+                            self.store.set_sidecar(path, sidecar)
+                    written += 1
+        return written
 
     def correct(self, path: Path, keywords: Sequence[str], action: str) -> str:
         """Add or remove keywords of one image (of its content: every copy), then rewrite its sidecars."""

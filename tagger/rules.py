@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from operator import itemgetter
@@ -126,8 +124,16 @@ class Keyword:
 
 
 @dataclass(frozen=True, slots=True)
-class _Display:
-    """What a class is shown as; classes that show the same merge into one keyword."""
+class Display:
+    """What a class is shown as; classes shown with the same name merge into one keyword."""
+
+    @property
+    def path(self) -> str:
+        return "/".join((*self.parents, self.name))
+
+    @property
+    def path_zh(self) -> str:
+        return "/".join((*self.parents_zh, self.name_zh))
 
     name: str
     name_zh: str
@@ -139,7 +145,7 @@ class _Display:
 class _ClassRule:
     """The rules in effect for one class once precedence is settled."""
 
-    display: _Display
+    display: Display
     threshold: float | None  # None: the caller's min_score
     dropped: bool
     aliases: tuple[str, ...]
@@ -160,26 +166,34 @@ class Rules:
         return _RulesFile(source).build(raw)
 
     def apply(self, tags: Sequence[Tag], min_score: float) -> list[Keyword]:
-        """Raw tags -> keywords, best first; tags that rename alike merge, keeping the max score."""
+        """Raw tags -> keywords, best first.
+
+        Tags that come out with the same English keyword merge into one, with the best score
+        and that tag's Chinese name and parents (the index keys keywords by name).
+        """
         table = self._table
-        found: dict[_Display, tuple[float, list[int]]] = {}
+        found: dict[str, tuple[float, Display, list[int]]] = {}
         for tag in tags:
             display, threshold = table[tag.class_id]
             score = tag.score
             if score < (min_score if threshold is None else threshold):
                 continue
-            seen = found.get(display)
+            seen = found.get(display.name)
             if seen is None:
-                found[display] = (score, [tag.class_id])
+                found[display.name] = (score, display, [tag.class_id])
             else:
-                seen[1].append(tag.class_id)
+                seen[2].append(tag.class_id)
                 if score > seen[0]:
-                    found[display] = (score, seen[1])
+                    found[display.name] = (score, display, seen[2])
         keywords = [
-            Keyword(d.name, d.name_zh, score, tuple(ids), d.parents, d.parents_zh) for d, (score, ids) in found.items()
+            Keyword(d.name, d.name_zh, score, tuple(ids), d.parents, d.parents_zh) for score, d, ids in found.values()
         ]
         keywords.sort(key=_best_first)
         return keywords
+
+    def outcomes(self, min_score: float) -> list[tuple[Display, float]]:
+        """Per class: what it shows as, and the least score at which it is a keyword (inf: dropped)."""
+        return [(display, min_score if threshold is None else threshold) for display, threshold in self._table]
 
     def aliases(self) -> dict[str, list[int]]:
         """Search term (casefolded, English or Chinese) -> the classes it finds.
@@ -197,11 +211,6 @@ class Rules:
             for word in dict.fromkeys(w.strip().casefold() for w in words):
                 terms.setdefault(word, []).append(class_id)
         return terms
-
-    def fingerprint(self) -> str:
-        """A hash of the effective rules: equal for files that tag alike, whatever their comments or order."""
-        text = json.dumps(["rules-v1", [astuple(c) for c in self._classes]], ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _best_first(keyword: Keyword) -> tuple[float, str]:
@@ -279,7 +288,7 @@ class _RulesFile:
             dropped = rule.drop if rule.drop is not None else dropped
             parents = rule.parents if rule.parents is not None else parents
             aliases.extend(rule.aliases)
-        display = _Display(name, name_zh, parents, tuple(self.categories[p] for p in parents))
+        display = Display(name, name_zh, parents, tuple(self.categories[p] for p in parents))
         return _ClassRule(display, threshold, dropped, tuple(dict.fromkeys(aliases)))
 
     def matches(self, rule: Rule) -> dict[int, int]:

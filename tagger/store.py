@@ -6,6 +6,7 @@ copy or a re-scan costs a hash, not a model run.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -170,8 +171,7 @@ class KeywordRow:
     source: str  # model or user
 
     def terms(self) -> set[str]:
-        """The search words that find it: itself and each category, English and Chinese."""
-        return {w.strip().casefold() for w in (*self.path.split("/"), *self.path_zh.split("/")) if w.strip()}
+        return keyword_terms(self.path, self.path_zh)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -182,6 +182,23 @@ class KeywordRow:
             "score": round(self.score, 6),
             "source": self.source,
         }
+
+
+def keyword_terms(path: str, path_zh: str) -> set[str]:
+    """The search words that find a keyword: itself and each category, English and Chinese."""
+    return {w.strip().casefold() for w in (*path.split("/"), *path_zh.split("/")) if w.strip()}
+
+
+@dataclass(frozen=True)
+class ClassKeyword:
+    """What the rules make of one class: its keyword, and the least score at which it counts."""
+
+    class_id: int
+    threshold: float  # inf: dropped, never a keyword
+    keyword: str
+    keyword_zh: str
+    path: str
+    path_zh: str
 
 
 @dataclass(frozen=True)
@@ -455,15 +472,18 @@ class Store:
         return None if row is None else str(row[0])
 
     def stored_contents(self, after: str, limit: int, only: Sequence[str] | None = None) -> list[StoredContent]:
-        """The next `limit` contents after sha256 `after` (or the contents `only`): range reads on primary keys."""
+        """The next `limit` contents after sha256 `after`, or the contents `only` (looked up one by one)."""
         if only is not None:
-            shas = sorted(only)
+            shas = sorted(set(only))
+            where, params = "sha256 IN (SELECT value FROM json_each(?))", [json.dumps(shas)]
         else:
-            rows = self.conn.execute("SELECT sha256 FROM images WHERE sha256 > ? ORDER BY sha256 LIMIT ?", (after, limit))
+            rows = self.conn.execute(
+                "SELECT sha256 FROM images WHERE sha256 > ? ORDER BY sha256 LIMIT ?", (after, limit)
+            )
             shas = [r[0] for r in rows]
+            where, params = "sha256 BETWEEN ? AND ?", shas[:1] + shas[-1:]
         if not shas:
             return []
-        span = (shas[0], shas[-1])
         tags: dict[str, list[Tag]] = {sha: [] for sha in shas}
         keywords: dict[str, list[KeywordRow]] = {sha: [] for sha in shas}
         corrections: dict[str, list[Correction]] = {sha: [] for sha in shas}
@@ -474,11 +494,83 @@ class Store:
         )
         for columns, order, found, make in reads:
             for sha, *fields in self.conn.execute(
-                f"SELECT sha256, {columns} WHERE sha256 BETWEEN ? AND ? ORDER BY sha256, {order}", span
+                f"SELECT sha256, {columns} WHERE {where} ORDER BY sha256, {order}", params
             ):
                 if sha in found:
                     found[sha].append(make(*fields))
         return [StoredContent(sha, tags[sha], keywords[sha], corrections[sha]) for sha in shas]
+
+    def contents_scored(self, bands: Sequence[tuple[int, float, float]]) -> set[str]:
+        """Contents with a raw tag of class c scored in [low, high), for any band (c, low, high)."""
+        found: set[str] = set()
+        for class_id, low, high in bands:
+            rows = self.conn.execute(
+                "SELECT sha256 FROM tags WHERE class_id = ? AND score >= ? AND score < ?", (class_id, low, high)
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def corrected_contents(self) -> list[str]:
+        """Indexed contents that the user has corrected."""
+        rows = self.conn.execute("SELECT DISTINCT sha256 FROM corrections WHERE sha256 IN (SELECT sha256 FROM images)")
+        return [r[0] for r in rows]
+
+    def rebuild_model_keywords(self, classes: Sequence[ClassKeyword]) -> list[str]:
+        """Remake every content's keywords from the raw tags in bulk; the contents whose keywords changed.
+
+        The tables are emptied and refilled by INSERT ... SELECT in key order, the term index
+        built afterwards: at a million contents that is minutes faster than replacing them one
+        by one. Only the model's keywords: the caller redoes the contents with corrections, which
+        are left out of the answer. Call inside a transaction.
+        """
+        c = self.conn
+        for table in ("rule_classes", "rule_terms", "old_keywords"):
+            c.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        c.execute(
+            """CREATE TEMP TABLE rule_classes (class_id INTEGER PRIMARY KEY, threshold REAL NOT NULL,
+               keyword TEXT NOT NULL, keyword_zh TEXT NOT NULL, path TEXT NOT NULL, path_zh TEXT NOT NULL)"""
+        )
+        kept = [k for k in classes if k.threshold <= 1.0]
+        c.executemany(
+            "INSERT INTO temp.rule_classes VALUES (?, ?, ?, ?, ?, ?)",
+            [(k.class_id, k.threshold, k.keyword, k.keyword_zh, k.path, k.path_zh) for k in kept],
+        )
+        c.execute(
+            "CREATE TEMP TABLE rule_terms (path TEXT, path_zh TEXT, term TEXT, PRIMARY KEY (path, path_zh, term))"
+        )
+        c.executemany(
+            "INSERT OR IGNORE INTO temp.rule_terms VALUES (?, ?, ?)",
+            [(k.path, k.path_zh, term) for k in kept for term in keyword_terms(k.path, k.path_zh)],
+        )
+        c.execute("CREATE TEMP TABLE old_keywords AS SELECT * FROM keywords")
+        c.execute("DELETE FROM keywords")
+        c.execute("DROP INDEX keyword_terms_by_sha256")
+        c.execute("DELETE FROM keyword_terms")
+        c.execute(
+            """INSERT INTO keywords (sha256, keyword, keyword_zh, path, path_zh, score, source)
+               SELECT t.sha256, r.keyword, r.keyword_zh, r.path, r.path_zh, MAX(t.score), 'model'
+               FROM tags t JOIN temp.rule_classes r ON r.class_id = t.class_id
+               WHERE t.score >= r.threshold
+               GROUP BY t.sha256, r.keyword ORDER BY t.sha256, r.keyword"""
+        )
+        c.execute(
+            """INSERT INTO keyword_terms (term, score, sha256)
+               SELECT rt.term, MAX(k.score), k.sha256
+               FROM keywords k JOIN temp.rule_terms rt ON rt.path = k.path AND rt.path_zh = k.path_zh
+               GROUP BY k.sha256, rt.term ORDER BY rt.term, 2, k.sha256"""
+        )
+        c.execute("CREATE INDEX keyword_terms_by_sha256 ON keyword_terms(sha256, term)")
+        changed = [
+            r[0]
+            for r in c.execute(
+                """SELECT sha256 FROM (SELECT * FROM keywords EXCEPT SELECT * FROM temp.old_keywords)
+                   UNION SELECT sha256 FROM (SELECT * FROM temp.old_keywords EXCEPT SELECT * FROM keywords)
+                   EXCEPT SELECT sha256 FROM corrections"""
+            )
+        ]
+        for table in ("rule_classes", "rule_terms", "old_keywords"):
+            c.execute(f"DROP TABLE temp.{table}")
+        return changed
 
     def paths_under(self, root: str) -> list[str]:
         """Indexed paths inside folder `root` (a range scan on the primary key)."""
@@ -912,6 +1004,10 @@ class Store:
         ).fetchall()
         classes = imagenet_classes()
         return [TagCount(c, classes[c].wnid, classes[c].label, classes[c].label_zh, n) for c, n in rows]
+
+    def content_count(self) -> int:
+        """Distinct contents classified (images rows)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
     def tagged_count(self) -> int:
         """Files tagged, read from the smallest index that holds exactly them."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -18,10 +19,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tagger.cli import cli
-from tagger.config import load_config
-from tagger.keywords import Keywording
+from tagger.config import Config, ModelConfig, SidecarConfig, load_config
+from tagger.keywords import Keywording, keyword_rows
+from tagger.labels import Tag, imagenet_classes
 from tagger.pipeline import Tagger
-from tagger.sidecar import read_sidecar
+from tagger.sidecar import ImageFacts, read_sidecar
 from tagger.store import MIGRATIONS, Store
 from tagger.watch import is_candidate
 
@@ -234,8 +236,10 @@ def test_keywording_retag_counts(
     scan(config_path, counting)
     config = load_config(config_path)
     with Store.open(config.index) as store:
-        summary = Keywording(config, store).retag()
-    assert (summary.contents, summary.changed, summary.sidecars) == (6, 0, 0)
+        unchanged = Keywording(config, store).retag()
+        rebuilt = Keywording(config, store).retag(everything=True)
+    assert (unchanged.contents, unchanged.changed, unchanged.sidecars) == (0, 0, 0)
+    assert (rebuilt.contents, rebuilt.changed, rebuilt.sidecars) == (6, 0, 0)
 
 
 def test_migration_fills_added_at_of_existing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,3 +343,77 @@ def test_viewer_corrections_refuse_strangers_and_other_sites(viewer_app: Flask, 
     as_form = client.post(f"/api/images/{raw}/keywords", data={"add": "x"})
     assert as_form.status_code == 403  # a cross-site form cannot send JSON
     assert "x" not in sidecar_keywords(library / "chelsea.jpg")
+
+
+RULE_CHANGES = (
+    "",
+    "rules: [{subtree: domestic cat, rename: cat, rename_zh: 猫, parents: [animal]}]",
+    "rules: [{subtree: domestic cat, rename: cat, rename_zh: 猫, parents: [animal], threshold: 0.3}]",
+    "rules: [{subtree: domestic cat, rename: cat, threshold: 0.3}, {class: tabby, drop: true}]",
+    "rules: [{subtree: dog, rename: dog, parents: [animal]}, {class: tabby, threshold: 0.05}]",
+    "rules: [{subtree: dog, rename: dog, parents: [animal]}, {class: beagle, rename: cat}]",
+)
+
+
+@pytest.mark.parametrize("bulk_share", [0.0, 1.0], ids=["in-bulk", "one-by-one"])
+def test_retag_after_any_change_equals_tagging_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk_share: float
+) -> None:
+    """Whatever the path (bulk SQL or content by content, only the touched contents), the
+    stored keywords and search terms are what the rules make of the raw tags from scratch."""
+    monkeypatch.setattr("tagger.keywords.BULK_SHARE", bulk_share)
+    rng = random.Random(7)
+    classes = imagenet_classes()
+    pool = [281, 282, 283, 284, 285, 151, 162, 207, 208, 967, 504, 817]  # cats, dogs, espresso, cup, car
+    rules_file = tmp_path / "rules.yaml"
+    store = Store.open(tmp_path / "index.sqlite")
+    with store.transaction():
+        for n in range(300):
+            scores = sorted((rng.random() for _ in range(5)), reverse=True)
+            chosen = rng.sample(pool, 5)
+            tags = [Tag(c, classes[c].wnid, classes[c].label, classes[c].label_zh, s) for c, s in zip(chosen, scores)]
+            store.save_image(ImageFacts(f"{n:064x}", 1, 1, 1), "m", "w", tags)
+            if n % 10 == 0:
+                word, action = rng.choice(["cat", "tabby", "holiday", "dog"]), rng.choice(["add", "remove"])
+                store.save_correction(f"{n:064x}", word, action)
+    try:
+        for step, (text, min_score) in enumerate(zip(RULE_CHANGES * 2, [0.2] * 6 + [0.1, 0.4, 0.4, 0.3, 0.0, 0.2])):
+            rules_file.write_text("categories: {animal: 动物}\n" + text + "\n", encoding="utf-8")
+            config = Config(
+                folders=(), index=tmp_path / "index.sqlite", weights_dir=tmp_path, rules=rules_file,
+                model=ModelConfig(min_score=min_score), sidecar=SidecarConfig(enabled=False),
+            )
+            keywording = Keywording(config, store)
+            keywording.retag()
+            for content in store.stored_contents("", 1000):
+                expected = keyword_rows(keywording.rules, content.tags, min_score, content.corrections)
+                assert set(content.keywords) == set(expected), (step, content.sha256)
+                terms: dict[str, float] = {}
+                for row in expected:
+                    for term in row.terms():
+                        terms[term] = max(terms.get(term, 0.0), row.score)
+                stored = store.conn.execute("SELECT term, score FROM keyword_terms WHERE sha256 = ?", (content.sha256,))
+                assert dict(stored.fetchall()) == terms, (step, content.sha256)
+    finally:
+        store.close()
+
+
+def test_retag_looks_only_at_contents_a_changed_rule_touches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tagger.keywords.BULK_SHARE", 0.5)  # a quarter of this small index is "few"
+    classes = imagenet_classes()
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text("rules: [{class: tabby, threshold: 0.3}]\n", encoding="utf-8")
+    config = Config(folders=(), index=tmp_path / "i.sqlite", weights_dir=tmp_path, rules=rules_file,
+                    sidecar=SidecarConfig(enabled=False))
+    with Store.open(config.index) as store:
+        with store.transaction():
+            for n, (class_id, score) in enumerate([(281, 0.35), (281, 0.5), (281, 0.1), (967, 0.9)] * 25):
+                c = classes[class_id]
+                tag = Tag(class_id, c.wnid, c.label, c.label_zh, score)
+                store.save_image(ImageFacts(f"{n:064x}", 1, 1, 1), "m", "w", [tag])
+        assert Keywording(config, store).retag().contents == 100  # no stored table yet: everything
+        assert Keywording(config, store).retag().contents == 0
+        rules_file.write_text("rules: [{class: tabby, threshold: 0.4}]\n", encoding="utf-8")
+        summary = Keywording(config, store).retag()
+        assert (summary.contents, summary.changed) == (25, 25)  # only the tabbies scored 0.3-0.4
+        assert store.conn.execute("SELECT COUNT(*) FROM keywords WHERE keyword = 'tabby'").fetchone()[0] == 25

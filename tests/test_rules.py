@@ -1,13 +1,16 @@
 """Rules: raw model guesses -> keywords; precedence, merging, search terms, refusals, shipped data."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from tagger.errors import ConfigError
+from tagger.keywords import changed_bands, class_keywords
 from tagger.labels import Tag, imagenet_classes
 from tagger.rules import DEFAULT_RULES, Keyword, Rules, wordnet
+from tagger.store import ClassKeyword
 
 ROOT = Path(__file__).resolve().parent.parent
 DOGS = range(151, 269)
@@ -241,9 +244,19 @@ def test_config_rules_yaml_is_the_packaged_default() -> None:
     assert (ROOT / "config" / "rules.yaml").read_text(encoding="utf-8") == DEFAULT_RULES.read_text(encoding="utf-8")
 
 
-def test_fingerprint_follows_the_effective_rules_only(tmp_path: Path) -> None:
-    base = load(tmp_path, "rules:\n  - {class: tabby, threshold: 0.3}\n").fingerprint()
-    assert load(tmp_path, "# a comment\nrules:\n  - {class: 281, threshold: 0.3}\n").fingerprint() == base
-    assert load(tmp_path, "rules:\n  - {class: tabby, threshold: 0.35}\n").fingerprint() != base
-    assert load(tmp_path, "rules:\n  - {class: tabby, threshold: 0.3, aliases: [kitty]}\n").fingerprint() != base
-    assert Rules.load(None).fingerprint() == Rules.load(None).fingerprint() != base
+def test_changed_bands_cover_only_the_scores_a_change_can_touch(tmp_path: Path) -> None:
+    def table(text: str, min_score: float = 0.2) -> list[ClassKeyword]:
+        return class_keywords(load(tmp_path, text), min_score)
+
+    base = table("rules:\n  - {class: tabby, threshold: 0.3}\n")
+    # comments, another way to name the class and aliases change no keyword
+    assert changed_bands(base, table("# note\nrules:\n  - {class: 281, threshold: 0.3, aliases: [kitty]}\n")) == []
+    assert changed_bands(base, table("rules:\n  - {class: tabby, threshold: 0.35}\n")) == [(281, 0.3, 0.35)]
+    assert changed_bands(base, table("rules:\n  - {class: tabby, threshold: 0.25}\n")) == [(281, 0.25, 0.3)]
+    renamed = table("rules:\n  - {class: tabby, threshold: 0.3, rename: cat}\n")
+    assert changed_bands(base, renamed) == [(281, 0.3, math.inf)]
+    dropped = table("rules:\n  - {class: tabby, drop: true}\n")
+    assert changed_bands(base, dropped) == changed_bands(dropped, base) == [(281, 0.3, math.inf)]
+    assert changed_bands(dropped, table("rules:\n  - {class: tabby, drop: true, rename: cat}\n")) == []
+    lower = changed_bands(base, table("rules:\n  - {class: tabby, threshold: 0.3}\n", min_score=0.1))
+    assert lower == [(c, 0.1, 0.2) for c in range(1000) if c != 281]

@@ -1,0 +1,103 @@
+"""Benchmark `tagger retag` on an index of 1,000,000 images: seconds per kind of rule change.
+
+Works on a fresh copy of bench/bench_web.py's generated index (built there if missing), so
+each run starts from the same place. Steps, in order, each on the index the previous left:
+
+  first fill       no keywords yet (an index from before keywords): every content, in bulk
+  nothing changed  the stored rules table equals the current one
+  one threshold    tabby's threshold raised (one class)
+  one rename       the 118 dog breeds renamed (a subtree)
+  min_score        model.min_score 0.05 -> 0.10 (every class without its own threshold)
+  --all            every content rebuilt in bulk, whatever changed
+
+The baseline in the same run is what `tagger retag` did before: every content recomputed
+one by one in Python. Sidecars are off (the generated paths do not exist), so the times
+are the index's; rewriting sidecars costs a file write per changed image on top.
+
+    .venv/bin/python bench/bench_retag.py [--images 1000000] [--no-baseline]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_web import build_index  # noqa: E402
+
+from tagger.config import Config, ModelConfig, SidecarConfig  # noqa: E402
+from tagger.keywords import Keywording, RetagSummary  # noqa: E402
+from tagger.rules import DEFAULT_RULES  # noqa: E402
+from tagger.store import Store  # noqa: E402
+
+EXTRA_RULES = {
+    "one threshold": "  - {class: tabby, threshold: 0.4}\n",
+    "one rename": "  - {subtree: dog, rename: hound, rename_zh: 猎犬, threshold: 0.4}\n",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1_000_000)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the one-by-one baseline (minutes)")
+    args = parser.parse_args()
+    out = ROOT / "bench" / "out"
+    source = out / f"web-{args.images}.sqlite"
+    if not source.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        build_index(source, args.images)
+    index = out / f"retag-{args.images}.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    shutil.copy(source, index)
+    rules = out / "retag-rules.yaml"
+    rules.write_text(DEFAULT_RULES.read_text(encoding="utf-8"), encoding="utf-8")
+    config = Config(
+        folders=(), index=index, weights_dir=ROOT / "weights", rules=rules, sidecar=SidecarConfig(enabled=False)
+    )
+    results: list[tuple[str, RetagSummary]] = []
+
+    def step(name: str, run: Callable[[Keywording], RetagSummary], current: Config = config) -> None:
+        with Store.open(index) as store:
+            summary = run(Keywording(current, store))
+        results.append((name, summary))
+        print(f"  {name}: {summary.seconds:.1f} s, {summary.contents:,} looked at, {summary.changed:,} changed",
+              file=sys.stderr)
+
+    step("first fill", lambda k: k.retag())
+    step("nothing changed", lambda k: k.retag())
+    text = rules.read_text(encoding="utf-8")
+    for name, extra in EXTRA_RULES.items():
+        text += extra
+        rules.write_text(text, encoding="utf-8")
+        step(name, lambda k: k.retag())
+    raised = dataclasses.replace(config, model=ModelConfig(min_score=0.10))
+    step("min_score 0.05 -> 0.10", lambda k: k.retag(), raised)
+    step("--all", lambda k: k.retag(everything=True), raised)
+    if not args.no_baseline:
+        step("baseline: one by one, every content", one_by_one, raised)
+
+    print(f"\n| step | seconds | contents looked at | changed |\n|---|---|---|---|")
+    for name, s in results:
+        print(f"| {name} | {s.seconds:.1f} | {s.contents:,} | {s.changed:,} |")
+    return 0
+
+
+def one_by_one(keywording: Keywording) -> RetagSummary:
+    """The old way: every content's raw tags through the rules in Python, replaced one by one."""
+    started = time.monotonic()
+    store = keywording.store
+    store.grow_cache(512 << 20)
+    shas = [r[0] for r in store.conn.execute("SELECT sha256 FROM images ORDER BY sha256")]
+    changed = keywording._retag_each(shas)  # noqa: SLF001 - the per-content path, on purpose for every content
+    return RetagSummary(len(shas), len(changed), 0, time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
