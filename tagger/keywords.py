@@ -110,8 +110,11 @@ def _load_table(text: str | None) -> list[ClassKeyword] | None:
 
 
 def machine_keywords(rows: Sequence[KeywordRow]) -> list[str]:
-    """What tagger writes under its XMP prefix: each keyword with its categories, in English and Chinese."""
-    return list(dict.fromkeys(p for r in rows for p in (r.path, r.path_zh)))
+    """What tagger writes under its XMP prefix: each model keyword with its categories, in English and Chinese.
+
+    The user's own keywords are not machine tags: they go into XMP at the top level.
+    """
+    return list(dict.fromkeys(p for r in rows if r.source == "model" for p in (r.path, r.path_zh)))
 
 
 def search_terms(rules: Rules, word: str) -> tuple[str, ...]:
@@ -219,7 +222,13 @@ class Keywording:
 
     def write_xmp(self, path: Path, rows: Sequence[KeywordRow]) -> None:
         try:
-            write_xmp(path, machine_keywords(rows), style=self.config.xmp.style, prefix=self.config.xmp.prefix)
+            write_xmp(
+                path,
+                machine_keywords(rows),
+                style=self.config.xmp.style,
+                prefix=self.config.xmp.prefix,
+                user=[r.keyword for r in rows if r.source == "user"],
+            )
         except XmpError as exc:
             log.warning("%s (keywords are in the index and the JSON sidecar)", exc)
 

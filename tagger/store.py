@@ -648,49 +648,12 @@ class Store:
         return self._with_tags(found, min_score) if exhausted else None
 
     def search(self, search: Search, limit: int | None, min_score: float) -> list[TaggedFile]:
-        """Files matching `search`: best first by the first group's keyword score, else by path.
+        """Files matching `search`, best first by the first group's keyword score, else by path."""
+        return self._with_tags([(path, sha, model) for path, sha, model, _ in self._search(search, limit)], min_score)
 
-        With a limit, each term's (term, score) key in keyword_terms is walked from the top,
-        deeper only while filters leave the page short: a common tag costs a page, not a sort.
-        """
-        terms, params = _search_filter(search)
-        where = " AND ".join(["f.status = 'tagged'", *terms])
-        if not search.groups:
-            rows = self.conn.execute(
-                f"""SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
-                    WHERE {where} ORDER BY f.path LIMIT ?""",
-                [*params, -1 if limit is None else limit],
-            ).fetchall()
-            return self._with_tags(rows, min_score)
-        reach = -1 if limit is None else limit * 4 + 100
-        while True:
-            best: dict[str, float] = {}
-            exhausted = True
-            for term in search.groups[0]:
-                rows = self.conn.execute(
-                    """SELECT sha256, score FROM keyword_terms WHERE term = ? AND score BETWEEN ? AND ?
-                       ORDER BY score DESC LIMIT ?""",
-                    (term, search.score_min, search.score_max, reach),
-                ).fetchall()
-                exhausted = exhausted and (reach < 0 or len(rows) < reach)
-                for sha, score in rows:
-                    best[sha] = max(score, best.get(sha, -1.0))
-            found: list[tuple[str, str, str]] = []
-            for sha, _ in sorted(best.items(), key=lambda item: (-item[1], item[0])):
-                found += self.conn.execute(
-                    f"""SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
-                        WHERE f.sha256 = ? AND {where} ORDER BY f.path""",
-                    [sha, *params],
-                ).fetchall()
-                if limit is not None and len(found) >= limit:
-                    return self._with_tags(found[:limit], min_score)
-            if exhausted:
-                return self._with_tags(found, min_score)
-            reach *= 8
-
-    def search_items(self, search: Search, limit: int) -> list[GridItem]:
-        """The viewer's cards for a search: its best `limit` files, each shown with its top tag."""
-        found = self.search(search, limit, 0.0)
+    def search_items(self, search: Search, limit: int, after: SortKey | None = None) -> list[GridItem]:
+        """The viewer's cards for a search, each shown with its top tag; `after`: the key of the last one shown."""
+        found = self._search(search, limit, after)
         cards = {
             row[0]: row
             for row in self.conn.execute(
@@ -698,13 +661,89 @@ class Store:
                            t.class_id, t.wnid, t.label, t.label_zh, t.score
                     FROM files f JOIN images i ON i.sha256 = f.sha256 JOIN tags t ON t.sha256 = f.sha256
                     WHERE f.path IN ({_marks(found)}) AND t.rank = 0""",
-                [r.path for r in found],
+                [r[0] for r in found],
             )
         }
         return [
-            GridItem(path, sha, size, mtime, width, height, Tag(*tag), (0, path))
-            for path, sha, size, mtime, width, height, *tag in (cards[r.path] for r in found if r.path in cards)
+            GridItem(path, sha, size, mtime, width, height, Tag(*tag), (score, path))
+            for (path, sha, size, mtime, width, height, *tag), score in (
+                (cards[r[0]], r[3]) for r in found if r[0] in cards
+            )
         ]
+
+    def _search(
+        self, search: Search, limit: int | None, after: SortKey | None = None
+    ) -> list[tuple[str, str, str, float]]:
+        """(path, sha256, model, score) of the matches, in (score desc, sha256, path) order; 0.0 and path
+        order without tag words. `after` (score, path): the matches that follow that one.
+
+        With a limit, each term's (term, score) key in keyword_terms is walked from the top (or
+        from the cursor's score), deeper only while filters leave the page short: a common tag
+        costs a page, not a sort of every match.
+        """
+        terms, params = _search_filter(search)
+        where = " AND ".join(["f.status = 'tagged'", *terms])
+        if not search.groups:
+            if after is not None:
+                where += " AND f.path > ?"
+                params.append(after[1])
+            rows = self.conn.execute(
+                f"""SELECT f.path, f.sha256, i.model, 0.0 FROM files f JOIN images i ON i.sha256 = f.sha256
+                    WHERE {where} ORDER BY f.path LIMIT ?""",
+                [*params, -1 if limit is None else limit],
+            ).fetchall()
+            return rows
+        group = search.groups[0]
+        top, after_sha = search.score_max, ""
+        if after is not None:
+            top = min(top, float(after[0]))
+            row = self.conn.execute("SELECT sha256 FROM files WHERE path = ?", (after[1],)).fetchone()
+            after_sha = row[0] if row and row[0] else ""
+        reach = -1 if limit is None else limit * 4 + 100
+        while True:
+            best: dict[str, float] = {}
+            exhausted = True
+            for term in group:
+                rows = self.conn.execute(
+                    """SELECT sha256, score FROM keyword_terms WHERE term = ? AND score BETWEEN ? AND ?
+                       ORDER BY score DESC LIMIT ?""",
+                    (term, search.score_min, top, reach),
+                ).fetchall()
+                exhausted = exhausted and (reach < 0 or len(rows) < reach)
+                for sha, score in rows:
+                    best[sha] = max(score, best.get(sha, -1.0))
+            found: list[tuple[str, str, str, float]] = []
+            for sha, score in sorted(best.items(), key=lambda item: (-item[1], item[0])):
+                if after is not None and self._shown_before(sha, score, top, after_sha, group, search):
+                    continue
+                same = after is not None and sha == after_sha and score == top
+                found += [
+                    (*row, score)
+                    for row in self.conn.execute(
+                        f"""SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
+                            WHERE f.sha256 = ? AND {where} {"AND f.path > ?" if same else ""} ORDER BY f.path""",
+                        [sha, *params, *([after[1]] if same and after else [])],
+                    )
+                ]
+                if limit is not None and len(found) >= limit:
+                    return found[:limit]
+            if exhausted:
+                return found
+            reach *= 8
+
+    def _shown_before(
+        self, sha: str, score: float, top: float, after_sha: str, group: Sequence[str], search: Search
+    ) -> bool:
+        """Whether a content came before the cursor (score `top`, content `after_sha`): at the cursor's
+        score with a smaller hash, or with a better match than the walk from the cursor saw."""
+        if score == top and sha < after_sha:
+            return True
+        row = self.conn.execute(
+            f"""SELECT MAX(score) FROM keyword_terms
+                WHERE sha256 = ? AND term IN ({_marks(group)}) AND score BETWEEN ? AND ?""",
+            (sha, *group, search.score_min, search.score_max),
+        ).fetchone()
+        return row[0] is not None and row[0] > score
 
     def has_term(self, term: str) -> bool:
         """Some keyword (a user's own, or a category) is found by this search word."""

@@ -18,6 +18,10 @@ Which entries are tagger's:
   keyword is ours iff it is the leaf of one of our hierarchical entries"; only then can a
   user keyword equal to a machine leaf be removed. A keyword the user adds after tagger
   added the same one cannot be told apart: it goes when the machine tag goes.
+- The keywords the user added through tagger (`tagger tag add`, the viewer) are the user's,
+  so they are written at the top level of all three lists ("Chelsea"), not under the prefix,
+  and recorded in `tagger:UserKeywords` so that a removal in tagger removes them here. One
+  the file already had (from another tool) is left alone and not recorded.
 
 An empty machine list removes tagger's entries and keeps the file, even one that tagger
 created and that is now an empty packet: deleting a file that another tool may have
@@ -91,6 +95,7 @@ SUBJECT = _Array(DC_NS, "subject", "dc", "Bag")
 HIERARCHICAL = _Array(LR_NS, "hierarchicalSubject", "lr", "Bag")
 TAGS_LIST = _Array(DIGIKAM_NS, "TagsList", "digiKam", "Seq")
 MACHINE_KEYWORDS = _Array(TAGGER_NS, "MachineKeywords", "tagger", "Bag")
+USER_KEYWORDS = _Array(TAGGER_NS, "UserKeywords", "tagger", "Bag")
 
 
 def xmp_path(image: Path, style: str) -> Path:
@@ -101,41 +106,51 @@ def xmp_path(image: Path, style: str) -> Path:
     raise ValueError(f"unknown XMP sidecar style {style!r}: use one of {', '.join(XMP_STYLES)}")
 
 
-def merge_keywords(existing: bytes | None, machine: Sequence[str], prefix: str) -> bytes:
-    """The packet `existing` with tagger's entries replaced by `machine` ("animal/cat", ...)."""
+def merge_keywords(existing: bytes | None, machine: Sequence[str], prefix: str, user: Sequence[str] = ()) -> bytes:
+    """The packet `existing` with tagger's entries replaced by `machine` ("animal/cat", ...) under
+    the prefix, and by `user`: the keywords the user added through tagger, written at the top
+    level as the user's own ("Chelsea"), and recorded so that removing one in tagger removes it here.
+    """
     root = _levels(prefix)
     if not root:
         raise ValueError(f"XMP tag prefix {prefix!r} names no tag: use e.g. 'auto/'")
     paths = _unique(tuple(levels) for levels in map(_levels, machine) if levels)
+    own = _unique(word.strip().replace("/", " ").replace("|", " ") for word in user if word.strip())
     packet = _Packet(existing)
     subject = packet.take(SUBJECT)
     hierarchical = packet.take(HIERARCHICAL)
     tags_list = packet.take(TAGS_LIST)
     recorded = packet.take(MACHINE_KEYWORDS)
+    recorded_own = set(_values(packet.take(USER_KEYWORDS)))
 
     if MACHINE_KEYWORDS in packet.targets:
         old_leaves = set(_values(recorded))
     else:  # another tool dropped our record: fall back to the leaves of our hierarchical entries
         old_leaves = {v.split("|")[-1] for v in _ours(hierarchical, root, "|")}
         old_leaves |= {v.split("/")[-1] for v in _ours(tags_list, root, "/")}
-    user_subject = [li for li in subject if _value(li) not in old_leaves]
-    user_values = set(_values(user_subject))
-    leaves = [leaf for leaf in _unique(p[-1] for p in paths) if leaf not in user_values]
+    kept_subject = [li for li in subject if _value(li) not in old_leaves | recorded_own]
+    kept_values = set(_values(kept_subject))
+    leaves = [leaf for leaf in _unique(p[-1] for p in paths) if leaf not in kept_values]
+    own = [word for word in own if word not in kept_values]  # already in the file: another tool's, left alone
 
-    packet.put(SUBJECT, user_subject + packet.items(leaves))
+    packet.put(SUBJECT, kept_subject + packet.items(own + [leaf for leaf in leaves if leaf not in own]))
     for items, array, sep in ((hierarchical, HIERARCHICAL, "|"), (tags_list, TAGS_LIST, "/")):
-        ours = set(_ours(items, root, sep))
-        user = [li for li in items if _value(li) not in ours]
-        packet.put(array, user + packet.items(sep.join((*root, *p)) for p in paths))
+        ours = set(_ours(items, root, sep)) | recorded_own
+        kept = [li for li in items if _value(li) not in ours]
+        packet.put(array, kept + packet.items([*own, *(sep.join((*root, *p)) for p in paths)]))
     packet.put(MACHINE_KEYWORDS, packet.items(leaves), keep_empty=True)
+    packet.put(USER_KEYWORDS, packet.items(own))
     return packet.to_bytes()
 
 
-def write_xmp(image: Path, machine: Sequence[str], *, style: str = "append", prefix: str = "auto/") -> Path:
-    """Merge `machine` tags into the image's XMP sidecar; XmpError leaves the file untouched."""
+def write_xmp(
+    image: Path, machine: Sequence[str], *, style: str = "append", prefix: str = "auto/", user: Sequence[str] = ()
+) -> Path:
+    """Merge `machine` tags (and the user's own `user` keywords) into the image's XMP sidecar;
+    XmpError leaves the file untouched."""
     path = xmp_path(image, style)
     try:
-        data = merge_keywords(_read(path), machine, prefix)
+        data = merge_keywords(_read(path), machine, prefix, user)
         write_atomic(path, data)
     except XmpError as exc:
         raise XmpError(exc.reason, path) from None

@@ -577,3 +577,25 @@ def test_a_list_we_do_not_understand_is_left_untouched(image: Path) -> None:
     with pytest.raises(XmpError, match="dc:subject"):
         write_xmp(image, CAT)
     assert path.read_text(encoding="utf-8") == content
+
+
+def test_users_own_keywords_are_top_level_and_leave_when_removed_in_tagger(
+    real_sidecar: RealSidecar, exiftool: Exiftool
+) -> None:
+    """Keywords the user added in tagger are theirs, not machine tags: no prefix. Removing one in
+    tagger removes it here; the keywords another tool put in the file stay, even a same-named one."""
+    path, style, user = real_sidecar
+    image = path.parent / "IMG_1.jpg"
+    theirs = user["subject"][0]
+    write_xmp(image, CAT, style=style, user=["Chelsea", "garden party", theirs])
+    found = exiftool_keywords(exiftool, path)
+    for key, sep in (("subject", None), ("hierarchical", "|"), ("digikam", "/")):
+        assert {"Chelsea", "garden party"} <= set(found[key])
+        assert found[key].count(theirs) <= 1
+    assert "auto|animal|cat" in found["hierarchical"] and "auto/Chelsea" not in found["digikam"]
+    write_xmp(image, CAT, style=style, user=["garden party"])
+    found = exiftool_keywords(exiftool, path)
+    assert "Chelsea" not in found["subject"] + found["hierarchical"] + found["digikam"]
+    assert "garden party" in found["subject"] and theirs in found["subject"]
+    write_xmp(image, [], style=style)
+    assert exiftool_keywords(exiftool, path) == user

@@ -28,6 +28,7 @@ from tagger.store import SORTS, GridItem, Listing, Search, SortKey, Store
 from tagger.web.files import Library
 
 TERM_SEPARATORS = re.compile(r"[,，、]")
+SEARCH_CURSOR = "q"  # the cursors of a q search: (score of the match, path)
 MAX_TERMS = 8
 
 
@@ -39,7 +40,7 @@ class Query:
     after: SortKey | None = None
     problems: tuple[str, ...] = field(default=())  # shown on the page; a 400 in the API
     text: str = ""  # q: the query language (tagger.querylang), as typed
-    search: Search | None = None  # q resolved: its best matches, one page, no cursor
+    search: Search | None = None  # q resolved: best matches first, paged by a cursor of sort "q"
 
     def args(self, **changes: Any) -> dict[str, Any]:
         """URL arguments of this query (without the cursor), with `changes` applied; None drops one."""
@@ -116,7 +117,7 @@ def parse_query(
     after = None
     if args.get("after"):
         try:
-            after = decode_cursor(args["after"], sort)
+            after = decode_cursor(args["after"], SEARCH_CURSOR if text else sort)
         except BadRequest as exc:
             problems.append(str(exc.description))
     listing = Listing(tuple(groups), min_score, folder, sort)
@@ -164,11 +165,13 @@ def fetch_page(store: Store, query: Query, limit: int) -> Page:
     if query.problems:
         return Page([], None)
     if query.search is not None:
-        return Page(store.search_items(query.search, limit), None)
-    items = store.browse(query.listing, limit + 1, query.after)
+        items = store.search_items(query.search, limit + 1, query.after)
+    else:
+        items = store.browse(query.listing, limit + 1, query.after)
     more = len(items) > limit
     items = items[:limit]
-    return Page(items, encode_cursor(query.listing.sort, items[-1].key) if more else None)
+    sort = SEARCH_CURSOR if query.search is not None else query.listing.sort
+    return Page(items, encode_cursor(sort, items[-1].key) if more else None)
 
 
 @lru_cache(maxsize=1)
