@@ -38,12 +38,16 @@ pass_ctx = click.make_pass_decorator(_Context)
 class _Failure(click.ClickException):
     """A TaggerError on its way out: one line on stderr and its exit code."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = EXIT_FAILURE
 
     def show(self, file: Any = None) -> None:
         click.echo(f"tagger: error: {self.message}", err=True)
+
+
+class _UsageFailure(_Failure):
+    """A ConfigError: the user's setup is wrong (exit 2, as for a usage error)."""
+
+    exit_code = EXIT_USAGE
 
 
 class _TaggerGroup(click.Group):
@@ -51,9 +55,9 @@ class _TaggerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            raise _Failure(str(exc), EXIT_USAGE) from None
+            raise _UsageFailure(str(exc)) from None
         except TaggerError as exc:
-            raise _Failure(str(exc), EXIT_FAILURE) from None
+            raise _Failure(str(exc)) from None
 
 
 @click.group(cls=_TaggerGroup, context_settings={"help_option_names": ["-h", "--help"]})

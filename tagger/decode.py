@@ -105,8 +105,7 @@ def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> Deco
                 if draft and fmt == "JPEG":
                     img.draft("RGB", (draft, draft))
                 img.load()
-                img = _oriented(img)
-                rgb = to_rgb(img)
+                rgb = to_rgb(_oriented(img))
                 if (rgb.width >= rgb.height) != (width >= height):
                     width, height = height, width  # EXIF orientation turned it
     except DecodeError:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
 RULES_SETTING = "keyword_rules"  # per class, the keyword and least score that made the stored keywords
-BULK_SHARE = 0.4  # when more of the contents than this may change, rebuild all in bulk (SQL), not one by one
+BULK_SHARE = 0.25  # when more of the contents than this may change, rebuild all in bulk (SQL), not one by one
 RETAG_CACHE_BYTES = 512 << 20  # SQLite page cache while re-tagging: keeps the keyword indexes' pages in memory
 
 
@@ -208,9 +208,7 @@ class Keywording:
         """JSON sidecar (and XMP when enabled): (the JSON sidecar's path, why it is missing)."""
         sidecar, note = None, None
         if self.config.sidecar.enabled:
-            document = sidecar_document(
-                path, facts, model, weights_sha256, tags, self.config.model.min_score, [r.as_dict() for r in rows]
-            )
+            document = sidecar_document(path, facts, model, weights_sha256, tags, [r.as_dict() for r in rows])
             try:
                 sidecar = str(write_sidecar(path, document))
             except OSError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from tagger import __version__
 from tagger.labels import Tag
 
-SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to the raw "tags"
+SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
 SUFFIX = ".tags.json"
 
 
@@ -43,10 +43,11 @@ def sidecar_document(
     model: str,
     weights_sha256: str,
     tags: Sequence[Tag],
-    min_score: float,
     keywords: Sequence[dict[str, object]] = (),
 ) -> dict[str, Any]:
-    """`tags` are the model's raw guesses; `keywords` what the rules and the user's corrections made of them."""
+    """`tags` are the model's raw top-k guesses, all of them, as stored; `keywords` what the rules,
+    thresholds and the user's corrections made of them. So a sidecar changes only when its
+    keywords do, and `tagger retag` rewrites exactly those."""
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"tagger {__version__}",
@@ -59,8 +60,7 @@ def sidecar_document(
         },
         "model": {"name": model, "weights_sha256": weights_sha256},
         "tagged_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "min_score": min_score,
-        "tags": [t.as_dict() for t in tags if t.score >= min_score],
+        "tags": [t.as_dict() for t in tags],
         "keywords": list(keywords),
     }
 

@@ -124,8 +124,9 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     """,
     # 5: keywords (the rules applied to the raw tags, then the user's corrections), searched
-    # best first through keyword_terms: one row per search word (the keyword and each of its
-    # categories, English and Chinese, casefolded), walked from the top of (term, score).
+    # best first through keyword_terms: a row per search word (the keyword and each of its
+    # categories, English and Chinese, casefolded) and score of a keyword it finds, walked
+    # from the top of (term, score).
     # Corrections are keyed by content, so they survive moves, re-tags and a change of model.
     """
     ALTER TABLE files ADD COLUMN added_at TEXT;
@@ -554,10 +555,10 @@ class Store:
                GROUP BY t.sha256, r.keyword ORDER BY t.sha256, r.keyword"""
         )
         c.execute(
-            """INSERT INTO keyword_terms (term, score, sha256)
-               SELECT rt.term, MAX(k.score), k.sha256
+            """INSERT OR IGNORE INTO keyword_terms (term, score, sha256)
+               SELECT rt.term, k.score, k.sha256
                FROM keywords k JOIN temp.rule_terms rt ON rt.path = k.path AND rt.path_zh = k.path_zh
-               GROUP BY k.sha256, rt.term ORDER BY rt.term, 2, k.sha256"""
+               ORDER BY rt.term, k.score, k.sha256"""
         )
         c.execute("CREATE INDEX keyword_terms_by_sha256 ON keyword_terms(sha256, term)")
         changed = [
@@ -863,13 +864,9 @@ class Store:
                VALUES (?, ?, ?, ?, ?, ?, ?)""",
             [(sha256, k.keyword, k.keyword_zh, k.path, k.path_zh, k.score, k.source) for k in keywords],
         )
-        best: dict[str, float] = {}
-        for k in keywords:
-            for term in k.terms():
-                best[term] = max(best.get(term, 0.0), k.score)
         self.conn.executemany(
             "INSERT INTO keyword_terms (term, score, sha256) VALUES (?, ?, ?)",
-            [(term, score, sha256) for term, score in best.items()],
+            [(term, score, sha256) for term, score in {(t, k.score) for k in keywords for t in k.terms()}],
         )
 
     def save_correction(self, sha256: str, keyword: str, action: str) -> None:

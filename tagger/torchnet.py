@@ -24,11 +24,13 @@ def build_network(name: str) -> torch.nn.Module:
     if name == "resnet18":
         from torchvision.models import resnet18
 
-        return resnet18(weights=None)
+        network: torch.nn.Module = resnet18(weights=None)
+        return network
     if name == "efficientnet-lite0":
         from efficientnet_lite_pytorch import EfficientNet
 
-        return EfficientNet.from_name("efficientnet-lite0")
+        lite0: torch.nn.Module = EfficientNet.from_name("efficientnet-lite0")
+        return lite0
     raise WeightsError(f"unknown model {name!r} (choose one of {', '.join(MODELS)})")
 
 
@@ -85,7 +87,7 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
         result = fp32
         if precision == "int8":
             result = _quantize(spec, fp32, Path(tmp))
-        meta = {
+        meta: dict[str, object] = {
             "model": spec.name,
             "precision": precision,
             "source_sha256": weights.sha256,
@@ -117,7 +119,7 @@ def _quantize(spec: ModelSpec, fp32: Path, tmp: Path) -> Path:
 
     arrays = calibration_batches(spec)
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
         def __init__(self) -> None:
             self.items = iter(arrays)
 

@@ -25,13 +25,15 @@ def test_name_sits_next_to_the_image(tmp_path: Path) -> None:
 
 def test_document_holds_what_the_issue_lists(tmp_path: Path) -> None:
     image = tmp_path / "IMG_1.jpg"
-    write_sidecar(image, sidecar_document(image, FACTS, "efficientnet-lite0", "57" * 32, TAGS, min_score=0.05))
+    keywords = [{"keyword": "espresso", "keyword_zh": "意式浓缩咖啡", "path": "food/espresso", "score": 0.95}]
+    write_sidecar(image, sidecar_document(image, FACTS, "efficientnet-lite0", "57" * 32, TAGS, keywords))
     doc = read_sidecar(image)
     assert doc["schema_version"] == 2
     assert doc["image"] == {"file": "IMG_1.jpg", "sha256": FACTS.sha256, "size": 1234, "width": 400, "height": 300}
     assert doc["model"] == {"name": "efficientnet-lite0", "weights_sha256": "57" * 32}
     assert doc["tagged_at"].endswith("Z")
-    assert [t["label"] for t in doc["tags"]] == ["espresso"]  # cup is under min_score
+    assert [t["label"] for t in doc["tags"]] == [t.label for t in TAGS]  # every raw guess, as stored
+    assert doc["keywords"] == keywords and "min_score" not in doc
     assert doc["tags"][0]["label_zh"] == "意式浓缩咖啡" and doc["tags"][0]["class_id"] == 967
     assert "意式浓缩咖啡" in sidecar_path(image).read_text(encoding="utf-8")  # readable UTF-8, not \\u escapes
 
