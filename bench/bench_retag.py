@@ -11,10 +11,11 @@ each run starts from the same place. Steps, in order, each on the index the prev
   --all            every content rebuilt in bulk, whatever changed
 
 The baseline in the same run is what `tagger retag` did before, on a change like "one
-threshold" (tabby's raised again): every content recomputed one by one in Python. Sidecars are off (the generated paths do not exist), so the times
+threshold" (tabby's raised again): every content recomputed one by one in Python.
+Sidecars are off (the generated paths do not exist), so the times
 are the index's; rewriting sidecars costs a file write per changed image on top.
 
-    .venv/bin/python bench/bench_retag.py [--images 1000000] [--no-baseline]
+    .venv/bin/python bench/bench_retag.py [--images 1000000] [--no-baseline] [--bulk-share 0.25]
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_web import build_index  # noqa: E402
 
 from tagger.config import Config, ModelConfig, SidecarConfig  # noqa: E402
-from tagger.keywords import Keywording, RetagSummary  # noqa: E402
+from tagger import keywords  # noqa: E402
+from tagger.keywords import Keywording, RetagSummary, keyword_rows  # noqa: E402
 from tagger.rules import DEFAULT_RULES  # noqa: E402
 from tagger.store import Store  # noqa: E402
 
@@ -46,7 +48,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-by-one baseline (minutes)")
+    parser.add_argument("--bulk-share", type=float, help="override tagger.keywords.BULK_SHARE (in place vs bulk)")
     args = parser.parse_args()
+    if args.bulk_share is not None:
+        keywords.BULK_SHARE = args.bulk_share
     out = ROOT / "bench" / "out"
     source = out / f"web-{args.images}.sqlite"
     if not source.exists():
@@ -93,11 +98,20 @@ def main() -> int:
 def one_by_one(keywording: Keywording) -> RetagSummary:
     """The old way: every content's raw tags through the rules in Python, replaced one by one."""
     started = time.monotonic()
-    store = keywording.store
+    store, summary, after = keywording.store, RetagSummary(), ""
     store.grow_cache(512 << 20)
-    shas = [r[0] for r in store.conn.execute("SELECT sha256 FROM images ORDER BY sha256")]
-    changed = keywording._retag_each(shas)  # noqa: SLF001 - the per-content path, on purpose for every content
-    return RetagSummary(len(shas), len(changed), 0, time.monotonic() - started)
+    while contents := store.stored_contents(after, 5000):
+        with store.transaction():
+            for content in contents:
+                min_score = keywording.config.model.min_score
+                rows = keyword_rows(keywording.rules, content.tags, min_score, content.corrections)
+                if set(rows) != set(content.keywords):
+                    store.save_keywords(content.sha256, rows)
+                    summary.changed += 1
+        summary.contents += len(contents)
+        after = contents[-1].sha256
+    summary.seconds = time.monotonic() - started
+    return summary
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from types import FrameType
 from tagger import __version__
 from tagger.classify import Classifier
 from tagger.config import Config, load_config
-from tagger.errors import TaggerError
+from tagger.errors import StoreBusy, TaggerError
 from tagger.pipeline import ScanSummary, Tagger
+from tagger.rules import Rules
 from tagger.sidecar import write_atomic
 from tagger.store import Store
 from tagger.systemd import Notifier
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 IDLE_WAKE_SECONDS = 30.0
 STATUS_EVERY_SECONDS = 5.0
 HEALTHY_WITHIN_SECONDS = 3 * IDLE_WAKE_SECONDS
+BUSY_RETRY_SECONDS = 2.0  # between tries while another process holds the index's write lock
 
 
 def status_path(index: Path) -> Path:
@@ -150,7 +152,7 @@ class Daemon:
             timeout = max(0.0, min(heartbeat, self._next_reconcile - time.monotonic()))
             work = self.queue.next_work(self.config.model.batch_size, timeout)
             if work is not None:
-                self._do(work, tagger)
+                self._do_patiently(work, tagger)
                 self.notifier.status(self._status_line())
             else:
                 watcher.supervise()
@@ -161,6 +163,23 @@ class Daemon:
             self.notifier.ping()
             if time.monotonic() - self._status_written >= STATUS_EVERY_SECONDS:
                 self._write_status(watcher, "running")
+
+    def _do_patiently(self, work: Work, tagger: Tagger) -> None:
+        """Do the work; while another process holds the index's write lock (a long `tagger retag`
+        on a big library, say), wait and do it again: redoing is safe, a file's content is
+        classified once. Stopping meanwhile leaves it to the next start's reconcile."""
+        warned = False
+        while True:
+            try:
+                self._do(work, tagger)
+                return
+            except StoreBusy as exc:
+                if not warned:
+                    log.warning("%s; waiting for it to finish", exc)
+                    warned = True
+            if self._stop.wait(BUSY_RETRY_SECONDS):
+                return
+            self.notifier.ping()
 
     def _do(self, work: Work, tagger: Tagger) -> None:
         if work.kind == "tag":
@@ -209,6 +228,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
+            rules = Rules.load(new.rules)
         except TaggerError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self._status_line())
@@ -218,7 +238,7 @@ class Daemon:
             new = dataclasses.replace(new, model=self.config.model, index=self.config.index)
         added = [f for f in new.folders if f not in self.config.folders]
         self.config = new
-        tagger.config = new
+        tagger.reconfigure(new, rules)
         watcher.config = new.watch
         self.queue.configure(new.watch.stable_seconds, new.watch.open_timeout, new.watch.delete_grace_seconds)
         watcher.watch(new.folders)

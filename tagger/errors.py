@@ -22,5 +22,9 @@ class StoreError(TaggerError):
     """The SQLite index cannot be opened or is from a newer version of tagger."""
 
 
+class StoreBusy(StoreError):
+    """Another process (a `tagger retag`, say) held the index's write lock for longer than we wait."""
+
+
 class WeightsMissingError(WeightsError):
     """No weights file for a model is installed (as opposed to a wrong or broken one)."""

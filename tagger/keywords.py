@@ -251,63 +251,40 @@ class Keywording:
 
         The per-class table of the rules that made the stored keywords is kept in the index;
         only contents with a raw tag in a band where the old and new tables differ are looked
-        at, one by one, unless there are many: then all keywords are rebuilt in bulk in SQL.
+        at, in SQL; past BULK_SHARE of the library every keyword is rebuilt in bulk instead.
+        Corrected contents are redone here, in Python, by the same steps as a scan.
         `only`: just these contents (after a correction); `everything`: rebuild all.
         """
         started = time.monotonic()
         summary = RetagSummary()
         self.store.grow_cache(RETAG_CACHE_BYTES)
-        table = self.table()
         if only is not None:
             summary.contents = len(set(only))
-            changed = self._retag_each(sorted(set(only)))
+            with self.store.transaction():
+                changed = [c.sha256 for c in self.store.stored_contents("", 0, only=only) if self._redo(c)]
         else:
+            table = self.table()
             stored = None if everything else _load_table(self.store.setting(RULES_SETTING))
-            touched = None if stored is None else self.store.contents_scored(changed_bands(stored, table))
-            total = self.store.content_count()
-            if touched is None or len(touched) > BULK_SHARE * total:
-                summary.contents = total
-                changed = self._rebuild(table)
-            else:
-                summary.contents = len(touched)
-                changed = self._retag_each(sorted(touched))
+            bands = None if stored is None else changed_bands(stored, table)
+            changed = []
+            if bands != []:
+                bulk_above = int(BULK_SHARE * self.store.content_count())
                 with self.store.transaction():
+                    corrected = self.store.stored_contents("", 0, only=self.store.corrected_contents())
+                    summary.contents, changed = self.store.remake_keywords(table, bands, bulk_above)
+                    changed += [c.sha256 for c in corrected if self._redo(c)]
                     self.remember_settings(table)
         summary.changed = len(changed)
         summary.sidecars = self._rewrite_sidecars(changed)
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _retag_each(self, shas: Sequence[str], batch: int = 5000) -> list[str]:
-        """Recompute these contents one by one; the ones whose keywords changed."""
-        changed = []
-        for start in range(0, len(shas), batch):
-            with self.store.transaction():
-                for content in self.store.stored_contents("", 0, only=shas[start : start + batch]):
-                    if self._redo(content):
-                        changed.append(content.sha256)
-        return changed
-
     def _redo(self, content: StoredContent) -> bool:
+        """One content through rules and corrections, saved; whether that differs from `content.keywords`."""
         rows = keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections)
-        if set(rows) == set(content.keywords):
-            return False
-        self.store.save_keywords(content.sha256, rows, replacing=bool(content.keywords))
-        return True
-
-    def _rebuild(self, table: Sequence[ClassKeyword]) -> list[str]:
-        """Every content's keywords in bulk, in one transaction; then the corrected contents one by one."""
-        corrected = self.store.corrected_contents()
-        with self.store.transaction():
-            before = self.store.stored_contents("", 0, only=corrected) if corrected else []
-            changed = self.store.rebuild_model_keywords(table)
-            for content in before:
-                rows = keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections)
-                self.store.save_keywords(content.sha256, rows)
-                if set(rows) != set(content.keywords):
-                    changed.append(content.sha256)
-            self.remember_settings(table)
-        return changed
+        if set(rows) != set(self.store.keywords(content.sha256)):
+            self.store.save_keywords(content.sha256, rows)
+        return set(rows) != set(content.keywords)
 
     def _rewrite_sidecars(self, shas: Sequence[str], batch: int = 1000) -> int:
         """Sidecars of every file of these contents, from the stored keywords; how many files."""

@@ -98,6 +98,12 @@ class Tagger:
             max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tagger-decode"
         )
 
+    def reconfigure(self, config: Config, rules: Rules) -> None:
+        """A reloaded config: new files get the new rules and thresholds at once."""
+        self.config = config
+        self.keywording = Keywording(config, self.store, rules)
+        self.keywording.check_settings()
+
     def close(self) -> None:
         self._readers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger.labels import Tag, imagenet_classes
-from tagger.errors import StoreError
+from tagger.errors import StoreBusy, StoreError
 from tagger.sidecar import ImageFacts
 
 MIGRATIONS: tuple[str, ...] = (
@@ -382,7 +382,12 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """All writes go through here: committed whole or not at all."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreBusy(f"{self.path}: the index is busy: another tagger command is writing to it") from None
+            raise
         try:
             yield self.conn
         except BaseException:
@@ -501,32 +506,24 @@ class Store:
                     found[sha].append(make(*fields))
         return [StoredContent(sha, tags[sha], keywords[sha], corrections[sha]) for sha in shas]
 
-    def contents_scored(self, bands: Sequence[tuple[int, float, float]]) -> set[str]:
-        """Contents with a raw tag of class c scored in [low, high), for any band (c, low, high)."""
-        found: set[str] = set()
-        for class_id, low, high in bands:
-            rows = self.conn.execute(
-                "SELECT sha256 FROM tags WHERE class_id = ? AND score >= ? AND score < ?", (class_id, low, high)
-            )
-            found.update(r[0] for r in rows)
-        return found
-
     def corrected_contents(self) -> list[str]:
         """Indexed contents that the user has corrected."""
         rows = self.conn.execute("SELECT DISTINCT sha256 FROM corrections WHERE sha256 IN (SELECT sha256 FROM images)")
         return [r[0] for r in rows]
 
-    def rebuild_model_keywords(self, classes: Sequence[ClassKeyword]) -> list[str]:
-        """Remake every content's keywords from the raw tags in bulk; the contents whose keywords changed.
+    def remake_keywords(
+        self, classes: Sequence[ClassKeyword], bands: Sequence[tuple[int, float, float]] | None, bulk_above: int
+    ) -> tuple[int, list[str]]:
+        """Remake the model's keywords from the raw tags, in SQL: (contents looked at, contents changed).
 
-        The tables are emptied and refilled by INSERT ... SELECT in key order, the term index
-        built afterwards: at a million contents that is minutes faster than replacing them one
-        by one. Only the model's keywords: the caller redoes the contents with corrections, which
-        are left out of the answer. Call inside a transaction.
+        `bands` (class, low, high): only contents with a raw tag of a class scored in [low, high);
+        None: every content. Over `bulk_above` contents, both tables are emptied and refilled in
+        key order with the term index built afterwards (at a million contents that beats
+        replacing rows one by one); fewer are replaced in place. Corrected contents are left
+        for the caller to redo and are not in the answer. Call inside a transaction.
         """
         c = self.conn
-        for table in ("rule_classes", "rule_terms", "old_keywords"):
-            c.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        self._drop_temp()
         c.execute(
             """CREATE TEMP TABLE rule_classes (class_id INTEGER PRIMARY KEY, threshold REAL NOT NULL,
                keyword TEXT NOT NULL, keyword_zh TEXT NOT NULL, path TEXT NOT NULL, path_zh TEXT NOT NULL)"""
@@ -543,6 +540,59 @@ class Store:
             "INSERT OR IGNORE INTO temp.rule_terms VALUES (?, ?, ?)",
             [(k.path, k.path_zh, term) for k in kept for term in keyword_terms(k.path, k.path_zh)],
         )
+        if bands is not None:
+            c.execute("CREATE TEMP TABLE touched (sha256 TEXT PRIMARY KEY) WITHOUT ROWID")
+            for band in bands:
+                c.execute(
+                    """INSERT OR IGNORE INTO temp.touched
+                       SELECT sha256 FROM tags WHERE class_id = ? AND score >= ? AND score < ?""",
+                    band,
+                )
+            looked_at = int(c.execute("SELECT COUNT(*) FROM temp.touched").fetchone()[0])
+            if looked_at <= bulk_above:
+                changed = self._remake_touched()
+                self._drop_temp()
+                return looked_at, changed
+        looked_at = self.content_count()
+        changed = self._remake_all()
+        self._drop_temp()
+        return looked_at, changed
+
+    def _remake_touched(self) -> list[str]:
+        """The contents in temp.touched: new rows aside, compared, and the changed ones replaced."""
+        c = self.conn
+        c.execute("DELETE FROM temp.touched WHERE sha256 IN (SELECT sha256 FROM corrections)")
+        c.execute("CREATE TEMP TABLE new_keywords AS SELECT * FROM keywords WHERE 0")
+        c.execute(
+            """INSERT INTO temp.new_keywords
+               SELECT t.sha256, r.keyword, r.keyword_zh, r.path, r.path_zh, MAX(t.score), 'model'
+               FROM temp.touched s CROSS JOIN tags t ON t.sha256 = s.sha256
+               JOIN temp.rule_classes r ON r.class_id = t.class_id
+               WHERE t.score >= r.threshold
+               GROUP BY t.sha256, r.keyword"""
+        )
+        # CROSS JOIN: the touched contents drive the join (the planner knows nothing of temp tables)
+        old = "SELECT k.* FROM temp.touched s CROSS JOIN keywords k ON k.sha256 = s.sha256"
+        c.execute("CREATE TEMP TABLE changed (sha256 TEXT PRIMARY KEY) WITHOUT ROWID")
+        c.execute(
+            f"""INSERT OR IGNORE INTO temp.changed
+                SELECT sha256 FROM (SELECT * FROM temp.new_keywords EXCEPT {old})
+                UNION SELECT sha256 FROM ({old} EXCEPT SELECT * FROM temp.new_keywords)"""
+        )
+        c.execute("DELETE FROM keyword_terms WHERE sha256 IN (SELECT sha256 FROM temp.changed)")
+        c.execute("DELETE FROM keywords WHERE sha256 IN (SELECT sha256 FROM temp.changed)")
+        c.execute("INSERT INTO keywords SELECT n.* FROM temp.new_keywords n JOIN temp.changed USING (sha256)")
+        c.execute(
+            """INSERT OR IGNORE INTO keyword_terms (term, score, sha256)
+               SELECT rt.term, n.score, n.sha256 FROM temp.new_keywords n JOIN temp.changed USING (sha256)
+               JOIN temp.rule_terms rt ON rt.path = n.path AND rt.path_zh = n.path_zh
+               ORDER BY rt.term, n.score, n.sha256"""
+        )
+        return [r[0] for r in c.execute("SELECT sha256 FROM temp.changed")]
+
+    def _remake_all(self) -> list[str]:
+        """Every content: both tables emptied and refilled in key order, the term index built last."""
+        c = self.conn
         c.execute("CREATE TEMP TABLE old_keywords AS SELECT * FROM keywords")
         c.execute("DELETE FROM keywords")
         c.execute("DROP INDEX keyword_terms_by_sha256")
@@ -561,7 +611,7 @@ class Store:
                ORDER BY rt.term, k.score, k.sha256"""
         )
         c.execute("CREATE INDEX keyword_terms_by_sha256 ON keyword_terms(sha256, term)")
-        changed = [
+        return [
             r[0]
             for r in c.execute(
                 """SELECT sha256 FROM (SELECT * FROM keywords EXCEPT SELECT * FROM temp.old_keywords)
@@ -569,9 +619,10 @@ class Store:
                    EXCEPT SELECT sha256 FROM corrections"""
             )
         ]
-        for table in ("rule_classes", "rule_terms", "old_keywords"):
-            c.execute(f"DROP TABLE temp.{table}")
-        return changed
+
+    def _drop_temp(self) -> None:
+        for table in ("rule_classes", "rule_terms", "touched", "new_keywords", "changed", "old_keywords"):
+            self.conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
 
     def paths_under(self, root: str) -> list[str]:
         """Indexed paths inside folder `root` (a range scan on the primary key)."""

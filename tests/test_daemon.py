@@ -412,3 +412,50 @@ def test_sighup_reloads_and_adds_a_folder(tmp_path: Path, sample_jpegs: list[Pat
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert "reloaded" in log.read_text()
+
+
+def keywords_of(index: Path, image: Path) -> set[str]:
+    conn = sqlite3.connect(f"{index.as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT k.keyword FROM keywords k JOIN files f ON f.sha256 = k.sha256 WHERE f.path = ?", (str(image),)
+        )
+        return {r[0] for r in rows}
+    finally:
+        conn.close()
+
+
+def test_a_busy_index_makes_the_daemon_wait_not_fail(
+    start_daemon: Callable[..., Running], sample_jpegs: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holding the write lock longer than SQLite waits (a long `tagger retag`)."""
+    r = start_daemon()
+    other = sqlite3.connect(r.index, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with caplog.at_level(logging.WARNING, logger="tagger.daemon"):
+            shutil.copy(sample_jpegs[0], r.library / "while-busy.jpg")
+            wait_until(lambda: "the index is busy" in caplog.text, timeout=30)
+        assert r.thread.is_alive() and str(r.library / "while-busy.jpg") not in indexed(r.index)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    wait_until(lambda: indexed(r.index).get(str(r.library / "while-busy.jpg")) == "tagged", timeout=30)
+    assert r.thread.is_alive()
+
+
+def test_sighup_applies_new_rules_to_new_files(
+    start_daemon: Callable[..., Running], sample_jpegs: list[Path], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n", encoding="utf-8")
+    r = start_daemon(rules=str(rules))
+    chelsea = next(p for p in sample_jpegs if p.stem == "chelsea")
+    shutil.copy(chelsea, r.library / "before.jpg")
+    wait_until(lambda: bool(keywords_of(r.index, r.library / "before.jpg")))
+    assert "kitty" not in keywords_of(r.index, r.library / "before.jpg")
+    rules.write_text("rules: [{subtree: domestic cat, rename: kitty, threshold: 0.01}]\n", encoding="utf-8")
+    r.daemon.request_reload()
+    time.sleep(1.0)
+    shutil.copy(chelsea, r.library / "after.jpg")  # a new file: keywords from the rules now in force
+    wait_until(lambda: "kitty" in keywords_of(r.index, r.library / "after.jpg"))

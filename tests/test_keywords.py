@@ -360,7 +360,7 @@ RULE_CHANGES = (
 )
 
 
-@pytest.mark.parametrize("bulk_share", [0.0, 1.0], ids=["in-bulk", "one-by-one"])
+@pytest.mark.parametrize("bulk_share", [0.0, 1.0], ids=["in-bulk", "in-place"])
 def test_retag_after_any_change_equals_tagging_from_scratch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk_share: float
 ) -> None:
