@@ -287,7 +287,7 @@ def retag(ctx: _Context, everything: bool) -> None:
     with Store.open(config.index) as store:
         summary = Keywording(config, store).retag(everything=everything)
     click.echo(
-        f"{summary.contents} images: keywords changed for {summary.changed}, "
+        f"{summary.contents} images looked at: keywords changed for {summary.changed}, "
         f"{summary.sidecars} files' sidecars rewritten; {summary.seconds:.1f} s (no model run)"
     )
 

@@ -40,9 +40,9 @@ class UnknownTag(TaggerError):
 
 @dataclass
 class RetagSummary:
-    contents: int = 0
-    changed: int = 0
-    sidecars: int = 0
+    contents: int = 0  # looked at: the contents a changed rule can touch (all, in a bulk rebuild)
+    changed: int = 0  # whose keywords changed
+    sidecars: int = 0  # files whose sidecars were rewritten
     seconds: float = 0.0
 
 
