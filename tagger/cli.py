@@ -284,8 +284,8 @@ def retag(ctx: _Context, everything: bool) -> None:
     from tagger.store import Store
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index) as store:
-        summary = Keywording(config, store).retag(everything=everything)
+    with Store.open(config.index) as store, _progress() as on_progress:
+        summary = Keywording(config, store).retag(everything=everything, on_progress=on_progress)
     click.echo(
         f"{summary.contents} images looked at: keywords changed for {summary.changed}, "
         f"{summary.sidecars} files' sidecars rewritten; {summary.seconds:.1f} s (no model run)"

@@ -246,7 +246,13 @@ class Keywording:
         elif stored != _dump_table(current):
             log.warning("rules or model.min_score changed since the stored keywords were made: run `tagger retag`")
 
-    def retag(self, only: Sequence[str] | None = None, *, everything: bool = False) -> RetagSummary:
+    def retag(
+        self,
+        only: Sequence[str] | None = None,
+        *,
+        everything: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> RetagSummary:
         """Recompute keywords from the stored raw tags (no model run); rewrite sidecars of the contents that changed.
 
         The per-class table of the rules that made the stored keywords is kept in the index;
@@ -254,6 +260,7 @@ class Keywording:
         at, in SQL; past BULK_SHARE of the library every keyword is rebuilt in bulk instead.
         Corrected contents are redone here, in Python, by the same steps as a scan.
         `only`: just these contents (after a correction); `everything`: rebuild all.
+        `on_progress(n)`: n more files' sidecars rewritten.
         """
         started = time.monotonic()
         summary = RetagSummary()
@@ -268,14 +275,16 @@ class Keywording:
             bands = None if stored is None else changed_bands(stored, table)
             changed = []
             if bands != []:
-                bulk_above = int(BULK_SHARE * self.store.content_count())
+                total = self.store.content_count()
+                bulk_above = int(BULK_SHARE * total)
+                log.info("re-tagging from the stored raw tags of %d images (a big change: a bulk rebuild)", total)
                 with self.store.transaction():
                     corrected = self.store.stored_contents("", 0, only=self.store.corrected_contents())
                     summary.contents, changed = self.store.remake_keywords(table, bands, bulk_above)
                     changed += [c.sha256 for c in corrected if self._redo(c)]
                     self.remember_settings(table)
         summary.changed = len(changed)
-        summary.sidecars = self._rewrite_sidecars(changed)
+        summary.sidecars = self._rewrite_sidecars(changed, on_progress)
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -286,7 +295,9 @@ class Keywording:
             self.store.save_keywords(content.sha256, rows)
         return set(rows) != set(content.keywords)
 
-    def _rewrite_sidecars(self, shas: Sequence[str], batch: int = 1000) -> int:
+    def _rewrite_sidecars(
+        self, shas: Sequence[str], on_progress: Callable[[int], None] | None = None, batch: int = 1000
+    ) -> int:
         """Sidecars of every file of these contents, from the stored keywords; how many files."""
         if not (self.config.sidecar.enabled or self.config.xmp.enabled):
             return 0
@@ -305,6 +316,8 @@ class Keywording:
                         with self.store.transaction():
                             self.store.set_sidecar(path, sidecar)
                     written += 1
+                    if on_progress is not None:
+                        on_progress(1)
         return written
 
     def correct(self, path: Path, keywords: Sequence[str], action: str) -> str:
