@@ -476,3 +476,16 @@ def test_viewer_and_api_page_a_q_search(viewer_app: Flask, library: Path) -> Non
     assert seen == [i["path"] for i in everything["images"]] and everything["next"] is None
     grid = client.get("/?q=" + quote("score:0.001..")).get_data(as_text=True)
     assert 'rel="next"' not in grid  # six photos fit on one page
+
+
+def test_a_q_search_is_narrowed_by_the_pages_other_filters(viewer_app: Flask, library: Path) -> None:
+    client = signed_in(viewer_app)
+    q, folder = "q=" + quote("score:0.001.."), "folder=" + quote(str(library / "2024"))
+    everything = {i["path"] for i in client.get(f"/api/images?limit=100&{q}").json["images"]}
+    in_2024 = client.get(f"/api/images?limit=100&{q}&{folder}")
+    assert in_2024.status_code == 200, in_2024.json
+    assert {i["path"] for i in in_2024.json["images"]} == {str(library / "2024" / "coffee.jpg")} < everything
+    cats = client.get(f"/api/images?limit=100&{q}&tag=cat").json["images"]
+    assert [i["path"] for i in cats] == [str(library / "chelsea.jpg")]
+    page = client.get(f"/?{q}&{folder}").get_data(as_text=True)
+    assert "coffee.jpg" in page and "chelsea.jpg" not in page and 'name="q" value="score:0.001.."' in page

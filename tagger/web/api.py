@@ -30,7 +30,8 @@ def error_response(code: int, message: str) -> Response:
 @blueprint.get("/images")
 def images() -> Response:
     """?tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N, or
-    ?q=QUERY&after=CURSOR&limit=N (the query language: best matches first)"""
+    ?q=QUERY&after=CURSOR&limit=N (the query language: best matches first; tag, min_score
+    and folder, when given too, narrow it further)"""
     config = viewer().config
     query = parse_query(request.args, viewer().library, config.model.min_score, viewer().rules, has_term)
     if query.problems:

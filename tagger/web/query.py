@@ -8,6 +8,7 @@ must match. The cursor is opaque to clients: the sort key and path of the last i
 from __future__ import annotations
 
 import base64
+import dataclasses
 import binascii
 import json
 import re
@@ -122,8 +123,29 @@ def parse_query(
             problems.append(str(exc.description))
     listing = Listing(tuple(groups), min_score, folder, sort)
     if search is not None and (terms or folder or score_given):
-        problems.append("q cannot be combined with tag, min_score or folder: write them in q (tag:, score:, folder:)")
+        try:
+            search = _narrowed(search, terms, folder, min_score if score_given else None, rules, has_term)
+        except (QueryError, UnknownTag) as exc:
+            problems.append(str(exc))
     return Query(tuple(terms), listing, score_given, after, tuple(problems), text, search)
+
+
+def _narrowed(
+    search: Search,
+    terms: list[str],
+    folder: str | None,
+    min_score: float | None,
+    rules: Rules,
+    has_term: Callable[[str], bool],
+) -> Search:
+    """A q search with the page's other filters added: each tag as tag:, the folder, the least score."""
+    extra = resolve_query(rules, parse(" ".join(f'tag:"{t}"' for t in terms)), has_term) if terms else Search()
+    return dataclasses.replace(
+        search,
+        groups=search.groups + extra.groups,
+        folders=search.folders + ((folder,) if folder else ()),
+        score_min=search.score_min if min_score is None else max(search.score_min, min_score),
+    )
 
 
 def _terms(values: list[str]) -> list[str]:
