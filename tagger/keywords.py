@@ -277,7 +277,7 @@ class Keywording:
             if bands != []:
                 total = self.store.content_count()
                 bulk_above = int(BULK_SHARE * total)
-                log.info("re-tagging from the stored raw tags of %d images (a big change: a bulk rebuild)", total)
+                log.info("re-tagging from the stored raw tags (%d images in the index, no model run)", total)
                 with self.store.transaction():
                     corrected = self.store.stored_contents("", 0, only=self.store.corrected_contents())
                     summary.contents, changed = self.store.remake_keywords(table, bands, bulk_above)
