@@ -269,6 +269,7 @@ class Keywording:
             summary.contents = len(set(only))
             with self.store.transaction():
                 changed = [c.sha256 for c in self.store.stored_contents("", 0, only=only) if self._redo(c)]
+                self._sidecars_pending(changed)
         else:
             table = self.table()
             stored = None if everything else _load_table(self.store.setting(RULES_SETTING))
@@ -282,9 +283,10 @@ class Keywording:
                     corrected = self.store.stored_contents("", 0, only=self.store.corrected_contents())
                     summary.contents, changed = self.store.remake_keywords(table, bands, bulk_above)
                     changed += [c.sha256 for c in corrected if self._redo(c)]
+                    self._sidecars_pending(changed)
                     self.remember_settings(table)
         summary.changed = len(changed)
-        summary.sidecars = self._rewrite_sidecars(changed, on_progress)
+        summary.sidecars = self._rewrite_sidecars(on_progress)
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -295,15 +297,24 @@ class Keywording:
             self.store.save_keywords(content.sha256, rows)
         return set(rows) != set(content.keywords)
 
-    def _rewrite_sidecars(
-        self, shas: Sequence[str], on_progress: Callable[[int], None] | None = None, batch: int = 1000
-    ) -> int:
-        """Sidecars of every file of these contents, from the stored keywords; how many files."""
-        if not (self.config.sidecar.enabled or self.config.xmp.enabled):
+    def _writes_sidecars(self) -> bool:
+        return self.config.sidecar.enabled or self.config.xmp.enabled
+
+    def _sidecars_pending(self, shas: Sequence[str]) -> None:
+        if self._writes_sidecars():
+            self.store.mark_sidecars_pending(shas)
+
+    def _rewrite_sidecars(self, on_progress: Callable[[int], None] | None = None, batch: int = 1000) -> int:
+        """Sidecars of every file of the contents marked pending (this retag's, and any an
+        interrupted one left), from the stored keywords; how many files."""
+        if not self._writes_sidecars():
             return 0
+        shas = self.store.sidecars_pending()
         written = 0
         for start in range(0, len(shas), batch):
-            for content in self.store.stored_contents("", 0, only=shas[start : start + batch]):
+            chunk = shas[start : start + batch]
+            done: list[tuple[str, str]] = []
+            for content in self.store.stored_contents("", 0, only=chunk):
                 image = self.store.image_facts(content.sha256)
                 if image is None:
                     continue
@@ -313,11 +324,14 @@ class Keywording:
                         Path(path), facts, model, weights_sha256, content.tags, content.keywords
                     )
                     if sidecar is not None:
-                        with self.store.transaction():
-                            self.store.set_sidecar(path, sidecar)
+                        done.append((path, sidecar))
                     written += 1
                     if on_progress is not None:
                         on_progress(1)
+            with self.store.transaction():
+                for path, sidecar in done:
+                    self.store.set_sidecar(path, sidecar)
+                self.store.clear_sidecars_pending(chunk)
         return written
 
     def correct(self, path: Path, keywords: Sequence[str], action: str) -> str:

@@ -157,6 +157,12 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 6: contents whose sidecars a retag still has to rewrite: marked in the transaction that
+    # changes their keywords, cleared as the files are written, so that a retag stopped in
+    # between (a crash, Ctrl-C) is caught up by the next one.
+    """
+    CREATE TABLE sidecars_pending (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;
+    """,
 )
 
 
@@ -505,6 +511,15 @@ class Store:
                 if sha in found:
                     found[sha].append(make(*fields))
         return [StoredContent(sha, tags[sha], keywords[sha], corrections[sha]) for sha in shas]
+
+    def mark_sidecars_pending(self, shas: Sequence[str]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO sidecars_pending (sha256) VALUES (?)", [(s,) for s in shas])
+
+    def sidecars_pending(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT sha256 FROM sidecars_pending")]
+
+    def clear_sidecars_pending(self, shas: Sequence[str]) -> None:
+        self.conn.executemany("DELETE FROM sidecars_pending WHERE sha256 = ?", [(s,) for s in shas])
 
     def corrected_contents(self) -> list[str]:
         """Indexed contents that the user has corrected."""

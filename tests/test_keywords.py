@@ -489,3 +489,32 @@ def test_a_q_search_is_narrowed_by_the_pages_other_filters(viewer_app: Flask, li
     assert [i["path"] for i in cats] == [str(library / "chelsea.jpg")]
     page = client.get(f"/?{q}&{folder}").get_data(as_text=True)
     assert "coffee.jpg" in page and "chelsea.jpg" not in page and 'name="q" value="score:0.001.."' in page
+
+
+def test_a_retag_stopped_before_its_sidecars_is_caught_up_by_the_next(
+    library: Path, tmp_path: Path, write_config: Callable[..., Path], counting: CountingClassifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keywords are committed before the files are written; a crash in between must not leave
+    sidecars that disagree with the index for good (the next retag sees no rule change)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: [{subtree: domestic cat, rename: cat}]\n", encoding="utf-8")
+    config = write_config(rules=str(rules), xmp={"enabled": True})
+    scan(config, counting)
+    cat = library / "chelsea.jpg"
+    assert "cat" in sidecar_keywords(cat)
+    rules.write_text("rules: [{subtree: domestic cat, rename: kitty}]\n", encoding="utf-8")
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Keywording, "write_sidecars", crash)
+        with pytest.raises(KeyboardInterrupt), Store.open(load_config(config).index) as store:
+            Keywording(load_config(config), store).retag()
+    assert "kitty" in stored_keywords(config, cat) and "cat" in sidecar_keywords(cat)  # the crash left them apart
+    result = tagger_cli(config, "retag")
+    assert "0 images looked at" in result.stdout and "1 files' sidecars rewritten" in result.stdout
+    assert "kitty" in sidecar_keywords(cat) and "cat" not in sidecar_keywords(cat)
+    assert "auto/kitty" in read_keywords(cat)["digikam"]
+    assert "0 files' sidecars rewritten" in tagger_cli(config, "retag").stdout
