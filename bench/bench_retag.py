@@ -6,6 +6,8 @@ each run starts from the same place. Steps, in order, each on the index the prev
   first fill       no keywords yet (an index from before keywords): every content, in bulk
   nothing changed  the stored rules table equals the current one
   one threshold    tabby's threshold raised (one class)
+  five classes     the domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian) renamed
+  a subtree's threshold  the 118 dog breeds' threshold raised to 0.3
   one rename       the 118 dog breeds renamed (a subtree)
   min_score        model.min_score 0.05 -> 0.10 (every class without its own threshold)
   --all            every content rebuilt in bulk, whatever changed
@@ -40,6 +42,8 @@ from tagger.store import Store  # noqa: E402
 
 EXTRA_RULES = {
     "one threshold": "  - {class: tabby, threshold: 0.4}\n",
+    "five classes renamed": "  - {subtree: domestic cat, rename: house cat, rename_zh: 家猫}\n",
+    "a subtree's threshold": "  - {subtree: dog, threshold: 0.3}\n",
     "one rename": "  - {subtree: dog, rename: hound, rename_zh: 猎犬, threshold: 0.4}\n",
 }
 
