@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
 RULES_SETTING = "keyword_rules"  # per class, the keyword and least score that made the stored keywords
-BULK_SHARE = 0.25  # when more of the contents than this may change, rebuild all in bulk (SQL), not one by one
+BULK_SHARE = 0.2  # when more of the contents than this may change, rebuild all in bulk (SQL), not one by one
 RETAG_CACHE_BYTES = 512 << 20  # SQLite page cache while re-tagging: keeps the keyword indexes' pages in memory
 
 
