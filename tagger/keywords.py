@@ -268,7 +268,7 @@ class Keywording:
         if only is not None:
             summary.contents = len(set(only))
             with self.store.transaction():
-                changed = [c.sha256 for c in self.store.stored_contents("", 0, only=only) if self._redo(c)]
+                changed = [c.sha256 for c in self.store.contents(only) if self._redo(c)]
                 self._sidecars_pending(changed)
         else:
             table = self.table()
@@ -280,7 +280,7 @@ class Keywording:
                 bulk_above = int(BULK_SHARE * total)
                 log.info("re-tagging from the stored raw tags (%d images in the index, no model run)", total)
                 with self.store.transaction():
-                    corrected = self.store.stored_contents("", 0, only=self.store.corrected_contents())
+                    corrected = self.store.contents(self.store.corrected_contents())
                     summary.contents, changed = self.store.remake_keywords(table, bands, bulk_above)
                     changed += [c.sha256 for c in corrected if self._redo(c)]
                     self._sidecars_pending(changed)
@@ -314,7 +314,7 @@ class Keywording:
         for start in range(0, len(shas), batch):
             chunk = shas[start : start + batch]
             done: list[tuple[str, str]] = []
-            for content in self.store.stored_contents("", 0, only=chunk):
+            for content in self.store.contents(chunk):
                 image = self.store.image_facts(content.sha256)
                 if image is None:
                     continue

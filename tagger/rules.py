@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from tagger.errors import ConfigError
 from tagger.labels import ImageNetClass, Tag, imagenet_classes
-from tagger.yamlfile import read_yaml
+from tagger.yamlfile import parse_yaml, read_text
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "data" / "default_rules.yaml"
 
@@ -160,10 +160,13 @@ class Rules:
 
     @classmethod
     def load(cls, path: Path | None = None) -> Rules:
-        """Read and check a rules file; None is the default shipped inside the package."""
+        """Read and check a rules file; None is the default shipped inside the package.
+
+        Config checking and the command itself both load the rules; the second load of the
+        same text is a cache hit (a changed file is a new text, so a reload sees it).
+        """
         source = path or DEFAULT_RULES
-        raw = read_yaml(source, "rules", "copy config/rules.yaml there to start")
-        return _RulesFile(source).build(raw)
+        return _parsed_rules(source, read_text(source, "rules", "copy config/rules.yaml there to start"))
 
     def apply(self, tags: Sequence[Tag], min_score: float) -> list[Keyword]:
         """Raw tags -> keywords, best first.
@@ -211,6 +214,11 @@ class Rules:
             for word in dict.fromkeys(w.strip().casefold() for w in words):
                 terms.setdefault(word, []).append(class_id)
         return terms
+
+
+@lru_cache(maxsize=4)
+def _parsed_rules(source: Path, text: str) -> Rules:
+    return _RulesFile(source).build(parse_yaml(text, source))
 
 
 def _best_first(keyword: Keyword) -> tuple[float, str]:

@@ -483,17 +483,18 @@ class Store:
         row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def stored_contents(self, after: str, limit: int, only: Sequence[str] | None = None) -> list[StoredContent]:
-        """The next `limit` contents after sha256 `after`, or the contents `only` (looked up one by one)."""
-        if only is not None:
-            shas = sorted(set(only))
-            where, params = "sha256 IN (SELECT value FROM json_each(?))", [json.dumps(shas)]
-        else:
-            rows = self.conn.execute(
-                "SELECT sha256 FROM images WHERE sha256 > ? ORDER BY sha256 LIMIT ?", (after, limit)
-            )
-            shas = [r[0] for r in rows]
-            where, params = "sha256 BETWEEN ? AND ?", shas[:1] + shas[-1:]
+    def stored_contents(self, after: str, limit: int) -> list[StoredContent]:
+        """The next `limit` contents after sha256 `after`: range reads on the primary keys."""
+        rows = self.conn.execute("SELECT sha256 FROM images WHERE sha256 > ? ORDER BY sha256 LIMIT ?", (after, limit))
+        shas = [r[0] for r in rows]
+        return self._contents(shas, "sha256 BETWEEN ? AND ?", shas[:1] + shas[-1:])
+
+    def contents(self, shas: Sequence[str]) -> list[StoredContent]:
+        """These contents (those indexed), looked up one by one."""
+        ordered = sorted(set(shas))
+        return self._contents(ordered, "sha256 IN (SELECT value FROM json_each(?))", [json.dumps(ordered)])
+
+    def _contents(self, shas: list[str], where: str, params: list[str]) -> list[StoredContent]:
         if not shas:
             return []
         tags: dict[str, list[Tag]] = {sha: [] for sha in shas}
