@@ -9,10 +9,8 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+$(STAMP): setup.cfg pyproject.toml scripts/install.sh
+	scripts/install.sh $(VENV)
 	touch $(STAMP)
 
 run: $(STAMP)

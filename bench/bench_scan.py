@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -28,19 +29,65 @@ sys.path.insert(0, str(ROOT / "scripts"))
 PATHS = {  # name -> config overrides of a `tagger scan` run
     "torch-fp32 full-decode": {"model": {"runtime": "torch", "precision": "fp32"}, "decode": {"draft": False}},
     "onnx-fp32 full-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": False}},
-    "onnx-fp32 draft-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": True}},
-    "onnx-int8 draft-decode": {"model": {"runtime": "onnx", "precision": "int8"}, "decode": {"draft": True}},
+    "onnx-fp32 draft, no refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_margin": 0}},
+    "onnx-fp32 draft+refine (default)": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
+    "onnx-int8 draft, no refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_margin": 0}},
+    "onnx-int8 draft+refine": {"model": {"precision": "int8"}, "decode": {"draft": True}},
 }
 
 
 def build_library(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
-    from sample_photos import sample_sources, write_samples
+    """`count` distinct views of every shipped photo at camera size, plus the originals."""
+    from sample_photos import distinct_views, write_samples
 
-    copies = -(-count // len(sample_sources()))
-    paths = write_samples(folder, size, copies)
-    for extra in paths[count:]:
-        extra.unlink()
-    return paths[:count] + write_samples(folder / "originals")
+    return distinct_views(folder, count, size) + write_samples(folder / "originals")
+
+
+def child_ceiling(config_path: Path, folder: Path, prefix: str | None) -> None:
+    """The machine's limits for this model, printed as JSON images/s: draft decoding alone on every
+    core, the model alone on decoded batches, and both sharing the cores with nothing else."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    if prefix:
+        from tagger.weights import MODELS
+
+        MODELS["resnet18"] = dataclasses.replace(MODELS["resnet18"], sha256_prefix=prefix)
+    from tagger.classify import Classifier
+    from tagger.config import load_config
+    from tagger.decode import decode_bytes, draft_size, preprocess
+
+    config = load_config(config_path)
+    classifier = Classifier.from_config(config)
+    spec = classifier.spec.preprocess
+    draft = draft_size(spec, True)
+    blobs = [p.read_bytes() for p in sorted(folder.rglob("*.jpg"))]
+
+    def decode(data: bytes) -> np.ndarray:
+        return preprocess(decode_bytes(data, 10**9, draft).image, spec)
+
+    threads = os.cpu_count() or 1
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.monotonic()
+        arrays = list(pool.map(decode, blobs))
+        decode_rate = len(blobs) / (time.monotonic() - started)
+    started = time.monotonic()
+    for i in range(0, len(arrays), 8):
+        classifier.predict(np.stack(arrays[i : i + 8]), 5)
+    infer_rate = len(arrays) / (time.monotonic() - started)
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.monotonic()
+        batch: list[np.ndarray] = []
+        for array in pool.map(decode, blobs):
+            batch.append(array)
+            if len(batch) == 8:
+                classifier.predict(np.stack(batch), 5)
+                batch = []
+        if batch:
+            classifier.predict(np.stack(batch), 5)
+        both_rate = len(blobs) / (time.monotonic() - started)
+    print(json.dumps({"decode": decode_rate, "inference": infer_rate, "both": both_rate}))
 
 
 def trust_resnet(weights_dir: Path) -> str:
@@ -88,6 +135,12 @@ def child_scan(config: Path, prefix: str | None) -> None:
     from tagger.cli import cli
 
     cli(["--config", str(config), "-q", "scan"], prog_name="tagger", standalone_mode=False)
+
+
+def refined_count(scan_output: str) -> int | None:
+    """How many near ties the scan decoded again, from its summary line."""
+    match = re.search(r"\((\d+) near ties decoded again", scan_output)
+    return int(match.group(1)) if match else 0
 
 
 def child_naive(model: str, weights_dir: Path, folder: Path, prefix: str | None) -> None:
@@ -143,11 +196,15 @@ def main() -> int:
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated names from: " + ", ".join(PATHS))
     parser.add_argument("--child-scan", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-naive", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-ceiling", nargs=2, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--trust", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_scan:
         child_scan(args.child_scan, args.trust)
         report_peak_memory()
+        return 0
+    if args.child_ceiling:
+        child_ceiling(args.child_ceiling[0], args.child_ceiling[1], args.trust)
         return 0
     if args.child_naive:
         model, weights_dir, folder = args.child_naive
@@ -157,6 +214,7 @@ def main() -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     me = [sys.executable, __file__]
     rows = []
+    ceilings = []
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         work = Path(tmp)
         library, weights_dir = work / "library", work / "weights"
@@ -171,7 +229,12 @@ def main() -> int:
             print(f"{model}: naive baseline ...", file=sys.stderr)
             n_sec, n_mb, out = run_measured([*me, "--child-naive", model, str(weights_dir), str(library), *extra])
             reference = json.loads(out)
-            rows.append((model, "naive (reference)", len(files) / n_sec, 1.0, n_mb, 1.0, None))
+            rows.append((model, "naive (reference)", len(files) / n_sec, 1.0, n_mb, 1.0, None, None))
+            default = write_config(work / "d.json", library, work / "d.sqlite", weights_dir, model, {})
+            run_measured([*me, "--child-scan", str(write_config(work / "w.json", empty, work / "w.sqlite",
+                                                                  weights_dir, model, {})), *extra])
+            _, _, out = run_measured([*me, "--child-ceiling", str(default), str(library), *extra])
+            ceilings.append((model, json.loads(out)))
             for name in args.paths.split(","):
                 overrides = PATHS[name]
                 config = write_config(work / "c.json", library, work / f"{len(rows)}.sqlite", weights_dir, model, overrides)
@@ -179,17 +242,28 @@ def main() -> int:
                 run_measured([*me, "--child-scan", str(warm), *extra])  # makes the ONNX export outside the timing
                 start_sec, _, _ = run_measured([*me, "--child-scan", str(warm), *extra])
                 print(f"{model}: {name} ...", file=sys.stderr)
-                sec, mb, _ = run_measured([*me, "--child-scan", str(config), *extra])
+                sec, mb, out = run_measured([*me, "--child-scan", str(config), *extra])
                 with sqlite3.connect(work / f"{len(rows)}.sqlite") as conn:
                     ours = dict(conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0").fetchall())
                 agree = sum(ours.get(p) == c for p, c in reference.items()) / len(reference)
-                rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec))
-    print(f"\n{len(files)} photos ({args.count} at {width}x{height} + 6 originals), {os.cpu_count()} cores")
-    print(f"{'model':19s} {'path':26s} {'images/s':>9s} {'ratio':>7s} {'peak MB':>8s} {'top-1 agree':>12s} {'start s':>8s}")
-    for model, name, rate, ratio, mb, agree, start in rows:
+                rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec, refined_count(out)))
+    from tagger.cpu import cpu_info, int8_scheme
+
+    print(f"\n{len(files)} photos ({args.count} distinct views at {width}x{height} + 6 originals), "
+          f"{os.cpu_count()} cores, CPU {cpu_info().describe()}, int8 scheme here: {int8_scheme()}")
+    print(f"{'model':19s} {'path':33s} {'images/s':>9s} {'ratio':>7s} {'peak MB':>8s} {'top-1 agree':>12s} "
+          f"{'start s':>8s} {'refined':>8s}")
+    for model, name, rate, ratio, mb, agree, start, refined in rows:
         start_text = f"{start:8.2f}" if start is not None else f"{'':8s}"
-        print(f"{model:19s} {name:26s} {rate:9.2f} {ratio:6.2f}x {mb:8.0f} {agree:11.1%} {start_text}")
+        refined_text = f"{refined / len(files):7.1%}" if refined is not None else ""
+        print(f"{model:19s} {name:33s} {rate:9.2f} {ratio:6.2f}x {mb:8.0f} {agree:11.1%} {start_text} {refined_text:>8s}")
     print("start s: a whole `tagger scan` of an empty folder (process start, imports, model load)")
+    print("refined: share of the photos decoded again in full because of a near tie")
+    for model, ceiling in ceilings:
+        default_rate = next((r[2] for r in rows if r[0] == model and "(default)" in r[1]), float("nan"))
+        print(f"{model}: ceiling (no I/O, no index) draft decode alone {ceiling['decode']:.1f}/s, model alone "
+              f"{ceiling['inference']:.1f}/s, both together {ceiling['both']:.1f}/s; the default scan reaches "
+              f"{default_rate / ceiling['both']:.0%} of it")
     return 0
 
 

@@ -28,6 +28,58 @@ def sample_sources() -> dict[str, Path]:
     }
 
 
+def more_sources() -> dict[str, Path]:
+    """Further real photos shipped by scikit-image (some greyscale): more distinct scenes for benchmarks."""
+    import skimage
+
+    skdata = Path(skimage.__file__).parent / "data"
+    names = ["motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
+             "moon.png", "brick.png", "grass.png", "gravel.png", "clock_motion.png"]
+    return {Path(n).stem: skdata / n for n in names if (skdata / n).exists()}
+
+
+def distinct_views(dest: Path, count: int, size: tuple[int, int], seed: int = 10) -> list[Path]:
+    """`count` JPEGs of distinct content: seeded random crops (30-100% of the area), flips and
+    colour changes of every shipped photo, each scaled to `size` (portrait for every fifth).
+
+    Re-encodes of six pictures would test six answers; different crops of a photo put different
+    things in the model's centre crop, so they are distinct inputs with their own near ties.
+    """
+    import random
+
+    from PIL import ImageEnhance
+
+    rng = random.Random(seed)
+    sources = {**sample_sources(), **more_sources()}
+    photos = {}
+    for name, src in sources.items():
+        with Image.open(src) as img:
+            photos[name] = img.convert("RGB")
+    names = sorted(photos)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(count):
+        name = names[i % len(names)]
+        img = photos[name]
+        w, h = (size[1], size[0]) if i % 5 == 4 else size
+        fraction = rng.uniform(0.3, 1.0)
+        aspect = w / h
+        cw = min(img.width, int((img.width * img.height * fraction * aspect) ** 0.5))
+        ch = min(img.height, int(cw / aspect))
+        cw = min(cw, int(ch * aspect))
+        left, top = rng.randint(0, img.width - cw), rng.randint(0, img.height - ch)
+        view = img.crop((left, top, left + cw, top + ch))
+        if rng.random() < 0.5:
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.8, 1.2))
+        view = ImageEnhance.Color(view).enhance(rng.uniform(0.7, 1.3))
+        view = view.resize((w, h), Image.Resampling.BICUBIC)
+        out = dest / f"{name}_view{i:04d}.jpg"
+        view.save(out, "JPEG", quality=rng.randint(85, 95))
+        written.append(out)
+    return written
+
+
 def write_samples(dest: Path, size: tuple[int, int] | None = None, copies: int = 1, quality: int = 90) -> list[Path]:
     """Write each sample photo as a JPEG (upscaled to `size` if given); `copies` variants each."""
     dest.mkdir(parents=True, exist_ok=True)

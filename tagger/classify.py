@@ -19,19 +19,27 @@ from pathlib import Path
 import numpy as np
 
 from tagger.config import Config
+from tagger.cpu import int8_scheme
 from tagger.errors import WeightsError, WeightsMissingError
 from tagger.labels import Tag, imagenet_classes
 from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256, find_weights
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnx", "torch")
-PRECISIONS = ("fp32", "int8")
 Network = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W float32 -> N x 1000 logits
 
 
+def export_precision(precision: str) -> str:
+    """The exported model's kind: fp32, or int8 in the scheme exact on this CPU (int8-u8s8r7...).
+
+    It is part of the cache file's name, so a model quantised for a VNNI CPU and copied to
+    an AVX2-only one is never used there: that machine looks for, and makes, its own.
+    """
+    return f"int8-{int8_scheme()}" if precision == "int8" else precision
+
+
 def onnx_cache_path(spec: ModelSpec, weights: WeightsFile, weights_dir: Path, precision: str) -> Path:
-    return weights_dir / "onnx" / f"{Path(spec.filename).stem}.{precision}.onnx"
+    return weights_dir / "onnx" / f"{Path(spec.filename).stem}.{export_precision(precision)}.onnx"
 
 
 def _cached_export_is_current(path: Path, weights: WeightsFile, precision: str) -> bool:
@@ -41,7 +49,7 @@ def _cached_export_is_current(path: Path, weights: WeightsFile, precision: str) 
         return False
     return (
         meta.get("source_sha256") == weights.sha256
-        and meta.get("precision") == precision
+        and meta.get("precision") == export_precision(precision)
         and path.is_file()
         and meta.get("onnx_sha256") == file_sha256(path)
     )
@@ -52,7 +60,7 @@ def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) ->
     log.info("exporting %s (%s) to ONNX once: %s", spec.name, precision, out)
     cmd = [
         sys.executable, "-m", "tagger.torchnet", "--model", spec.name, "--weights", str(weights.path),
-        "--sha256", weights.sha256, "--out", str(out), "--precision", precision,
+        "--sha256", weights.sha256, "--out", str(out), "--precision", export_precision(precision),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if result.returncode != 0:
@@ -144,7 +152,7 @@ class Classifier:
                 raise WeightsError(f"ONNX runtime requested but unavailable: {exc}") from None
             log.warning("%s; using PyTorch instead (slower, more memory)", exc)
             return cls(spec, weights, torch_network(spec, weights), "torch")
-        return cls(spec, weights, network, f"onnx-{precision}")
+        return cls(spec, weights, network, f"onnx-{export_precision(precision)}")
 
     @classmethod
     def from_config(cls, config: Config) -> Classifier:
@@ -157,13 +165,22 @@ class Classifier:
 
     def tag_batch(self, batch: np.ndarray, top_k: int) -> list[list[Tag]]:
         """N x 3 x H x W float32 -> for each image, its top_k tags by probability."""
+        return self.predict(batch, top_k)[0]
+
+    def predict(self, batch: np.ndarray, top_k: int) -> tuple[list[list[Tag]], list[float]]:
+        """The top_k tags of each image, and its margin: best minus second-best probability.
+
+        A small margin is a near tie, which a slightly different decode of the same photo can flip.
+        """
         logits = self.network(np.ascontiguousarray(batch, dtype=np.float32)).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
-        k = min(top_k, probabilities.shape[1])
+        k = min(max(top_k, 2), probabilities.shape[1])
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [[self._tag(int(i), float(row[i])) for i in indices] for row, indices in zip(probabilities, top)]
+        margins = [float(row[i[0]] - row[i[1]]) for row, i in zip(probabilities, top)]
+        tags = [[self._tag(int(i), float(row[i])) for i in indices[:top_k]] for row, indices in zip(probabilities, top)]
+        return tags, margins
 
     def _tag(self, class_id: int, score: float) -> Tag:
         c = self.classes[class_id]

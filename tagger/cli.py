@@ -16,7 +16,7 @@ from tagger import __version__
 from tagger.config import Config, load_config
 from tagger.errors import ConfigError, DecodeError, StoreError, TaggerError
 from tagger.systemd import JournalFormatter, under_journal
-from tagger.weights import MODELS, candidate_paths, fetch, find_weights, locate
+from tagger.weights import MODELS, candidate_paths, fetch, find_weights, locate, verify
 
 log = logging.getLogger("tagger")
 
@@ -143,7 +143,8 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
             tagger.close()
     rate = summary.classified / summary.seconds if summary.seconds else 0.0
     click.echo(
-        f"{summary.files} images: {summary.classified} classified by {classifier.name}, "
+        f"{summary.files} images: {summary.classified} classified by {classifier.name}"
+        f"{f' ({summary.refined} near ties decoded again in full)' if summary.refined else ''}, "
         f"{summary.reused} from the index (same content), {summary.unchanged} unchanged, "
         f"{summary.failed} failed, {summary.removed} removed from the index; "
         f"{summary.seconds:.1f} s ({rate:.1f} images/s)"
@@ -394,16 +395,20 @@ def weights(ctx: click.Context) -> None:
 @weights.command("fetch")
 @click.argument("model", type=click.Choice(sorted(MODELS)))
 @click.option("--url", help="Download from this address instead (a mirror).")
+@click.option("--if-missing", is_flag=True, help="Do nothing when a file with the right hash is already installed.")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for the server before giving up.")
 @pass_ctx
-def weights_fetch(ctx: _Context, model: str, url: str | None) -> None:
+def weights_fetch(ctx: _Context, model: str, url: str | None, if_missing: bool, timeout: float) -> None:
     """Download MODEL's weights into weights_dir and check their hash (needs a network)."""
     config = ctx.config(require_folders=False)
     spec = MODELS[model]
     existing = locate(spec, config.weights_dir)
-    if existing is not None and spec.url is None:
-        click.echo(f"{model}: already installed at {existing}")
+    if existing is not None and (spec.url is None or if_missing):
+        verify(spec, existing)
+        click.echo(f"{model}: already installed at {existing} (sha256 verified)")
         return
-    result = fetch(spec, config.weights_dir, url)
+    result = fetch(spec, config.weights_dir, url, timeout)
     click.echo(f"{model}: saved {result.path} (sha256 {result.sha256[:16]}..., verified)")
 
 

@@ -36,6 +36,9 @@ class ModelConfig:
 class DecodeConfig:
     max_pixels: int = 100_000_000
     draft: bool = True  # JPEGs decoded at reduced scale (1/2..1/8), still above the model's input size
+    # A draft-decoded image whose best two guesses are closer than this is decoded fully and
+    # classified again (0 switches it off). Measured by bench/bench_scan.py: see the README.
+    refine_margin: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,9 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         sections[name] = _build_section(cls, value, name, source)
     model: ModelConfig = sections["model"]
     _check_model(model, source)
+    decode: DecodeConfig = sections["decode"]
+    if not 0.0 <= decode.refine_margin <= 1.0:
+        raise ConfigError(f"{source}: key 'decode.refine_margin' must be between 0 and 1, not {decode.refine_margin}")
     watch: WatchConfig = sections["watch"]
     _check_watch(watch, source)
     watch = dataclasses.replace(watch, polling_folders=tuple(str(_resolve(base, f)) for f in watch.polling_folders))
@@ -167,7 +173,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         index=_resolve(base, _string(raw, "index", "tagger.sqlite", source)),
         weights_dir=_resolve(base, _string(raw, "weights_dir", "weights", source)),
         model=model,
-        decode=sections["decode"],
+        decode=decode,
         sidecar=sections["sidecar"],
         watch=watch,
         web=web,

@@ -211,6 +211,7 @@ class Daemon:
         )
         self.summary.classified += result.classified
         self.summary.reused += result.reused
+        self.summary.refined += result.refined
         self.summary.failed += result.failed
         if result.classified or result.reused or result.failed or result.removed:
             log.info(
@@ -256,6 +257,7 @@ class Daemon:
             "queue": len(self.queue),
             "classified": s.classified,
             "reused": s.reused,
+            "refined": s.refined,
             "failed": s.failed,
             "folders": {str(folder): mode for folder, mode in watcher.folders.items()},
         }

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class ScanSummary:
     failed: int = 0
     removed: int = 0
     sidecar_errors: int = 0
+    refined: int = 0  # near ties decoded fully and classified again
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -56,9 +58,17 @@ class _InFlight:
 
     path: Path
     mtime_ns: int
-    size: int
+    data: bytes  # kept until the model has run: a near tie is decoded again, fully
     sha256: str
-    decoded: Future[tuple[np.ndarray, int, int] | DecodeError]
+    decoded: Future[_Decoded | DecodeError]
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    array: np.ndarray
+    width: int
+    height: int
+    reduced: bool  # draft-decoded below full size
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,8 @@ class _Pending:
     facts: ImageFacts
     mtime_ns: int
     array: np.ndarray
+    data: bytes
+    reduced: bool
 
 
 def iter_images(root: Path) -> Iterator[Path]:
@@ -94,9 +106,10 @@ class Tagger:
         self.keywording = Keywording(config, store, rules)
         self.keywording.check_settings()
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
-        self._decoders = ThreadPoolExecutor(
-            max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tagger-decode"
-        )
+        decoders = max(1, min(4, os.cpu_count() or 1))
+        self._decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="tagger-decode")
+        # Batches decoded ahead of the model: two images per decoder thread, at least one batch.
+        self._depth = max(1, -(-2 * decoders // config.model.batch_size))
 
     def reconfigure(self, config: Config, rules: Rules) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
@@ -131,21 +144,17 @@ class Tagger:
                 defer_recent(path)
             paths = [p for p in found if p not in recent]
         summary.files = len(paths)
-        # Two batches in flight: while the model runs on one, the next one is being decoded.
-        previous: tuple[list[_InFlight], int] | None = None
+        # Several batches in flight: while the model runs on one, the next ones are being decoded,
+        # enough of them to keep every decoder thread busy.
+        ahead: deque[tuple[list[_InFlight], int]] = deque()
         for batch in _chunks(paths, self.config.model.batch_size):
             if cancelled is not None and cancelled():
                 break
-            current = (self._start(batch, summary), len(batch))
-            if previous is not None:
-                self._finish(previous[0], summary)
-                if on_progress:
-                    on_progress(previous[1])
-            previous = current
-        if previous is not None:
-            self._finish(previous[0], summary)  # even when stopping: already decoded, so record it
-            if on_progress:
-                on_progress(previous[1])
+            ahead.append((self._start(batch, summary), len(batch)))
+            if len(ahead) > self._depth:
+                self._finish_next(ahead, summary, on_progress)
+        while ahead:  # even when stopping: already read, so record it
+            self._finish_next(ahead, summary, on_progress)
         if cancelled is not None and cancelled():
             summary.seconds = time.monotonic() - started
             return summary  # stopping: the rest is found by the next reconcile
@@ -159,6 +168,14 @@ class Tagger:
                     summary.removed += len(gone)
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _finish_next(
+        self, ahead: deque[tuple[list[_InFlight], int]], summary: ScanSummary, on_progress: Callable[[int], None] | None
+    ) -> None:
+        inflight, count = ahead.popleft()
+        self._finish(inflight, summary)
+        if on_progress:
+            on_progress(count)
 
     def tag_files(self, paths: Sequence[Path], summary: ScanSummary) -> None:
         """One batch, start to finish (the daemon's unit of work)."""
@@ -182,7 +199,7 @@ class Tagger:
             cached = self.store.cached_image(sha256, self.classifier.name)
             if cached is None:
                 future = self._decoders.submit(_decode, data, max_pixels, spec, draft)
-                inflight.append(_InFlight(path, stat.st_mtime_ns, len(data), sha256, future))
+                inflight.append(_InFlight(path, stat.st_mtime_ns, data, sha256, future))
                 continue
             if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False):
                 summary.sidecar_errors += 1
@@ -195,18 +212,43 @@ class Tagger:
         for item in inflight:
             result = item.decoded.result()
             if isinstance(result, DecodeError):
-                self._fail(item.path, item.sha256, item.size, item.mtime_ns, str(result), summary)
+                self._fail(item.path, item.sha256, len(item.data), item.mtime_ns, str(result), summary)
                 continue
-            array, width, height = result
-            pending.append(_Pending(item.path, ImageFacts(item.sha256, item.size, width, height), item.mtime_ns, array))
-        inflight.clear()  # let the decoded bytes go before the model runs
+            facts = ImageFacts(item.sha256, len(item.data), result.width, result.height)
+            pending.append(_Pending(item.path, facts, item.mtime_ns, result.array, item.data, result.reduced))
+        inflight.clear()
         if not pending:
             return
-        results = self.classifier.tag_batch(np.stack([p.array for p in pending]), self.config.model.top_k)
+        top_k = self.config.model.top_k
+        results, margins = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
+        self._refine(pending, results, margins, summary)
         for done, tags in zip(pending, results):
             if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, fresh=True):
                 summary.sidecar_errors += 1
             summary.classified += 1
+
+    def _refine(
+        self, pending: Sequence[_Pending], results: list[list[Tag]], margins: Sequence[float], summary: ScanSummary
+    ) -> None:
+        """Near ties of draft-decoded images: decode those fully and take the model's second answer.
+
+        A reduced decode moves each pixel a little; where the best two guesses were within
+        `decode.refine_margin`, that can swap them. Only those few images pay for a full decode.
+        """
+        threshold = self.config.decode.refine_margin
+        near = [i for i, (p, m) in enumerate(zip(pending, margins)) if p.reduced and m < threshold]
+        if not near:
+            return
+        spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
+        futures = [self._decoders.submit(_decode, pending[i].data, max_pixels, spec, None) for i in near]
+        redone = [(i, f.result()) for i, f in zip(near, futures)]
+        redone_ok = [(i, r) for i, r in redone if isinstance(r, _Decoded)]
+        if not redone_ok:
+            return
+        again, _ = self.classifier.predict(np.stack([r.array for _, r in redone_ok]), self.config.model.top_k)
+        for (i, _), tags in zip(redone_ok, again):
+            results[i] = tags
+        summary.refined += len(redone_ok)
 
     def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
         """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
@@ -347,12 +389,11 @@ def _read_and_hash(path: Path) -> tuple[bytes, str] | DecodeError:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _decode(
-    data: bytes, max_pixels: int, spec: Preprocess, draft: int | None
-) -> tuple[np.ndarray, int, int] | DecodeError:
+def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> _Decoded | DecodeError:
     try:
         decoded = decode_bytes(data, max_pixels, draft)
-        return preprocess(decoded.image, spec), decoded.width, decoded.height
+        reduced = min(decoded.image.size) < min(decoded.width, decoded.height)
+        return _Decoded(preprocess(decoded.image, spec), decoded.width, decoded.height, reduced)
     except DecodeError as exc:
         return exc
     except Exception as exc:  # a decoder bug on one hostile file must not stop the scan

@@ -77,6 +77,10 @@ class CountingClassifier:
         self.images += len(batch)
         return self.inner.tag_batch(batch, top_k)
 
+    def predict(self, batch: np.ndarray, top_k: int) -> Any:
+        self.images += len(batch)
+        return self.inner.predict(batch, top_k)
+
 
 @pytest.fixture
 def counting(lite0: Classifier) -> CountingClassifier:

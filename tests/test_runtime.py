@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tagger.classify import Classifier, onnx_cache_path
+from tagger.cpu import cpu_info, int8_scheme
 from tagger.decode import decode_bytes, open_rgb, preprocess
 
 
@@ -80,16 +81,47 @@ def variants(sample_paths: dict[str, Path]) -> list[Image.Image]:
 def test_int8_is_close_to_fp32_and_stays_opt_in(
     lite0_int8: Classifier, lite0: Classifier, sample_paths: dict[str, Path]
 ) -> None:
-    """INT8 agreed on 96.6% of the benchmark's 206 photos, under the 99% a default needs."""
+    """INT8 stays opt-in: on the benchmark's distinct photos its top-1 matched fp32 on 85% (README).
+
+    On these 18 images the u8s8 scheme (VNNI, ARM64) matched 18, the 7-bit u8s8r7 scheme (x86
+    without VNNI) 16, alike on both kinds of CPU; saturating kernels matched 14-15.
+    """
     from tagger.config import DEFAULT_CONFIG, load_config
 
+    print(f"CPU seen: {cpu_info().describe()}; int8 scheme: {int8_scheme()}")
     assert load_config(DEFAULT_CONFIG, require_folders=False).model.precision == "fp32"
-    assert lite0_int8.runtime == "onnx-int8"
+    assert lite0_int8.runtime == f"onnx-int8-{int8_scheme()}"
     batch = np.stack([preprocess(image, lite0.spec.preprocess) for image in variants(sample_paths)])
     fast = [tags[0].class_id for tags in lite0_int8.tag_batch(batch, 1)]
     reference = [tags[0].class_id for tags in lite0.tag_batch(batch, 1)]
     agreement = sum(a == b for a, b in zip(fast, reference)) / len(reference)
-    assert agreement >= 0.9, f"int8 top-1 agreement {agreement:.1%}"
+    assert agreement >= 0.85, f"int8 top-1 agreement {agreement:.1%} on {cpu_info().describe()}"
+
+
+def test_int8_kernels_compute_the_quantized_model_on_this_cpu(
+    lite0_int8: Classifier, weights_dir: Path, sample_paths: dict[str, Path]
+) -> None:
+    """The fused integer kernels must give what the quantized model means, on whatever CPU runs this.
+
+    Unfused (no graph optimisation), ONNX Runtime evaluates the QDQ model in float: no integer
+    arithmetic, nothing to saturate. Fused, it runs the CPU's integer kernels. Measured mean
+    |difference| of the logits: 0.027 with u8s8 on AVX-512 VNNI, 0.026 with u8s8r7 on an AVX2
+    CPU (Haswell under qemu), and 0.33 with u8s8 on that AVX2 CPU, whose top-1 then flipped on 4
+    of 18 photos: the saturation this scheme choice avoids.
+    """
+    import onnxruntime as ort
+
+    print(f"CPU seen: {cpu_info().describe()}; int8 scheme: {int8_scheme()}")
+    path = onnx_cache_path(lite0_int8.spec, lite0_int8.weights, weights_dir, "int8")
+    batch = np.stack([preprocess(image, lite0_int8.spec.preprocess) for image in variants(sample_paths)])
+    logits = {}
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        logits[level] = session.run(None, {"input": batch})[0]
+    difference = np.abs(logits[ort.GraphOptimizationLevel.ORT_ENABLE_ALL] - logits[ort.GraphOptimizationLevel.ORT_DISABLE_ALL])
+    assert float(difference.mean()) < 0.1, f"int8 kernels differ by {difference.mean():.3f} on {cpu_info().describe()}"
 
 
 def test_draft_decoding_agrees_with_full_decoding(lite0: Classifier, sample_paths: dict[str, Path]) -> None:
@@ -116,3 +148,103 @@ def test_draft_decoding_agrees_with_full_decoding(lite0: Classifier, sample_path
     a = [t[0].class_id for t in lite0.tag_batch(np.stack(full), 1)]
     b = [t[0].class_id for t in lite0.tag_batch(np.stack(draft), 1)]
     assert sum(x == y for x, y in zip(a, b)) / len(a) >= 0.99
+
+
+def _camera_library(folder: Path, sample_paths: dict[str, Path]) -> list[Path]:
+    """Real-size JPEGs of the sample photos: draft decoding reduces each of them."""
+    folder.mkdir()
+    paths = []
+    for name, path in sample_paths.items():
+        image = open_rgb(path, 10**9).image.resize((2400, 1800), Image.Resampling.BICUBIC)
+        out = folder / f"{name}.jpg"
+        image.save(out, "JPEG", quality=90)
+        paths.append(out)
+    return paths
+
+
+def _top_tags(index: Path) -> dict[str, list[tuple[int, float]]]:
+    import sqlite3
+
+    with sqlite3.connect(index) as conn:
+        found: dict[str, list[tuple[int, float]]] = {}
+        for path, class_id, score in conn.execute("SELECT path, class_id, score FROM file_tags ORDER BY path, rank"):
+            found.setdefault(Path(path).name, []).append((class_id, round(score, 5)))
+        return found
+
+
+def test_near_ties_are_decoded_again_in_full(
+    tmp_path: Path, lite0: Classifier, weights_dir: Path, sample_paths: dict[str, Path]
+) -> None:
+    """A near tie (margin under decode.refine_margin) gets exactly the full decode's tags.
+
+    With the margin at 1, every draft-decoded photo is a near tie: the scan must then store what a
+    scan without draft decoding stores, image for image; at 0 nothing is decoded twice.
+    """
+    from tagger.config import load_config
+    from tagger.pipeline import Tagger
+    from tagger.store import Store
+
+    library = tmp_path / "lib"
+    photos = _camera_library(library, sample_paths)
+
+    def scan(name: str, decode: dict[str, object]) -> tuple[int, dict[str, list[tuple[int, float]]]]:
+        config_path = tmp_path / f"{name}.yaml"
+        config_path.write_text(
+            f"folders: [{library}]\nindex: {tmp_path / name}.sqlite\nweights_dir: {weights_dir}\n"
+            f"model: {{name: efficientnet-lite0, fallback: null}}\nsidecar: {{enabled: false}}\n"
+            f"decode: {decode}\n".replace("'", "")
+        )
+        config = load_config(config_path)
+        with Store.open(config.index) as store:
+            tagger = Tagger(config, lite0, store)
+            try:
+                summary = tagger.scan(list(config.folders))
+            finally:
+                tagger.close()
+        return summary.refined, _top_tags(config.index)
+
+    refined_all, everything_refined = scan("all", {"draft": True, "refine_margin": 1.0})
+    _, full = scan("full", {"draft": False})
+    refined_none, draft_only = scan("none", {"draft": True, "refine_margin": 0})
+    assert refined_all == len(photos) and refined_none == 0
+    assert everything_refined == full
+    assert draft_only.keys() == full.keys()
+
+
+def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: Classifier) -> None:
+    """7-bit weights where u8 x s8 products can saturate (x86 without VNNI); full 8 bits elsewhere.
+
+    The scheme is in the cached model's file name and its provenance, so a cache copied from a
+    machine of another kind is never used: it is made again for this one.
+    """
+    import json
+    import shutil
+
+    from tagger import classify
+    from tagger.cpu import CpuInfo
+
+    print(f"CPU seen: {cpu_info().describe()}; int8 scheme: {int8_scheme()}")
+    assert int8_scheme(CpuInfo("x86_64", frozenset({"avx2", "avx512f"}))) == "u8s8r7"
+    assert int8_scheme(CpuInfo("x86_64", frozenset({"avx2"}))) == "u8s8r7"
+    assert int8_scheme(CpuInfo("x86_64", frozenset({"avx2", "avx_vnni"}))) == "u8s8"
+    assert int8_scheme(CpuInfo("x86_64", frozenset({"avx512f", "avx512_vnni"}))) == "u8s8"
+    assert int8_scheme(CpuInfo("aarch64", frozenset({"asimd", "asimddp"}))) == "u8s8"
+    assert int8_scheme(CpuInfo("x86_64", frozenset())) == "u8s8r7"
+
+    here = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "int8")
+    assert here.name.endswith(f".int8-{int8_scheme()}.onnx")
+    other_scheme = "u8s8" if int8_scheme() == "u8s8r7" else "u8s8r7"
+    other = here.with_name(here.name.replace(int8_scheme(), other_scheme))
+    assert other != here
+    # A model made on another kind of CPU, copied under this machine's name, is refused.
+    fp32 = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "fp32")
+    fake = here.with_name("copied.onnx")
+    shutil.copy(fp32, fake)
+    meta = json.loads(fp32.with_name(fp32.name + ".json").read_text())
+    meta["precision"] = f"int8-{other_scheme}"
+    tmp_meta = fake.with_name(fake.name + ".json")
+    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
+    assert not classify._cached_export_is_current(fake, lite0.weights, "int8")
+    meta["precision"] = f"int8-{int8_scheme()}"
+    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
+    assert classify._cached_export_is_current(fake, lite0.weights, "int8")
