@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import signal
@@ -528,7 +527,7 @@ def failures(ctx: _Context) -> None:
     config = ctx.config(require_folders=False)
     with Store.open(config.index, readonly=True) as store:
         for f in store.failures():
-            click.echo(f"{f.path}: {f.error}")
+            click.echo(f"{shown(f.path)}: {f.error}")
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from types import FrameType
 from tagger import __version__
 from tagger.classify import Classifier
 from tagger.config import Config, load_config
-from tagger.fileio import json_text
+from tagger.fileio import json_text, write_problem
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.indexlock import IndexLocked, index_lock
 from tagger.pipeline import ScanSummary, Tagger
@@ -86,6 +86,7 @@ class Daemon:
         self._reload = threading.Event()
         self._next_reconcile = 0.0
         self._status_written = 0.0
+        self._status_failed = False
 
     # -- signals: flags only ---------------------------------------------------------------
 
@@ -281,7 +282,11 @@ class Daemon:
         try:
             write_atomic(status_path(self.config.index), json_text(status, indent=2).encode())
         except OSError as exc:
-            log.warning("%s: cannot write status: %s", status_path(self.config.index), exc)
+            if not self._status_failed:  # once, not every few seconds while a disk stays full
+                log.warning("%s: cannot write status: %s", status_path(self.config.index), write_problem(exc, self.config.index))
+            self._status_failed = True
+        else:
+            self._status_failed = False
         self._status_written = time.monotonic()
 
     def _schedule_reconcile(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from tagger.errors import TaggerError
+from tagger.fileio import write_problem
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,11 @@ def index_lock(index: Path, holder: Holder, wait: Callable[[float], bool] | None
     `wait(seconds)` (the daemon's stop event) makes a held lock worth waiting for while a scan
     holds it; it returns True to give up (stop requested). Without it, a held lock is an IndexLocked.
     """
-    index.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(index), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path(index), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise TaggerError(f"{lock_path(index)}: cannot create the index's lock file: {write_problem(exc, index)}") from None
     try:
         warned = False
         while True:
