@@ -155,7 +155,8 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
                 finally:
                     tagger.close()
         except DiskError:
-            _print_summary(summary, classifier.name)
+            if summary.files:  # what was done before the disk filled up
+                _print_summary(summary, classifier.name)
             raise
     _print_summary(summary, classifier.name)
     if stopped:

@@ -59,13 +59,18 @@ def index_lock(index: Path, holder: Holder, wait: Callable[[float], bool] | None
                     warned = True
                 if wait(WAIT_STEP_SECONDS):
                     raise IndexLocked(f"{index}: stopped while waiting for `tagger scan` (pid {pid}) to finish")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder} {os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder} {os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, only its holder goes unnamed
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 

@@ -277,6 +277,65 @@ def test_scan_on_a_full_disk_is_one_clear_error_and_the_next_scan_finishes(
     assert sidecar_path(lib / "a.jpg").exists()
 
 
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB tmpfs, where this machine lets the tests mount one (root, no container limits)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
+        ).returncode == 0
+    except OSError:
+        mounted = False
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (not root, or not allowed): the simulated full disk tests cover it")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Use up every free byte of `disk`; delete the returned file to free them."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_really_full_disk_under_the_index(
+    tmp_path: Path, tiny_disk: Path, photo: Path, write_config: Callable[..., Path], use_model: CountingClassifier
+) -> None:
+    lib = tmp_path / "library"
+    lib.mkdir()
+    config = write_config(index=str(tiny_disk / "index.sqlite"))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--config", str(config), "scan"]).exit_code == 0  # the index exists, empty
+    for i in range(3):
+        (lib / f"{i}.jpg").write_bytes(photo.read_bytes() + bytes([i]))
+    filler = fill(tiny_disk)
+    result = runner.invoke(cli, ["--config", str(config), "scan"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tagger: error:")]
+    assert len(errors) == 1, (result.output, result.exc_info)
+    assert f"the disk holding the index ({tiny_disk}" in errors[0] and "is full" in errors[0]
+    rows = index_rows(tiny_disk / "index.sqlite")
+    for i in range(3):  # a sidecar only beside an index row
+        assert sidecar_path(lib / f"{i}.jpg").exists() == (str(lib / f"{i}.jpg") in rows)
+    filler.unlink()
+    again = runner.invoke(cli, ["--config", str(config), "scan"])
+    assert again.exit_code == 0, again.output
+    rows = index_rows(tiny_disk / "index.sqlite")
+    assert all(rows[str(lib / f"{i}.jpg")][0] == "tagged" and sidecar_path(lib / f"{i}.jpg").exists() for i in range(3))
+
+
 def test_a_full_disk_for_a_sidecar_is_noted_and_leaves_no_temp_file(
     tmp_path: Path,
     photo: Path,
