@@ -336,6 +336,35 @@ def test_a_really_full_disk_under_the_index(
     assert all(rows[str(lib / f"{i}.jpg")][0] == "tagged" and sidecar_path(lib / f"{i}.jpg").exists() for i in range(3))
 
 
+def test_a_daemon_started_on_a_really_full_disk_waits_for_space(
+    tmp_path: Path,
+    tiny_disk: Path,
+    photo: Path,
+    write_config: Callable[..., Path],
+    counting: CountingClassifier,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(daemon_module, "DISK_RETRY_SECONDS", 0.2)
+    config = load_config(write_config(index=str(tiny_disk / "index.sqlite"), watch={"stable_seconds": 0.3}))
+    filler = fill(tiny_disk)
+    d = daemon_module.Daemon(config, None, classifier=counting)  # type: ignore[arg-type]
+    thread = daemon_module.threading.Thread(target=d.run, name="tagger-daemon")
+    with caplog.at_level(logging.ERROR, logger="tagger.daemon"):
+        thread.start()
+        try:
+            wait_until(lambda: "is full" in caplog.text)
+            assert thread.is_alive() and not d.ready.is_set()
+            filler.unlink()
+            assert d.ready.wait(30)
+            shutil.copy(photo, config.folders[0] / "a.jpg")
+            wait_until(lambda: index_rows(config.index).get(str(config.folders[0] / "a.jpg"), ("",))[0] == "tagged")
+        finally:
+            d.request_stop()
+            thread.join(30)
+    assert caplog.text.count("is full") == 1
+
+
 def test_a_full_disk_for_a_sidecar_is_noted_and_leaves_no_temp_file(
     tmp_path: Path,
     photo: Path,

@@ -49,9 +49,6 @@ class FsPathConverter(PathConverter):
 class Library(Folders):
     """The configured folders (scans index paths under each one's real path, so URLs name those too)."""
 
-    def __init__(self, folders: Sequence[Path]) -> None:
-        super().__init__(folders)
-
     def url_path(self, raw: str) -> str:
         """The absolute path named by the `<fspath:...>` part of a URL (it has no leading slash)."""
         if "\x00" in raw or any(part in ("", ".", "..") for part in raw.split("/")):
