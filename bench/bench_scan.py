@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 PATHS = {  # name -> config overrides of a `tagger scan` run
     "torch-fp32 full-decode": {"model": {"runtime": "torch", "precision": "fp32"}, "decode": {"draft": False}},
     "onnx-fp32 full-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": False}},
-    "onnx-fp32 draft, no refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_margin": 0}},
+    "onnx-fp32 draft no-refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_margin": 0}},
     "onnx-fp32 draft+refine (default)": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
-    "onnx-int8 draft, no refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_margin": 0}},
+    "onnx-int8 draft no-refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_margin": 0}},
     "onnx-int8 draft+refine": {"model": {"precision": "int8"}, "decode": {"draft": True}},
 }
 

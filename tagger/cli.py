@@ -2,26 +2,33 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tagger import __version__
 from tagger.config import Config, load_config
-from tagger.errors import ConfigError, DecodeError, StoreError, TaggerError
+from tagger.errors import ConfigError, DecodeError, DiskError, StoreError, TaggerError
+from tagger.fileio import json_text, shown
 from tagger.systemd import JournalFormatter, under_journal
 from tagger.weights import MODELS, candidate_paths, fetch, find_weights, locate, verify
+
+if TYPE_CHECKING:
+    from tagger.pipeline import ScanSummary
 
 log = logging.getLogger("tagger")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it (128 + SIGINT)
 
 
 class _Context:
@@ -102,19 +109,19 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
     for path in images:
         try:
             draft = draft_size(classifier.spec.preprocess, config.decode.draft)
-            decoded = open_rgb(path, config.decode.max_pixels, draft)
+            decoded = open_rgb(path, config.decode.max_pixels, draft, config.decode.max_file_bytes)
         except DecodeError as exc:
             results.append({"path": str(path), "error": str(exc)})
             if not as_json:
-                click.echo(f"{path}: error: {exc}", err=True)
+                click.echo(f"{shown(path)}: error: {exc}", err=True)
             continue
         tags = classifier.tag_batch(preprocess(decoded.image, classifier.spec.preprocess)[None], k)[0]
         results.append({"path": str(path), "model": classifier.name, "tags": [t.as_dict() for t in tags]})
         if not as_json:
-            shown = ", ".join(f"{t.label} ({t.label_zh}) {t.score:.1%}" for t in tags)
-            click.echo(f"{path}: {shown}")
+            names = ", ".join(f"{t.label} ({t.label_zh}) {t.score:.1%}" for t in tags)
+            click.echo(f"{shown(path)}: {names}")
     if as_json:
-        click.echo(json.dumps(results, ensure_ascii=False, indent=2))
+        click.echo(json_text(results, indent=2))
 
 
 @cli.command()
@@ -124,26 +131,61 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
     """Tag every image under PATHS (default: the configured folders).
 
     Writes a sidecar next to each image and a row in the index. Bad files are
-    reported and recorded; the scan goes on and still exits 0.
+    reported and recorded; the scan goes on and still exits 0. SIGTERM or Ctrl-C
+    finish the current batch and print the summary (exit 0 on SIGTERM, 130 on Ctrl-C).
+    Refused while `tagger run` keeps the same index (it tags those folders itself).
     """
     from tagger.classify import Classifier
-    from tagger.pipeline import Tagger
+    from tagger.indexlock import index_lock
+    from tagger.pipeline import ScanSummary, Tagger
     from tagger.store import Store
 
     config = ctx.config()
     roots = list(paths) or list(config.folders)
     if not roots:
         raise ConfigError(f"{config.source}: key 'folders' is empty and no PATH was given: nothing to scan")
-    classifier = Classifier.from_config(config)
-    with Store.open(config.index) as store, _progress() as on_progress:
-        tagger = Tagger(config, classifier, store)
+    summary = ScanSummary()
+    with index_lock(config.index, "scan"), _stop_signals() as stopped:
+        classifier = Classifier.from_config(config)
         try:
-            summary = tagger.scan(roots, on_progress)
-        finally:
-            tagger.close()
+            with Store.open(config.index) as store, _progress() as on_progress:
+                tagger = Tagger(config, classifier, store)
+                try:
+                    tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary)
+                finally:
+                    tagger.close()
+        except DiskError:
+            if summary.files:  # what was done before the disk filled up
+                _print_summary(summary, classifier.name)
+            raise
+    _print_summary(summary, classifier.name)
+    if stopped:
+        left = summary.files - summary.tagged - summary.unchanged - summary.failed
+        click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images left for the next scan", err=True)
+        if stopped[0] == signal.SIGINT:
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """SIGTERM and SIGINT become a request to stop after the current batch (the list gets the signal)."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_summary(summary: ScanSummary, model: str) -> None:
     rate = summary.classified / summary.seconds if summary.seconds else 0.0
     click.echo(
-        f"{summary.files} images: {summary.classified} classified by {classifier.name}"
+        f"{summary.files} images: {summary.classified} classified by {model}"
         f"{f' ({summary.refined} near ties decoded again in full)' if summary.refined else ''}, "
         f"{summary.reused} from the index (same content), {summary.unchanged} unchanged, "
         f"{summary.failed} failed, {summary.removed} removed from the index; "
@@ -152,7 +194,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
     if summary.sidecar_errors:
         click.echo(f"{summary.sidecar_errors} sidecars could not be written (tags are in the index)", err=True)
     for path, reason in summary.failures:
-        click.echo(f"failed: {path}: {reason}", err=True)
+        click.echo(f"failed: {shown(path)}: {reason}", err=True)
 
 
 @cli.command()
@@ -186,7 +228,7 @@ def status(ctx: _Context) -> None:
     from tagger.daemon import read_status
 
     info = read_status(ctx.config(require_folders=False).index)
-    click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+    click.echo(json_text(info, indent=2))
 
 
 @contextmanager
@@ -208,11 +250,19 @@ def _progress() -> Iterator[Any]:
 @click.argument("text", metavar="[QUERY]", required=False, default="")
 @click.option("--tag", "tags", multiple=True, help="A tag, as tag:T in QUERY; repeat to AND.")
 @click.option("--min-score", type=click.FloatRange(0, 1), help="Least score of a matching keyword, as score:S.. in QUERY.")
-@click.option("--format", "fmt", type=click.Choice(["paths", "json", "csv"]), default="paths", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["paths", "paths0", "json", "csv"]),
+    default="paths",
+    show_default=True,
+    help="paths: one per line; paths0: each followed by a NUL byte (for xargs -0); json; csv.",
+)
+@click.option("-0", "nul", is_flag=True, help="Same as --format paths0.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many files.")
 @pass_ctx
 def query(
-    ctx: _Context, text: str, tags: tuple[str, ...], min_score: float | None, fmt: str, limit: int | None
+    ctx: _Context, text: str, tags: tuple[str, ...], min_score: float | None, fmt: str, nul: bool, limit: int | None
 ) -> None:
     """List tagged files matching QUERY, best match first.
 
@@ -225,6 +275,7 @@ def query(
     Example: tagger query 'tag:dog score:0.6.. ^tag:cat folder:2024 added:-1w..'
     """
     import dataclasses
+    import io
 
     from tagger.keywords import UnknownTag, resolve_query
     from tagger.querylang import QueryError, parse
@@ -249,11 +300,15 @@ def query(
     with store:
         rows = store.search(search, limit, config.model.min_score)
         keywords = {r.sha256: store.keywords(r.sha256) for r in rows} if fmt == "json" else {}
-    if fmt == "paths":
-        for row in rows:
-            click.echo(row.path)
+    if nul:
+        fmt = "paths0"
+    out = sys.stdout.buffer
+    if fmt in ("paths", "paths0"):  # names as the bytes they are (os.fsencode), whatever their encoding
+        end = b"\0" if fmt == "paths0" else b"\n"
+        out.write(b"".join(os.fsencode(row.path) + end for row in rows))
+        out.flush()
     elif fmt == "json":
-        out = [
+        found = [
             {
                 "path": r.path,
                 "sha256": r.sha256,
@@ -263,13 +318,15 @@ def query(
             }
             for r in rows
         ]
-        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        click.echo(json_text(found, indent=2))
     else:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        text_out = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", newline="", write_through=True)
+        writer = csv.writer(text_out, lineterminator="\n")
         writer.writerow(["path", "rank", "class_id", "wnid", "label", "label_zh", "score"])
         for r in rows:
             for rank, t in enumerate(r.tags):
                 writer.writerow([r.path, rank, t.class_id, t.wnid, t.label, t.label_zh, f"{t.score:.6f}"])
+        text_out.detach()
 
 
 @cli.command()
@@ -354,7 +411,12 @@ def stats(ctx: _Context) -> None:
     click.echo(f"index: {config.index}")
     click.echo(f"files tagged: {s.files_tagged}")
     click.echo(f"files failed: {s.files_failed}")
-    click.echo(f"distinct images: {s.images}")
+    click.echo(f"distinct images classified: {s.images} (a photo and its copies count once)")
+    if s.images_without_files:
+        click.echo(
+            f"  of which no longer in any file: {s.images_without_files} "
+            "(their tags are kept, so a file put back or copied in costs no model run)"
+        )
     for model, count in s.models.items():
         click.echo(f"  by {model}: {count}")
     if s.top_labels:
@@ -471,7 +533,7 @@ def failures(ctx: _Context) -> None:
     config = ctx.config(require_folders=False)
     with Store.open(config.index, readonly=True) as store:
         for f in store.failures():
-            click.echo(f"{f.path}: {f.error}")
+            click.echo(f"{shown(f.path)}: {f.error}")
 
 
 def main() -> None:

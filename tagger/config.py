@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger.errors import ConfigError
+from tagger.fileio import DEFAULT_MAX_FILE_MB, MB
 from tagger.rules import Rules
 from tagger.yamlfile import read_yaml
 from tagger.xmp import XMP_STYLES
@@ -39,6 +40,11 @@ class DecodeConfig:
     # A draft-decoded image whose best two guesses are closer than this is decoded fully and
     # classified again (0 switches it off). Measured by bench/bench_scan.py: see the README.
     refine_margin: float = 0.01
+    max_file_mb: int = DEFAULT_MAX_FILE_MB  # bytes read per file at most: a bigger file is refused unread
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb * MB
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, require_folders: 
 
 
 def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Config:
-    _check_keys(raw, _TOP_KEYS, "", source)
+    _check_all_keys(raw, source)
     base = source.parent
     folders_raw = raw.get("folders", [])
     if isinstance(folders_raw, str):
@@ -153,6 +159,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
             raise ConfigError(f"{source}: key '{name}' must be a mapping, e.g. {name}: {{...}}")
         sections[name] = _build_section(cls, value, name, source)
     model: ModelConfig = sections["model"]
+    _check_decode(sections["decode"], source)
     _check_model(model, source)
     decode: DecodeConfig = sections["decode"]
     if not 0.0 <= decode.refine_margin <= 1.0:
@@ -207,6 +214,13 @@ def _check_model(model: ModelConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'model.batch_size' must be between 1 and 256, not {model.batch_size}")
 
 
+def _check_decode(decode: DecodeConfig, source: Path) -> None:
+    if not 1 <= decode.max_file_mb <= 100_000:
+        raise ConfigError(f"{source}: key 'decode.max_file_mb' must be between 1 and 100,000 (MB), not {decode.max_file_mb}")
+    if decode.max_pixels < 1:
+        raise ConfigError(f"{source}: key 'decode.max_pixels' must be 1 or more, not {decode.max_pixels}")
+
+
 def _check_watch(watch: WatchConfig, source: Path) -> None:
     if watch.mode not in ("auto", "inotify", "polling"):
         raise ConfigError(f"{source}: key 'watch.mode' must be auto, inotify or polling, not {watch.mode!r}")
@@ -253,7 +267,6 @@ def _check_xmp(xmp: XmpConfig, source: Path) -> None:
 
 def _build_section(cls: type[Any], raw: dict[str, Any], section: str, source: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    _check_keys(raw, tuple(fields), f"{section}.", source)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         expected = str(fields[key].type)
@@ -286,12 +299,26 @@ def _coerce(value: Any, expected: str, key: str, source: Path) -> Any:
     return value
 
 
-def _check_keys(raw: dict[str, Any], allowed: tuple[str, ...], prefix: str, source: Path) -> None:
+def _check_all_keys(raw: dict[str, Any], source: Path) -> None:
+    """Every unknown key of the file in one message: fixing them one start at a time is slow."""
+    problems = _unknown_keys(raw, _TOP_KEYS, "")
+    for name, cls in _SECTIONS.items():
+        if isinstance(raw.get(name), dict):
+            problems += _unknown_keys(raw[name], tuple(f.name for f in dataclasses.fields(cls)), f"{name}.")
+    if len(problems) == 1:
+        raise ConfigError(f"{source}: unknown key {problems[0]}")
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} unknown keys: {'; '.join(problems)}")
+
+
+def _unknown_keys(raw: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> list[str]:
+    found = []
     for key in raw:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known keys: {', '.join(allowed)})"
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+            found.append(f"'{prefix}{key}'{hint}")
+    return found
 
 
 def _string(raw: dict[str, Any], key: str, default: str, source: Path) -> str:

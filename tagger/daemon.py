@@ -8,22 +8,21 @@ reconcile next time.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
 from tagger import __version__
 from tagger.classify import Classifier
 from tagger.config import Config, load_config
-from tagger.errors import StoreBusy, TaggerError
+from tagger.fileio import json_text, write_problem
+from tagger.errors import DiskError, StoreBusy, TaggerError
+from tagger.indexlock import IndexLocked, index_lock
 from tagger.pipeline import ScanSummary, Tagger
 from tagger.rules import Rules
 from tagger.sidecar import write_atomic
@@ -38,6 +37,7 @@ IDLE_WAKE_SECONDS = 30.0
 STATUS_EVERY_SECONDS = 5.0
 HEALTHY_WITHIN_SECONDS = 3 * IDLE_WAKE_SECONDS
 BUSY_RETRY_SECONDS = 2.0  # between tries while another process holds the index's write lock
+DISK_RETRY_SECONDS = 30.0  # between tries while the index's disk is full
 
 
 def status_path(index: Path) -> Path:
@@ -60,21 +60,6 @@ def read_status(index: Path) -> dict[str, object]:
     if age > HEALTHY_WITHIN_SECONDS:
         raise TaggerError(f"tagger run has not reported for {age:.0f} s (stuck or killed?)")
     return status
-
-
-@contextmanager
-def index_lock(index: Path) -> Iterator[None]:
-    """One daemon per index: a second one would fight over the same files."""
-    index.parent.mkdir(parents=True, exist_ok=True)
-    with open(index.with_name(index.name + ".lock"), "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TaggerError(f"{index}: another `tagger run` is already using this index") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Daemon:
@@ -101,6 +86,7 @@ class Daemon:
         self._reload = threading.Event()
         self._next_reconcile = 0.0
         self._status_written = 0.0
+        self._status_failed = False
 
     # -- signals: flags only ---------------------------------------------------------------
 
@@ -120,20 +106,44 @@ class Daemon:
     # -- the worker ------------------------------------------------------------------------
 
     def run(self) -> int:
-        with index_lock(self.config.index):
-            classifier = self.classifier or Classifier.from_config(self.config)
-            with Store.open(self.config.index) as store:
-                tagger = Tagger(self.config, classifier, store)
-                watcher = Watcher(self.queue, self.config.watch)
-                try:
-                    self._serve(tagger, watcher)
-                finally:
-                    self.notifier.stopping()
-                    watcher.stop()
-                    tagger.close()
-                    self._write_status(watcher, "stopped")
+        try:
+            with index_lock(self.config.index, "run", wait=self._stop.wait):
+                return self._run_locked()
+        except IndexLocked:
+            if self._stop.is_set():  # stopped while a scan held the index: a clean stop
+                return 0
+            raise
+
+    def _run_locked(self) -> int:
+        classifier = self.classifier or Classifier.from_config(self.config)
+        store = self._open_store()
+        if store is None:
+            return 0
+        with store:
+            tagger = Tagger(self.config, classifier, store)
+            watcher = Watcher(self.queue, self.config.watch)
+            try:
+                self._serve(tagger, watcher)
+            finally:
+                self.notifier.stopping()
+                watcher.stop()
+                tagger.close()
+                self._write_status(watcher, "stopped")
         log.info("stopped: %s", self._status_line())
         return 0
+
+    def _open_store(self) -> Store | None:
+        """The index, once its disk lets it open; None when stopped while waiting."""
+        warned = False
+        while True:
+            try:
+                return Store.open(self.config.index)
+            except DiskError as exc:
+                if not warned:
+                    log.error("%s; retrying every %.0f s", exc, DISK_RETRY_SECONDS)
+                    warned = True
+            if self._stop.wait(DISK_RETRY_SECONDS):
+                return None
 
     def _serve(self, tagger: Tagger, watcher: Watcher) -> None:
         watcher.watch(self.config.folders)
@@ -154,6 +164,8 @@ class Daemon:
             if work is not None:
                 self._do_patiently(work, tagger)
                 self.notifier.status(self._status_line())
+                if not len(self.queue):  # the burst is over: `tagger status` shows it at once
+                    self._write_status(watcher, "running")
             else:
                 watcher.supervise()
                 if self.config.watch.reconcile_interval and time.monotonic() >= self._next_reconcile:
@@ -172,12 +184,20 @@ class Daemon:
         while True:
             try:
                 self._do(work, tagger)
+                if warned:
+                    log.info("the index takes writes again; going on")
                 return
             except StoreBusy as exc:
                 if not warned:
                     log.warning("%s; waiting for it to finish", exc)
                     warned = True
-            if self._stop.wait(BUSY_RETRY_SECONDS):
+                pause = BUSY_RETRY_SECONDS
+            except DiskError as exc:
+                if not warned:
+                    log.error("%s; retrying every %.0f s", exc, DISK_RETRY_SECONDS)
+                    warned = True
+                pause = DISK_RETRY_SECONDS
+            if self._stop.wait(pause):
                 return
             self.notifier.ping()
 
@@ -262,9 +282,13 @@ class Daemon:
             "folders": {str(folder): mode for folder, mode in watcher.folders.items()},
         }
         try:
-            write_atomic(status_path(self.config.index), json.dumps(status, indent=2).encode())
+            write_atomic(status_path(self.config.index), json_text(status, indent=2).encode())
         except OSError as exc:
-            log.warning("%s: cannot write status: %s", status_path(self.config.index), exc)
+            if not self._status_failed:  # once, not every few seconds while a disk stays full
+                log.warning("%s: cannot write status: %s", status_path(self.config.index), write_problem(exc, self.config.index))
+            self._status_failed = True
+        else:
+            self._status_failed = False
         self._status_written = time.monotonic()
 
     def _schedule_reconcile(self) -> None:

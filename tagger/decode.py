@@ -14,6 +14,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from tagger.errors import DecodeError
+from tagger.fileio import DEFAULT_MAX_FILE_MB, MB, read_limited
 from tagger.weights import Preprocess
 
 try:
@@ -67,18 +68,13 @@ def draft_size(spec: Preprocess, enabled: bool) -> int | None:
     return 2 * spec.resize if enabled else None
 
 
-def read_bytes(path: Path) -> bytes:
-    """The whole file, read once: it is hashed and decoded from memory."""
-    try:
-        return path.read_bytes()
-    except IsADirectoryError:
-        raise DecodeError("is a folder, not a file") from None
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> bytes:
+    """The whole file, read once (it is hashed and decoded from memory), if it is a regular one."""
+    return read_limited(path, max_bytes)
 
 
-def open_rgb(path: Path, max_pixels: int, draft: int | None = None) -> DecodedImage:
-    return decode_bytes(read_bytes(path), max_pixels, draft)
+def open_rgb(path: Path, max_pixels: int, draft: int | None = None, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> DecodedImage:
+    return decode_bytes(read_bytes(path, max_bytes), max_pixels, draft)
 
 
 def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> DecodedImage:

@@ -26,5 +26,12 @@ class StoreBusy(StoreError):
     """Another process (a `tagger retag`, say) held the index's write lock for longer than we wait."""
 
 
+class DiskError(StoreError):
+    """The index's disk is full or failing: the write was rolled back whole, nothing half-written.
+
+    The daemon waits and tries again; a scan stops with this message and the next one goes on.
+    """
+
+
 class WeightsMissingError(WeightsError):
     """No weights file for a model is installed (as opposed to a wrong or broken one)."""

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from tagger.config import Config
 from tagger.errors import TaggerError
+from tagger.fileio import write_problem
 from tagger.labels import Tag, resolve_tag, suggest_labels
 from tagger.querylang import Query, TimeRange
 from tagger.rules import Rules
@@ -212,7 +213,7 @@ class Keywording:
             try:
                 sidecar = str(write_sidecar(path, document))
             except OSError as exc:
-                note = f"sidecar not written: {exc.strerror or exc}"
+                note = f"sidecar not written: {write_problem(exc, path)}"
                 log.warning("%s: %s (tags are in the index)", path, note)
         if self.config.xmp.enabled:
             self.write_xmp(path, rows)

@@ -20,8 +20,9 @@ import numpy as np
 from tagger.classify import Classifier
 from tagger.labels import Tag
 from tagger.config import Config
-from tagger.decode import decode_bytes, draft_size, is_image_name, preprocess, read_bytes
-from tagger.errors import DecodeError
+from tagger.decode import decode_bytes, draft_size, is_image_name, preprocess
+from tagger.errors import DecodeError, DiskError
+from tagger.fileio import Folders, read_limited
 from tagger.keywords import Keywording
 from tagger.rules import Rules
 from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
@@ -30,6 +31,10 @@ from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
 
 log = logging.getLogger(__name__)
+
+# File bytes held by the batches decoded ahead of the model, beyond the one being finished:
+# a dozen camera JPEGs, not a dozen 200 MB files.
+AHEAD_BYTES = 64 * 1024 * 1024
 
 SKIPPED_DIRS = frozenset({"@eaDir", ".stfolder", ".stversions", "__pycache__"})
 
@@ -84,8 +89,13 @@ class _Pending:
 
 
 def iter_images(root: Path) -> Iterator[Path]:
-    """Image files under `root`, sorted, skipping hidden and NAS/sync bookkeeping folders."""
-    if root.is_file():
+    """Names of images under `root`, sorted, skipping hidden and NAS/sync bookkeeping folders.
+
+    Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
+    it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
+    folders are not entered.
+    """
+    if not root.is_dir():
         yield root
         return
     for folder, dirs, files in os.walk(root):
@@ -105,6 +115,7 @@ class Tagger:
         self.store = store
         self.keywording = Keywording(config, store, rules)
         self.keywording.check_settings()
+        self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
         decoders = max(1, min(4, os.cpu_count() or 1))
         self._decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="tagger-decode")
@@ -116,6 +127,7 @@ class Tagger:
         self.config = config
         self.keywording = Keywording(config, self.store, rules)
         self.keywording.check_settings()
+        self.folders = Folders(config.folders)
 
     def close(self) -> None:
         self._readers.shutdown(wait=True)
@@ -127,15 +139,18 @@ class Tagger:
         on_progress: Callable[[int], None] | None = None,
         defer_recent: Callable[[Path], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        summary: ScanSummary | None = None,
     ) -> ScanSummary:
         """Tag what is new or changed under `roots` and drop index rows of files that are gone.
 
         With `defer_recent` (the daemon), files written in the last `watch.stable_seconds`
-        may still be growing: they are handed over instead of tagged half-written.
+        may still be growing: they are handed over instead of tagged half-written. `summary`
+        is filled as the scan goes (so what was done is known when it stops on an error).
         """
         started = time.monotonic()
-        summary = ScanSummary()
+        summary = summary if summary is not None else ScanSummary()
         roots = [r.resolve() for r in roots]
+        self.folders = Folders([*self.config.folders, *roots])
         found = [p for root in roots for p in iter_images(root)]
         paths = found
         if defer_recent is not None:
@@ -145,13 +160,13 @@ class Tagger:
             paths = [p for p in found if p not in recent]
         summary.files = len(paths)
         # Several batches in flight: while the model runs on one, the next ones are being decoded,
-        # enough of them to keep every decoder thread busy.
+        # enough of them to keep every decoder thread busy, within a bound on the bytes they hold.
         ahead: deque[tuple[list[_InFlight], int]] = deque()
         for batch in _chunks(paths, self.config.model.batch_size):
             if cancelled is not None and cancelled():
                 break
             ahead.append((self._start(batch, summary), len(batch)))
-            if len(ahead) > self._depth:
+            while len(ahead) > self._depth or (len(ahead) > 1 and _bytes_held(ahead) > AHEAD_BYTES):
                 self._finish_next(ahead, summary, on_progress)
         while ahead:  # even when stopping: already read, so record it
             self._finish_next(ahead, summary, on_progress)
@@ -161,11 +176,8 @@ class Tagger:
         seen = {str(p) for p in found}
         for root in roots:
             if root.is_dir():
-                gone = [p for p in self.store.paths_under(str(root)) if p not in seen and not os.path.exists(p)]
-                if gone:
-                    with self.store.transaction():
-                        self.store.delete_files(gone)
-                    summary.removed += len(gone)
+                gone = [p for p in self.store.paths_under(str(root)) if p not in seen and not os.path.lexists(p)]
+                summary.removed += self.forget([Path(p) for p in gone])
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -179,6 +191,7 @@ class Tagger:
 
     def tag_files(self, paths: Sequence[Path], summary: ScanSummary) -> None:
         """One batch, start to finish (the daemon's unit of work)."""
+        self.folders = Folders(self.config.folders)
         self._finish(self._start(paths, summary), summary)
 
     def _start(self, paths: Sequence[Path], summary: ScanSummary) -> list[_InFlight]:
@@ -191,7 +204,9 @@ class Tagger:
         max_pixels = self.config.decode.max_pixels
         draft = draft_size(spec, self.config.decode.draft)
         inflight: list[_InFlight] = []
-        for (path, stat), read in zip(changed, self._readers.map(_read_and_hash, [p for p, _ in changed])):
+        limit, folders = self.config.decode.max_file_bytes, self.folders
+        reads = self._readers.map(lambda p: _read_and_hash(p, limit, folders), [p for p, _ in changed])
+        for (path, stat), read in zip(changed, reads):
             if isinstance(read, DecodeError):
                 self._fail(path, None, stat.st_size, stat.st_mtime_ns, str(read), summary)
                 continue
@@ -254,9 +269,11 @@ class Tagger:
         """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
         try:
             stat = path.stat()
-        except FileNotFoundError:  # deleted since it was listed or announced: nothing to tag
-            with self.store.transaction():
-                self.store.delete_files([str(path)])
+        except FileNotFoundError:
+            if path.is_symlink():
+                self._fail(path, None, 0, 0, "a broken symlink (its target is not there)", summary)
+            else:  # deleted since it was listed or announced: nothing to tag
+                self.forget([path])
             return None
         except OSError as exc:
             self._fail(path, None, 0, 0, f"cannot read file: {exc.strerror or exc}", summary)
@@ -287,16 +304,20 @@ class Tagger:
         with self.store.transaction():
             return self.store.move_tree(str(src), str(dst))
 
-    def forget(self, paths: Sequence[Path]) -> None:
-        """Deleted files (after the grace period): index rows and our orphan JSON sidecars go.
+    def forget(self, paths: Sequence[Path]) -> int:
+        """Deleted files (a scan's, or the daemon's after the grace period): index rows and our
+        orphan JSON sidecars go; how many were gone.
 
         An XMP sidecar stays: other tools and the user write to it too.
         """
-        gone = [p for p in paths if not p.exists()]
-        with self.store.transaction():
+        gone = [p for p in paths if not os.path.lexists(p)]
+        if not gone:
+            return 0
+        with self.store.transaction("the removal of deleted files"):
             self.store.delete_files([str(p) for p in gone])
         for path in gone:
             remove_own_sidecar(path)
+        return len(gone)
 
     def forget_tree(self, folder: Path) -> int:
         if folder.exists():
@@ -354,19 +375,28 @@ class Tagger:
         sidecar, note = self.keywording.write_sidecars(
             path, facts, self.classifier.name, weights_sha256, tags, keywords
         )
-        with self.store.transaction():
-            if fresh:
-                self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
-            self.store.save_keywords(facts.sha256, keywords)
-            self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
+        try:
+            with self.store.transaction(f"the tags of {path}"):
+                if fresh:
+                    self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
+                self.store.save_keywords(facts.sha256, keywords)
+                self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
+        except DiskError:
+            if sidecar is not None:  # no sidecar without its index row: the next scan writes both
+                Path(sidecar).unlink(missing_ok=True)
+            raise
         return note is None
 
     def _fail(self, path: Path, sha256: str | None, size: int, mtime_ns: int, reason: str, summary: ScanSummary) -> None:
         log.warning("%s: %s", path, reason)
-        with self.store.transaction():
+        with self.store.transaction(f"the failure of {path}"):
             self.store.save_failure(str(path), sha256, size, mtime_ns, reason)
         summary.failed += 1
         summary.failures.append((str(path), reason))
+
+
+def _bytes_held(ahead: deque[tuple[list[_InFlight], int]]) -> int:
+    return sum(len(item.data) for batch, _ in ahead for item in batch)
 
 
 def _recently_written(paths: Sequence[Path], seconds: float) -> set[Path]:
@@ -381,9 +411,9 @@ def _recently_written(paths: Sequence[Path], seconds: float) -> set[Path]:
     return recent
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str] | DecodeError:
+def _read_and_hash(path: Path, max_bytes: int, folders: Folders) -> tuple[bytes, str] | DecodeError:
     try:
-        data = read_bytes(path)
+        data = read_limited(path, max_bytes, folders)
     except DecodeError as exc:
         return exc
     return data, hashlib.sha256(data).hexdigest()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger import __version__
+from tagger.fileio import json_text
 from tagger.labels import Tag
 
 SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
@@ -83,7 +84,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
     path = sidecar_path(image)
-    text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    text = json_text(document, indent=2) + "\n"
     write_atomic(path, text.encode("utf-8"))
     return path
 

@@ -7,6 +7,7 @@ copy or a re-scan costs a hash, not a model run.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger.labels import Tag, imagenet_classes
-from tagger.errors import StoreBusy, StoreError
+from tagger.errors import DiskError, StoreBusy, StoreError
 from tagger.sidecar import ImageFacts
 
 MIGRATIONS: tuple[str, ...] = (
@@ -263,6 +264,7 @@ class Stats:
     files_tagged: int
     files_failed: int
     images: int
+    images_without_files: int  # contents kept for reuse after their files went
     models: dict[str, int]
     top_labels: list[tuple[str, str, int]]
 
@@ -340,6 +342,37 @@ class TagCount:
     count: int
 
 
+# SQLite's result codes for "the disk is full" and "the disk failed a read or write" (and its extended codes).
+SQLITE_FULL = 13
+SQLITE_IOERR = 10
+
+
+def disk_error(index: Path, exc: sqlite3.Error, consequence: str) -> DiskError | None:
+    """A DiskError naming the disk holding the index and what was not written; None for other errors."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary not in (SQLITE_FULL, SQLITE_IOERR):
+        return None
+    folder = index.resolve().parent
+    mount = folder
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        usage = os.statvfs(folder)
+        free = usage.f_bavail * usage.f_frsize
+    except OSError:
+        free = -1
+    left = f"{free / 1024 / 1024:,.1f} MB free" if free >= 0 else "free space unknown"
+    if primary == SQLITE_FULL or 0 <= free < FULL_BELOW_BYTES:
+        problem = f"the disk holding the index ({mount}, {left}) is full"
+    else:
+        problem = f"the disk holding the index ({mount}, {left}) failed a read or write ({exc})"
+    return DiskError(f"{index}: {problem}: {consequence}; free some space (everything written before is kept)")
+
+
+FULL_BELOW_BYTES = 1024 * 1024  # a "disk I/O error" with less than this free is a full disk
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -363,6 +396,7 @@ class Store:
                 conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+            conn.text_factory = _text
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
             store = cls(conn, path, readonly)
@@ -371,6 +405,9 @@ class Store:
             else:
                 store._migrate()
         except sqlite3.Error as exc:
+            disk = disk_error(path, exc, "the index could not be opened or upgraded")
+            if disk is not None:
+                raise disk from None
             raise StoreError(f"{path}: cannot open index: {exc}") from None
         except OSError as exc:
             raise StoreError(f"{path}: cannot create index: {exc.strerror or exc}") from None
@@ -386,21 +423,35 @@ class Store:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """All writes go through here: committed whole or not at all."""
+    def transaction(self, what: str = "this change to the index") -> Iterator[sqlite3.Connection]:
+        """All writes go through here: committed whole or not at all.
+
+        A full or failing disk becomes one DiskError naming the disk and `what` was not written.
+        """
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreBusy(f"{self.path}: the index is busy: another tagger command is writing to it") from None
+            self._raise_disk_error(exc, what)
             raise
         try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
             self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite already rolled back (it does so itself on a full disk)
+            if isinstance(exc, sqlite3.Error):
+                self._raise_disk_error(exc, what)
+            raise
+
+    def _raise_disk_error(self, exc: sqlite3.Error, what: str) -> None:
+        disk = disk_error(self.path, exc, f"{what} was not written")
+        if disk is not None:
+            raise disk from None
 
     def schema_version(self) -> int:
         row = self.conn.execute(
@@ -435,8 +486,8 @@ class Store:
     def file_record(self, path: str) -> FileRecord | None:
         row = self.conn.execute(
             """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model
-               FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = ?""",
-            (path,),
+               FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = CAST(? AS TEXT)""",
+            (fs(path),),
         ).fetchone()
         return FileRecord(*row) if row else None
 
@@ -644,7 +695,8 @@ class Store:
         """Indexed paths inside folder `root` (a range scan on the primary key)."""
         prefix = root.rstrip("/") + "/"
         rows = self.conn.execute(
-            "SELECT path FROM files WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0")
+            "SELECT path FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)",
+            (fs(prefix), fs(prefix[:-1] + "0")),
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -728,8 +780,8 @@ class Store:
                 f"""SELECT f.path, f.sha256, f.size, f.mtime_ns, i.width, i.height,
                            t.class_id, t.wnid, t.label, t.label_zh, t.score
                     FROM files f JOIN images i ON i.sha256 = f.sha256 JOIN tags t ON t.sha256 = f.sha256
-                    WHERE f.path IN ({_marks(found)}) AND t.rank = 0""",
-                [r[0] for r in found],
+                    WHERE f.path IN ({", ".join(["CAST(? AS TEXT)"] * len(found))}) AND t.rank = 0""",
+                [fs(r[0]) for r in found],
             )
         }
         return [
@@ -753,8 +805,8 @@ class Store:
         where = " AND ".join(["f.status = 'tagged'", *terms])
         if not search.groups:
             if after is not None:
-                where += " AND f.path > ?"
-                params.append(after[1])
+                where += " AND f.path > CAST(? AS TEXT)"
+                params.append(fs(after[1]))
             rows = self.conn.execute(
                 f"""SELECT f.path, f.sha256, i.model, 0.0 FROM files f JOIN images i ON i.sha256 = f.sha256
                     WHERE {where} ORDER BY f.path LIMIT ?""",
@@ -765,7 +817,7 @@ class Store:
         top, after_sha = search.score_max, ""
         if after is not None:
             top = min(top, float(after[0]))
-            row = self.conn.execute("SELECT sha256 FROM files WHERE path = ?", (after[1],)).fetchone()
+            row = self.conn.execute("SELECT sha256 FROM files WHERE path = CAST(? AS TEXT)", (fs(after[1]),)).fetchone()
             after_sha = row[0] if row and row[0] else ""
         reach = -1 if limit is None else limit * 4 + 100
         while True:
@@ -789,8 +841,8 @@ class Store:
                     (*row, score)
                     for row in self.conn.execute(
                         f"""SELECT f.path, f.sha256, i.model FROM files f JOIN images i ON i.sha256 = f.sha256
-                            WHERE f.sha256 = ? AND {where} {"AND f.path > ?" if same else ""} ORDER BY f.path""",
-                        [sha, *params, *([after[1]] if same and after else [])],
+                            WHERE f.sha256 = ? AND {where} {"AND f.path > CAST(? AS TEXT)" if same else ""} ORDER BY f.path""",
+                        [sha, *params, *([fs(after[1])] if same and after else [])],
                     )
                 ]
                 if limit is not None and len(found) >= limit:
@@ -857,7 +909,12 @@ class Store:
                WHERE f.status = 'tagged' AND t.rank = 0 GROUP BY t.class_id ORDER BY n DESC, t.label LIMIT ?""",
             (top,),
         ).fetchall()
-        return Stats(counts.get("tagged", 0), counts.get("failed", 0), images, models, [tuple(r) for r in labels])
+        unused = self.conn.execute(
+            "SELECT COUNT(*) FROM images i WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.sha256 = i.sha256)"
+        ).fetchone()[0]
+        return Stats(
+            counts.get("tagged", 0), counts.get("failed", 0), images, unused, models, [tuple(r) for r in labels]
+        )
 
     # -- writes (call inside `transaction()`) ------------------------------------------------
 
@@ -881,44 +938,55 @@ class Store:
         """A tagged file; `note` says why its sidecar is missing, if it is."""
         self.conn.execute(
             """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
-               VALUES (?, ?, ?, ?, 'tagged', ?, ?, ?, COALESCE((SELECT added_at FROM files WHERE path = ?), ?))""",
-            (path, sha256, size, mtime_ns, note, sidecar, _now(), path, _now()),
+               VALUES (CAST(? AS TEXT), ?, ?, ?, 'tagged', ?, CAST(? AS TEXT), ?,
+                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?))""",
+            (fs(path), sha256, size, mtime_ns, note, None if sidecar is None else fs(sidecar), _now(), fs(path), _now()),
         )
 
     def save_failure(self, path: str, sha256: str | None, size: int, mtime_ns: int, error: str) -> None:
         self.conn.execute(
             """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
-               VALUES (?, ?, ?, ?, 'failed', ?, NULL, ?, COALESCE((SELECT added_at FROM files WHERE path = ?), ?))""",
-            (path, sha256, size, mtime_ns, error, _now(), path, _now()),
+               VALUES (CAST(? AS TEXT), ?, ?, ?, 'failed', ?, NULL, ?,
+                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?))""",
+            (fs(path), sha256, size, mtime_ns, error, _now(), fs(path), _now()),
         )
 
     def delete_files(self, paths: Sequence[str]) -> None:
-        self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+        self.conn.executemany("DELETE FROM files WHERE path = CAST(? AS TEXT)", [(fs(p),) for p in paths])
 
     def delete_tree(self, folder: str) -> int:
         prefix = folder.rstrip("/") + "/"
-        cursor = self.conn.execute("DELETE FROM files WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0"))
+        cursor = self.conn.execute(
+            "DELETE FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", (fs(prefix), fs(prefix[:-1] + "0"))
+        )
         return cursor.rowcount
 
     def move_file(self, src: str, dst: str) -> bool:
         """The row follows the file; False when `src` was not indexed."""
-        self.conn.execute("DELETE FROM files WHERE path = ?", (dst,))
-        cursor = self.conn.execute("UPDATE files SET path = ?, updated_at = ? WHERE path = ?", (dst, _now(), src))
+        self.conn.execute("DELETE FROM files WHERE path = CAST(? AS TEXT)", (fs(dst),))
+        cursor = self.conn.execute(
+            "UPDATE files SET path = CAST(? AS TEXT), updated_at = ? WHERE path = CAST(? AS TEXT)", (fs(dst), _now(), fs(src))
+        )
         return cursor.rowcount > 0
 
     def move_tree(self, src: str, dst: str) -> int:
         """Every row under folder `src` moves under `dst` (a renamed or moved folder)."""
         old, new = src.rstrip("/") + "/", dst.rstrip("/") + "/"
-        self.conn.execute("DELETE FROM files WHERE path >= ? AND path < ?", (new, new[:-1] + "0"))
-        cursor = self.conn.execute(
-            """UPDATE files SET path = ? || substr(path, ?), updated_at = ?
-               WHERE path >= ? AND path < ?""",
-            (new, len(old) + 1, _now(), old, old[:-1] + "0"),
+        self.conn.execute(
+            "DELETE FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", (fs(new), fs(new[:-1] + "0"))
+        )
+        cursor = self.conn.execute(  # substr of the bytes: a name that is not UTF-8 has no characters to count
+            """UPDATE files SET path = CAST(CAST(? AS BLOB) || substr(CAST(path AS BLOB), ?) AS TEXT), updated_at = ?
+               WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)""",
+            (os.fsencode(new), len(os.fsencode(old)) + 1, _now(), fs(old), fs(old[:-1] + "0")),
         )
         return cursor.rowcount
 
     def set_sidecar(self, path: str, sidecar: str | None) -> None:
-        self.conn.execute("UPDATE files SET sidecar = ? WHERE path = ?", (sidecar, path))
+        self.conn.execute(
+            "UPDATE files SET sidecar = CAST(? AS TEXT) WHERE path = CAST(? AS TEXT)",
+            (None if sidecar is None else fs(sidecar), fs(path)),
+        )
 
     def save_keywords(self, sha256: str, keywords: Sequence[KeywordRow], *, replacing: bool = True) -> None:
         """Replace the keywords of one content, and the search words that find them
@@ -971,11 +1039,11 @@ class Store:
         plan = self._plan(listing)
         file_terms, file_params = _file_filter(listing, only)
         if after is not None and column == "f.path":
-            file_terms.append(f"f.path {op} ?")
-            file_params.append(after[1])
+            file_terms.append(f"f.path {op} CAST(? AS TEXT)")
+            file_params.append(fs(after[1]))
         elif after is not None:
-            file_terms.append(f"{column} {op}= ? AND ({column} {op} ? OR f.path {op} ?)")
-            file_params += [after[0], after[0], after[1]]
+            file_terms.append(f"{column} {op}= ? AND ({column} {op} ? OR f.path {op} CAST(? AS TEXT))")
+            file_params += [after[0], after[0], fs(after[1])]
         # How deep into the bound or the folder's keys to reach: a page's worth, more when other
         # terms will drop some; reached deeper until a page is full or there is no more.
         depth = limit if not listing.groups and listing.min_score == 0 else 4 * limit
@@ -1020,7 +1088,7 @@ class Store:
         if listing.folder is not None:
             in_folder = self._count_upto(
                 """SELECT 1 FROM files INDEXED BY files_tagged_by_path
-                   WHERE status = 'tagged' AND path >= ? AND path < ?""",
+                   WHERE status = 'tagged' AND path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)""",
                 _folder_range(listing.folder),
                 FOLDER_KEYS_FIRST,
             )
@@ -1079,8 +1147,8 @@ class Store:
         row = self.conn.execute(
             """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model,
                       i.width, i.height, i.classified_at
-               FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = ?""",
-            (path,),
+               FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = CAST(? AS TEXT)""",
+            (fs(path),),
         ).fetchone()
         if row is None:
             return None
@@ -1130,11 +1198,11 @@ class _Plan:
 def _file_filter(listing: Listing, only: str | None) -> tuple[list[str], list[object]]:
     terms, params = ["f.status = 'tagged'"], list[object]()
     if listing.folder is not None:
-        terms.append("f.path >= ? AND f.path < ?")
+        terms.append("f.path >= CAST(? AS TEXT) AND f.path < CAST(? AS TEXT)")
         params += _folder_range(listing.folder)
     if only is not None:
-        terms.append("f.path = ?")
-        params.append(only)
+        terms.append("f.path = CAST(? AS TEXT)")
+        params.append(fs(only))
     return terms, params
 
 
@@ -1190,11 +1258,11 @@ def _search_filter(search: Search) -> tuple[list[str], list[object]]:
     for folders, negate in ((search.folders, ""), (search.not_folders, "NOT ")):
         for folder in folders:
             if folder.startswith("/"):
-                terms.append(f"{negate}(f.path >= ? AND f.path < ?)")
+                terms.append(f"{negate}(f.path >= CAST(? AS TEXT) AND f.path < CAST(? AS TEXT))")
                 params += _folder_range(folder)
             else:
-                terms.append(f"{negate}(instr(f.path, ?) > 0)")
-                params.append("/" + folder.strip("/") + "/")
+                terms.append(f"{negate}(instr(f.path, CAST(? AS TEXT)) > 0)")
+                params.append(fs("/" + folder.strip("/") + "/"))
     for column, (low, high) in (("f.added_at", search.added), ("f.mtime_ns", search.mtime_ns)):
         if low is not None:
             terms.append(f"{column} >= ?")
@@ -1220,7 +1288,23 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
-def _folder_range(folder: str) -> list[str]:
-    """[low, high) of the paths inside `folder`: a range on the path key."""
+def _folder_range(folder: str) -> list[str | bytes]:
+    """[low, high) of the paths inside `folder`: a range on the path key (bind each through CAST(? AS TEXT))."""
     prefix = folder.rstrip("/") + "/"
-    return [prefix, prefix[:-1] + "0"]
+    return [fs(prefix), fs(prefix[:-1] + "0")]
+
+
+def fs(path: str) -> str | bytes:
+    """A path as bound to SQL, through CAST(? AS TEXT): the str itself, or, for a name that is
+    not UTF-8 (surrogate-escaped), its bytes, stored as they are. Read back through the
+    connections' text factory, it is the same str again."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _text(data: bytes) -> str:
+    """TEXT columns as str; the bytes of a name that is not UTF-8 as surrogate escapes, as os.fsdecode does."""
+    return data.decode("utf-8", "surrogateescape")

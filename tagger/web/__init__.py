@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from flask import Flask, Request, Response, g, request
+from flask.json.provider import DefaultJSONProvider
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, Unauthorized
 
 from tagger.config import Config
 from tagger.errors import StoreError
+from tagger.fileio import shown
 from tagger.web import api, media, pages
 from tagger.web.context import CSRF_COOKIE, Viewer, token_ok, wants_json
+from tagger.web.files import FsPathConverter
 
 if TYPE_CHECKING:
     from tagger.classify import Classifier
@@ -49,8 +53,9 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
         # Another site must not reach a loopback-only viewer by pointing one of its own
         # names at 127.0.0.1 (DNS rebinding): only loopback names are accepted as Host.
         app.config["TRUSTED_HOSTS"] = ["localhost", "127.0.0.1", "[::1]"]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = _NamesJSONProvider(app)
+    app.jinja_env.finalize = _readable
+    app.url_map.converters["fspath"] = FsPathConverter
     app.extensions["tagger"] = Viewer(config, classifier)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(media.blueprint)
@@ -61,6 +66,27 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
     app.register_error_handler(StoreError, _store_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
+
+
+class _NamesJSONProvider(DefaultJSONProvider):
+    """UTF-8 JSON, keys in the order given; a name's undecodable bytes as \\udcXX escapes
+    (tagger.fileio.json_text), where the default provider would fail to encode the response."""
+
+    ensure_ascii = False
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(obj, **kwargs).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _readable(value: Any) -> Any:
+    """Every value a template prints: a name with undecodable bytes shows them as \\xff."""
+    if isinstance(value, str) and not isinstance(value, Markup) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return shown(value)
+    return value
 
 
 def _require_token() -> None:

@@ -42,13 +42,13 @@ def images() -> Response:
     return jsonify({"images": [item_json(i) for i in page.items], "next": page.next, "next_url": next_url})
 
 
-@blueprint.get("/images/<path:raw>")
+@blueprint.get("/images/<fspath:raw>")
 def image(raw: str) -> Response:
     detail = indexed_file(raw)
     return jsonify(detail_json(detail, viewer().library.stays_inside(detail.path)))
 
 
-@blueprint.post("/images/<path:raw>/keywords")
+@blueprint.post("/images/<fspath:raw>/keywords")
 def keywords(raw: str) -> Response:
     """JSON {"add": [...], "remove": [...]}: the user's corrections; the image's keywords come back.
 

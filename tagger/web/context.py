@@ -38,7 +38,7 @@ class Viewer:
     def __init__(self, config: Config, classifier: Classifier | None) -> None:
         self.config = config
         self.library = Library(config.folders)
-        self.thumbnails = Thumbnails(Path(f"{config.index}.thumbs"), config.decode.max_pixels)
+        self.thumbnails = Thumbnails(Path(f"{config.index}.thumbs"), config.decode.max_pixels, config.decode.max_file_bytes)
         self.tag_counts = TagCounts(config.index, config.model.min_score)
         self.checker = Checker(config, classifier)
         self.rules = Rules.load(config.rules)

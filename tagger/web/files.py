@@ -1,19 +1,26 @@
 """Which files the viewer may serve: only those inside the configured folders.
 
 A path from a URL is refused, not repaired: `..`, `.`, empty segments and NUL never
-appear in a link the viewer made. A path that is inside a folder by name but leads out
-of it through a symlink is refused too, so the real path is checked before any read.
+appear in a link the viewer made. What is read follows the scan's policy (tagger.fileio):
+regular files only, and a symlink only when it leads to one inside the folders, so every
+file the scan tagged is served and nothing else is.
+
+Names travel in URLs through `FsPathConverter`: any byte string a name can be, newlines
+and bytes that are not UTF-8 included, comes back as the same name.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import ExifTags, Image
 from werkzeug.exceptions import BadRequest, Forbidden, NotFound
+from werkzeug.routing import PathConverter
+
+from tagger.errors import DecodeError
+from tagger.fileio import Folders, from_url_text, url_text
 
 MAX_SUBFOLDERS = 200
 
@@ -24,21 +31,25 @@ class Crumb:
     folder: str
 
 
-class Library:
-    def __init__(self, folders: Sequence[Path]) -> None:
-        # Scans index paths under each folder's real path, so that is what URLs name too.
-        self.roots = tuple(os.path.realpath(f) for f in folders)
+class FsPathConverter(PathConverter):
+    """`<fspath:raw>`: a path of any bytes. `.` of the usual path converter stops at a newline,
+    and a byte that is not UTF-8 does not survive Werkzeug's decoding, so both are carried
+    as url_text escapes."""
 
-    def root_of(self, path: str) -> str | None:
-        """The configured folder holding `path` (the deepest one, when folders nest)."""
-        holding = [r for r in self.roots if path == r or path.startswith(r.rstrip("/") + "/")]
-        return max(holding, key=len) if holding else None
+    regex = r"[^/][\s\S]*?"
 
-    def inside(self, path: str) -> bool:
-        return self.root_of(path) is not None
+    def to_python(self, value: str) -> str:
+        return from_url_text(value)
+
+    def to_url(self, value: str) -> str:
+        return super().to_url(url_text(value))
+
+
+class Library(Folders):
+    """The configured folders (scans index paths under each one's real path, so URLs name those too)."""
 
     def url_path(self, raw: str) -> str:
-        """The absolute path named by the `<path:...>` part of a URL (it has no leading slash)."""
+        """The absolute path named by the `<fspath:...>` part of a URL (it has no leading slash)."""
         if "\x00" in raw or any(part in ("", ".", "..") for part in raw.split("/")):
             raise Forbidden("that path is refused: it is not a plain path inside the configured folders")
         path = "/" + raw
@@ -47,21 +58,25 @@ class Library:
         return path
 
     def stays_inside(self, path: str) -> bool:
-        """Refuses (403) an indexed path that leads out of the folders through a symlink; True if it exists."""
-        real = os.path.realpath(path)
-        if not self.inside(real):
+        """Refuses (403) an indexed path that leads out of the folders through a symlink; True if it
+        is a regular file that can be read (as the scan decides: tagger.fileio)."""
+        if not self.inside(os.path.realpath(path)):
             raise Forbidden("that file leads outside the configured folders")
-        return os.path.isfile(real)
+        try:
+            self.target(path)
+        except DecodeError:
+            return False
+        return True
 
     def readable(self, path: str) -> Path:
-        """The real file behind an indexed path, if it is there and inside the folders."""
+        """The real regular file behind an indexed path, if it is there and inside the folders."""
         if not self.stays_inside(path):
-            raise NotFound("that file is no longer there (it leaves the index at the next scan)")
-        return Path(os.path.realpath(path))
+            raise NotFound("that file is no longer there, or no longer a regular file (the next scan updates it)")
+        return Path(self.target(path)[0])
 
     def folder(self, raw: str) -> str:
         """A folder filter from a query string: a configured folder or one inside it."""
-        folder = raw.rstrip("/") or "/"
+        folder = from_url_text(raw).rstrip("/") or "/"
         if not folder.startswith("/") or "\x00" in folder or any(p in (".", "..") for p in folder.split("/")):
             raise BadRequest(f"folder {raw!r} is not an absolute path")
         if not self.inside(folder):

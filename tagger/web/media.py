@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 import re
+import zlib
+from pathlib import Path
 
 from flask import Blueprint, Response, send_file
 from werkzeug.exceptions import HTTPException, NotFound
 
 from tagger.errors import DecodeError
+from tagger.fileio import shown
 from tagger.store import ImageDetail
 from tagger.web.context import indexed_file, store, viewer
 from tagger.web.thumbs import PREVIEW_SIZE
@@ -23,6 +27,7 @@ blueprint = Blueprint("media", __name__)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 IMMUTABLE = "private, max-age=31536000, immutable"  # named by content: a new photo gets a new URL
 MAX_SIDECAR_BYTES = 1024 * 1024
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @blueprint.get("/thumb/<sha256>")
@@ -62,20 +67,28 @@ def _rendition(sha256: str, size: int) -> Response:
     raise NotFound("no readable file in the configured folders holds this image now")
 
 
-@blueprint.get("/original/<path:raw>")
+@blueprint.get("/original/<fspath:raw>")
 def original(raw: str) -> Response:
     path = indexed_file(raw).path
     mimetype = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    name = path.rsplit("/", 1)[-1]
-    return send_file(viewer().library.readable(path), mimetype=mimetype, conditional=True, download_name=name)
+    return _send(viewer().library.readable(path), mimetype)
 
 
-@blueprint.get("/sidecar/<path:raw>")
+@blueprint.get("/sidecar/<fspath:raw>")
 def sidecar(raw: str) -> Response:
     detail = indexed_file(raw)
     if not detail.sidecar:
         raise NotFound("this image has no sidecar")
-    return send_file(viewer().library.readable(detail.sidecar), mimetype="application/json", conditional=True)
+    return _send(viewer().library.readable(detail.sidecar), "application/json")
+
+
+def _send(path: Path, mimetype: str) -> Response:
+    """A file by path, its name and ETag made from its bytes: Werkzeug's own would fail to encode
+    a name that is not UTF-8, and a header cannot hold a newline."""
+    info = path.stat()
+    name = CONTROL_CHARACTERS.sub("_", shown(path.name))
+    etag = f"{info.st_mtime}-{info.st_size}-{zlib.adler32(os.fsencode(path)) & 0xFFFFFFFF}"
+    return send_file(path, mimetype=mimetype, conditional=True, download_name=name, etag=etag)
 
 
 def sidecar_text(detail: ImageDetail) -> str | None:

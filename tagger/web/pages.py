@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tagger import __version__
 from tagger.errors import StoreError
+from tagger.fileio import url_text
 from tagger.labels import Tag
 from tagger.store import SORTS, GridItem
 from tagger.web.api import CHECK_TOP_K, check_uploads
@@ -78,7 +79,7 @@ def tags() -> str:
     return render_template("tags.html", counts=counts, query=_query(), min_score=viewer().config.model.min_score)
 
 
-@blueprint.get("/image/<path:raw>")
+@blueprint.get("/image/<fspath:raw>")
 def image(raw: str) -> str:
     detail = indexed_file(raw)
     exists = viewer().library.stays_inside(detail.path)
@@ -100,7 +101,7 @@ def image(raw: str) -> str:
     )
 
 
-@blueprint.post("/image/<path:raw>/keywords")
+@blueprint.post("/image/<fspath:raw>/keywords")
 def correct(raw: str) -> BaseResponse:
     """The image page's add and remove forms; refused unless posted from this viewer's own page."""
     if not same_site_post():
@@ -205,6 +206,7 @@ def as_query(terms: Sequence[str]) -> str:
 
 
 blueprint.add_app_template_global(default_sort, "default_sort")
+blueprint.add_app_template_filter(url_text, "url_text")
 blueprint.add_app_template_global(term_for, "term_for")
 
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from tagger.fileio import json_text, url_text
 from tagger.labels import imagenet_classes, resolve_tag, suggest_labels
 from tagger.keywords import UnknownTag, resolve_query
 from tagger.querylang import QueryError, parse
@@ -55,6 +56,8 @@ class Query:
         if self.listing.sort != default_sort(bool(self.terms)):
             args["sort"] = self.listing.sort
         args.update(changes)
+        if isinstance(args.get("folder"), str):
+            args["folder"] = url_text(args["folder"])  # Library.folder reads it back, whatever its bytes
         return {k: v for k, v in args.items() if v is not None and v != []}
 
 
@@ -159,7 +162,7 @@ def _terms(values: list[str]) -> list[str]:
 
 
 def encode_cursor(sort: str, key: SortKey) -> str:
-    text = json.dumps([sort, *key], ensure_ascii=False, separators=(",", ":"))
+    text = json_text([sort, *key], separators=(",", ":"))
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tagger.decode import decode_bytes, read_bytes
+from tagger.decode import decode_bytes
+from tagger.fileio import read_limited
 from tagger.sidecar import write_atomic
 
 log = logging.getLogger(__name__)
@@ -22,16 +23,17 @@ PREVIEW_SIZE = 1600  # the image page's picture: screen-sized, not the 12-megapi
 
 
 class Thumbnails:
-    def __init__(self, folder: Path, max_pixels: int) -> None:
+    def __init__(self, folder: Path, max_pixels: int, max_bytes: int) -> None:
         self.folder = folder
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
 
     def cached(self, sha256: str, size: int) -> Path:
         return self.folder / sha256[:2] / f"{sha256}-{size}.jpg"
 
     def make(self, source: Path, sha256: str, size: int) -> bytes | None:
         """A JPEG of `source` fitting size x size, cached; None when the file no longer holds that content."""
-        data = read_bytes(source)
+        data = read_limited(source, self.max_bytes)
         if hashlib.sha256(data).hexdigest() != sha256:
             return None  # changed since it was indexed: the next scan re-tags it
         jpeg = render(data, size, self.max_pixels)

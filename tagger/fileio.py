@@ -1,0 +1,164 @@
+"""Which files tagger opens and how, and how their names travel: one policy for scan, daemon and viewer.
+
+A library collects more than photos: FIFOs and sockets from NAS software, symlinks to
+devices, sparse files of gigabytes, names in Latin-1 from old shares. So:
+
+- Only regular files are read: the target is checked with a stat before it is opened,
+  and again with fstat after a non-blocking open (a FIFO swapped in meanwhile never
+  blocks the reader).
+- A symlink is followed when its real target is a regular file inside one of the
+  configured folders; one that leads elsewhere is refused with that reason. The scan,
+  the daemon and the viewer all ask `Folders.target`, so a file is either tagged and
+  served, or refused everywhere.
+- At most `decode.max_file_mb` is read per file: checked from the size before reading,
+  and enforced while reading (a file that grows, or a device, cannot get past it).
+- Linux file names are bytes. Python holds an undecodable byte as a lone surrogate
+  (surrogateescape); `os.fsencode` gives the bytes back. Text output escapes them
+  (`json_text`, `shown`), byte output writes them as they are.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tagger.errors import DecodeError
+
+READ_CHUNK = 1 << 20
+MB = 1024 * 1024
+_URL_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+DEFAULT_MAX_FILE_MB = 200  # a 100-megapixel camera JPEG or HEIC is 30-60 MB; big TIFFs and PNGs fit too
+
+
+class Folders:
+    """The configured folders, as real paths: what may be read and served."""
+
+    def __init__(self, folders: Iterable[Path | str]) -> None:
+        self.roots = tuple(os.path.realpath(f) for f in folders)
+
+    def root_of(self, path: str) -> str | None:
+        """The configured folder holding `path` (the deepest one, when folders nest)."""
+        holding = [r for r in self.roots if path == r or path.startswith(r.rstrip("/") + "/")]
+        return max(holding, key=len) if holding else None
+
+    def inside(self, path: str) -> bool:
+        return self.root_of(path) is not None
+
+    def target(self, path: Path | str) -> tuple[str, os.stat_result]:
+        """The real regular file behind `path` and its stat; DecodeError says why it is refused.
+
+        Nothing is opened here, so a FIFO or a device is refused without being touched.
+        """
+        name = os.fspath(path)
+        try:
+            info = os.lstat(name)
+            real = name
+            if stat.S_ISLNK(info.st_mode):
+                real = os.path.realpath(name)
+                if not self.inside(real):
+                    raise DecodeError(f"a symlink that leads outside the configured folders (to {shown(real)})")
+                info = os.stat(real)
+        except FileNotFoundError:
+            raise DecodeError("cannot read file: not there any more (deleted, or a broken symlink)") from None
+        except OSError as exc:
+            raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise DecodeError(f"not a regular file: {file_kind(info.st_mode)}")
+        return real, info
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a Unix socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symlink"),
+    )
+    return next((word for test, word in kinds if test(mode)), "a special file")
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return f"too large: {size / MB:,.1f} MB is over the limit of {max_bytes / MB:,.0f} MB (decode.max_file_mb)"
+
+
+def read_limited(path: Path | str, max_bytes: int, folders: Folders | None = None) -> bytes:
+    """The whole of a regular file, at most `max_bytes`; DecodeError names why not.
+
+    Without `folders` (a file named on the command line) any symlink is followed, but
+    the file must still be regular.
+    """
+    if folders is None:
+        folders = Folders(["/"])
+    real, info = folders.target(path)
+    if info.st_size > max_bytes:
+        raise DecodeError(too_large(info.st_size, max_bytes))
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):  # swapped for something else since the stat
+            raise DecodeError(f"not a regular file: {file_kind(opened.st_mode)}")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(READ_CHUNK, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise DecodeError(too_large(total, max_bytes) + "; it grew while being read")
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def shown(path: Path | str) -> str:
+    """A name as a person reads it: undecodable bytes as \\xff, never an encoding error."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """JSON with undecodable name bytes as \\udcXX escapes: valid UTF-8 JSON that Python's
+    json.loads turns back into the same str (os.fsencode then gives the original bytes)."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def url_text(path: str) -> str:
+    """A name as URL text that survives decoding as UTF-8: '%' as %25 and each undecodable
+    byte as %XX, before the usual URL quoting (which makes them %2525 and %25XX)."""
+    if "%" not in path and path.isascii():
+        return path
+    return "".join("%25" if c == "%" else f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in path)
+
+
+def from_url_text(text: str) -> str:
+    """The name `url_text` made this text from."""
+    if "%" not in text:
+        return text
+    return _URL_ESCAPE.sub(_unescape, text)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    value = int(match.group(1), 16)
+    return "%" if value == 0x25 else chr(0xDC00 + value) if value >= 0x80 else match.group(0)
+
+
+def write_problem(exc: OSError, path: Path | str) -> str:
+    """Why a file could not be written; a full disk is named as such, with the folder."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {shown(os.path.dirname(os.fspath(path)))} is full ({exc.strerror})"
+    return str(exc.strerror or exc)
