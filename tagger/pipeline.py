@@ -20,7 +20,7 @@ import numpy as np
 from tagger.classify import Classifier
 from tagger.labels import Tag
 from tagger.config import Config
-from tagger.decode import decode_bytes, draft_size, is_image_name, preprocess
+from tagger.decode import DecodedArray, decode_array, draft_size, is_image_name
 from tagger.errors import DecodeError, DiskError
 from tagger.fileio import Folders, read_limited
 from tagger.keywords import Keywording
@@ -65,15 +65,7 @@ class _InFlight:
     mtime_ns: int
     data: bytes  # kept until the model has run: a near tie is decoded again, fully
     sha256: str
-    decoded: Future[_Decoded | DecodeError]
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    array: np.ndarray
-    width: int
-    height: int
-    reduced: bool  # draft-decoded below full size
+    decoded: Future[DecodedArray | DecodeError]
 
 
 @dataclass(frozen=True)
@@ -257,7 +249,7 @@ class Tagger:
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
         futures = [self._decoders.submit(_decode, pending[i].data, max_pixels, spec, None) for i in near]
         redone = [(i, f.result()) for i, f in zip(near, futures)]
-        redone_ok = [(i, r) for i, r in redone if isinstance(r, _Decoded)]
+        redone_ok = [(i, r) for i, r in redone if isinstance(r, DecodedArray)]
         if not redone_ok:
             return
         again, _ = self.classifier.predict(np.stack([r.array for _, r in redone_ok]), self.config.model.top_k)
@@ -419,11 +411,9 @@ def _read_and_hash(path: Path, max_bytes: int, folders: Folders) -> tuple[bytes,
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> _Decoded | DecodeError:
+def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> DecodedArray | DecodeError:
     try:
-        decoded = decode_bytes(data, max_pixels, draft)
-        reduced = min(decoded.image.size) < min(decoded.width, decoded.height)
-        return _Decoded(preprocess(decoded.image, spec), decoded.width, decoded.height, reduced)
+        return decode_array(data, max_pixels, spec, draft)
     except DecodeError as exc:
         return exc
     except Exception as exc:  # a decoder bug on one hostile file must not stop the scan
