@@ -19,6 +19,7 @@ import numpy as np
 
 from tagger.classify import Classifier
 from tagger.labels import Tag
+from tagger.memory import return_big_buffers
 from tagger.config import Config
 from tagger.decode import DecodedArray, decode_array, draft_size, is_image_name
 from tagger.errors import DecodeError, DiskError
@@ -109,8 +110,11 @@ class Tagger:
         self.keywording.check_settings()
         self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
+        return_big_buffers()  # decoded photos are big and short-lived: see tagger/memory.py
         decoders = max(1, min(4, os.cpu_count() or 1))
         self._decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="tagger-decode")
+        # Full decodes of near ties, one at a time: each holds a whole photo (48 MB at 12 MP).
+        self._refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-refine")
         # Batches decoded ahead of the model: two images per decoder thread, at least one batch.
         self._depth = max(1, -(-2 * decoders // config.model.batch_size))
 
@@ -124,6 +128,7 @@ class Tagger:
     def close(self) -> None:
         self._readers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
+        self._refiner.shutdown(wait=True)
 
     def scan(
         self,
@@ -247,7 +252,7 @@ class Tagger:
         if not near:
             return
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
-        futures = [self._decoders.submit(_decode, pending[i].data, max_pixels, spec, None) for i in near]
+        futures = [self._refiner.submit(_decode, pending[i].data, max_pixels, spec, None) for i in near]
         redone = [(i, f.result()) for i, f in zip(near, futures)]
         redone_ok = [(i, r) for i, r in redone if isinstance(r, DecodedArray)]
         if not redone_ok:
