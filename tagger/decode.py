@@ -81,12 +81,27 @@ def open_rgb(path: Path, max_pixels: int, draft: int | None = None) -> DecodedIm
     return decode_bytes(read_bytes(path), max_pixels, draft)
 
 
-def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> DecodedImage:
+def declared_pixels(data: bytes) -> int:
+    """The pixels an image's header announces, without decoding it; 0 for what is not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Exception:  # noqa: BLE001 - anything unreadable is refused with its reason by decode_bytes
+        return 0
+    return int(width) * int(height)
+
+
+def decode_bytes(
+    data: bytes, max_pixels: int, draft: int | None = None, limit_key: str = "decode.max_pixels"
+) -> DecodedImage:
     """Decode a file's bytes into RGB, or raise DecodeError naming why.
 
     With `draft`, a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale whose short
     side is still at least `draft` pixels: the model sees 224 pixels, and decoding all
     12 million costs five times as much. The reported size is always the full one.
+    `limit_key` is the config key a refusal over `max_pixels` names.
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
@@ -99,7 +114,7 @@ def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> Deco
                 if width * height > max_pixels:
                     raise DecodeError(
                         f"image too large: {width}x{height} = {width * height:,} pixels is over the limit of "
-                        f"{max_pixels:,} (decode.max_pixels; a decompression bomb?)"
+                        f"{max_pixels:,} ({limit_key}; a decompression bomb?)"
                     )
                 img.seek(0)  # GIF, TIFF, WebP: the first frame
                 if draft and fmt == "JPEG":
