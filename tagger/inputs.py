@@ -23,10 +23,15 @@ class InputError(TaggerError):
     """A value a user gave that tagger does not take; the message names it and says what would do."""
 
 
+def is_whole_number(text: str) -> bool:
+    """ASCII digits only (at most 18 of them): what int() reads the same in every locale."""
+    return _WHOLE.fullmatch(text) is not None
+
+
 def whole_number(name: str, raw: str, low: int, high: int) -> int:
     """ASCII digits only, from `low` to `high`."""
     text = raw.strip(" ")
-    if not _WHOLE.fullmatch(text) or not low <= int(text) <= high:
+    if not is_whole_number(text) or not low <= int(text) <= high:
         raise InputError(f"{name} must be a whole number from {low} to {high}, not {_shown(raw)}")
     return int(text)
 
