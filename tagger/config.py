@@ -79,7 +79,7 @@ class WebConfig:
     max_upload_pixels: int = 50_000_000  # a larger uploaded image is refused as a possible bomb
     max_upload_files: int = 20  # files in one manual-check request
     max_upload_total_pixels: int = 100_000_000  # pixels of all the images of one manual-check request
-    request_timeout: float = 30.0  # seconds for a request's header and body to arrive, in total
+    request_timeout: int = 30  # seconds for a request's header and body to arrive, in total
     connection_limit: int = 100  # open connections; past it the longest-waiting idle one is dropped
     thumb_size: int = 320  # longest side of grid thumbnails, in pixels
     page_size: int = 60  # images per grid page and API page
@@ -226,7 +226,7 @@ def _check_web(web: WebConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'web.secure_cookie' must be auto, always or never, not {web.secure_cookie!r}")
     if not all(name.strip() for name in web.allowed_hosts):
         raise ConfigError(f"{source}: key 'web.allowed_hosts' must list host names, e.g. [photos.example.org]")
-    if not 1.0 <= web.request_timeout <= 3600.0:
+    if not 1 <= web.request_timeout <= 3600:
         raise ConfigError(f"{source}: key 'web.request_timeout' must be between 1 and 3600 seconds")
     if not 0 <= web.port <= 65535:
         raise ConfigError(f"{source}: key 'web.port' must be between 0 (any free port) and 65535, not {web.port}")

@@ -86,15 +86,13 @@ def test_fuzzed_input_on_every_route_is_never_a_500(app: Flask, token_app: Flask
     client, signed_out = app.test_client(), token_app.test_client()
     coffee = url_path(library.root / "2024" / "trip" / "coffee.jpg")
     sha = client.get(f"/api/images/{coffee}").json["sha256"]
-    routes = [
-        "/", "/tags", f"/image/{coffee}", "/check", "/api/images", f"/api/images/{coffee}", "/api/tags", "/health",
-        f"/thumb/{sha}", f"/original/{coffee}", f"/sidecar/{coffee}",
-    ]
+    readers = ["/", "/tags", f"/image/{coffee}", "/check", "/api/images"]  # these read the query string
+    others = [f"/api/images/{coffee}", "/api/tags", "/health", f"/thumb/{sha}", f"/original/{coffee}", f"/sidecar/{coffee}"]
     values = odd_values()
     assert len(values) >= 250
     for i, value in enumerate(values):
         one = PARAMS[i % len(PARAMS)]
-        for route in routes:  # every route, the value in one parameter
+        for route in readers + (others if i % 5 == 0 else []):  # every route, the value in one parameter
             no_server_error(client.get(route, query_string={one: value}), f"GET {route} {one}={value!r}")
         for route in ("/", "/api/images"):  # the readers of every parameter, all of them odd at once
             no_server_error(client.get(route, query_string={p: value for p in PARAMS}), f"GET {route} {value!r}")

@@ -29,7 +29,7 @@ from tagger.web import security_headers
 from tagger.web.context import BODY_TOO_LARGE
 
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the files of a full upload
-SWEEP_SECONDS = 0.5  # how often connections are checked against their deadline
+SWEEP_SECONDS = 1  # how often connections are checked against their deadline (waitress takes whole seconds)
 
 
 class _ErrorTask(WSGITask):  # type: ignore[misc]
@@ -61,7 +61,7 @@ class _Channel(HTTPChannel):  # type: ignore[misc]
 
 class _GuardedServer(TcpWSGIServer):  # type: ignore[misc]
     channel_class = _Channel
-    request_timeout = 30.0
+    request_timeout = 30
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)
