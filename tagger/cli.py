@@ -407,6 +407,26 @@ def weights_fetch(ctx: _Context, model: str, url: str | None) -> None:
     click.echo(f"{model}: saved {result.path} (sha256 {result.sha256[:16]}..., verified)")
 
 
+@weights.command("prepare")
+@pass_ctx
+def weights_prepare(ctx: _Context) -> None:
+    """Load the configured model once, making its ONNX export (install time: the daemon then never needs PyTorch).
+
+    Run it after installing, and after changing model.name, model.precision or the weights file;
+    systemd/install.sh and the Dockerfile do. The export is cached in weights_dir/onnx/.
+    """
+    from tagger.classify import Classifier
+
+    config = ctx.config(require_folders=False)
+    classifier = Classifier.from_config(config)
+    if classifier.runtime == "torch" and config.model.runtime != "torch":
+        raise TaggerError(
+            f"{classifier.name}: no ONNX export could be made (see the warning above), so `tagger run` would need "
+            "PyTorch, which the service unit's MemoryDenyWriteExecute=yes refuses"
+        )
+    click.echo(f"{classifier.name}: ready for `tagger run` ({classifier.runtime}, weights {classifier.weights.path})")
+
+
 @cli.command()
 @click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1: this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default: web.port, 8765; 0 picks a free one).")
