@@ -277,3 +277,21 @@ def test_every_over_size_body_is_a_json_413_from_the_app(app: Flask) -> None:
         response = upload(client, "/api/classify", ("big.jpg", b"\xff" * size))
         assert response.status_code == 413 and response.is_json and "web.max_upload_mb" in response.json["error"]
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_read_only_index_refuses_corrections_with_503(app: Flask, library: Library,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tagger.errors import StoreError
+    from tagger.store import Store
+
+    real_open = Store.open
+
+    def read_only_mount(path: Path, *, readonly: bool = False) -> Store:
+        if not readonly:
+            raise StoreError(f"{path}: cannot open index: attempt to write a readonly database")
+        return real_open(path, readonly=True)
+
+    monkeypatch.setattr(Store, "open", read_only_mount)
+    coffee = url_path(library.root / "2024" / "trip" / "coffee.jpg")
+    response = app.test_client().post(f"/api/images/{coffee}/keywords", json={"add": ["mine"]})
+    assert response.status_code == 503 and "tagger tag" in response.json["error"]

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request
-from werkzeug.exceptions import BadRequest, Forbidden, NotFound, RequestEntityTooLarge, TooManyRequests, Unauthorized
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 
 from tagger.config import Config
 from tagger.errors import StoreError, TaggerError
@@ -106,7 +114,14 @@ def correct_keywords(path: str, add: Sequence[str], remove: Sequence[str]) -> li
     if not add and not remove:
         raise BadRequest("give a keyword to add or to remove")
     config = viewer().config
-    with Store.open(config.index) as writable:
+    try:
+        opened = Store.open(config.index)
+    except StoreError as exc:
+        raise ServiceUnavailable(
+            f"keywords cannot be corrected from this viewer: {exc} (as tagger-web.service it reads the index "
+            "only; use `tagger tag add|remove`)"
+        ) from None
+    with opened as writable:
         keywording = Keywording(config, writable, viewer().rules)
         try:
             sha256 = ""
