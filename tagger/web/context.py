@@ -187,17 +187,18 @@ def check_host() -> None:
         )
 
 
-def _offered() -> str | None:
-    """The credential this request carries: a Bearer token or the sign-in cookie's value."""
+def _credential(expected: str) -> tuple[str, str] | None:
+    """(offered, wanted) for the credential this request carries: a Bearer token is compared with
+    the token, the sign-in cookie with the value derived from it; None when it carries neither."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        return header[len("Bearer ") :]
-    return request.cookies.get(TOKEN_COOKIE)
+        return header[len("Bearer ") :], expected
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    return None if cookie is None else (cookie, session_value(expected))
 
 
-def _matches(expected: str, offered: str) -> bool:
-    want = expected if request.headers.get("Authorization", "").startswith("Bearer ") else session_value(expected)
-    return hmac.compare_digest(offered.encode(errors="replace"), want.encode())
+def _same(offered: str, wanted: str) -> bool:
+    return hmac.compare_digest(offered.encode(errors="replace"), wanted.encode())
 
 
 def token_ok() -> bool:
@@ -205,8 +206,8 @@ def token_ok() -> bool:
     expected = viewer().config.web.token
     if expected is None:
         return True
-    offered = _offered()
-    return offered is not None and _matches(expected, offered)
+    credential = _credential(expected)
+    return credential is not None and _same(*credential)
 
 
 def require_token() -> None:
@@ -215,18 +216,18 @@ def require_token() -> None:
     expected = viewer().config.web.token
     if expected is None:
         return
-    offered = _offered()
-    if offered is None:
+    credential = _credential(expected)
+    if credential is None:
         raise Unauthorized("this viewer needs its access token (web.token in its config)")
     client = request.remote_addr or ""
     throttle = viewer().throttle
     wait = throttle.retry_after(client)
     if wait:
         raise TooManyRequests(f"too many wrong tokens from this address: try again in {wait} s", retry_after=wait)
-    if _matches(expected, offered):
+    if _same(*credential):
         throttle.succeeded(client)
         return
-    throttle.failed(client, offered)
+    throttle.failed(client, credential[0])
     raise Unauthorized("this viewer needs its access token (web.token in its config)")
 
 
