@@ -43,8 +43,9 @@ class _ErrorTask(WSGITask):  # type: ignore[misc]
             self.environ = {**self.get_environment(), BODY_TOO_LARGE: True, "CONTENT_LENGTH": "0"}
             super().execute()
             return
+        self.complete = True  # what ErrorTask declares: no start_response comes
+        self.response_headers.extend(security_headers().items())  # before the body: headers go out with it
         ErrorTask.execute(self)
-        self.response_headers.extend(security_headers().items())
 
 
 class _Channel(HTTPChannel):  # type: ignore[misc]
