@@ -46,14 +46,15 @@ chmod 0640 /etc/tagger/tagger.yaml   # it may hold web.token
 # The one-time ONNX export, now, as root: the services find it in the read-only /opt/tagger.
 TAGGER_CONFIG=/etc/tagger/tagger.yaml /opt/tagger/.venv/bin/tagger weights prepare
 
-# Photos under /home or /root: the unit hides those trees (ProtectHome=yes) and binds the folder back in.
-unit_paths() {
+# Photos under /home or /root: the unit hides those trees (ProtectHome=yes) and binds the folder
+# back in (read-write for the daemon, read-only for the viewer).
+unit_paths() {  # UNIT_FILE BIND_SETTING
   sed -e "s#/srv/photos#$photos#g" "$1"
   case "$photos" in
-    /home/*|/root/*|/run/user/*) printf '\n[Service]\nProtectHome=tmpfs\nBindPaths=%s\n' "$photos" ;;
+    /home/*|/root/*|/run/user/*) printf '\n[Service]\nProtectHome=tmpfs\n%s=%s\n' "$2" "$photos" ;;
   esac
 }
-unit_paths /opt/tagger/systemd/tagger.service > /etc/systemd/system/tagger.service
+unit_paths /opt/tagger/systemd/tagger.service BindPaths > /etc/systemd/system/tagger.service
 setfacl -R -m u:tagger:rwX "$photos" 2>/dev/null || chown -R tagger: "$photos"
 install -d -o tagger -g tagger -m 0750 /var/lib/tagger
 units=(tagger.service)
@@ -72,7 +73,7 @@ if [ "$with_web" = 1 ]; then
     echo "serving on $web_host: list the names you browse to in web.allowed_hosts (/etc/tagger/tagger.yaml)"
   fi
   install -d -o tagger -g tagger -m 0750 /var/lib/tagger/tagger.sqlite.thumbs
-  unit_paths /opt/tagger/systemd/tagger-web.service > /etc/systemd/system/tagger-web.service
+  unit_paths /opt/tagger/systemd/tagger-web.service BindReadOnlyPaths > /etc/systemd/system/tagger-web.service
   units+=(tagger-web.service)
 fi
 

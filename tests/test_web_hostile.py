@@ -99,6 +99,8 @@ def test_fuzzed_input_on_every_route_is_never_a_500(app: Flask, token_app: Flask
         no_server_error(client.get(f"/{value.lstrip('/')}"), f"GET /{value!r}")
         no_server_error(client.post("/api/classify", data={"top_k": value, "file": (io.BytesIO(b"x"), "x.jpg")}),
                         f"classify top_k={value!r}")
+        no_server_error(client.post(f"/image/{coffee}/keywords", data={"add": value, "csrf": value}), "form")
+        no_server_error(client.post(f"/api/images/{coffee}/keywords", json={"add": value}), "keywords")
         login = signed_out.post("/login", data={"token": TOKEN, "next": value})
         no_server_error(login, f"login next={value!r}")
         assert login.status_code == 303 and login.headers["Location"].startswith("/")
