@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,22 @@ from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256, find_wei
 log = logging.getLogger(__name__)
 
 Network = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W float32 -> N x 1000 logits
+# The same, also returning the last feature maps (N x C x 7 x 7), which only an explanation asks for.
+FeatureMapNetwork = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+# What an ONNX export holds (tagger.torchnet writes it, recorded in its provenance JSON): a cached
+# export of another format lacks an output or the head file, and is made again.
+EXPORT_FORMAT = 2
+EXPORT_OUTPUTS = ("logits", "feature_map")
+HEAD_SUFFIX = ".head.npz"  # beside the .onnx file: the classifier layer's weights, for explanations
+
+
+@dataclass(frozen=True)
+class Head:
+    """The classifier layer: logits = weight @ pooled features + bias."""
+
+    weight: np.ndarray  # classes x C, float32
+    bias: np.ndarray  # classes
 
 
 def export_precision(precision: str) -> str:
@@ -50,9 +67,25 @@ def _cached_export_is_current(path: Path, weights: WeightsFile, precision: str) 
     return (
         meta.get("source_sha256") == weights.sha256
         and meta.get("precision") == export_precision(precision)
+        and meta.get("format") == EXPORT_FORMAT
         and path.is_file()
         and meta.get("onnx_sha256") == file_sha256(path)
+        and _head_path(path).is_file()
+        and meta.get("head_sha256") == file_sha256(_head_path(path))
     )
+
+
+def _head_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + HEAD_SUFFIX)
+
+
+def load_head(onnx_path: Path) -> Head:
+    """The classifier weights an export wrote beside its model (checked with it by its hash)."""
+    try:
+        with np.load(_head_path(onnx_path)) as data:
+            return Head(np.asarray(data["weight"], np.float32), np.asarray(data["bias"], np.float32))
+    except (OSError, ValueError, KeyError) as exc:
+        raise WeightsError(f"{_head_path(onnx_path)}: unreadable classifier weights: {exc}") from None
 
 
 def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> None:
@@ -68,7 +101,8 @@ def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) ->
         raise WeightsError(f"cannot export {spec.name} to ONNX: {reason}")
 
 
-def onnx_network(path: Path, threads: int | None = None) -> Network:
+def onnx_network(path: Path, threads: int | None = None) -> tuple[Network, FeatureMapNetwork]:
+    """One session, run two ways: a scan asks for the logits alone, an explanation for the feature map too."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -82,25 +116,33 @@ def onnx_network(path: Path, threads: int | None = None) -> Network:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(batch: np.ndarray) -> np.ndarray:
-        logits: np.ndarray = session.run(None, {"input": batch})[0]
+        logits: np.ndarray = session.run(["logits"], {"input": batch})[0]
         return logits
 
-    return run
+    def run_with_map(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, fmap = session.run(list(EXPORT_OUTPUTS), {"input": batch})
+        return logits, fmap
+
+    return run, run_with_map
 
 
-def torch_network(spec: ModelSpec, weights: WeightsFile) -> Network:
+def torch_network(spec: ModelSpec, weights: WeightsFile) -> tuple[Network, FeatureMapNetwork, Head]:
     import torch
 
-    from tagger.torchnet import load_network
+    from tagger.torchnet import load_with_feature_map
 
-    module = load_network(spec, weights)
+    module = load_with_feature_map(spec, weights)
+    head = Head(module.classifier.weight.detach().numpy().copy(), module.classifier.bias.detach().numpy().copy())
+
+    def run_with_map(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            logits, fmap = module(torch.from_numpy(batch))
+        return logits.numpy(), fmap.numpy()
 
     def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits: np.ndarray = module(torch.from_numpy(batch)).numpy()
-        return logits
+        return run_with_map(batch)[0]
 
-    return run
+    return run, run_with_map, head
 
 
 def _onnx_available() -> bool:
@@ -114,11 +156,22 @@ def _onnx_available() -> bool:
 class Classifier:
     """One loaded model; `tag_batch` is the only thing the pipeline calls."""
 
-    def __init__(self, spec: ModelSpec, weights: WeightsFile, network: Network, runtime: str = "torch") -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: WeightsFile,
+        network: Network,
+        runtime: str = "torch",
+        with_map: FeatureMapNetwork | None = None,
+        head: Callable[[], Head] | None = None,
+    ) -> None:
         self.spec = spec
         self.weights = weights
         self.network = network
         self.runtime = runtime
+        self.with_map = with_map  # None: this classifier cannot explain (tagger.explain says so)
+        self._head_loader = head
+        self._head: Head | None = None
         self.classes = imagenet_classes()
 
     @classmethod
@@ -141,18 +194,23 @@ class Classifier:
             spec = MODELS[fallback]
             weights = find_weights(spec, weights_dir)
         if runtime == "torch" or (runtime == "auto" and not _onnx_available()):
-            return cls(spec, weights, torch_network(spec, weights), "torch")
+            return cls._on_torch(spec, weights)
         path = onnx_cache_path(spec, weights, weights_dir, precision)
         try:
             if not _cached_export_is_current(path, weights, precision):
                 _export(spec, weights, path, precision)
-            network = onnx_network(path)
+            network, with_map = onnx_network(path)
         except (WeightsError, OSError) as exc:
             if runtime == "onnx":
                 raise WeightsError(f"ONNX runtime requested but unavailable: {exc}") from None
             log.warning("%s; using PyTorch instead (slower, more memory)", exc)
-            return cls(spec, weights, torch_network(spec, weights), "torch")
-        return cls(spec, weights, network, f"onnx-{export_precision(precision)}")
+            return cls._on_torch(spec, weights)
+        return cls(spec, weights, network, f"onnx-{export_precision(precision)}", with_map, lambda: load_head(path))
+
+    @classmethod
+    def _on_torch(cls, spec: ModelSpec, weights: WeightsFile) -> Classifier:
+        network, with_map, head = torch_network(spec, weights)
+        return cls(spec, weights, network, "torch", with_map, lambda: head)
 
     @classmethod
     def from_config(cls, config: Config) -> Classifier:
@@ -162,6 +220,15 @@ class Classifier:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def head(self) -> Head:
+        """The classifier layer's weights, read on the first explanation (a scan never needs them)."""
+        if self._head is None:
+            if self._head_loader is None:
+                raise WeightsError(f"{self.name} ({self.runtime}) has no classifier weights to explain with")
+            self._head = self._head_loader()
+        return self._head
 
     def tag_batch(self, batch: np.ndarray, top_k: int) -> list[list[Tag]]:
         """N x 3 x H x W float32 -> for each image, its top_k tags by probability."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tagger.classify import EXPORT_FORMAT, EXPORT_OUTPUTS, HEAD_SUFFIX
 from tagger.cpu import INT8_SCHEMES, cpu_info
 from tagger.errors import WeightsError
 from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256
@@ -33,6 +34,44 @@ def build_network(name: str) -> torch.nn.Module:
         lite0: torch.nn.Module = EfficientNet.from_name("efficientnet-lite0")
         return lite0
     raise WeightsError(f"unknown model {name!r} (choose one of {', '.join(MODELS)})")
+
+
+# The classifier layer of each architecture: its input is the pooled feature vector.
+HEADS = {"resnet18": "fc", "efficientnet-lite0": "_fc"}
+# Its global average pooling: the network's own layer, so that the logits stay bit for bit the same.
+POOLS = {"resnet18": "avgpool", "efficientnet-lite0": "_avg_pooling"}
+
+
+class WithFeatureMap(torch.nn.Module):
+    """The network with a second output, its last feature map (N x C x 7 x 7) before global pooling.
+
+    Pooled and classified here exactly as the network does, so the logits are unchanged and the
+    map is the one the classifier's weights explain (a class activation map, tagger.explain).
+    """
+
+    def __init__(self, network: torch.nn.Module, name: str) -> None:
+        super().__init__()
+        self.network = network
+        self.name = name
+        self.classifier: torch.nn.Linear = getattr(network, HEADS[name])
+        self.pool: torch.nn.Module = getattr(network, POOLS[name])
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.network
+        if self.name == "efficientnet-lite0":
+            fmap: torch.Tensor = n.extract_features(x)  # type: ignore[operator]
+            return fmap
+        for layer in (n.conv1, n.bn1, n.relu, n.maxpool, n.layer1, n.layer2, n.layer3, n.layer4):
+            x = layer(x)  # type: ignore[operator]
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.feature_map(x)
+        return self.classifier(torch.flatten(self.pool(fmap), 1)), fmap
+
+
+def load_with_feature_map(spec: ModelSpec, weights: WeightsFile) -> WithFeatureMap:
+    return WithFeatureMap(load_network(spec, weights), spec.name).eval()
 
 
 def load_network(spec: ModelSpec, weights: WeightsFile) -> torch.nn.Module:
@@ -69,7 +108,7 @@ def calibration_batches(spec: ModelSpec) -> list[np.ndarray]:
 
 def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> dict[str, object]:
     """Write `out` (and `out`.json, its provenance) atomically; int8 is calibrated on shipped photos."""
-    network = load_network(spec, weights)
+    network = load_with_feature_map(spec, weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -80,23 +119,31 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
                 (torch.zeros(1, 3, spec.preprocess.crop, spec.preprocess.crop),),
                 str(fp32),
                 input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=list(EXPORT_OUTPUTS),
+                dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in EXPORT_OUTPUTS}},
                 opset_version=17,
                 dynamo=False,
             )
         result = fp32
         if precision.startswith("int8-"):
             result = _quantize(spec, fp32, Path(tmp), precision.removeprefix("int8-"))
+        head = Path(tmp) / "head.npz"
+        weight, bias = network.classifier.weight.detach().numpy(), network.classifier.bias.detach().numpy()
+        with head.open("wb") as fh:
+            np.savez(fh, weight=weight.astype(np.float32), bias=bias.astype(np.float32))
         meta: dict[str, object] = {
             "model": spec.name,
             "precision": precision,
+            "format": EXPORT_FORMAT,
+            "outputs": list(EXPORT_OUTPUTS),
+            "head_sha256": file_sha256(head),
             "made_on": cpu_info().describe(),
             "source_sha256": weights.sha256,
             "onnx_sha256": file_sha256(result),
             "torch": torch.__version__,
         }
         result.replace(out)
+        head.replace(out.with_name(out.name + HEAD_SUFFIX))
         meta_tmp = Path(tmp) / "meta.json"
         meta_tmp.write_text(json.dumps(meta, indent=2))
         meta_tmp.replace(out.with_name(out.name + ".json"))

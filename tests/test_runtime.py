@@ -240,6 +240,7 @@ def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: 
     fp32 = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "fp32")
     fake = here.with_name("copied.onnx")
     shutil.copy(fp32, fake)
+    shutil.copy(fp32.with_name(fp32.name + classify.HEAD_SUFFIX), fake.with_name(fake.name + classify.HEAD_SUFFIX))
     meta = json.loads(fp32.with_name(fp32.name + ".json").read_text())
     meta["precision"] = f"int8-{other_scheme}"
     tmp_meta = fake.with_name(fake.name + ".json")

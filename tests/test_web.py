@@ -359,6 +359,70 @@ def test_errors_are_json_and_never_leak_a_traceback(
     assert client.post("/api/images").status_code == 405 and client.post("/api/images").is_json
 
 
+# -- explanations ---------------------------------------------------------------------------
+
+
+def test_explain_api_png_layer_and_json(client: FlaskClient, library: Library) -> None:
+    coffee = url_path(library.root / "2024" / "trip" / "coffee.jpg")
+    png = client.get(f"/api/images/{coffee}/explain")
+    assert png.status_code == 200 and png.mimetype == "image/png"
+    with Image.open(io.BytesIO(png.data)) as img:
+        assert img.size == (600, 400) and img.mode == "RGB"
+    layer = client.get(f"/api/images/{coffee}/explain?tag=咖啡&format=layer&size=300")
+    assert layer.status_code == 200
+    with Image.open(io.BytesIO(layer.data)) as img:
+        assert img.size == (300, 200) and img.mode == "RGBA"
+    data = client.get(f"/api/images/{coffee}/explain?tag=espresso&format=json").json
+    assert data["label"] == "espresso" and data["class_id"] == 967 and data["path"].endswith("coffee.jpg")
+    assert len(data["map"]) == 32 and len(data["map"][0]) == 48
+    by_id = client.get(f"/api/images/{coffee}/explain?tag=967&format=json").json
+    assert by_id["map"] == data["map"]
+    top = client.get(f"/api/images/{coffee}/explain?format=json").json
+    assert top["label"] == tags_of(client, library.root / "2024" / "trip" / "coffee.jpg")[0]["label"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "message"),
+    [
+        ("format=gif", 400, "format must be one of png, layer, json"),
+        ("tag=no+such+thing", 400, "no ImageNet class is called"),
+        ("tag=1000", 400, "no ImageNet class is called"),
+        ("tag=%00", 400, "printable"),
+        (f"tag={'x' * 201}", 400, "at most 200"),
+        ("size=big", 400, "size must be a whole number from 16 to 1024"),
+        ("size=١٠٠", 400, "size must be a whole number"),
+        ("size=99999", 400, "size must be a whole number"),
+    ],
+)
+def test_explain_api_refusals_are_json(client: FlaskClient, library: Library, query: str, status: int,
+                                       message: str) -> None:
+    response = client.get(f"/api/images/{url_path(library.root / 'rocket.jpg')}/explain?{query}")
+    assert response.status_code == status and response.is_json and message in response.json["error"]
+
+
+def test_explain_api_paths_and_bad_files(client: FlaskClient, library: Library, tmp_path: Path) -> None:
+    assert client.get(f"/api/images/{url_path(library.root / 'nope.jpg')}/explain").status_code == 404
+    outside = client.get(f"/api/images/{url_path(library.outside / 'secret.jpg')}/explain")
+    assert outside.status_code == 403 and outside.is_json
+    evil = client.get(f"/api/images/{url_path(library.root / 'evil.jpg')}/explain")  # a symlink leading out
+    assert evil.status_code in (403, 404) and evil.is_json and b"secret" not in evil.data
+    broken = client.get(f"/api/images/{url_path(library.root / 'broken.jpg')}/explain")
+    assert broken.status_code == 422 and "broken.jpg" in broken.json["error"]
+    rotated = client.get(f"/api/images/{url_path(library.root / 'rotated.jpg')}/explain?format=json").json
+    assert (rotated["width"], rotated["height"]) == (200, 300) and len(rotated["map"]) == 48
+
+
+def test_image_page_has_a_why_per_guess_and_keyword(client: FlaskClient, library: Library) -> None:
+    coffee = library.root / "2024" / "trip" / "coffee.jpg"
+    page = client.get(f"/image/{url_path(coffee)}").get_data(as_text=True)
+    assert page.count('class="why"') >= 6  # 5 guesses and at least one keyword
+    assert f"/api/images/{url_path(coffee)}/explain?tag=967" in page
+    assert 'data-seen="' in page and 'id="heat-opacity"' in page and "not seen by the model" in page
+    assert "/static/explain.js" in page and "<script>" not in page
+    script = client.get("/static/explain.js")
+    assert script.status_code == 200 and b"format" in script.data
+
+
 # -- manual check ---------------------------------------------------------------------------
 
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import Blueprint, Response, jsonify, request, url_for
-from werkzeug.exceptions import BadRequest, Forbidden, RequestEntityTooLarge, ServiceUnavailable
+from typing import Literal, get_args
 
+from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import BadRequest, Forbidden, RequestEntityTooLarge, ServiceUnavailable, UnprocessableEntity
+
+from tagger import explain as cam
 from tagger.decode import declared_pixels
-from tagger.errors import WeightsError
+from tagger.errors import DecodeError, WeightsError
+from tagger.fileio import read_limited, shown
 from tagger.inputs import InputError, whole_number
 from tagger.store import GridItem, ImageDetail
 from tagger.web.check import CheckResult
@@ -30,6 +34,8 @@ blueprint = Blueprint("api", __name__)
 
 MAX_LIMIT = 500
 CHECK_TOP_K = 3
+MAX_TAG_CHARS = 200
+ExplainFormat = Literal["png", "layer", "json"]
 
 
 def error_response(code: int, message: str) -> Response:
@@ -76,6 +82,38 @@ def keywords(raw: str) -> Response:
     detail = indexed_file(raw)
     rows = correct_keywords(detail.path, body.get("add", []), body.get("remove", []))
     return jsonify({"path": detail.path, "keywords": [k.as_dict() for k in rows]})
+
+
+@blueprint.get("/images/<fspath:raw>/explain")
+def explain(raw: str) -> Response:
+    """?tag=LABEL (English, Chinese or class id; default the top guess)&format=png|layer|json&size=N
+
+    png: the photo with the heatmap (the part the model did not see greyed and striped); layer: the
+    heatmap alone, transparent where not seen, to lay over the photo; json: the map as rows.
+    """
+    fmt = request.args.get("format", "png")
+    if fmt not in get_args(ExplainFormat):
+        raise BadRequest(f"format must be one of {', '.join(get_args(ExplainFormat))}, not {fmt[:40]!r}")
+    term = request.args.get("tag")
+    if term is not None and (len(term) > MAX_TAG_CHARS or not term.isprintable()):
+        raise BadRequest(f"tag must be a label or class id of at most {MAX_TAG_CHARS} printable characters")
+    size = int_arg("size", cam.OVERLAY_SIZE, 16, cam.OVERLAY_SIZE)
+    detail = indexed_file(raw)
+    config = viewer().config
+    source = viewer().library.readable(detail.path)
+    try:
+        data = read_limited(source, config.decode.max_file_bytes)
+        explanation, photo = viewer().checker.explain(data, term)
+    except (DecodeError, OSError) as exc:
+        raise UnprocessableEntity(f"{shown(detail.path)}: {exc}") from None
+    except cam.ExplainError as exc:
+        raise BadRequest(str(exc)) from None
+    except WeightsError as exc:
+        raise ServiceUnavailable(f"the model cannot be loaded: {exc}") from None
+    if fmt == "json":
+        return jsonify({"path": detail.path, **explanation.as_dict()})
+    image = cam.heat_layer(explanation, size) if fmt == "layer" else cam.overlay(explanation, photo, size)
+    return Response(cam.png_bytes(image), mimetype="image/png")
 
 
 @blueprint.get("/tags")

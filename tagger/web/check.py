@@ -17,7 +17,10 @@ from tagger.errors import DecodeError
 from tagger.labels import Tag
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from tagger.classify import Classifier
+    from tagger.explain import Explanation
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,14 @@ class Checker:
             array = preprocess(decoded.image, classifier.spec.preprocess)
             tags = classifier.tag_batch(array[None], top_k)[0]
         return CheckResult(name, tags, decoded.width, decoded.height, time.monotonic() - started)
+
+    def explain(self, data: bytes, term: str | None) -> tuple[Explanation, Image.Image]:
+        """The map of `term`'s class (default: the top guess) in an indexed photo, decoded as a scan
+        decodes it, and that decoded photo; raises DecodeError or ExplainError."""
+        from tagger.explain import explain
+
+        with self._lock:
+            classifier = self._model()
+            draft = draft_size(classifier.spec.preprocess, self.config.decode.draft)
+            decoded = decode_bytes(data, self.config.decode.max_pixels, draft)
+            return explain(classifier, decoded.image, term, (decoded.width, decoded.height)), decoded.image

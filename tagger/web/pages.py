@@ -14,9 +14,10 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tagger import __version__
 from tagger.errors import StoreError
+from tagger.explain import seen_box
 from tagger.fileio import url_text
 from tagger.labels import Tag
-from tagger.store import SORTS, GridItem
+from tagger.store import SORTS, GridItem, ImageDetail
 from tagger.web.api import CHECK_TOP_K, check_uploads, received_uploads
 from tagger.web.check import CheckResult
 from tagger.web.context import (
@@ -36,6 +37,7 @@ from tagger.web.context import (
 from tagger.web.files import exif_facts
 from tagger.web.guard import local_target, session_value
 from tagger.web.media import sidecar_text
+from tagger.weights import MODELS
 from tagger.web.query import TERM_SEPARATORS, Query, default_sort, fetch_page, parse_query, term_for
 
 blueprint = Blueprint("pages", __name__)
@@ -100,8 +102,29 @@ def image(raw: str) -> str:
         exif=exif_facts(viewer().library.readable(detail.path)) if exists else {},
         sidecar=sidecar_text(detail) if exists else None,
         keywords=store().keywords(detail.sha256) if detail.sha256 and detail.status == "tagged" else [],
+        keyword_classes=_keyword_classes(detail.tags),
+        seen=_seen(detail),
         csrf=(CSRF_FIELD, csrf_token()),
     )
+
+
+def _keyword_classes(tags: Sequence[Tag]) -> dict[str, int]:
+    """Each model keyword's best-scoring class, the one its "Why?" explains."""
+    rules = viewer().rules
+    return {k.name: max(k.class_ids, key=lambda i: next(t.score for t in tags if t.class_id == i))
+            for k in rules.apply(tags, viewer().config.model.min_score)}
+
+
+def _seen(detail: ImageDetail) -> str | None:
+    """Where the model's centre crop lies in the photo, in percent (left top width height), for
+    the image page's heatmap; None when the photo cannot be explained."""
+    spec = MODELS.get(detail.model or "")
+    if spec is None or not detail.width or not detail.height or detail.status != "tagged":
+        return None
+    box = seen_box(detail.width, detail.height, spec.preprocess)
+    w, h = detail.width, detail.height
+    parts = (box.left / w, box.top / h, (box.right - box.left) / w, (box.bottom - box.top) / h)
+    return " ".join(f"{100 * p:.3f}" for p in parts)
 
 
 @blueprint.post("/image/<fspath:raw>/keywords")
