@@ -104,6 +104,25 @@ def test_browse_search_open_and_check_an_image(served: str, browser: Any, sample
     wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", picture) > 0)
     browser.save_screenshot(str(ARTIFACTS / "browser-3-image.png"))
 
+    why = browser.find_element(By.CSS_SELECTOR, ".bars a.why")  # espresso's heatmap over the photo
+    why.click()
+    heat = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, ".heat-frame img.heat")))
+    wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", heat) > 0)
+    assert why.get_attribute("aria-pressed") == "true"
+    assert "espresso" in browser.find_element(By.ID, "explain-caption").text
+    frame = browser.find_element(By.CSS_SELECTOR, ".heat-frame").rect
+    shown = picture.rect
+    assert abs(frame["width"] - shown["width"]) <= 2 and abs(frame["height"] - shown["height"]) <= 2
+    seen = browser.find_element(By.CSS_SELECTOR, ".heat-frame .seen").rect
+    # 600 x 400: resized to 384 x 256, of which the model sees the centre 224 x 224
+    assert abs(seen["width"] / frame["width"] - 224 / 384) < 0.02 and abs(seen["height"] / frame["height"] - 224 / 256) < 0.02
+    slider = browser.find_element(By.ID, "heat-opacity")
+    browser.execute_script("arguments[0].value = '0.3'; arguments[0].dispatchEvent(new Event('input'))", slider)
+    assert heat.value_of_css_property("opacity") == "0.3"
+    browser.save_screenshot(str(ARTIFACTS / "browser-3b-why.png"))
+    why.click()
+    wait.until(ready.invisibility_of_element_located((By.CSS_SELECTOR, ".heat-frame")))
+
     browser.find_element(By.LINK_TEXT, "Check an image").click()
     chooser = wait.until(ready.presence_of_element_located((By.ID, "check-files")))
     chooser.send_keys(str(next(p for p in sample_jpegs if p.stem == "coffee")))

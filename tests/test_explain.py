@@ -236,3 +236,20 @@ def test_cli_explain_bad_image_names_the_file(config_file: Path, tmp_path: Path)
     out = tmp_path / "no-such-folder" / "x.png"
     result = CliRunner().invoke(cli, ["--config", str(config_file), "explain", "--out", str(out), str(broken)])
     assert result.exit_code == 1 and "broken.jpg" in result.output
+
+
+@pytest.mark.parametrize(("name", "channels"), [("resnet18", 512), ("efficientnet-lite0", 1280)])
+def test_feature_map_output_leaves_the_logits_unchanged(name: str, channels: int) -> None:
+    """Both architectures (untrained weights: ResNet-18's real file is not needed for this)."""
+    import torch
+
+    from tagger.torchnet import WithFeatureMap, build_network
+
+    torch.manual_seed(0)
+    network = build_network(name).eval()
+    batch = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        expected = network(batch)
+        logits, fmap = WithFeatureMap(network, name).eval()(batch)
+    assert fmap.shape == (2, channels, 7, 7)
+    torch.testing.assert_close(logits, expected)
