@@ -63,7 +63,7 @@ def main() -> int:
         draft = decode_bytes(data, 10**9, draft_size(classifier.spec.preprocess, True)).image
         size = (4000, 3000)
         explanation = cam.explain(classifier, draft, None, size)
-        print(f"photo 4000x3000 JPEG; draft decode {draft.width}x{draft.height}; top guess {explanation.cls.label}")
+        print(f"photo 4000x3000 JPEG; draft decode {draft.width}x{draft.height}; top guess {explanation.label}")
         rows = [
             ("explanation, from the full 12 MP decode", lambda: cam.explain(classifier, full, None, size)),
             ("explanation, from the draft decode (CLI, viewer)", lambda: cam.explain(classifier, draft, None, size)),

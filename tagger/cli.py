@@ -152,9 +152,9 @@ def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_j
     if as_json:
         click.echo(json_text(explanation.as_dict()))
         return
-    c = explanation.cls
+    e = explanation
     where = f"; overlay written to {shown(out)}" if out is not None else ""
-    click.echo(f"{shown(image)}: {c.label} ({c.label_zh}, class {c.class_id}) {explanation.score:.1%}{where}")
+    click.echo(f"{shown(image)}: {e.label} ({e.label_zh}, class {e.class_id}) {e.score:.1%}{where}")
 
 
 @cli.command()

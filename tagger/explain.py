@@ -63,10 +63,34 @@ class Box:
 
 
 @dataclass(frozen=True)
+class ModelView:
+    """One model run on a photo: all that any explanation of it needs."""
+
+    logits: np.ndarray  # the 1000 ImageNet classes'
+    feature_map: np.ndarray  # C x h x w, before global pooling
+    width: int  # the photo as shown
+    height: int
+    seen: Box
+
+    @property
+    def pooled(self) -> np.ndarray:
+        """The features the classifier (or a linear model on embeddings) sees."""
+        pooled: np.ndarray = self.feature_map.mean(axis=(1, 2))
+        return pooled
+
+    def probabilities(self) -> np.ndarray:
+        shifted = np.exp(self.logits.astype(np.float64) - float(self.logits.max()))
+        probabilities: np.ndarray = shifted / shifted.sum()
+        return probabilities
+
+
+@dataclass(frozen=True)
 class Explanation:
-    cls: ImageNetClass
-    score: float  # the model's probability for this class
-    cam: np.ndarray  # h x w over the centre crop: each cell's share of the logit (before the bias)
+    label: str
+    label_zh: str
+    class_id: int | None  # None for a tag that is not an ImageNet class (a learned tag)
+    score: float  # the model's probability for this tag
+    cam: np.ndarray  # h x w over the centre crop: each cell's share of the score (before the bias)
     width: int  # the photo as shown
     height: int
     seen: Box
@@ -87,9 +111,9 @@ class Explanation:
         heat = self.heat(*self.grid_size())
         rows = [[None if math.isnan(v) else round(float(v), 3) for v in row] for row in heat]
         return {
-            "label": self.cls.label,
-            "label_zh": self.cls.label_zh,
-            "class_id": self.cls.class_id,
+            "label": self.label,
+            "label_zh": self.label_zh,
+            "class_id": self.class_id,
             "score": round(self.score, 6),
             "width": self.width,
             "height": self.height,
@@ -175,8 +199,8 @@ def choose_class(term: str | None, probabilities: np.ndarray) -> ImageNetClass:
     return max(matches, key=lambda c: float(probabilities[c.class_id]))
 
 
-def explain(classifier: Classifier, image: Image.Image, term: str | None = None, size: tuple[int, int] | None = None) -> Explanation:
-    """One model run on `image` (upright RGB) -> the map of `term`'s class, or of the top guess.
+def look_at(classifier: Classifier, image: Image.Image, size: tuple[int, int] | None = None) -> ModelView:
+    """One model run on `image` (upright RGB), returning the feature map too.
 
     `size` is the photo's size as shown, when `image` is a reduced decode of it.
     """
@@ -184,12 +208,26 @@ def explain(classifier: Classifier, image: Image.Image, term: str | None = None,
         raise ExplainError(f"{classifier.name} ({classifier.runtime}) does not return its feature map")
     spec = classifier.spec.preprocess
     logits, fmaps = classifier.with_map(preprocess(model_view(image, spec), spec)[None])
-    shifted = logits[0].astype(np.float64) - float(logits[0].max())
-    probabilities = np.exp(shifted) / np.exp(shifted).sum()
-    cls = choose_class(term, probabilities)
-    cam = activation_map(fmaps[0], classifier.head.weight[cls.class_id])
     width, height = size or image.size
-    return Explanation(cls, float(probabilities[cls.class_id]), cam, width, height, seen_box(width, height, spec))
+    return ModelView(logits[0], fmaps[0], width, height, seen_box(width, height, spec))
+
+
+def explain(classifier: Classifier, image: Image.Image, term: str | None = None, size: tuple[int, int] | None = None) -> Explanation:
+    """The map of `term`'s ImageNet class in `image`, or of the top guess."""
+    view = look_at(classifier, image, size)
+    probabilities = view.probabilities()
+    cls = choose_class(term, probabilities)
+    score = float(probabilities[cls.class_id])
+    return explain_weights(view, classifier.head.weight[cls.class_id], cls.label, cls.label_zh, score, cls.class_id)
+
+
+def explain_weights(
+    view: ModelView, weights: np.ndarray, label: str, label_zh: str, score: float, class_id: int | None = None
+) -> Explanation:
+    """The map of any linear model over the pooled features: a classifier row, or a learned tag's
+    weights (for a model on L2-normalised features the map only scales, and is shown normalised)."""
+    cam = activation_map(view.feature_map, weights)
+    return Explanation(label, label_zh, class_id, score, cam, view.width, view.height, view.seen)
 
 
 def model_view(image: Image.Image, spec: Preprocess) -> Image.Image:

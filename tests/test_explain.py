@@ -48,11 +48,11 @@ def test_cat_on_the_left_coffee_on_the_right(lite0: Classifier, sample_paths: di
     top = cam.explain(lite0, image)
     cat = max((cam.explain(lite0, image, str(c)) for c in CAT_CLASSES), key=lambda e: e.score)
     espresso = cam.explain(lite0, image, "espresso")
-    assert espresso.cls.class_id == ESPRESSO and cat.cls.class_id in CAT_CLASSES
-    assert top.cls.class_id in (*CAT_CLASSES, ESPRESSO, 504)  # the model sees both things
+    assert espresso.class_id == ESPRESSO and cat.class_id in CAT_CLASSES
+    assert top.class_id in (*CAT_CLASSES, ESPRESSO, 504)  # the model sees both things
     cat_left, cat_right = halves(cat)
     cup_left, cup_right = halves(espresso)
-    assert cat_left > 2 * cat_right, (cat.cls.label, cat_left, cat_right)
+    assert cat_left > 2 * cat_right, (cat.label, cat_left, cat_right)
     assert cup_right > 2 * cup_left, (cup_left, cup_right)
 
 
@@ -78,8 +78,21 @@ def test_onnx_and_pytorch_give_the_same_feature_map(lite0: Classifier, lite0_tor
     np.testing.assert_array_equal(lite0.head.weight, lite0_torch.head.weight)
 
 
+def test_a_learned_tags_weights_give_its_map(lite0: Classifier, sample_paths: dict[str, Path]) -> None:
+    """A linear model over the (L2-normalised) pooled features explains itself the same way: here
+    one whose weights are a scaled copy of espresso's row gives espresso's map."""
+    with Image.open(sample_paths["coffee"]) as img:
+        photo = img.convert("RGB")
+    view = cam.look_at(lite0, photo)
+    learned_weights = 7.5 * lite0.head.weight[ESPRESSO] / np.linalg.norm(view.pooled)
+    learned = cam.explain_weights(view, learned_weights, "my espresso", "我的咖啡", 0.9)
+    espresso = cam.explain(lite0, photo, "espresso")
+    assert learned.class_id is None and learned.as_dict()["label"] == "my espresso"
+    np.testing.assert_allclose(learned.heat(48, 32), espresso.heat(48, 32), atol=1e-6)
+
+
 def test_any_weight_vector_gives_a_map() -> None:
-    """A learned tag's linear model over the pooled features explains itself the same way."""
+    """Each cell's share of the score weights . mean(feature map)."""
     fmap = np.zeros((4, 7, 7), np.float32)
     fmap[2, 1, 5] = 1.0
     weights = np.array([0.0, 0.0, 3.0, -1.0], np.float32)
@@ -177,7 +190,7 @@ def test_agrees_with_grad_cam(lite0: Classifier, lite0_torch: Classifier, sample
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with GradCAM(model=probe, target_layers=[probe.at_map]) as grad_cam:
-                theirs = grad_cam(input_tensor=batch, targets=[ClassifierOutputTarget(explanation.cls.class_id)])[0]
+                theirs = grad_cam(input_tensor=batch, targets=[ClassifierOutputTarget(explanation.class_id)])[0]
         correlations[name] = float(np.corrcoef(ours.ravel(), theirs.ravel())[0, 1])
     print("Grad-CAM correlation per photo:", {k: round(v, 6) for k, v in correlations.items()})
     assert min(correlations.values()) > 0.95, correlations
