@@ -125,39 +125,6 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
 
 
 @cli.command()
-@click.argument("image", type=click.Path(path_type=Path))
-@click.option("--tag", "term", metavar="LABEL", help="English or Chinese label, or class id (default: the top guess).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the photo with the heatmap as PNG.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"label", "class_id", "score", "map"}: rows over the image.')
-@pass_ctx
-def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_json: bool) -> None:
-    """Show where in IMAGE the model saw a tag: a class activation map over the photo."""
-    from tagger import explain as cam
-    from tagger.classify import Classifier
-    from tagger.decode import draft_size, open_rgb
-
-    config = ctx.config(require_folders=False)
-    classifier = Classifier.from_config(config)
-    draft = draft_size(classifier.spec.preprocess, config.decode.draft)  # as a scan decodes
-    try:
-        decoded = open_rgb(image, config.decode.max_pixels, draft, config.decode.max_file_bytes)
-    except DecodeError as exc:
-        raise _Failure(f"{shown(image)}: {exc}") from None
-    explanation = cam.explain(classifier, decoded.image, term, (decoded.width, decoded.height))
-    if out is not None:
-        try:
-            cam.overlay(explanation, decoded.image).save(out, "PNG")
-        except (OSError, ValueError) as exc:
-            raise _Failure(f"{shown(out)}: cannot write the overlay: {exc}") from None
-    if as_json:
-        click.echo(json_text(explanation.as_dict()))
-        return
-    e = explanation
-    where = f"; overlay written to {shown(out)}" if out is not None else ""
-    click.echo(f"{shown(image)}: {e.label} ({e.label_zh}, class {e.class_id}) {e.score:.1%}{where}")
-
-
-@cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @pass_ctx
 def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
@@ -587,6 +554,9 @@ def failures(ctx: _Context) -> None:
     with Store.open(config.index, readonly=True) as store:
         for f in store.failures():
             click.echo(f"{shown(f.path)}: {f.error}")
+
+
+from tagger import cli_explain  # noqa: E402,F401  (registers explain)
 
 
 def main() -> None:

@@ -205,7 +205,7 @@ def test_cli_explain_json(config_file: Path, sample_jpegs: list[Path]) -> None:
     coffee = next(p for p in sample_jpegs if p.stem == "coffee")
     result = CliRunner().invoke(cli, ["--config", str(config_file), "explain", "--json", "--tag", "意式浓缩咖啡", str(coffee)])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert {"label", "class_id", "score", "map"} <= set(data)
     assert data["label"] == "espresso" and data["class_id"] == ESPRESSO and 0 < data["score"] <= 1
     with Image.open(coffee) as img:
