@@ -26,7 +26,11 @@ from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256, find_wei
 
 log = logging.getLogger(__name__)
 
-Network = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W float32 -> N x 1000 logits
+# N x 3 x H x W float32 -> (N x 1000 logits, N x D pooled features: 1280 for Lite0, 512 for ResNet-18)
+Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+# The outputs an ONNX export must have (tagger.torchnet.EXPORT_OUTPUTS, not imported: that imports torch).
+EXPORT_OUTPUTS = ["logits", "features"]
 
 
 def export_precision(precision: str) -> str:
@@ -50,6 +54,7 @@ def _cached_export_is_current(path: Path, weights: WeightsFile, precision: str) 
     return (
         meta.get("source_sha256") == weights.sha256
         and meta.get("precision") == export_precision(precision)
+        and meta.get("outputs") == EXPORT_OUTPUTS
         and path.is_file()
         and meta.get("onnx_sha256") == file_sha256(path)
     )
@@ -81,9 +86,9 @@ def onnx_network(path: Path, threads: int | None = None) -> Network:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        logits: np.ndarray = session.run(None, {"input": batch})[0]
-        return logits
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = session.run(EXPORT_OUTPUTS, {"input": batch})
+        return logits, features
 
     return run
 
@@ -91,14 +96,14 @@ def onnx_network(path: Path, threads: int | None = None) -> Network:
 def torch_network(spec: ModelSpec, weights: WeightsFile) -> Network:
     import torch
 
-    from tagger.torchnet import load_network
+    from tagger.torchnet import load_with_features
 
-    module = load_network(spec, weights)
+    module = load_with_features(spec, weights)
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            logits: np.ndarray = module(torch.from_numpy(batch)).numpy()
-        return logits
+            logits, features = module(torch.from_numpy(batch))
+        return logits.numpy(), features.numpy()
 
     return run
 
@@ -109,6 +114,14 @@ def _onnx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def normalised(features: np.ndarray) -> np.ndarray:
+    """Unit length, so that a dot product is the cosine similarity."""
+    vectors = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return unit
 
 
 class Classifier:
@@ -167,12 +180,14 @@ class Classifier:
         """N x 3 x H x W float32 -> for each image, its top_k tags by probability."""
         return self.predict(batch, top_k)[0]
 
-    def predict(self, batch: np.ndarray, top_k: int) -> tuple[list[list[Tag]], list[float]]:
-        """The top_k tags of each image, and its margin: best minus second-best probability.
+    def predict(self, batch: np.ndarray, top_k: int) -> tuple[list[list[Tag]], list[float], np.ndarray]:
+        """The top_k tags of each image, its margin (best minus second-best probability) and
+        its embedding (the pooled features, L2-normalised float32), all from one model run.
 
         A small margin is a near tie, which a slightly different decode of the same photo can flip.
         """
-        logits = self.network(np.ascontiguousarray(batch, dtype=np.float32)).astype(np.float64)
+        raw, features = self.network(np.ascontiguousarray(batch, dtype=np.float32))
+        logits = raw.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -180,7 +195,7 @@ class Classifier:
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         margins = [float(row[i[0]] - row[i[1]]) for row, i in zip(probabilities, top)]
         tags = [[self._tag(int(i), float(row[i])) for i in indices[:top_k]] for row, indices in zip(probabilities, top)]
-        return tags, margins
+        return tags, margins, normalised(features)
 
     def _tag(self, class_id: int, score: float) -> Tag:
         c = self.classes[class_id]

@@ -154,6 +154,8 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
                     tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary)
                 finally:
                     tagger.close()
+            if not stopped:
+                _backfill_embeddings(config, classifier, lambda: bool(stopped))
         except DiskError:
             if summary.files:  # what was done before the disk filled up
                 _print_summary(summary, classifier.name)
@@ -534,6 +536,23 @@ def failures(ctx: _Context) -> None:
     with Store.open(config.index, readonly=True) as store:
         for f in store.failures():
             click.echo(f"{shown(f.path)}: {f.error}")
+
+
+def _backfill_embeddings(config: Config, classifier: Any, cancelled: Any) -> None:
+    """Embeddings an older index lacks, computed once, with their own progress bar."""
+    from tagger.embeddings import backfill
+    from tagger.store import Store
+
+    with Store.open(config.index) as store, _progress() as on_progress:
+        result = backfill(config, classifier, store, on_progress=on_progress, cancelled=cancelled)
+    if result.missing:
+        click.echo(
+            f"embeddings: {result.computed} computed for images indexed before them"
+            f"{f', {result.skipped} skipped (file changed or unreadable)' if result.skipped else ''}"
+        )
+
+
+from tagger import cli_vectors  # noqa: E402  (registers embed, similar, duplicates, learn, learned)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from tagger.classify import Classifier
 from tagger.labels import Tag
 from tagger.config import Config
+from tagger.embeddings import save_embedding
 from tagger.decode import decode_bytes, draft_size, is_image_name, preprocess
 from tagger.errors import DecodeError, DiskError
 from tagger.fileio import Folders, read_limited
@@ -235,15 +236,23 @@ class Tagger:
         if not pending:
             return
         top_k = self.config.model.top_k
-        results, margins = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
-        self._refine(pending, results, margins, summary)
-        for done, tags in zip(pending, results):
-            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, fresh=True):
+        results, margins, embeddings = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
+        self._refine(pending, results, margins, embeddings, summary)
+        for done, tags, embedding in zip(pending, results, embeddings):
+            look = (embedding, done.array)
+            if not self._record(
+                done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, fresh=True, embedding=look
+            ):
                 summary.sidecar_errors += 1
             summary.classified += 1
 
     def _refine(
-        self, pending: Sequence[_Pending], results: list[list[Tag]], margins: Sequence[float], summary: ScanSummary
+        self,
+        pending: Sequence[_Pending],
+        results: list[list[Tag]],
+        margins: Sequence[float],
+        embeddings: np.ndarray,
+        summary: ScanSummary,
     ) -> None:
         """Near ties of draft-decoded images: decode those fully and take the model's second answer.
 
@@ -260,9 +269,10 @@ class Tagger:
         redone_ok = [(i, r) for i, r in redone if isinstance(r, _Decoded)]
         if not redone_ok:
             return
-        again, _ = self.classifier.predict(np.stack([r.array for _, r in redone_ok]), self.config.model.top_k)
-        for (i, _), tags in zip(redone_ok, again):
+        again, _, features = self.classifier.predict(np.stack([r.array for _, r in redone_ok]), self.config.model.top_k)
+        for (i, _), tags, embedding in zip(redone_ok, again, features):
             results[i] = tags
+            embeddings[i] = embedding
         summary.refined += len(redone_ok)
 
     def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
@@ -364,7 +374,14 @@ class Tagger:
         )
 
     def _record(
-        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, fresh: bool
+        self,
+        path: Path,
+        facts: ImageFacts,
+        mtime_ns: int,
+        tags: Sequence[Tag],
+        weights_sha256: str,
+        fresh: bool,
+        embedding: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> bool:
         """Sidecars first, then the index: a crash in between is repaired by the next scan.
 
@@ -379,6 +396,8 @@ class Tagger:
             with self.store.transaction(f"the tags of {path}"):
                 if fresh:
                     self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
+                if embedding is not None:  # (features, the model's input they came from)
+                    save_embedding(self.store, facts.sha256, self.classifier.name, *embedding)
                 self.store.save_keywords(facts.sha256, keywords)
                 self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
         except DiskError:

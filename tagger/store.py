@@ -19,6 +19,7 @@ from typing import Any
 from tagger.labels import Tag, imagenet_classes
 from tagger.errors import DiskError, StoreBusy, StoreError
 from tagger.sidecar import ImageFacts
+from tagger.vectorindex import MIGRATION_EMBEDDINGS
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: images by content, their top-k tags, files pointing at them (or at their error).
@@ -164,6 +165,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE sidecars_pending (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;
     """,
+    # 7: embeddings per content (the model's pooled features) and learned tags (tagger.vectorindex).
+    MIGRATION_EMBEDDINGS,
 )
 
 

@@ -35,6 +35,34 @@ def build_network(name: str) -> torch.nn.Module:
     raise WeightsError(f"unknown model {name!r} (choose one of {', '.join(MODELS)})")
 
 
+# The classifier layer of each architecture: its input is the pooled feature vector.
+HEADS = {"resnet18": "fc", "efficientnet-lite0": "_fc"}
+
+# Recorded with each ONNX export: a cached export of another version has other outputs and is made again.
+EXPORT_OUTPUTS = ("logits", "features")
+
+
+class WithFeatures(torch.nn.Module):
+    """The network with two outputs: logits, and the pooled features the classifier sees.
+
+    The classifier layer is swapped for an identity and applied here, so one run gives both.
+    """
+
+    def __init__(self, network: torch.nn.Module, head: str) -> None:
+        super().__init__()
+        self.classifier = getattr(network, head)
+        setattr(network, head, torch.nn.Identity())
+        self.body = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.flatten(self.body(x), 1)
+        return self.classifier(features), features
+
+
+def load_with_features(spec: ModelSpec, weights: WeightsFile) -> WithFeatures:
+    return WithFeatures(load_network(spec, weights), HEADS[spec.name]).eval()
+
+
 def load_network(spec: ModelSpec, weights: WeightsFile) -> torch.nn.Module:
     """Strict load: a file with missing, extra or misshapen tensors is refused, never half-used."""
     network = build_network(spec.name)
@@ -69,7 +97,7 @@ def calibration_batches(spec: ModelSpec) -> list[np.ndarray]:
 
 def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> dict[str, object]:
     """Write `out` (and `out`.json, its provenance) atomically; int8 is calibrated on shipped photos."""
-    network = load_network(spec, weights)
+    network = load_with_features(spec, weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -80,8 +108,8 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
                 (torch.zeros(1, 3, spec.preprocess.crop, spec.preprocess.crop),),
                 str(fp32),
                 input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=list(EXPORT_OUTPUTS),
+                dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in EXPORT_OUTPUTS}},
                 opset_version=17,
                 dynamo=False,
             )
@@ -91,6 +119,7 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
         meta: dict[str, object] = {
             "model": spec.name,
             "precision": precision,
+            "outputs": list(EXPORT_OUTPUTS),
             "made_on": cpu_info().describe(),
             "source_sha256": weights.sha256,
             "onnx_sha256": file_sha256(result),

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from tagger.config import Config
 from tagger.errors import StoreError
 from tagger.fileio import shown
-from tagger.web import api, media, pages
+from tagger.web import api, media, pages, vectors
 from tagger.web.context import CSRF_COOKIE, Viewer, token_ok, wants_json
 from tagger.web.files import FsPathConverter
 
@@ -60,6 +60,7 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(media.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
+    app.register_blueprint(vectors.blueprint)
     app.before_request(_require_token)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)

@@ -1,0 +1,172 @@
+"""Embeddings, similar images, near-duplicates and learned tags, on real photos and the real model."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tagger.classify import Classifier, _cached_export_is_current, onnx_cache_path
+from tagger.cli import cli
+from tagger.decode import open_rgb, preprocess
+from tagger.store import Store
+from tagger.vectorindex import VectorRows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from sample_photos import distinct_views  # noqa: E402
+import realsets  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Distinct crops of every shipped photo: several real pictures of each subject."""
+    return distinct_views(tmp_path_factory.mktemp("views"), 34, (400, 300))
+
+
+@pytest.fixture
+def library(tmp_path: Path, views: list[Path], sample_jpegs: list[Path]) -> Path:
+    lib = tmp_path / "library"
+    lib.mkdir()
+    for src in [*views, *sample_jpegs]:
+        shutil.copy(src, lib / src.name)
+    return lib
+
+
+def invoke(config: Path, *args: str) -> Any:
+    result = CliRunner().invoke(cli, ["--config", str(config), *args])
+    return result
+
+
+def rows(index: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(index) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")  # as tagger's own connections have it
+        return conn.execute(sql, params).fetchall()
+
+
+def test_features_from_onnx_and_pytorch_agree(lite0: Classifier, lite0_torch: Classifier, sample_paths: dict[str, Path]) -> None:
+    batch = np.stack([preprocess(open_rgb(p, 10**8).image, lite0.spec.preprocess) for p in sample_paths.values()])
+    tags, _, fast = lite0.predict(batch, 3)
+    reference_tags, _, reference = lite0_torch.predict(batch, 3)
+    assert fast.shape == reference.shape == (len(sample_paths), 1280)
+    assert np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-4)
+    assert np.min(np.sum(fast * reference, axis=1)) > 0.999
+    assert [t[0].class_id for t in tags] == [t[0].class_id for t in reference_tags]
+
+
+def test_an_export_without_features_is_made_again(lite0: Classifier, weights_dir: Path) -> None:
+    path = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "fp32")
+    meta_path = path.with_name(path.name + ".json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["outputs"] == ["logits", "features"] and _cached_export_is_current(path, lite0.weights, "fp32")
+    del meta["outputs"]  # as written before embeddings existed
+    meta_path.write_text(json.dumps(meta))
+    try:
+        assert not _cached_export_is_current(path, lite0.weights, "fp32")
+    finally:
+        meta["outputs"] = ["logits", "features"]
+        meta_path.write_text(json.dumps(meta))
+
+
+def test_scan_stores_one_embedding_per_content_and_backfills(
+    library: Path, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    shutil.copy(library / "coffee.jpg", library / "coffee copy.jpg")
+    config = write_config()
+    result = invoke(config, "scan")
+    assert result.exit_code == 0, result.output
+    index = tmp_path / "index.sqlite"
+    contents = rows(index, "SELECT COUNT(*) FROM images")[0][0]
+    stored = rows(index, "SELECT sha256, model, dims, vector FROM embeddings")
+    assert len(stored) == contents == len(list(library.glob("*.jpg"))) - 1
+    for _, model, dims, blob in stored:
+        vector = np.frombuffer(blob, dtype="<f2")
+        assert (model, dims, len(blob)) == ("efficientnet-lite0", 1280, 2560)
+        assert abs(float(np.linalg.norm(vector.astype(np.float32))) - 1.0) < 1e-2
+    # An index from before embeddings: they are computed once, by the next scan, without re-tagging.
+    rows(index, "DELETE FROM embeddings WHERE sha256 < '8'")
+    missing = contents - rows(index, "SELECT COUNT(*) FROM embeddings")[0][0]
+    assert missing > 0
+    result = invoke(config, "scan")
+    assert result.exit_code == 0, result.output
+    assert f"embeddings: {missing} computed" in result.output
+    assert "0 classified" in result.output
+    assert rows(index, "SELECT COUNT(*) FROM embeddings")[0][0] == contents
+    result = invoke(config, "embed")
+    assert result.exit_code == 0 and "0 missing" in result.output
+    # Removed with their content.
+    rows(index, "DELETE FROM images WHERE sha256 IN (SELECT sha256 FROM files WHERE path LIKE '%coffee.jpg')")
+    assert rows(index, "SELECT COUNT(*) FROM embeddings")[0][0] == contents - 1
+
+
+def test_similar_puts_the_same_subject_first(library: Path, write_config: Callable[..., Path]) -> None:
+    config = write_config()
+    assert invoke(config, "scan").exit_code == 0
+    result = invoke(config, "similar", str(library / "chelsea.jpg"), "--limit", "3", "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert len(found) == 3
+    assert all(Path(f["path"]).name.startswith("chelsea_view") for f in found[:2])
+    assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
+    result = invoke(config, "similar", str(library / "coffee.jpg"), "--limit", "2")
+    assert result.exit_code == 0
+    assert [Path(p).name.split("_view")[0] for p in result.output.splitlines()] == ["coffee", "coffee"]
+    result = invoke(config, "similar", str(library / "nothing.jpg"))
+    assert result.exit_code == 1 and "nothing.jpg: not a tagged image in the index" in result.output
+
+
+def test_duplicates_groups_copies_not_other_shots(tmp_path: Path, write_config: Callable[..., Path]) -> None:
+    from realsets import make_set
+
+    lib = tmp_path / "library"
+    pictures = make_set(lib, shots_per_subject=2, subjects=["astronaut", "chelsea", "coffee", "rocket", "camera"])
+    shutil.copy(pictures[0].path, lib / "same bytes.jpg")
+    config = write_config()
+    assert invoke(config, "scan").exit_code == 0
+    result = invoke(config, "duplicates", "--format", "json")
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.output)
+    shot_of = {str(p.path): (p.subject, p.shot) for p in pictures}
+    shot_of[str(lib / "same bytes.jpg")] = shot_of[str(pictures[0].path)]
+    for group in groups:
+        assert len({shot_of[p] for p in group}) == 1, group  # other shots of the scene are never copies
+        original = [p for p in group if "_copy" not in p and "same bytes" not in p]
+        assert not original or group[0] == original[0] or Path(group[0]).name == "same bytes.jpg"
+    grouped = {p for group in groups for p in group}
+    copies = [p for p in pictures if p.kind != "original"]
+    assert sum(str(p.path) in grouped for p in copies) >= 0.8 * len(copies)
+    assert str(lib / "same bytes.jpg") in grouped
+    text = invoke(config, "duplicates")
+    assert text.exit_code == 0 and text.output.startswith("* ")
+
+
+def test_viewer_similar_strip_api_and_duplicates_page(library: Path, write_config: Callable[..., Path]) -> None:
+    from tagger.config import load_config
+    from tagger.web import create_app
+
+    shutil.copy(library / "coffee.jpg", library / "coffee again.jpg")
+    config_path = write_config()
+    assert invoke(config_path, "scan").exit_code == 0
+    client = create_app(load_config(config_path)).test_client()
+    raw = str(library / "chelsea.jpg").lstrip("/")
+    response = client.get(f"/api/images/{raw}/similar?limit=2")
+    assert response.status_code == 200
+    similar = response.get_json()["similar"]
+    assert len(similar) == 2 and all("chelsea_view" in s["path"] for s in similar)
+    assert client.get(f"/api/images/{raw}/similar?limit=0").status_code == 400
+    assert client.get("/api/images/tmp/none.jpg/similar").status_code in (403, 404)
+    page = client.get(f"/image/{raw}")
+    assert page.status_code == 200 and b'class="similar"' in page.data
+    assert similar[0]["links"]["thumbnail"].encode() in page.data
+    duplicates = client.get("/duplicates")
+    assert duplicates.status_code == 200 and b"coffee again.jpg" in duplicates.data and b"largest" in duplicates.data
+    groups = client.get("/api/duplicates").get_json()["groups"]
+    coffee = [g for g in groups if str(library / "coffee.jpg") in g]
+    assert len(coffee) == 1 and str(library / "coffee again.jpg") in coffee[0]
