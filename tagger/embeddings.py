@@ -17,7 +17,7 @@ import numpy as np
 
 from tagger.classify import Classifier
 from tagger.config import Config
-from tagger.decode import decode_bytes, draft_size, preprocess
+from tagger.decode import decode_array, draft_size
 from tagger.duplicates import image_hash
 from tagger.errors import DecodeError
 from tagger.fileio import Folders, read_limited
@@ -65,7 +65,7 @@ def backfill(
             data = read_limited(Path(path), config.decode.max_file_bytes, folders)
             if hashlib.sha256(data).hexdigest() != sha256:
                 return None
-            return preprocess(decode_bytes(data, config.decode.max_pixels, draft).image, spec)
+            return decode_array(data, config.decode.max_pixels, spec, draft).array
         except DecodeError as exc:
             log.warning("%s: no embedding: %s", path, exc)
             return None

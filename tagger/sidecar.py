@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,7 +67,16 @@ def sidecar_document(
     }
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def mode_of(image: Path) -> int:
+    """A sidecar's permissions: its image's read and write bits, so that whoever may read the photo
+    may read its tags, whatever the writer's umask (the service runs with UMask=0027)."""
+    try:
+        return stat.S_IMODE(os.stat(image).st_mode) & 0o666
+    except OSError:
+        return 0o644
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old file or the new one, never a mix, even after a crash."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -74,7 +84,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         _fsync_dir(path.parent)
     finally:
@@ -85,7 +95,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
     path = sidecar_path(image)
     text = json_text(document, indent=2) + "\n"
-    write_atomic(path, text.encode("utf-8"))
+    write_atomic(path, text.encode("utf-8"), mode_of(image))
     return path
 
 

@@ -41,7 +41,7 @@ from xml.parsers.expat import ExpatError
 import defusedxml.minidom
 
 from tagger.errors import TaggerError
-from tagger.sidecar import write_atomic
+from tagger.sidecar import mode_of, write_atomic
 
 XMP_STYLES = ("append", "replace")  # IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One)
 
@@ -151,7 +151,7 @@ def write_xmp(
     path = xmp_path(image, style)
     try:
         data = merge_keywords(_read(path), machine, prefix, user)
-        write_atomic(path, data)
+        write_atomic(path, data, mode_of(image))
     except XmpError as exc:
         raise XmpError(exc.reason, path) from None
     except OSError as exc:

@@ -115,6 +115,7 @@ def test_weights_lists_models_and_sources(runner: CliRunner, write_config: Calla
     "args",
     [
         ["query", "--tag", "no-such-class-xyz"],
+        ["query", "added:-99999y.."],
         ["query", "--format", "xml"],
         ["scan", "/does/not/exist"],
         ["frobnicate"],
