@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,10 +15,13 @@ from tagger.cli import _Context, _progress, cli, pass_ctx
 from tagger.errors import StoreError, TaggerError
 from tagger.fileio import json_text, shown
 
+if TYPE_CHECKING:
+    from tagger.store import Store
 
-def _indexed_sha(store: object, image: Path) -> str:
+
+def _indexed_sha(store: Store, image: Path) -> str:
     """The content of IMAGE, which must be a tagged file in the index."""
-    record = store.file_record(str(image.resolve()))  # type: ignore[attr-defined]
+    record = store.file_record(str(image.resolve()))
     if record is None or record.sha256 is None or record.status != "tagged":
         raise TaggerError(f"{shown(image)}: not a tagged image in the index (run `tagger scan` first)")
     return str(record.sha256)
@@ -101,3 +105,73 @@ def duplicates(ctx: _Context, fmt: str) -> None:
             mark = "*" if i == 0 else " "
             click.echo(f"{mark} {shown(c.path)}  ({c.pixels / 1e6:.1f} MP, {c.size / 1e6:.2f} MB)")
     click.echo(f"{len(found)} groups of copies ({sum(len(g) for g in found)} files); * marks the largest copy", err=True)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--not", "rejected", multiple=True, type=click.Path(path_type=Path),
+              help="An image that is NOT this tag; repeat for several.")
+@click.option("--show", type=click.IntRange(0, 1000), default=10, show_default=True,
+              help="How many proposals (matches that are not examples yet) to list.")
+@pass_ctx
+def learn(ctx: _Context, name: str, images: tuple[Path, ...], rejected: tuple[Path, ...], show: int) -> None:
+    """Teach the keyword NAME from example IMAGES (and counter-examples given with --not).
+
+    Examples add up over several runs (`tagger learn mycat more.jpg` adds one; an image
+    given with --not after being an example moves side). Every image of the library is
+    scored at once; matches get NAME as a keyword (query: tag:NAME), in the index and the
+    sidecars, and new images get it as they are tagged.
+    """
+    from tagger.keywords import Keywording
+    from tagger.learn import learn as teach
+    from tagger.store import Store
+
+    config = ctx.config(require_folders=False)
+    if not images and not rejected:
+        raise click.UsageError("give example images (and/or --not IMAGE counter-examples)")
+    with Store.open(config.index) as store:
+        positive = [_indexed_sha(store, p) for p in images]
+        negative = [_indexed_sha(store, p) for p in rejected]
+        result = teach(store, name, positive, negative)
+        Keywording(config, store).retag(only=result.changed)
+        paths = _paths_of(store, [sha for sha, _ in result.proposals[:show]])
+    tag = result.tag
+    precision = "n/a (fewer than 2 examples)" if tag.precision is None else f"{tag.precision:.0%}"
+    click.echo(
+        f"learned {tag.name!r} from {tag.positives} examples and {tag.negatives} counter-examples: "
+        f"{len(result.matches)} images match; cross-validated precision {precision}; "
+        f"trained in {result.train_seconds:.2f} s, applied in {result.apply_seconds:.2f} s"
+    )
+    if show and result.proposals:
+        click.echo("proposals (accept with `tagger learn NAME IMAGE`, reject with `--not IMAGE`):")
+        for sha, score in result.proposals[:show]:
+            for path in paths.get(sha, [])[:1]:
+                click.echo(f"  {score:6.1%}  {shown(path)}")
+
+
+def _paths_of(store: Store, shas: list[str]) -> dict[str, list[str]]:
+    from tagger.vectorindex import VectorRows
+
+    return VectorRows(store.conn).paths_of(shas)
+
+
+@cli.command()
+@pass_ctx
+def learned(ctx: _Context) -> None:
+    """List the learned tags: examples, counter-examples, matches, cross-validated precision."""
+    from tagger.store import Store
+    from tagger.vectorindex import VectorRows
+
+    config = ctx.config(require_folders=False)
+    with Store.open(config.index, readonly=True) as store:
+        rows = VectorRows(store.conn)
+        tags = rows.learned()
+        counts = {t.name: len(rows.matches_of(t.name)) for t in tags}
+    if not tags:
+        click.echo("no learned tags yet: tagger learn NAME IMAGE... [--not IMAGE...]")
+        return
+    click.echo(f"{'tag':20} {'examples':>8} {'not':>5} {'matches':>8} {'precision':>9}  model")
+    for t in tags:
+        precision = "n/a" if t.precision is None else f"{t.precision:.0%}"
+        click.echo(f"{t.name:20} {t.positives:8d} {t.negatives:5d} {counts[t.name]:8d} {precision:>9}  {t.model}")

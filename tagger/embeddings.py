@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +27,14 @@ from tagger.vectorindex import VectorRows
 log = logging.getLogger(__name__)
 
 
-def save_embedding(store: Store, sha256: str, model: str, embedding: np.ndarray, array: np.ndarray) -> None:
-    """Inside the transaction that saves the content's tags; `array` is the model's input."""
-    VectorRows(store.conn).save(sha256, model, embedding, image_hash(array))
+def save_embedding(
+    store: Store, sha256: str, model: str, embedding: np.ndarray, array: np.ndarray, learned: Sequence[tuple[str, float]]
+) -> None:
+    """Inside the transaction that saves the content's tags; `array` is the model's input,
+    `learned` the learned tags its embedding matches."""
+    rows = VectorRows(store.conn)
+    rows.save(sha256, model, embedding, image_hash(array))
+    rows.save_matches(sha256, learned)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from tagger.querylang import Query, TimeRange
 from tagger.rules import Rules
 from tagger.sidecar import ImageFacts, sidecar_document, write_sidecar
 from tagger.store import ClassKeyword, Correction, KeywordRow, Search, StoredContent, Store
+from tagger.vectorindex import VectorRows
 from tagger.xmp import XmpError, write_xmp
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,22 @@ class RetagSummary:
 
 
 def keyword_rows(
-    rules: Rules, tags: Sequence[Tag], min_score: float, corrections: Sequence[Correction]
+    rules: Rules,
+    tags: Sequence[Tag],
+    min_score: float,
+    corrections: Sequence[Correction],
+    learned: Sequence[tuple[str, float]] = (),
 ) -> list[KeywordRow]:
-    """Rules, then corrections: a removed keyword is dropped; an added one is the user's, at 1.0."""
+    """Rules and learned tags (tagger.learn), then corrections: a removed keyword is dropped; an
+    added one is the user's, at 1.0. A learned tag takes the place of a rule's keyword of its name."""
     removed = {c.keyword.casefold() for c in corrections if c.action == "remove"}
     added = [c.keyword for c in corrections if c.action == "add"]
-    rows = [
+    taught = [KeywordRow(name, name, f"learned/{name}", f"learned/{name}", score, "model") for name, score in learned]
+    names = {r.keyword.casefold() for r in taught}
+    rows = taught + [
         KeywordRow(k.name, k.name_zh, k.path, "/".join((*k.parents_zh, k.name_zh)), k.score, "model")
         for k in rules.apply(tags, min_score)
+        if k.name.casefold() not in names
     ]
     taken = removed | {word.casefold() for word in added}
     kept = [r for r in rows if r.keyword.casefold() not in taken and r.keyword_zh.casefold() not in taken]
@@ -194,8 +203,11 @@ class Keywording:
         self.store = store
         self.rules = rules or Rules.load(config.rules)
 
-    def rows(self, sha256: str, tags: Sequence[Tag]) -> list[KeywordRow]:
-        return keyword_rows(self.rules, tags, self.config.model.min_score, self.store.corrections(sha256))
+    def rows(self, sha256: str, tags: Sequence[Tag], learned: Sequence[tuple[str, float]] | None = None) -> list[KeywordRow]:
+        """`learned`: the learned tags this content matches (None: those stored for it)."""
+        if learned is None:
+            learned = VectorRows(self.store.conn).learned_of(sha256)
+        return keyword_rows(self.rules, tags, self.config.model.min_score, self.store.corrections(sha256), learned)
 
     def write_sidecars(
         self,
@@ -281,7 +293,9 @@ class Keywording:
                 bulk_above = int(BULK_SHARE * total)
                 log.info("re-tagging from the stored raw tags (%d images in the index, no model run)", total)
                 with self.store.transaction():
-                    corrected = self.store.contents(self.store.corrected_contents())
+                    corrected = self.store.contents(
+                        [*self.store.corrected_contents(), *VectorRows(self.store.conn).learned_contents()]
+                    )
                     summary.contents, changed = self.store.remake_keywords(table, bands, bulk_above)
                     changed += [c.sha256 for c in corrected if self._redo(c)]
                     self._sidecars_pending(changed)
@@ -293,10 +307,14 @@ class Keywording:
 
     def _redo(self, content: StoredContent) -> bool:
         """One content through rules and corrections, saved; whether that differs from `content.keywords`."""
-        rows = keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections)
+        rows = self.rows_of(content)
         if set(rows) != set(self.store.keywords(content.sha256)):
             self.store.save_keywords(content.sha256, rows)
         return set(rows) != set(content.keywords)
+
+    def rows_of(self, content: StoredContent) -> list[KeywordRow]:
+        learned = VectorRows(self.store.conn).learned_of(content.sha256)
+        return keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections, learned)
 
     def _writes_sidecars(self) -> bool:
         return self.config.sidecar.enabled or self.config.xmp.enabled

@@ -26,6 +26,7 @@ from tagger.decode import DecodedArray, decode_array, draft_size, is_image_name
 from tagger.errors import DecodeError, DiskError
 from tagger.fileio import Folders, read_limited
 from tagger.keywords import Keywording
+from tagger.learn import LearnedModels
 from tagger.rules import Rules
 from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
 from tagger.store import Store
@@ -109,6 +110,7 @@ class Tagger:
         self.store = store
         self.keywording = Keywording(config, store, rules)
         self.keywording.check_settings()
+        self.learned = LearnedModels(store, classifier.name)  # applied to each new image's embedding
         self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
         return_big_buffers()  # decoded photos are big and short-lived: see tagger/memory.py
@@ -385,7 +387,8 @@ class Tagger:
         Keywords are the rules applied to the raw tags, then the user's corrections of this content.
         False when a sidecar could not be written (the reason is kept in the index).
         """
-        keywords = self.keywording.rows(facts.sha256, tags)
+        learned = None if embedding is None else self.learned.scores(embedding[0])
+        keywords = self.keywording.rows(facts.sha256, tags, learned)
         sidecar, note = self.keywording.write_sidecars(
             path, facts, self.classifier.name, weights_sha256, tags, keywords
         )
@@ -394,7 +397,7 @@ class Tagger:
                 if fresh:
                     self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
                 if embedding is not None:  # (features, the model's input they came from)
-                    save_embedding(self.store, facts.sha256, self.classifier.name, *embedding)
+                    save_embedding(self.store, facts.sha256, self.classifier.name, *embedding, learned or [])
                 self.store.save_keywords(facts.sha256, keywords)
                 self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
         except DiskError:

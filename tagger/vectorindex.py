@@ -1,4 +1,4 @@
-"""The index's SQL for embeddings and learned tags (tables of migrations 7 and 8).
+"""The index's SQL for embeddings and learned tags (the tables of migration 7).
 
 Kept apart from the rest of the index: only these tables, over the index's one connection.
 An embedding is keyed by content (sha256), like tags, so a moved or copied file keeps it;
@@ -198,6 +198,39 @@ class VectorRows:
             for name, m, w, b, t, p, pos, neg in rows
         ]
 
+    def learned_version(self) -> tuple[int, str]:
+        row = self.conn.execute("SELECT COUNT(*), COALESCE(MAX(trained_at), '') FROM learned_tags").fetchone()
+        return int(row[0]), str(row[1])
+
+    def matches_of(self, name: str) -> dict[str, float]:
+        rows = self.conn.execute("SELECT sha256, score FROM learned_matches WHERE name = ?", (name,)).fetchall()
+        return {sha: float(score) for sha, score in rows}
+
+    def replace_matches(self, name: str, matches: dict[str, float]) -> None:
+        self.conn.execute("DELETE FROM learned_matches WHERE name = ?", (name,))
+        self.conn.executemany(
+            "INSERT INTO learned_matches (name, sha256, score) VALUES (?, ?, ?)",
+            [(name, sha, score) for sha, score in matches.items()],
+        )
+
+    def save_matches(self, sha256: str, found: Sequence[tuple[str, float]]) -> None:
+        """A newly tagged content's learned tags (replacing any it had)."""
+        self.conn.execute("DELETE FROM learned_matches WHERE sha256 = ?", (sha256,))
+        self.conn.executemany(
+            "INSERT INTO learned_matches (name, sha256, score) VALUES (?, ?, ?)",
+            [(name, sha256, score) for name, score in found],
+        )
+
+    def learned_of(self, sha256: str) -> list[tuple[str, float]]:
+        """(name, probability) of the learned tags a content matches."""
+        rows = self.conn.execute(
+            "SELECT name, score FROM learned_matches WHERE sha256 = ? ORDER BY name", (sha256,)
+        ).fetchall()
+        return [(str(n), float(s)) for n, s in rows]
+
+    def learned_contents(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT sha256 FROM learned_matches")]
+
     def forget_learned(self, name: str) -> bool:
         self.conn.execute("DELETE FROM learned_examples WHERE name = ?", (name,))
         return self.conn.execute("DELETE FROM learned_tags WHERE name = ?", (name,)).rowcount > 0
@@ -231,4 +264,11 @@ MIGRATION_EMBEDDINGS = """
         added_at TEXT NOT NULL,
         PRIMARY KEY (name, sha256)
     ) WITHOUT ROWID;
+    CREATE TABLE learned_matches (
+        name   TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        score  REAL NOT NULL,
+        PRIMARY KEY (name, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX learned_matches_by_sha256 ON learned_matches(sha256, name);
 """

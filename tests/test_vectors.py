@@ -170,3 +170,45 @@ def test_viewer_similar_strip_api_and_duplicates_page(library: Path, write_confi
     groups = client.get("/api/duplicates").get_json()["groups"]
     coffee = [g for g in groups if str(library / "coffee.jpg") in g]
     assert len(coffee) == 1 and str(library / "coffee again.jpg") in coffee[0]
+
+
+def test_learned_tag_is_a_keyword_everywhere(
+    library: Path, write_config: Callable[..., Path], tmp_path: Path, sample_paths: dict[str, Path]
+) -> None:
+    config = write_config(xmp={"enabled": True})
+    assert invoke(config, "scan").exit_code == 0
+    chelsea = sorted(library.glob("chelsea_view*.jpg"))
+    assert len(chelsea) == 2
+    result = invoke(config, "learn", "mycat", str(library / "chelsea.jpg"), str(chelsea[0]), "--not", str(library / "coffee.jpg"))
+    assert result.exit_code == 0, result.output
+    assert "learned 'mycat' from 2 examples and 1 counter-examples" in result.output
+    assert str(chelsea[1]) in result.output  # proposed: the other view of the cat
+    found = invoke(config, "query", "tag:mycat", "--format", "paths")
+    assert found.exit_code == 0, found.output
+    paths = set(found.output.splitlines())
+    assert {str(library / "chelsea.jpg"), *map(str, chelsea)} <= paths
+    assert all("chelsea" in Path(p).name for p in paths)
+    doc = json.loads((library / "chelsea.jpg.tags.json").read_text())
+    assert {"keyword": "mycat", "path": "learned/mycat"}.items() <= next(
+        k for k in doc["keywords"] if k["keyword"] == "mycat"
+    ).items()
+    assert "mycat" in (library / "chelsea.jpg.xmp").read_text()
+    listed = invoke(config, "learned")
+    assert listed.exit_code == 0 and "mycat" in listed.output and " 2 " in listed.output
+    # Kept by a full retag; removed for good by a correction, even after teaching again.
+    assert invoke(config, "retag", "--all").exit_code == 0
+    assert str(chelsea[1]) in invoke(config, "query", "tag:mycat").output
+    assert invoke(config, "tag", "remove", str(chelsea[1]), "mycat").exit_code == 0
+    assert invoke(config, "learn", "mycat", str(chelsea[0])).exit_code == 0
+    assert str(chelsea[1]) not in invoke(config, "query", "tag:mycat").output
+    # New images get it as they are tagged.
+    with Image.open(sample_paths["chelsea"]) as img:
+        img.convert("RGB").resize((300, 200)).save(library / "new cat.jpg", quality=80)
+    assert invoke(config, "scan").exit_code == 0
+    assert str(library / "new cat.jpg") in invoke(config, "query", "tag:mycat").output
+    # A rejected proposal moves side: no longer an example.
+    result = invoke(config, "learn", "mycat", "--not", str(chelsea[0]))
+    assert result.exit_code == 0 and "from 1 examples and 2 counter-examples" in result.output
+    bad = invoke(config, "learn", "mycat", str(tmp_path / "missing.jpg"))
+    assert bad.exit_code == 1 and "missing.jpg: not a tagged image" in bad.output
+    assert invoke(config, "learn", " ", str(library / "chelsea.jpg")).exit_code == 1
