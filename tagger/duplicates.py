@@ -17,9 +17,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from tagger.similar import VectorMatrix, quantise
+from tagger.similar import VectorMatrix
 from tagger.store import Store
-from tagger.vectorindex import VectorRows
+from tagger.vectorindex import VectorRows, quantise
 
 NEAR_BITS, NEAR_COSINE = 10, 0.6
 CROP_BITS, CROP_COSINE = 16, 0.9
@@ -63,8 +63,8 @@ class Copy:
 def copy_pairs(hashes: np.ndarray, vectors: np.ndarray) -> list[tuple[int, int]]:
     """Index pairs (i < j) that are copies of each other.
 
-    Hash distances first, a block of rows at a time (N^2 / 2 popcounts: seconds at 100,000
-    contents); cosine only for the few pairs within CROP_BITS.
+    Hash distances first, a block of rows at a time (N^2 / 2 popcounts: quadratic, about a
+    second at 10,000 contents, a minute at 100,000); cosine only for the pairs within CROP_BITS.
     """
     h = np.asarray(hashes, dtype=np.int64).view(np.uint64)
     v = quantise(vectors).astype(np.float32)

@@ -60,7 +60,7 @@ def train(positives: np.ndarray, negatives: np.ndarray, background: np.ndarray) 
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(background))])
     bg = BACKGROUND_WEIGHT * len(positives) / max(len(background), 1)
     weights = np.concatenate([np.ones(len(positives) + len(negatives)), np.full(len(background), bg)])
-    fitted = LogisticRegression(C=STRENGTH, max_iter=1000).fit(x, y, sample_weight=weights)
+    fitted = LogisticRegression(C=STRENGTH, solver="liblinear").fit(x, y, sample_weight=weights)
     return Model(fitted.coef_[0].astype(np.float32), float(fitted.intercept_[0]))
 
 

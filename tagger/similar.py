@@ -1,8 +1,8 @@
 """Similar images: cosine similarity of embeddings, searched exactly over a memory-mapped matrix.
 
-The index keeps each embedding as float16; searches read a copy quantised to int8 (one scale
-per vector, which cosine ignores), cached beside the index in `<index>.vectors/` and rebuilt
-when the embeddings change. Exact search with usearch's SIMD kernel takes about 0.1 s at a
+The index keeps each embedding as int8 (one scale per vector, which cosine ignores); searches
+read them as one matrix, cached beside the index in `<index>.vectors/` and rebuilt when the
+embeddings change. Exact search with usearch's SIMD kernel takes about 0.1 s at a
 million images (bench/bench_similar.py) and needs no approximate index kept in step.
 """
 from __future__ import annotations
@@ -17,21 +17,13 @@ import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.store import Store
-from tagger.vectorindex import VectorRows
+from tagger.vectorindex import VectorRows, quantise
 
 
 @dataclass(frozen=True)
 class Match:
     sha256: str
     score: float  # cosine similarity, 1.0 for the same picture
-
-
-def quantise(vectors: np.ndarray) -> np.ndarray:
-    """int8, each row scaled by its own largest magnitude: cosine similarity is unchanged by a scale."""
-    v = np.asarray(vectors, dtype=np.float32)
-    peak = np.maximum(np.abs(v).max(axis=1, keepdims=True), 1e-12)
-    quantised: np.ndarray = np.rint(v / peak * 127).astype(np.int8)
-    return quantised
 
 
 def cosine(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -76,7 +68,7 @@ class VectorMatrix:
         shas, parts = [], []
         for chunk_shas, chunk in rows.all_vectors(model):
             shas.extend(chunk_shas)
-            parts.append(quantise(chunk))
+            parts.append(chunk)
         matrix = np.concatenate(parts) if parts else np.zeros((0, 0), np.int8)
         try:
             _write_cache(folder, stem, version, shas, matrix)
