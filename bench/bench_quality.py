@@ -4,9 +4,9 @@
               thresholds were chosen on (seed 14) and on a held-out set (seed 15):
               17 shipped photos x 4 shots (70% crops from each corner: the same scene,
               reframed) x (the shot + 4 copies: resized, recompressed, cropped 4%, re-exported)
-  similar     how often the top 5 similar images of a shot are shots of the same subject
+  similar     how often the top 3 similar images of a shot are shots of the same subject
               (its own copies left out), with the float32, float16 and int8 vectors; and
-              how much of float32's top 10 the stored float16 and searched int8 keep
+              how much of float32's top 10 float16 and the stored int8 keep
   learned     a tag taught from 3 and from 10 examples of one subject (distinct views of
               each shipped photo), precision and recall on the rest of the library
 
@@ -73,8 +73,8 @@ def similar(classifier: Classifier, tmp: Path) -> None:
     subjects = [p.subject for p in pictures]
     variants = {
         "float32": vectors,
-        "float16 (stored)": vectors.astype(np.float16).astype(np.float32),
-        "int8 (searched)": quantise(vectors).astype(np.float32),
+        "float16": vectors.astype(np.float16).astype(np.float32),
+        "int8 (stored and searched)": quantise(vectors).astype(np.float32),
     }
     reference = None
     for name, v in variants.items():

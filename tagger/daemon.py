@@ -23,6 +23,7 @@ from tagger.config import Config, load_config
 from tagger.fileio import json_text, write_problem
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.indexlock import IndexLocked, index_lock
+from tagger.embeddings import backfill
 from tagger.pipeline import ScanSummary, Tagger
 from tagger.rules import Rules
 from tagger.sidecar import write_atomic
@@ -238,6 +239,9 @@ class Daemon:
                 "reconciled %s: %d classified, %d from the index, %d failed, %d removed",
                 folder, result.classified, result.reused, result.failed, result.removed,
             )
+        embedded = backfill(self.config, tagger.classifier, tagger.store, cancelled=self._stop.is_set)
+        if embedded.missing:  # an index from before embeddings
+            log.info("embeddings: %d computed for images indexed before them", embedded.computed)
 
     def _root_of(self, path: Path) -> Path:
         for folder in self.config.folders:

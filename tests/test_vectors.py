@@ -212,3 +212,32 @@ def test_learned_tag_is_a_keyword_everywhere(
     bad = invoke(config, "learn", "mycat", str(tmp_path / "missing.jpg"))
     assert bad.exit_code == 1 and "missing.jpg: not a tagged image" in bad.output
     assert invoke(config, "learn", " ", str(library / "chelsea.jpg")).exit_code == 1
+
+
+def test_viewer_teaches_a_tag_from_selected_images_and_proposals(library: Path, write_config: Callable[..., Path]) -> None:
+    from tagger.config import load_config
+    from tagger.web import create_app
+    from tagger.web.context import CSRF_COOKIE
+
+    config_path = write_config()
+    assert invoke(config_path, "scan").exit_code == 0
+    client = create_app(load_config(config_path)).test_client()
+    grid = client.get("/")
+    assert grid.status_code == 200 and b'id="teach-selected"' in grid.data and b'name="path"' in grid.data
+    token = "t" * 32
+    client.set_cookie(CSRF_COOKIE, token)
+    chelsea = sorted(library.glob("chelsea_view*.jpg"))
+    form = {"csrf": token, "name": "mycat", "side": "yes", "path": [str(library / "chelsea.jpg"), str(chelsea[0])]}
+    response = client.post("/learn", data=form)
+    assert response.status_code == 303 and response.headers["Location"].endswith("/learned/mycat")
+    page = client.get("/learned/mycat")
+    assert page.status_code == 200 and chelsea[1].name.encode() in page.data  # proposed
+    reject = client.post("/learn", data={"csrf": token, "name": "mycat", "side": "no", "path": str(chelsea[1])})
+    assert reject.status_code == 303
+    listed = invoke(config_path, "learned").output.split()
+    assert listed[listed.index("mycat") + 1 : listed.index("mycat") + 3] == ["2", "1"]
+    assert client.post("/learn", data={"name": "x", "path": str(chelsea[0])}).status_code == 403  # no form token
+    assert client.post("/learn", data={"csrf": token, "name": "", "path": str(chelsea[0])}).status_code == 400
+    assert client.get("/learned/nothing").status_code == 404
+    image_page = client.get(f"/image/{str(chelsea[0]).lstrip('/')}")
+    assert b'class="teach"' in image_page.data

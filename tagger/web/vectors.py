@@ -4,14 +4,21 @@ A blueprint of its own, so that the pages and API it adds to stay as they were.
 """
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, render_template, url_for
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from werkzeug.exceptions import BadRequest, Forbidden, NotFound, ServiceUnavailable
+from werkzeug.wrappers import Response as BaseResponse
 
 from tagger.duplicates import find_duplicates
-from tagger.errors import TaggerError
+from tagger.errors import StoreError, TaggerError
+from tagger.keywords import Keywording
+from tagger.learn import learn
 from tagger.similar import similar_to
+from tagger.store import Store
 from tagger.vectorindex import VectorRows
 from tagger.web.api import int_arg
-from tagger.web.context import indexed_file, store
+from tagger.web.context import CSRF_FIELD, csrf_token, indexed_file, same_site_post, store, viewer
 
 blueprint = Blueprint("vectors", __name__)
 
@@ -63,3 +70,64 @@ def duplicates_api() -> Response:
 @blueprint.get("/duplicates")
 def duplicates_page() -> str:
     return render_template("duplicates.html", groups=find_duplicates(store()))
+
+
+@blueprint.app_template_global()
+def form_token() -> tuple[str, str]:
+    """(field, value) of this browser's form token, for the forms this module adds."""
+    return CSRF_FIELD, csrf_token()
+
+
+@blueprint.post("/learn")
+def teach() -> BaseResponse:
+    """The viewer's "teach a tag": form fields name, path (one or more: the selected images) and
+    side ("yes": examples, "no": counter-examples). Then the tag's page, with its proposals."""
+    if not same_site_post():
+        raise Forbidden("this form must be sent from the viewer's own pages (reload the page and try again)")
+    name = request.form.get("name", "").strip()
+    raws = request.form.getlist("path")
+    if not name or not raws:
+        raise BadRequest("give a tag name and select at least one image")
+    paths = [indexed_file(raw.lstrip("/")).path for raw in raws]
+    positive = request.form.get("side", "yes") != "no"
+    config = viewer().config
+    try:
+        opened = Store.open(config.index)
+    except StoreError as exc:
+        raise ServiceUnavailable(f"tags cannot be taught from this viewer: {exc} (use `tagger learn`)") from None
+    with opened as writable:
+        shas = [record.sha256 for p in paths if (record := writable.file_record(p)) is not None and record.sha256]
+        try:
+            result = learn(writable, name, shas if positive else [], [] if positive else shas)
+        except StoreError:
+            raise
+        except TaggerError as exc:
+            raise BadRequest(str(exc)) from None
+        Keywording(config, writable, viewer().rules).retag(only=result.changed)
+    return redirect(url_for(".learned_page", name=result.tag.name), code=303)
+
+
+@blueprint.get("/learned/<name>")
+def learned_page(name: str) -> str:
+    """A learned tag: its examples and its proposals (matches not yet examples), best first,
+    each with "yes" and "no" buttons that add it as an example or a counter-example."""
+    rows = VectorRows(store().conn)
+    tag = next((t for t in rows.learned() if t.name == name), None)
+    if tag is None:
+        raise NotFound(f"no learned tag {name!r}: teach it from an image page or with `tagger learn`")
+    examples = dict(rows.examples(name))
+    matches = rows.matches_of(name)
+    proposals = sorted(((s, p) for s, p in matches.items() if s not in examples), key=lambda m: -m[1])[:60]
+    paths = rows.paths_of([s for s, _ in proposals] + list(examples))
+
+    def first(sha: str) -> str | None:
+        found = paths.get(sha)
+        return found[0] if found else None
+
+    return render_template(
+        "learned.html",
+        tag=tag,
+        proposals=[(first(s), s, p) for s, p in proposals if first(s)],
+        examples=[(first(s), s, side) for s, side in examples.items() if first(s)],
+        name_of=lambda path: Path(path).name,
+    )
