@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from tagger.config import Config, WebConfig  # noqa: E402
 from tagger.labels import Tag, imagenet_classes  # noqa: E402
 from tagger.sidecar import ImageFacts  # noqa: E402
-from tagger.store import Store  # noqa: E402
+from tagger.index import Index  # noqa: E402
 from tagger.web import create_app  # noqa: E402
 from tagger.web.query import encode_cursor  # noqa: E402
 
@@ -47,7 +47,7 @@ def build_index(path: Path, count: int) -> None:
     draws = rng.permutation(1000)[rng.choice(1000, size=(count, 12), p=popularity / popularity.sum())]
     mtimes = np.sort(rng.integers(EPOCH_2010_NS, EPOCH_2010_NS + FIFTEEN_YEARS_NS, count))
     started = time.monotonic()
-    with Store.open(path) as store:
+    with Index.open(path) as store:
         for batch in range(0, count, 10_000):
             with store.transaction():
                 for i in range(batch, min(count, batch + 10_000)):
@@ -107,7 +107,7 @@ def main() -> int:
         index.parent.mkdir(parents=True, exist_ok=True)
         build_index(index, args.images)
     started = time.monotonic()
-    Store.open(index).close()  # migrations, as `tagger serve` applies them
+    Index.open(index).close()  # migrations, as `tagger serve` applies them
     print(f"  index opened (and migrated) in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
     config = Config(

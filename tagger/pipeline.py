@@ -20,13 +20,14 @@ import numpy as np
 from tagger.classify import Classifier
 from tagger.labels import Tag
 from tagger.config import Config
-from tagger.decode import decode_bytes, draft_size, is_image_name, preprocess
+from tagger.decode import decode_bytes, draft_size, preprocess
 from tagger.errors import DecodeError, DiskError
-from tagger.fileio import Folders, read_limited
-from tagger.keywords import Keywording
+from tagger.fileio import Folders, is_image_name, read_limited, skipped_folder
+from tagger.keywords import keyword_rows
+from tagger.retag import Retagger
 from tagger.rules import Rules
 from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
-from tagger.store import Store
+from tagger.index import Index
 from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
 
@@ -35,9 +36,6 @@ log = logging.getLogger(__name__)
 # File bytes held by the batches decoded ahead of the model, beyond the one being finished:
 # a dozen camera JPEGs, not a dozen 200 MB files.
 AHEAD_BYTES = 64 * 1024 * 1024
-
-SKIPPED_DIRS = frozenset({"@eaDir", ".stfolder", ".stversions", "__pycache__"})
-
 
 @dataclass
 class ScanSummary:
@@ -89,7 +87,7 @@ class _Pending:
 
 
 def iter_images(root: Path) -> Iterator[Path]:
-    """Names of images under `root`, sorted, skipping hidden and NAS/sync bookkeeping folders.
+    """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
 
     Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
     it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
@@ -99,7 +97,7 @@ def iter_images(root: Path) -> Iterator[Path]:
         yield root
         return
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+        dirs[:] = sorted(d for d in dirs if not skipped_folder(d))
         for name in sorted(files):
             path = Path(folder, name)
             if not name.startswith(".") and is_image_name(path) and not is_sidecar(path):
@@ -109,12 +107,12 @@ def iter_images(root: Path) -> Iterator[Path]:
 class Tagger:
     """One classifier and one index; `scan` tags everything under some folders."""
 
-    def __init__(self, config: Config, classifier: Classifier, store: Store, rules: Rules | None = None) -> None:
+    def __init__(self, config: Config, classifier: Classifier, store: Index, rules: Rules | None = None) -> None:
         self.config = config
         self.classifier = classifier
         self.store = store
-        self.keywording = Keywording(config, store, rules)
-        self.keywording.check_settings()
+        self.retagger = Retagger(config, store, rules)
+        self.retagger.check_settings()
         self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
         decoders = max(1, min(4, os.cpu_count() or 1))
@@ -125,8 +123,8 @@ class Tagger:
     def reconfigure(self, config: Config, rules: Rules) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
         self.config = config
-        self.keywording = Keywording(config, self.store, rules)
-        self.keywording.check_settings()
+        self.retagger = Retagger(config, self.store, rules)
+        self.retagger.check_settings()
         self.folders = Folders(config.folders)
 
     def close(self) -> None:
@@ -149,6 +147,9 @@ class Tagger:
         """
         started = time.monotonic()
         summary = summary if summary is not None else ScanSummary()
+        caught_up = self.retagger.catch_up()  # sidecars an interrupted retag still owed
+        if caught_up:
+            log.info("rewrote the sidecars of %d files that an interrupted retag left", caught_up)
         roots = [r.resolve() for r in roots]
         self.folders = Folders([*self.config.folders, *roots])
         found = [p for root in roots for p in iter_images(root)]
@@ -350,7 +351,7 @@ class Tagger:
         if new.exists():
             record = self.store.file_record(str(src))
             if record is not None and record.sha256 is not None:
-                self.keywording.write_xmp(dst, self.store.keywords(record.sha256))
+                self.retagger.sidecars.write_xmp(dst, self.store.keywords(record.sha256))
             return
         try:
             os.replace(old, new)
@@ -371,8 +372,9 @@ class Tagger:
         Keywords are the rules applied to the raw tags, then the user's corrections of this content.
         False when a sidecar could not be written (the reason is kept in the index).
         """
-        keywords = self.keywording.rows(facts.sha256, tags)
-        sidecar, note = self.keywording.write_sidecars(
+        rules, min_score = self.retagger.rules, self.config.model.min_score
+        keywords = keyword_rows(rules, tags, min_score, self.store.corrections(facts.sha256))
+        sidecar, note = self.retagger.sidecars.write(
             path, facts, self.classifier.name, weights_sha256, tags, keywords
         )
         try:

@@ -4,13 +4,13 @@ Errors are JSON too: {"error": "what went wrong", "status": 404}.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, Forbidden, ServiceUnavailable
 
 from tagger.errors import WeightsError
-from tagger.store import GridItem, ImageDetail
+from tagger.fileio import utc_text
+from tagger.index import GridItem, ImageDetail
 from tagger.web.check import CheckResult
 from tagger.web.context import correct_keywords, cross_origin, has_term, indexed_file, store, viewer
 from tagger.web.query import fetch_page, parse_query
@@ -111,7 +111,7 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
 
 
 def _iso(mtime_ns: int) -> str:
-    return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(mtime_ns / 1e9)
 
 
 def _links(path: str, sha256: str | None) -> dict[str, str]:
