@@ -215,6 +215,7 @@ def main() -> int:
     me = [sys.executable, __file__]
     rows = []
     ceilings = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         work = Path(tmp)
         library, weights_dir = work / "library", work / "weights"
@@ -245,6 +246,14 @@ def main() -> int:
                 sec, mb, out = run_measured([*me, "--child-scan", str(config), *extra])
                 with sqlite3.connect(work / f"{len(rows)}.sqlite") as conn:
                     ours = dict(conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0").fetchall())
+                    if "no-refine" in name:
+                        margins = dict(conn.execute(
+                            "SELECT a.path, a.score - b.score FROM file_tags a JOIN file_tags b "
+                            "ON a.path = b.path AND a.rank = 0 AND b.rank = 1").fetchall())
+                        misses = sorted(round(margins[p], 4) for p, c in reference.items() if ours.get(p) != c)
+                        notes.append(f"{model} {name}: top-1 margins of the photos that differ from the "
+                                     f"reference: {misses}; photos under 0.01/0.02/0.03: " + "/".join(
+                                         str(sum(m < t for m in margins.values())) for t in (0.01, 0.02, 0.03)))
                 agree = sum(ours.get(p) == c for p, c in reference.items()) / len(reference)
                 rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec, refined_count(out)))
     from tagger.cpu import cpu_info, int8_scheme
@@ -259,6 +268,8 @@ def main() -> int:
         print(f"{model:19s} {name:33s} {rate:9.2f} {ratio:6.2f}x {mb:8.0f} {agree:11.1%} {start_text} {refined_text:>8s}")
     print("start s: a whole `tagger scan` of an empty folder (process start, imports, model load)")
     print("refined: share of the photos decoded again in full because of a near tie")
+    for note in notes:
+        print(note)
     for model, ceiling in ceilings:
         default_rate = next((r[2] for r in rows if r[0] == model and "(default)" in r[1]), float("nan"))
         print(f"{model}: ceiling (no I/O, no index) draft decode alone {ceiling['decode']:.1f}/s, model alone "

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
@@ -16,6 +18,8 @@ from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 from tagger.errors import DecodeError
 from tagger.fileio import DEFAULT_MAX_FILE_MB, MB, read_limited
 from tagger.weights import Preprocess
+
+T = TypeVar("T")
 
 try:
     import pillow_heif
@@ -70,6 +74,14 @@ def open_rgb(path: Path, max_pixels: int, draft: int | None = None, max_bytes: i
     return decode_bytes(read_bytes(path, max_bytes), max_pixels, draft)
 
 
+@dataclass(frozen=True)
+class DecodedArray:
+    array: np.ndarray  # the model's input, preprocess() of the image
+    width: int  # of the full image, as shown
+    height: int
+    reduced: bool  # draft-decoded below full size
+
+
 def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> DecodedImage:
     """Decode a file's bytes into RGB, or raise DecodeError naming why.
 
@@ -77,6 +89,31 @@ def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> Deco
     side is still at least `draft` pixels: the model sees 224 pixels, and decoding all
     12 million costs five times as much. The reported size is always the full one.
     """
+    rgb, width, height, fmt = _decode(data, max_pixels, draft, _detached)
+    return DecodedImage(rgb, width, height, fmt)
+
+
+def decode_array(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None = None) -> DecodedArray:
+    """decode_bytes, then preprocess: the model's input, made before the decoded pixels are let go.
+
+    No copy of the decoded image is made (a full 12-megapixel decode is 36 MB), so decoder
+    threads doing full decodes side by side stay within the scan's memory budget.
+    """
+    (array, short), width, height, _ = _decode(
+        data, max_pixels, draft, lambda rgb, _: (preprocess(rgb, spec), min(rgb.size))
+    )
+    return DecodedArray(array, width, height, short < min(width, height))
+
+
+def _detached(rgb: Image.Image, img: Image.Image) -> Image.Image:
+    """The RGB image, independent of the file it came from (which is closed next)."""
+    return rgb.copy() if rgb is img else rgb
+
+
+def _decode(
+    data: bytes, max_pixels: int, draft: int | None, use: Callable[[Image.Image, Image.Image], T]
+) -> tuple[T, int, int, str]:
+    """Open, check, decode and orient; `use(rgb, opened)` runs while the file is still open."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
@@ -97,6 +134,7 @@ def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> Deco
                 rgb = to_rgb(_oriented(img))
                 if (rgb.width >= rgb.height) != (width >= height):
                     width, height = height, width  # EXIF orientation turned it
+                result = use(rgb, img)
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -105,11 +143,11 @@ def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> Deco
         raise DecodeError(f"image too large (decompression bomb): {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
-    return DecodedImage(rgb, width, height, fmt)
+    return result, width, height, fmt
 
 
 def _oriented(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; always a new image, detached from the file.
+    """Apply the EXIF orientation: a new image when turned, `img` itself when upright.
 
     Only the pixels are kept, so the tag is read and applied here rather than with
     ImageOps.exif_transpose, which also rewrites the EXIF block: one malformed tag elsewhere in it
@@ -121,7 +159,7 @@ def _oriented(img: Image.Image) -> Image.Image:
     except Exception:  # noqa: BLE001 - metadata only; the pixels are already decoded
         orientation = 1
     method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
-    return img.transpose(method) if method is not None else img.copy()
+    return img.transpose(method) if method is not None else img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

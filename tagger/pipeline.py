@@ -19,8 +19,9 @@ import numpy as np
 
 from tagger.classify import Classifier
 from tagger.labels import Tag
+from tagger.memory import return_big_buffers
 from tagger.config import Config
-from tagger.decode import decode_bytes, draft_size, preprocess
+from tagger.decode import DecodedArray, decode_array, draft_size
 from tagger.errors import DecodeError, DiskError
 from tagger.fileio import Folders, is_image_name, read_limited, skipped_folder
 from tagger.keywords import keyword_rows
@@ -63,15 +64,7 @@ class _InFlight:
     mtime_ns: int
     data: bytes  # kept until the model has run: a near tie is decoded again, fully
     sha256: str
-    decoded: Future[_Decoded | DecodeError]
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    array: np.ndarray
-    width: int
-    height: int
-    reduced: bool  # draft-decoded below full size
+    decoded: Future[DecodedArray | DecodeError]
 
 
 @dataclass(frozen=True)
@@ -115,8 +108,11 @@ class Tagger:
         self.retagger.check_settings()
         self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
+        return_big_buffers()  # decoded photos are big and short-lived: see tagger/memory.py
         decoders = max(1, min(4, os.cpu_count() or 1))
         self._decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="tagger-decode")
+        # Full decodes of near ties, one at a time: each holds a whole photo (48 MB at 12 MP).
+        self._refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-refine")
         # Batches decoded ahead of the model: two images per decoder thread, at least one batch.
         self._depth = max(1, -(-2 * decoders // config.model.batch_size))
 
@@ -130,6 +126,7 @@ class Tagger:
     def close(self) -> None:
         self._readers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
+        self._refiner.shutdown(wait=True)
 
     def scan(
         self,
@@ -256,9 +253,9 @@ class Tagger:
         if not near:
             return
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
-        futures = [self._decoders.submit(_decode, pending[i].data, max_pixels, spec, None) for i in near]
+        futures = [self._refiner.submit(_decode, pending[i].data, max_pixels, spec, None) for i in near]
         redone = [(i, f.result()) for i, f in zip(near, futures)]
-        redone_ok = [(i, r) for i, r in redone if isinstance(r, _Decoded)]
+        redone_ok = [(i, r) for i, r in redone if isinstance(r, DecodedArray)]
         if not redone_ok:
             return
         again, _ = self.classifier.predict(np.stack([r.array for _, r in redone_ok]), self.config.model.top_k)
@@ -421,11 +418,9 @@ def _read_and_hash(path: Path, max_bytes: int, folders: Folders) -> tuple[bytes,
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> _Decoded | DecodeError:
+def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> DecodedArray | DecodeError:
     try:
-        decoded = decode_bytes(data, max_pixels, draft)
-        reduced = min(decoded.image.size) < min(decoded.width, decoded.height)
-        return _Decoded(preprocess(decoded.image, spec), decoded.width, decoded.height, reduced)
+        return decode_array(data, max_pixels, spec, draft)
     except DecodeError as exc:
         return exc
     except Exception as exc:  # a decoder bug on one hostile file must not stop the scan

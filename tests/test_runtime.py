@@ -248,3 +248,4 @@ def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: 
     meta["precision"] = f"int8-{int8_scheme()}"
     tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
     assert classify._cached_export_is_current(fake, lite0.weights, "int8")
+
