@@ -29,9 +29,11 @@ def error_response(code: int, message: str) -> Response:
 
 @blueprint.get("/images")
 def images() -> Response:
-    """?tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N, or
-    ?q=QUERY&after=CURSOR&limit=N (the query language: best matches first; tag, min_score
-    and folder, when given too, narrow it further)"""
+    """?q=QUERY&tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N.
+
+    One vocabulary with the CLI: q is the query language, each tag a tag: term of it (best
+    matches first); without either, or with class: terms alone, the library is listed in `sort`
+    order. min_score and folder narrow either."""
     config = viewer().config
     query = parse_query(request.args, viewer().library, config.model.min_score, viewer().rules, has_term)
     if query.problems:
