@@ -42,7 +42,7 @@ NEIGHBOURS_REACH = 20_000
 class Listing:
     """Which files the viewer lists and in which order."""
 
-    groups: tuple[tuple[int, ...], ...] = ()  # every group must match (a tag term -> its classes)
+    groups: tuple[tuple[int, ...], ...] = ()  # every group must match (a class: term -> its classes)
     min_score: float = 0.0  # for the tag a card shows: the first group's match, else the top tag
     folder: str | None = None  # only files under this folder
     sort: Sort = "newest"
