@@ -335,6 +335,37 @@ def test_viewer_corrections_rewrite_index_and_sidecars(viewer_app: Flask, librar
     assert bad.status_code == 400 and "no-such-thing-xyz" in bad.json["error"]
 
 
+def test_viewer_writes_through_one_connection(
+    viewer_app: Flask, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Corrections share the viewer's one write connection: no writable index (and migration
+    check) per request."""
+    opened: list[bool] = []
+    real_open = Index.open.__func__  # type: ignore[attr-defined]
+
+    def counting_open(cls: type[Index], path: Path, *, readonly: bool = False) -> Index:
+        opened.append(readonly)
+        return real_open(cls, path, readonly=readonly)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Index, "open", classmethod(counting_open))
+    client = signed_in(viewer_app)
+    raw = str(library / "chelsea.jpg").lstrip("/")
+    for word in ("one", "two", "three"):
+        answer = client.post(
+            f"/api/images/{raw}/keywords", json={"add": [word]}, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert answer.status_code == 200
+    assert opened.count(False) == 1
+    assert {"one", "two", "three"} <= set(stored_keywords_of(viewer_app, library / "chelsea.jpg"))
+
+
+def stored_keywords_of(app: Flask, image: Path) -> list[str]:
+    with Index.open(app.extensions["tagger"].config.index, readonly=True) as store:
+        record = store.file_record(str(image))
+        assert record is not None and record.sha256 is not None
+        return [k.keyword for k in store.keywords(record.sha256)]
+
+
 def test_viewer_corrections_refuse_strangers_and_other_sites(viewer_app: Flask, library: Path) -> None:
     raw = str(library / "chelsea.jpg").lstrip("/")
     stranger = viewer_app.test_client()
