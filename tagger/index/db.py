@@ -15,10 +15,7 @@ from typing import Self
 
 from tagger.errors import DiskError, StoreBusy, StoreError
 from tagger.fileio import utc_text
-from tagger.index import schema
-from tagger.index.schema import LATEST
-
-MIGRATIONS = schema.MIGRATIONS
+from tagger.index.schema import LATEST, MIGRATIONS
 
 # SQLite's result codes for "the disk is full" and "the disk failed a read or write" (and its extended codes).
 SQLITE_FULL = 13

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+from tagger.fileio import utc_text
 from tagger.index.db import Database, fs
 from tagger.index.records import CachedImage, FileRecord, ImageDetail
-from tagger.fileio import utc_text
 from tagger.labels import Tag
 from tagger.sidecar import ImageFacts
-from collections.abc import Sequence
 
 
 class FileRows(Database):

@@ -14,11 +14,11 @@ from flask import current_app, g, request
 from werkzeug.exceptions import BadRequest, NotFound
 
 from tagger.config import Config
-from tagger.errors import StoreError, TaggerError
 from tagger.corrections import correct
+from tagger.errors import StoreError, TaggerError
+from tagger.index import LATEST, ImageDetail, Index
 from tagger.retag import Retagger
 from tagger.rules import Rules
-from tagger.index import LATEST, ImageDetail, Index
 from tagger.terms import Action, KeywordRow
 from tagger.web.check import Checker
 from tagger.web.files import Library
