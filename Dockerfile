@@ -1,8 +1,8 @@
 # tagger: CPU-only image running the daemon (tagger run).
 #   docker build -t tagger .
 #   docker run -d --name tagger -v /path/to/photos:/photos -v tagger-index:/var/lib/tagger tagger
-# Weights are installed at build time (the only time tagger touches the network);
-# the running container needs no network at all.
+# Weights are installed and exported to ONNX at build time (the only time tagger touches the
+# network, or PyTorch); the running container needs neither.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -33,7 +33,8 @@ RUN sed -i -e 's#^  - ../photos#  - /photos#' \
     && groupadd --system --gid 10001 tagger \
     && useradd --system --uid 10001 --gid tagger --home-dir /var/lib/tagger --shell /usr/sbin/nologin tagger \
     && mkdir -p /var/lib/tagger \
-    && chown tagger:tagger /var/lib/tagger /photos
+    && chown tagger:tagger /var/lib/tagger /photos \
+    && tagger weights prepare
 
 USER 10001:10001
 VOLUME ["/photos", "/var/lib/tagger"]

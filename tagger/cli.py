@@ -16,6 +16,7 @@ import click
 
 from tagger import __version__
 from tagger.config import Config, load_config
+from tagger.cpu import cpu_info, int8_scheme
 from tagger.errors import ConfigError, DecodeError, DiskError, StoreError, TaggerError
 from tagger.fileio import json_text, shown
 from tagger.systemd import JournalFormatter, under_journal
@@ -455,6 +456,7 @@ def weights(ctx: click.Context) -> None:
             except TaggerError as exc:
                 click.echo(f"{label}: BROKEN: {exc}")
         click.echo(f"  source: {spec.source}")
+    click.echo(f"CPU: {cpu_info().describe()}; model.precision int8 would use the {int8_scheme()} scheme here")
 
 
 @weights.command("fetch")
@@ -477,6 +479,26 @@ def weights_fetch(ctx: _Context, model: str, url: str | None, if_missing: bool, 
     click.echo(f"{model}: saved {result.path} (sha256 {result.sha256[:16]}..., verified)")
 
 
+@weights.command("prepare")
+@pass_ctx
+def weights_prepare(ctx: _Context) -> None:
+    """Load the configured model once, making its ONNX export (install time: the daemon then never needs PyTorch).
+
+    Run it after installing, and after changing model.name, model.precision or the weights file;
+    systemd/install.sh and the Dockerfile do. The export is cached in weights_dir/onnx/.
+    """
+    from tagger.classify import Classifier
+
+    config = ctx.config(require_folders=False)
+    classifier = Classifier.from_config(config)
+    if classifier.runtime == "torch" and config.model.runtime != "torch":
+        raise TaggerError(
+            f"{classifier.name}: no ONNX export could be made (see the warning above), so `tagger run` would need "
+            "PyTorch, which the service unit's MemoryDenyWriteExecute=yes refuses"
+        )
+    click.echo(f"{classifier.name}: ready for `tagger run` ({classifier.runtime}, weights {classifier.weights.path})")
+
+
 @cli.command()
 @click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1: this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default: web.port, 8765; 0 picks a free one).")
@@ -489,10 +511,10 @@ def serve(ctx: _Context, host: str | None, port: int | None) -> None:
     """
     import dataclasses
 
-    from waitress import create_server
-
     from tagger.index import LATEST, Index
     from tagger.web import create_app
+    from tagger.web.guard import LOOPBACK_NAMES, WILDCARD_ADDRESSES
+    from tagger.web.server import ViewerServer
 
     config = ctx.config(require_folders=False)
     web = dataclasses.replace(config.web, host=host or config.web.host, port=config.web.port if port is None else port)
@@ -504,18 +526,18 @@ def serve(ctx: _Context, host: str | None, port: int | None) -> None:
             Index.open(config.index).close()  # applies the pending migrations; from then on only reads
     else:
         log.warning("%s: no index yet: pages stay empty until `tagger scan` or `tagger run` makes it", config.index)
-    if web.token is None and web.host not in ("127.0.0.1", "localhost", "::1"):
+    if web.token is None and web.host not in LOOPBACK_NAMES:
         log.warning("listening on %s without web.token: anyone who can reach it can browse the library", web.host)
+    if web.host.strip("[]") in WILDCARD_ADDRESSES and not web.allowed_hosts:
+        log.warning(
+            "listening on every address, but only localhost names are answered: list the names and addresses "
+            "you browse to in web.allowed_hosts"
+        )
     app = create_app(config)
-    server = create_server(
-        app,
-        host=web.host,
-        port=web.port,
-        threads=web.threads,
-        max_request_body_size=web.max_upload_mb * 1024 * 1024 + 65536,
-        ident="tagger",
-        clear_untrusted_proxy_headers=True,
-    )
+    try:
+        server = ViewerServer(app, web)
+    except OSError as exc:
+        raise TaggerError(f"cannot listen on {web.host}:{web.port}: {exc.strerror or exc}") from None
     shown = f"[{web.host}]" if ":" in web.host else web.host
     click.echo(f"tagger: serving {config.index} at http://{shown}:{server.effective_port}/ (Ctrl-C stops)")
     try:

@@ -85,9 +85,15 @@ class WebConfig:
 
     host: str = "127.0.0.1"  # loopback only; another address exposes the library to that network
     port: int = 8765  # 0 picks a free port
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered; empty: localhost names and `host`
     token: str | None = None  # when set, every request but /health must carry it
+    secure_cookie: Literal["auto", "always", "never"] = "auto"  # auto: Secure when the request is HTTPS
     max_upload_mb: int = 50  # one manual-check request, all its files together
     max_upload_pixels: int = 50_000_000  # a larger uploaded image is refused as a possible bomb
+    max_upload_files: int = 20  # files in one manual-check request
+    max_upload_total_pixels: int = 100_000_000  # pixels of all the images of one manual-check request
+    request_timeout: int = 30  # seconds for a request's header and body to arrive, in total
+    connection_limit: int = 100  # open connections; past it the longest-waiting idle one is dropped
     thumb_size: int = 320  # longest side of grid thumbnails, in pixels
     page_size: int = 60  # images per grid page and API page
     threads: int = 4  # requests served at once
@@ -240,6 +246,12 @@ def _check_watch(watch: WatchConfig, source: Path) -> None:
 def _check_web(web: WebConfig, source: Path) -> None:
     if not web.host.strip():
         raise ConfigError(f"{source}: key 'web.host' must be an address, e.g. 127.0.0.1 (this machine only)")
+    if web.secure_cookie not in ("auto", "always", "never"):
+        raise ConfigError(f"{source}: key 'web.secure_cookie' must be auto, always or never, not {web.secure_cookie!r}")
+    if not all(name.strip() for name in web.allowed_hosts):
+        raise ConfigError(f"{source}: key 'web.allowed_hosts' must list host names, e.g. [photos.example.org]")
+    if not 1 <= web.request_timeout <= 3600:
+        raise ConfigError(f"{source}: key 'web.request_timeout' must be between 1 and 3600 seconds")
     if not 0 <= web.port <= 65535:
         raise ConfigError(f"{source}: key 'web.port' must be between 0 (any free port) and 65535, not {web.port}")
     if web.token is not None and (len(web.token) < 16 or web.token != web.token.strip()):
@@ -250,6 +262,9 @@ def _check_web(web: WebConfig, source: Path) -> None:
     limits = {
         "max_upload_mb": (1, 1024),
         "max_upload_pixels": (1, 1_000_000_000),
+        "max_upload_files": (1, 1000),
+        "max_upload_total_pixels": (1, 10_000_000_000),
+        "connection_limit": (8, 10_000),
         "thumb_size": (64, 1024),
         "page_size": (1, 500),
         "threads": (1, 64),

@@ -70,7 +70,9 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> bytes:
     return read_limited(path, max_bytes)
 
 
-def open_rgb(path: Path, max_pixels: int, draft: int | None = None, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> DecodedImage:
+def open_rgb(
+    path: Path, max_pixels: int, draft: int | None = None, max_bytes: int = DEFAULT_MAX_FILE_MB * MB
+) -> DecodedImage:
     return decode_bytes(read_bytes(path, max_bytes), max_pixels, draft)
 
 
@@ -82,14 +84,29 @@ class DecodedArray:
     reduced: bool  # draft-decoded below full size
 
 
-def decode_bytes(data: bytes, max_pixels: int, draft: int | None = None) -> DecodedImage:
+def declared_pixels(data: bytes) -> int:
+    """The pixels an image's header announces, without decoding it; 0 for what is not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Exception:  # noqa: BLE001 - anything unreadable is refused with its reason by decode_bytes
+        return 0
+    return int(width) * int(height)
+
+
+def decode_bytes(
+    data: bytes, max_pixels: int, draft: int | None = None, limit_key: str = "decode.max_pixels"
+) -> DecodedImage:
     """Decode a file's bytes into RGB, or raise DecodeError naming why.
 
     With `draft`, a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale whose short
     side is still at least `draft` pixels: the model sees 224 pixels, and decoding all
     12 million costs five times as much. The reported size is always the full one.
+    `limit_key` is the config key a refusal over `max_pixels` names.
     """
-    rgb, width, height, fmt = _decode(data, max_pixels, draft, _detached)
+    rgb, width, height, fmt = _decode(data, max_pixels, draft, _detached, limit_key)
     return DecodedImage(rgb, width, height, fmt)
 
 
@@ -111,7 +128,11 @@ def _detached(rgb: Image.Image, img: Image.Image) -> Image.Image:
 
 
 def _decode(
-    data: bytes, max_pixels: int, draft: int | None, use: Callable[[Image.Image, Image.Image], T]
+    data: bytes,
+    max_pixels: int,
+    draft: int | None,
+    use: Callable[[Image.Image, Image.Image], T],
+    limit_key: str = "decode.max_pixels",
 ) -> tuple[T, int, int, str]:
     """Open, check, decode and orient; `use(rgb, opened)` runs while the file is still open."""
     if not data:
@@ -125,7 +146,7 @@ def _decode(
                 if width * height > max_pixels:
                     raise DecodeError(
                         f"image too large: {width}x{height} = {width * height:,} pixels is over the limit of "
-                        f"{max_pixels:,} (decode.max_pixels; a decompression bomb?)"
+                        f"{max_pixels:,} ({limit_key}; a decompression bomb?)"
                     )
                 img.seek(0)  # GIF, TIFF, WebP: the first frame
                 if draft and fmt == "JPEG":

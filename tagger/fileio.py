@@ -72,7 +72,16 @@ def utc_text(timestamp: float | None = None) -> str:
     return when.strftime(UTC_FORMAT)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def mode_of(image: Path) -> int:
+    """A sidecar's permissions: its image's read and write bits, so that whoever may read the photo
+    may read its tags, whatever the writer's umask (the service runs with UMask=0027)."""
+    try:
+        return stat.S_IMODE(os.stat(image).st_mode) & 0o666
+    except OSError:
+        return 0o644
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old file or the new one, never a mix, even after a crash: temp file in the
     same folder, fsync, rename over the old one (sidecars, XMP, thumbnails, the daemon's status)."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -81,7 +90,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         _fsync_dir(path.parent)
     finally:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from tagger.inputs import is_whole_number
+
 
 @dataclass(frozen=True)
 class ImageNetClass:
@@ -63,7 +65,7 @@ def resolve_tag(term: str) -> list[ImageNetClass]:
     if not text:
         return []
     classes = imagenet_classes()
-    if text.isdigit():
+    if is_whole_number(text):
         number = int(text)
         return [classes[number]] if number < len(classes) else []
     folded = text.casefold()

@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from tagger.errors import TaggerError
+from tagger.inputs import InputError, score
 
 FIELDS = ("tag", "class", "score", "folder", "added", "date")
-_RELATIVE = re.compile(r"^-(\d+)([dwmy])$")
+_RELATIVE = re.compile(r"-([0-9]{1,7})([dwmy])")
+_ABSOLUTE = re.compile(r"([0-9]{4})(?:-([0-9]{1,2})(?:-([0-9]{1,2}))?)?")
+_DATE_HINT = "dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
 _UNIT_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
 
 
@@ -112,13 +115,10 @@ def parse(text: str, now: datetime | None = None) -> Query:
 def _score_range(value: str, word: str) -> tuple[float | None, float | None]:
     low, sep, high = value.partition("..")
     try:
-        lo = float(low) if low else None
-        hi = float(high) if high else None
-    except ValueError:
-        raise QueryError(f"{word!r}: a score is a number from 0 to 1, e.g. score:0.6..") from None
-    for bound in (lo, hi):
-        if bound is not None and not 0.0 <= bound <= 1.0:
-            raise QueryError(f"{word!r}: a score is a number from 0 to 1")
+        lo = score(f"{word!r}: a score", low) if low else None
+        hi = score(f"{word!r}: a score", high) if high else None
+    except InputError as exc:
+        raise QueryError(str(exc)) from None
     return lo, (hi if sep else None)
 
 
@@ -134,28 +134,26 @@ def _time_range(value: str, word: str, now: datetime) -> TimeRange:
 
 
 def _instant(text: str, word: str, now: datetime, *, end: bool) -> float:
-    """Start (or, with end, the end) of a date written as YYYY[-MM[-DD]] or -N[dwmy]."""
-    relative = _RELATIVE.match(text)
-    if relative:
-        days = int(relative.group(1)) * _UNIT_DAYS[relative.group(2)]
-        return (now - timedelta(days=days)).timestamp()
-    parts = text.split("-")
+    """Start (or, with end, the end) of a date written as YYYY[-MM[-DD]] or -N[dwmy] (ASCII digits only)."""
+    relative = _RELATIVE.fullmatch(text)
+    absolute = _ABSOLUTE.fullmatch(text)
     try:
-        numbers = [int(p) for p in parts]
-        if len(numbers) == 1:
-            start = datetime(numbers[0], 1, 1, tzinfo=timezone.utc)
-            following = datetime(numbers[0] + 1, 1, 1, tzinfo=timezone.utc)
-        elif len(numbers) == 2:
-            start = datetime(numbers[0], numbers[1], 1, tzinfo=timezone.utc)
-            year, month = divmod(numbers[1], 12)
-            following = datetime(numbers[0] + year, month + 1, 1, tzinfo=timezone.utc)
-        elif len(numbers) == 3:
-            start = datetime(numbers[0], numbers[1], numbers[2], tzinfo=timezone.utc)
-            following = start + timedelta(days=1)
+        if relative:
+            days = int(relative.group(1)) * _UNIT_DAYS[relative.group(2)]
+            return (now - timedelta(days=days)).timestamp()
+        if absolute is None:
+            raise QueryError(f"{word!r}: {_DATE_HINT}")
+        year_text, month_text, day_text = absolute.groups()
+        year = int(year_text)
+        month, day = int(month_text or 0), int(day_text or 0)
+        if not month_text:
+            start, following = datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
+        elif not day_text:
+            start = datetime(year, month, 1, tzinfo=timezone.utc)
+            following = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc)
         else:
-            raise ValueError(text)
-    except ValueError:
-        raise QueryError(
-            f"{word!r}: dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
-        ) from None
+            start = datetime(year, month, day, tzinfo=timezone.utc)
+            following = start + timedelta(days=1)
+    except (ValueError, OverflowError):
+        raise QueryError(f"{word!r}: no such date, or one outside the years 1 to 9998 ({_DATE_HINT})") from None
     return (following if end else start).timestamp()

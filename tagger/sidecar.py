@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger import __version__
-from tagger.fileio import json_text, utc_text, write_atomic
+from tagger.fileio import json_text, mode_of, utc_text, write_atomic
 from tagger.labels import Tag
 
 SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
@@ -66,7 +66,7 @@ def sidecar_document(
 def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
     path = sidecar_path(image)
     text = json_text(document, indent=2) + "\n"
-    write_atomic(path, text.encode("utf-8"))
+    write_atomic(path, text.encode("utf-8"), mode_of(image))
     return path
 
 

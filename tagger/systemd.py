@@ -5,6 +5,8 @@ import logging
 import os
 import socket
 
+from tagger.inputs import is_whole_number
+
 # journald reads a "<N>" prefix on each stderr line as the syslog priority.
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
@@ -28,7 +30,7 @@ class Notifier:
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
         usec = os.environ.get("WATCHDOG_USEC")
         pid = os.environ.get("WATCHDOG_PID")
-        watched = usec and usec.isdigit() and (not pid or pid == str(os.getpid()))
+        watched = usec and is_whole_number(usec) and (not pid or pid == str(os.getpid()))
         self.watchdog_seconds: float | None = int(usec) / 1e6 if watched and usec else None
 
     def notify(self, *assignments: str) -> bool:

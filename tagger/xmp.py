@@ -41,7 +41,7 @@ from xml.parsers.expat import ExpatError
 import defusedxml.minidom
 
 from tagger.errors import TaggerError
-from tagger.fileio import write_atomic
+from tagger.fileio import mode_of, write_atomic
 
 XmpStyle = Literal["append", "replace"]  # IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One)
 XMP_STYLES: tuple[XmpStyle, ...] = get_args(XmpStyle)
@@ -152,7 +152,7 @@ def write_xmp(
     path = xmp_path(image, style)
     try:
         data = merge_keywords(_read(path), machine, prefix, user)
-        write_atomic(path, data)
+        write_atomic(path, data, mode_of(image))
     except XmpError as exc:
         raise XmpError(exc.reason, path) from None
     except OSError as exc:

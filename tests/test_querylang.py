@@ -89,6 +89,13 @@ def test_empty_query() -> None:
         ("^score:0.5", ["only tag: and folder:"]),
         ("tag:", ["empty value"]),
         ('tag:"unclosed', ["cannot read query"]),
+        ("added:-99999y..", ["added:-99999y..", "1 to 9998"]),  # past year 1: no OverflowError
+        ("date:9999-12", ["date:9999-12"]),
+        ("added:２０２４", ["YYYY-MM-DD"]),  # only ASCII digits
+        ("date:2024-02-30", ["no such date"]),
+        ("score:nan", ["number from 0 to 1"]),
+        ("score:١", ["number from 0 to 1"]),
+        ("score:1e-1", ["number from 0 to 1"]),
     ],
 )
 def test_refusals_name_the_term(text: str, words: list[str]) -> None:

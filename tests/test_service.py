@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,8 @@ from tagger.systemd import JournalFormatter, Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "tagger.service"
+WEB_UNIT = ROOT / "systemd" / "tagger-web.service"
+EXPOSURE_GOALS = {UNIT: 1.0, WEB_UNIT: 1.5}  # systemd-analyze security: 0 is the tightest, 10 the loosest
 TAGGER = str(Path(sys.executable).parent / "tagger")
 
 
@@ -31,22 +34,62 @@ def need(tool: str) -> str:
     return path
 
 
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             settings.setdefault(key.strip(), []).append(value.strip())
     return settings
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", [UNIT, WEB_UNIT], ids=lambda p: p.name)
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path, source: Path) -> None:
     analyze = need("systemd-analyze")
-    unit = tmp_path / "tagger.service"
-    unit.write_text(UNIT.read_text().replace("/opt/tagger/.venv/bin/tagger", TAGGER))
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/tagger/.venv/bin/tagger", TAGGER))
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "tagger.service" not in result.stderr, result.stderr
+    assert source.name not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("source", [UNIT, WEB_UNIT], ids=lambda p: p.name)
+def test_unit_exposure_is_within_its_goal_and_every_gap_is_explained(tmp_path: Path, source: Path) -> None:
+    analyze = need("systemd-analyze")
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text())
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", unit.name], capture_output=True, text=True, cwd=tmp_path
+    )
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert found is not None, result.stdout + result.stderr
+    exposure = float(found.group(1))
+    print(f"{source.name}: exposure {exposure}")
+    assert exposure <= EXPOSURE_GOALS[source], result.stdout
+    comments = "\n".join(line for line in source.read_text().splitlines() if line.startswith("#"))
+    gaps = re.findall(r"^✗ (\S+?)=", result.stdout, flags=re.MULTILINE)
+    for setting in gaps:
+        assert f"{setting}=" in comments, f"{source.name}: why {setting}= is not set is not explained in a comment"
+
+
+def test_web_unit_reads_the_library_and_index_only() -> None:
+    s = unit_settings(WEB_UNIT)
+    assert s["ExecStart"] == ["/opt/tagger/.venv/bin/tagger serve"] and s["User"] == ["tagger"]
+    read_only = s["ReadOnlyPaths"][0].split()
+    assert "/srv/photos" in read_only and "/var/lib/tagger" in read_only
+    assert s["ReadWritePaths"] == ["-/var/lib/tagger/tagger.sqlite.thumbs"]  # the thumbnail cache alone
+    assert s["MemoryDenyWriteExecute"] == ["yes"] and s["IPAddressDeny"] == ["any"]
+    assert "StateDirectory" not in s  # the daemon owns the index
+
+
+def test_installer_can_add_the_viewer_and_prepares_the_model() -> None:
+    bash = need("bash")
+    script = ROOT / "systemd" / "install.sh"
+    assert subprocess.run([bash, "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "--with-web" in text and "tagger-web.service" in text and "weights prepare" in text
+    help_text = subprocess.run([bash, str(script), "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--with-web" in help_text.stdout
 
 
 def test_unit_is_notify_hardened_and_polite() -> None:
@@ -63,7 +106,50 @@ def test_unit_is_notify_hardened_and_polite() -> None:
     ]:
         assert s[key] == [value], key
     assert "ReadWritePaths" in s and "Nice" in s
-    assert "MemoryDenyWriteExecute" not in s  # breaks PyTorch
+    for key, value in [
+        ("MemoryDenyWriteExecute", "yes"),  # the ONNX export is made at install time: no PyTorch JIT
+        ("PrivateNetwork", "yes"),
+        ("IPAddressDeny", "any"),
+        ("RestrictAddressFamilies", "AF_UNIX"),
+        ("ProtectProc", "invisible"),
+        ("ProcSubset", "pid"),
+        ("RemoveIPC", "yes"),
+        ("UMask", "0027"),
+    ]:
+        assert s[key] == [value], key
+    assert "@system-service" in s["SystemCallFilter"]
+
+
+def test_prepared_model_tags_without_torch_under_memory_deny_write_execute(
+    tmp_path: Path, sample_jpegs: list[Path], weights_dir: Path
+) -> None:
+    """What MemoryDenyWriteExecute=yes does to the service, done with the kernel's own switch
+    (prctl PR_SET_MDWE): after `tagger weights prepare`, a scan tags without PyTorch."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(next(p for p in sample_jpegs if p.stem == "coffee"), lib / "coffee.jpg")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "folders": [str(lib)], "index": str(tmp_path / "i.sqlite"), "weights_dir": str(weights_dir),
+        "model": {"name": "efficientnet-lite0", "fallback": None},
+    }))
+    prepared = subprocess.run([TAGGER, "--config", str(config), "weights", "prepare"], capture_output=True, text=True)
+    assert prepared.returncode == 0 and "ready" in prepared.stdout, prepared.stderr
+    locked = (
+        "import ctypes, sys\n"
+        "import mmap\n"
+        "if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0: sys.exit(77)  # PR_SET_MDWE, REFUSE_EXEC_GAIN\n"
+        "try:\n    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+        "except PermissionError:\n    pass\nelse:\n    sys.exit('writable+executable memory is still allowed')\n"
+        "from tagger.cli import cli\n"
+        "try:\n    cli(['--config', sys.argv[1], 'scan'], prog_name='tagger')\n"
+        "finally:\n    print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", locked, str(config)], capture_output=True, text=True)
+    if result.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert result.returncode == 0, result.stderr
+    assert "no torch" in result.stderr and "1 classified" in result.stdout, result.stdout + result.stderr
 
 
 def test_journal_formatter_prefixes_priorities() -> None:
@@ -157,3 +243,4 @@ def test_dockerfile_runs_the_daemon_as_non_root_with_volumes_and_healthcheck() -
     assert 'CMD ["tagger", "health"]' in text and "HEALTHCHECK" in text
     assert "download.pytorch.org/whl/cpu" in text  # CPU-only torch
     assert "weights fetch resnet18" in text  # weights at build time, never at run time
+    assert "tagger weights prepare" in text  # and the ONNX export: the container never loads PyTorch

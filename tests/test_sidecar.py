@@ -80,3 +80,19 @@ def test_kill_9_mid_write_never_leaves_a_broken_sidecar(tmp_path: Path) -> None:
             doc = json.loads(sidecar_path(image).read_text())
             assert doc["version"] in ("A", "B")
             assert doc["padding"] == doc["version"] * 200_000
+
+
+@pytest.mark.parametrize("image_mode", [0o640, 0o644, 0o600])
+def test_sidecar_keeps_its_images_permissions_under_a_tight_umask(tmp_path: Path, image_mode: int) -> None:
+    from tagger.xmp import write_xmp
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"x")
+    image.chmod(image_mode)
+    previous = os.umask(0o027)  # the service's UMask
+    try:
+        written = [write_sidecar(image, {"tags": []}), write_xmp(image, ["auto/cat"])]
+    finally:
+        os.umask(previous)
+    for path in written:
+        assert path.stat().st_mode & 0o777 == image_mode, path

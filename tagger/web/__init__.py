@@ -19,7 +19,16 @@ from tagger.config import Config
 from tagger.errors import StoreError
 from tagger.fileio import shown
 from tagger.web import api, media, pages
-from tagger.web.context import CSRF_COOKIE, Viewer, token_ok, wants_json
+from tagger.web.context import (
+    BODY_TOO_LARGE,
+    CSRF_COOKIE,
+    Viewer,
+    check_host,
+    cookie_secure,
+    require_token,
+    upload_too_large,
+    wants_json,
+)
 from tagger.web.files import FsPathConverter
 
 if TYPE_CHECKING:
@@ -27,8 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 OPEN_ENDPOINTS = frozenset({"pages.health", "pages.login"})
+FORM_FIELDS = 8  # form parts besides the files of a manual check (csrf, top_k, ...)
 
 
 class _InMemoryRequest(Request):
@@ -48,11 +57,13 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
     app.request_class = _InMemoryRequest
     app.url_map.merge_slashes = False  # "//etc/passwd" is refused as it is, not redirected
     upload_bytes = config.web.max_upload_mb * 1024 * 1024
-    app.config.update(MAX_CONTENT_LENGTH=upload_bytes, MAX_FORM_MEMORY_SIZE=upload_bytes)
-    if config.web.host in LOOPBACK_HOSTS:
-        # Another site must not reach a loopback-only viewer by pointing one of its own
-        # names at 127.0.0.1 (DNS rebinding): only loopback names are accepted as Host.
-        app.config["TRUSTED_HOSTS"] = ["localhost", "127.0.0.1", "[::1]"]
+    app.config.update(
+        MAX_CONTENT_LENGTH=upload_bytes,
+        MAX_FORM_MEMORY_SIZE=upload_bytes,
+        MAX_FORM_PARTS=config.web.max_upload_files + FORM_FIELDS,
+    )
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json = _NamesJSONProvider(app)
     app.jinja_env.finalize = _readable
     app.url_map.converters["fspath"] = FsPathConverter
@@ -60,6 +71,8 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(media.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
+    app.before_request(_refuse_unread_body)
+    app.before_request(check_host)
     app.before_request(_require_token)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)
@@ -89,24 +102,38 @@ def _readable(value: Any) -> Any:
     return value
 
 
+def _refuse_unread_body() -> None:
+    """waitress stopped reading a body over its limit and asks the app to answer (tagger.web.server)."""
+    if request.environ.get(BODY_TOO_LARGE):
+        raise upload_too_large()
+
+
 def _require_token() -> None:
-    if request.endpoint not in OPEN_ENDPOINTS and not token_ok():
-        raise Unauthorized("this viewer needs its access token (web.token in its config)")
+    if request.endpoint not in OPEN_ENDPOINTS:
+        require_token()
+
+
+def security_headers(style_nonce: str | None = None) -> dict[str, str]:
+    """Every answer's headers, the server's own error answers included (tagger.web.server)."""
+    style = f"'self' 'nonce-{style_nonce}'" if style_nonce else "'self'"
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'self'; img-src 'self' blob: data:; style-src {style}; script-src 'self'; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+    }
 
 
 def _security_headers(response: Response) -> Response:
-    nonce = g.get("style_nonce")
-    style = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'self'; img-src 'self' blob: data:; style-src {style}; script-src 'self'; "
-        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    )
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.update(security_headers(g.get("style_nonce")))
     response.headers.setdefault("Cache-Control", "no-store")
     if "csrf" in g and request.cookies.get(CSRF_COOKIE) != g.csrf:
-        response.set_cookie(CSRF_COOKIE, g.csrf, httponly=True, samesite="Strict", path="/")
+        response.set_cookie(
+            CSRF_COOKIE, g.csrf, httponly=True, samesite="Strict", path="/", secure=cookie_secure()
+        )
     return response
 
 
@@ -121,6 +148,9 @@ def _http_error(exc: HTTPException) -> Response:
         except Exception:  # noqa: BLE001 - an error page must not fail into a traceback
             log.exception("the error page for %s failed", request.path)
             response = Response(f"{code} {exc.name}\n", status=code, mimetype="text/plain")
+    for name, value in exc.get_headers():  # Allow (405), Retry-After (429)
+        if name.lower() != "content-type":
+            response.headers[name] = value
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="tagger"'
     return response

@@ -4,15 +4,25 @@ Errors are JSON too: {"error": "what went wrong", "status": 404}.
 """
 from __future__ import annotations
 
-
 from flask import Blueprint, Response, jsonify, request, url_for
-from werkzeug.exceptions import BadRequest, Forbidden, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, Forbidden, RequestEntityTooLarge, ServiceUnavailable
 
+from tagger.decode import declared_pixels
 from tagger.errors import WeightsError
 from tagger.fileio import utc_text
 from tagger.index import GridItem, ImageDetail
+from tagger.inputs import InputError, whole_number
 from tagger.web.check import CheckResult
-from tagger.web.context import correct_keywords, cross_origin, has_term, indexed_file, store, viewer
+from tagger.web.context import (
+    correct_keywords,
+    cross_origin,
+    has_term,
+    indexed_file,
+    refuse_foreign_uploads,
+    store,
+    upload_too_large,
+    viewer,
+)
 from tagger.web.query import fetch_page, parse_query
 
 blueprint = Blueprint("api", __name__)
@@ -87,29 +97,52 @@ def tags() -> Response:
 @blueprint.post("/classify")
 def classify() -> tuple[Response, int]:
     """Multipart files (any field name, several at once) -> each one's top tags. Nothing is stored."""
-    results = check_uploads(int_arg("top_k", CHECK_TOP_K, 1, 20))
+    uploads = received_uploads()
+    results = check_uploads(uploads, int_arg("top_k", CHECK_TOP_K, 1, 20))
     status = 200 if any(r.error is None for r in results) else 422
     return jsonify({"model": viewer().checker.model_name, "results": [r.as_dict() for r in results]}), status
 
 
-def check_uploads(top_k: int) -> list[CheckResult]:
-    """Every file of this request, checked in turn; a model that cannot load is a 503."""
-    uploads = [f for key in request.files for f in request.files.getlist(key) if f.filename]
+def received_uploads() -> list[tuple[str, bytes]]:
+    """(name, bytes) of every file of this request, within the request's budget (web.max_upload_*):
+    a request over it is refused whole with 413, before anything is decoded."""
+    refuse_foreign_uploads()
+    try:
+        files = request.files
+    except RequestEntityTooLarge:
+        raise upload_too_large() from None
+    uploads = [(f.filename or "upload", f.read()) for key in files for f in files.getlist(key) if f.filename]
     if not uploads:
         raise BadRequest("send one or more images as multipart/form-data files, e.g. curl -F file=@photo.jpg")
+    web = viewer().config.web
+    if len(uploads) > web.max_upload_files:
+        raise upload_too_large()
+    announced = [declared_pixels(data) for _, data in uploads]
+    total = sum(p for p in announced if p <= web.max_upload_pixels)  # larger ones are refused undecoded
+    if total > web.max_upload_total_pixels:
+        raise RequestEntityTooLarge(
+            f"these {len(uploads)} images hold {total:,} pixels together, over the {web.max_upload_total_pixels:,} "
+            "one request may decode (web.max_upload_total_pixels): send them in smaller groups"
+        )
+    return uploads
+
+
+def check_uploads(uploads: list[tuple[str, bytes]], top_k: int) -> list[CheckResult]:
+    """Every file of this request, checked in turn; a model that cannot load is a 503."""
     try:
-        return [viewer().checker.check(f.filename or "upload", f.read(), top_k) for f in uploads]
+        return [viewer().checker.check(name, data, top_k) for name, data in uploads]
     except WeightsError as exc:
         raise ServiceUnavailable(f"the model cannot be loaded: {exc}") from None
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.values.get(name, "").strip()
-    if not raw:
+    raw = request.values.get(name, "")
+    if not raw.strip():
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} must be a whole number from {low} to {high}, not {raw!r}")
-    return int(raw)
+    try:
+        return whole_number(name, raw, low, high)
+    except InputError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _iso(mtime_ns: int) -> str:

@@ -66,7 +66,7 @@ class Checker:
             classifier = self._model()
             draft = draft_size(classifier.spec.preprocess, self.config.decode.draft)  # as a scan decodes
             try:
-                decoded = decode_bytes(data, self.config.web.max_upload_pixels, draft)
+                decoded = decode_bytes(data, self.config.web.max_upload_pixels, draft, "web.max_upload_pixels")
             except DecodeError as exc:
                 return CheckResult(name, [], error=str(exc))
             array = preprocess(decoded.image, classifier.spec.preprocess)

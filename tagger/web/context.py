@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request
-from werkzeug.exceptions import BadRequest, NotFound
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 
 from tagger.config import Config
 from tagger.corrections import correct
@@ -22,6 +30,7 @@ from tagger.rules import Rules
 from tagger.terms import Action, KeywordRow
 from tagger.web.check import Checker
 from tagger.web.files import Library
+from tagger.web.guard import SignInThrottle, allowed_hosts, host_name, session_value
 from tagger.web.tagcounts import TagCounts
 from tagger.web.thumbs import Thumbnails
 
@@ -31,6 +40,7 @@ if TYPE_CHECKING:
 TOKEN_COOKIE = "tagger_token"
 CSRF_COOKIE = "tagger_csrf"
 CSRF_FIELD = "csrf"
+BODY_TOO_LARGE = "tagger.body_too_large"  # set in the WSGI environ by tagger.web.server
 MMAP_BYTES = 1 << 30  # of the index read through memory mapping, per connection (address space, not RAM)
 
 
@@ -45,6 +55,8 @@ class Viewer:
         self.tag_counts = TagCounts(config.index, config.model.min_score)
         self.checker = Checker(config, classifier)
         self.rules = Rules.load(config.rules)
+        self.hosts = allowed_hosts(config.web.host, config.web.allowed_hosts)
+        self.throttle = SignInThrottle()
         self._local = threading.local()
         self._opened: list[Index] = []
         self._lock = threading.Lock()
@@ -119,7 +131,13 @@ def correct_keywords(path: str, add: Sequence[str], remove: Sequence[str]) -> li
         raise BadRequest("give a keyword to add or to remove")
     changes: tuple[tuple[list[str], Action], ...] = ((add, "add"), (remove, "remove"))
     with viewer().write_lock:
-        retagger = viewer().writer()
+        try:
+            retagger = viewer().writer()
+        except StoreError as exc:
+            raise ServiceUnavailable(
+                f"keywords cannot be corrected from this viewer: {exc} (as tagger-web.service it reads the index "
+                "only; use `tagger tag add|remove`)"
+            ) from None
         try:
             sha256 = ""
             for words, action in changes:
@@ -157,14 +175,81 @@ def cross_origin() -> bool:
     return origin not in (None, "null") and urlsplit(origin).netloc != request.host
 
 
+def refuse_foreign_uploads() -> None:
+    """Uploads cost CPU: taken from this viewer's own pages and from scripts, not from another
+    site's page (which cannot send an Authorization header without a CORS preflight)."""
+    if request.headers.get("Authorization", "").startswith("Bearer "):
+        return
+    if cross_origin() or request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise Forbidden("uploads are taken from this viewer's own pages and from scripts, not from another site")
+
+
+def upload_too_large() -> RequestEntityTooLarge:
+    """One refusal for every over-size manual check, whoever noticed it (waitress or the form parser)."""
+    web = viewer().config.web
+    return RequestEntityTooLarge(
+        f"the upload is over this viewer's limits: {web.max_upload_mb} MB (web.max_upload_mb) and "
+        f"{web.max_upload_files} files (web.max_upload_files) per request; send fewer or smaller files"
+    )
+
+
+def check_host() -> None:
+    """Only the configured names are answered (DNS rebinding: another site's name pointed here)."""
+    if host_name(request.host) not in viewer().hosts:
+        raise BadRequest(
+            f"this viewer does not answer to the host name {host_name(request.host)[:100]!r} "
+            "(add it to web.allowed_hosts in its config)"
+        )
+
+
+def _credential(expected: str) -> tuple[str, str] | None:
+    """(offered, wanted) for the credential this request carries: a Bearer token is compared with
+    the token, the sign-in cookie with the value derived from it; None when it carries neither."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer ") :], expected
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    return None if cookie is None else (cookie, session_value(expected))
+
+
+def _same(offered: str, wanted: str) -> bool:
+    return hmac.compare_digest(offered.encode(errors="replace"), wanted.encode())
+
+
 def token_ok() -> bool:
     """No token configured, or the request carries it (Bearer header, or the sign-in cookie)."""
     expected = viewer().config.web.token
     if expected is None:
         return True
-    header = request.headers.get("Authorization", "")
-    given = header[len("Bearer ") :] if header.startswith("Bearer ") else request.cookies.get(TOKEN_COOKIE, "")
-    return hmac.compare_digest(given.encode(), expected.encode())
+    credential = _credential(expected)
+    return credential is not None and _same(*credential)
+
+
+def require_token() -> None:
+    """401 without the token; a wrong one counts as a guess, and a client guessing too fast gets
+    429 with Retry-After, without its guess being looked at and without a thread waiting."""
+    expected = viewer().config.web.token
+    if expected is None:
+        return
+    credential = _credential(expected)
+    if credential is None:
+        raise Unauthorized("this viewer needs its access token (web.token in its config)")
+    client = request.remote_addr or ""
+    throttle = viewer().throttle
+    wait = throttle.retry_after(client)
+    if wait:
+        raise TooManyRequests(f"too many wrong tokens from this address: try again in {wait} s", retry_after=wait)
+    if _same(*credential):
+        throttle.succeeded(client)
+        return
+    throttle.failed(client, credential[0])
+    raise Unauthorized("this viewer needs its access token (web.token in its config)")
+
+
+def cookie_secure() -> bool:
+    """web.secure_cookie: auto marks cookies Secure when this request came over HTTPS."""
+    setting = viewer().config.web.secure_cookie
+    return setting == "always" or (setting == "auto" and request.is_secure)
 
 
 def style_nonce() -> str:

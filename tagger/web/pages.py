@@ -6,6 +6,7 @@ import shlex
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import Forbidden
@@ -16,11 +17,12 @@ from tagger.errors import StoreError
 from tagger.fileio import url_text
 from tagger.labels import Tag
 from tagger.index import SORTS, GridItem
-from tagger.web.api import CHECK_TOP_K, check_uploads
+from tagger.web.api import CHECK_TOP_K, check_uploads, received_uploads
 from tagger.web.check import CheckResult
 from tagger.web.context import (
     CSRF_FIELD,
     TOKEN_COOKIE,
+    cookie_secure,
     correct_keywords,
     csrf_token,
     has_term,
@@ -32,6 +34,7 @@ from tagger.web.context import (
     viewer,
 )
 from tagger.web.files import exif_facts
+from tagger.web.guard import local_target, session_value
 from tagger.web.media import sidecar_text
 from tagger.web.query import TERM_SEPARATORS, Query, default_sort, fetch_page, parse_query, term_for
 
@@ -129,28 +132,34 @@ def _neighbours(current: Query, path: str) -> tuple[GridItem | None, GridItem | 
 @blueprint.route("/check", methods=["GET", "POST"])
 def check() -> str | tuple[str, int]:
     """Upload images and see their top 3; the page's script does it in place, this is the no-script way."""
-    results: list[CheckResult] = check_uploads(CHECK_TOP_K) if request.method == "POST" else []
+    results: list[CheckResult] = check_uploads(received_uploads(), CHECK_TOP_K) if request.method == "POST" else []
     status = 422 if results and all(r.error for r in results) else 200
     return render_template("check.html", results=results, query=_query()), status
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
-def login() -> BaseResponse | tuple[str, int]:
+def login() -> BaseResponse | tuple[str, int] | Response:
     expected = viewer().config.web.token
     if expected is None:
         return redirect(url_for(".grid"))
-    target = request.values.get("next", "")
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        target = url_for(".grid")
+    target = local_target(request.values.get("next", "")) or url_for(".grid")
     if request.method == "POST":
+        client, throttle = request.remote_addr or "", viewer().throttle
+        wait = throttle.retry_after(client)
+        if wait:
+            refused = make_response(sign_in_page(f"Too many wrong tokens: try again in {wait} seconds.", target), 429)
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         given = request.form.get("token", "").strip()
-        if hmac.compare_digest(given.encode(), expected.encode()):
+        if hmac.compare_digest(given.encode(errors="replace"), expected.encode()):
+            throttle.succeeded(client)
             response = redirect(target, code=303)
             response.set_cookie(
-                TOKEN_COOKIE, given, max_age=TOKEN_COOKIE_SECONDS, httponly=True, samesite="Strict", path="/"
+                TOKEN_COOKIE, session_value(expected), max_age=TOKEN_COOKIE_SECONDS, httponly=True,
+                samesite="Strict", path="/", secure=cookie_secure(),
             )
             return response
-        time.sleep(0.5)  # a guessing script gets two tries a second, not thousands
+        throttle.failed(client, given)
         return sign_in_page("That token is not right.", target), 401
     return sign_in_page(None, target), (200 if token_ok() else 401)
 
@@ -168,7 +177,8 @@ def sign_in_page(problem: str | None, target: str) -> str:
 
 def error_page(code: int, name: str, message: str) -> Response:
     if code == 401:
-        target = request.full_path.rstrip("?") if request.method == "GET" else url_for(".grid")
+        here = quote(request.path) + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
+        target = (local_target(here) if request.method == "GET" else None) or url_for(".grid")
         return make_response(sign_in_page(None, target), 401)
     return make_response(render_template("error.html", code=code, name=name, message=message), code)
 

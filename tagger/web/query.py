@@ -27,6 +27,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from tagger.fileio import json_text, url_text
 from tagger.index import SORTS, GridItem, Index, Listing, Sort, SortKey
+from tagger.inputs import InputError, score, storable
 from tagger.labels import imagenet_classes
 from tagger.querylang import QueryError, parse
 from tagger.querylang import Query as Parsed
@@ -37,6 +38,8 @@ from tagger.web.files import Library
 
 TERM_SEPARATORS = re.compile(r"[,，、]")
 SEARCH_CURSOR = "q"  # the cursors of a q search: (score of the match, path)
+CURSOR_VALUES: dict[str, type] = {"newest": int, "oldest": int, "score": float, "name": str, SEARCH_CURSOR: float}
+MAX_CURSOR = 8192  # characters: a path of 4096 bytes, base64-encoded, and the sort key
 MAX_TERMS = 8
 
 
@@ -105,17 +108,13 @@ def parse_query(
     # class: terms alone browse the raw guesses by the listing's sorts (best first by default)
     classes_only = bool(parsed.classes) and parsed == Parsed(classes=parsed.classes)
     searching = bool(text or terms)
-    raw_score = args.get("min_score", "").strip()
+    raw_score = args.get("min_score", "")
     min_score, score_given = (search_min_score if classes_only else 0.0), False
-    if raw_score:
+    if raw_score.strip():
         try:
-            chosen = float(raw_score)
-        except ValueError:
-            chosen = -1.0
-        if 0.0 <= chosen <= 1.0:
-            min_score, score_given = chosen, True
-        else:
-            problems.append(f"min_score must be a number from 0 to 1, not {raw_score!r}")
+            min_score, score_given = score("min_score", raw_score), True
+        except InputError as exc:
+            problems.append(str(exc))
     sort = _sort(args.get("sort", "").strip(), searching, problems)
     folder = None
     if args.get("folder", "").strip():
@@ -147,7 +146,7 @@ def _sort(given: str, searching: bool, problems: list[str]) -> Sort:
         if given == sort:
             return sort
     if given:
-        problems.append(f"sort must be one of {', '.join(SORTS)}, not {given!r}")
+        problems.append(f"sort must be one of {', '.join(SORTS)}, not {given[:40]!r}")
     return default_sort(searching)
 
 
@@ -167,15 +166,26 @@ def encode_cursor(sort: str, key: SortKey) -> str:
 
 
 def decode_cursor(cursor: str, sort: str) -> SortKey:
+    """The key a page cursor holds, checked to be one this viewer could have made for `sort`."""
+    made_here = BadRequest("the page cursor ('after') is not one this viewer made")
+    if len(cursor) > MAX_CURSOR:
+        raise made_here
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         cursor_sort, value, path = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise BadRequest("the page cursor ('after') is not one this viewer made") from None
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        raise made_here from None
     if cursor_sort != sort:
-        raise BadRequest(f"the page cursor ('after') belongs to sort={cursor_sort!r}, not sort={sort!r}")
-    if not isinstance(path, str) or isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadRequest("the page cursor ('after') is not one this viewer made")
+        if isinstance(cursor_sort, str) and cursor_sort in CURSOR_VALUES:
+            raise BadRequest(f"the page cursor ('after') belongs to sort={cursor_sort!r}, not sort={sort!r}")
+        raise made_here
+    expected = CURSOR_VALUES.get(sort)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # a score of exactly 0 or 1
+    if expected is None or not isinstance(path, str) or type(value) is not expected:
+        raise made_here
+    if not isinstance(value, (str, int, float)) or not (isinstance(value, str) or storable(value)) or "\x00" in path:
+        raise made_here
     return value, path
 
 
