@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # File bytes held by the batches decoded ahead of the model, beyond the one being finished:
 # a dozen camera JPEGs, not a dozen 200 MB files.
 AHEAD_BYTES = 64 * 1024 * 1024
+REFINE_SHARE = 0.1  # of the photos classified, at most this share is decoded again in full
 
 @dataclass
 class ScanSummary:
@@ -250,6 +251,10 @@ class Tagger:
         """
         threshold = self.config.decode.refine_margin
         near = [i for i, (p, m) in enumerate(zip(pending, margins)) if p.reduced and m < threshold]
+        # A model unsure of everything (random weights, or pictures unlike any class) would make
+        # every photo a near tie: at most a tenth of the photos, and one more, are decoded twice.
+        allowed = 1 + int(REFINE_SHARE * (summary.classified + len(pending))) - summary.refined
+        near = near[: max(0, allowed)]
         if not near:
             return
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
