@@ -32,7 +32,7 @@ from tagger.classify import Classifier  # noqa: E402
 from tagger.decode import decode_array, draft_size  # noqa: E402
 from tagger.duplicates import image_hash, is_copy  # noqa: E402
 from tagger.learn import THRESHOLD, Model, train  # noqa: E402
-from tagger.vectorindex import quantise  # noqa: E402
+from tagger.index.vectors import quantise  # noqa: E402
 
 
 def embed(classifier: Classifier, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ def clustered(count: int, seed: int, centers: int = 5000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     middle = rng.standard_normal((centers, DIMS), dtype=np.float32)
     v = middle[rng.integers(0, centers, count)] + 0.8 * rng.standard_normal((count, DIMS), dtype=np.float32)
-    from tagger.vectorindex import quantise
+    from tagger.index.vectors import quantise
 
     return quantise(v)
 
@@ -189,12 +189,12 @@ def learned_and_duplicates(tmp: Path) -> None:
 
 
 def cache(tmp: Path) -> None:
-    from tagger.store import Store
+    from tagger.index import Index
     from tagger.similar import VectorMatrix
-    from tagger.vectorindex import encode
+    from tagger.index.vectors import encode
 
     index = tmp / "index.sqlite"
-    with Store.open(index) as store:
+    with Index.open(index) as store:
         vectors = clustered(100_000, 5).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         with store.transaction():

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # N x 3 x H x W float32 -> (N x 1000 logits, N x D pooled features: 1280 for Lite0, 512 for ResNet-18)
 Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+# Per image of a batch: its top-k tags, its margin (best minus second-best probability), its embedding (a row).
+Prediction = tuple[list[list[Tag]], list[float], np.ndarray]
+
 # The outputs an ONNX export must have (tagger.torchnet.EXPORT_OUTPUTS, not imported: that imports torch).
 EXPORT_OUTPUTS = ["logits", "features"]
 
@@ -180,7 +183,7 @@ class Classifier:
         """N x 3 x H x W float32 -> for each image, its top_k tags by probability."""
         return self.predict(batch, top_k)[0]
 
-    def predict(self, batch: np.ndarray, top_k: int) -> tuple[list[list[Tag]], list[float], np.ndarray]:
+    def predict(self, batch: np.ndarray, top_k: int) -> Prediction:
         """The top_k tags of each image, its margin (best minus second-best probability) and
         its embedding (the pooled features, L2-normalised float32), all from one model run.
 

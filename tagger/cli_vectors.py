@@ -16,10 +16,10 @@ from tagger.errors import StoreError, TaggerError
 from tagger.fileio import json_text, shown
 
 if TYPE_CHECKING:
-    from tagger.store import Store
+    from tagger.index import Index
 
 
-def _indexed_sha(store: Store, image: Path) -> str:
+def _indexed_sha(store: Index, image: Path) -> str:
     """The content of IMAGE, which must be a tagged file in the index."""
     record = store.file_record(str(image.resolve()))
     if record is None or record.sha256 is None or record.status != "tagged":
@@ -40,14 +40,14 @@ def embed(ctx: _Context) -> None:
     from tagger.classify import Classifier
     from tagger.embeddings import backfill
     from tagger.indexlock import index_lock
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = ctx.config(require_folders=False)
     if not config.index.exists():
         raise StoreError(f"{config.index}: no index yet (run `tagger scan` first)")
     with index_lock(config.index, "scan"):
         classifier = Classifier.from_config(config)
-        with Store.open(config.index) as store, _progress() as on_progress:
+        with Index.open(config.index) as store, _progress() as on_progress:
             result = backfill(config, classifier, store, on_progress=on_progress)
     click.echo(
         f"embeddings: {result.missing} missing, {result.computed} computed, {result.skipped} skipped "
@@ -64,11 +64,11 @@ def embed(ctx: _Context) -> None:
 def similar(ctx: _Context, image: Path, limit: int, fmt: str) -> None:
     """List the images most like IMAGE (an indexed file), best first; its own copies are left out."""
     from tagger.similar import similar_to
-    from tagger.store import Store
-    from tagger.vectorindex import VectorRows
+    from tagger.index import Index
+    from tagger.index.vectors import VectorRows
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index, readonly=True) as store:
+    with Index.open(config.index, readonly=True) as store:
         matches = similar_to(store, _indexed_sha(store, image), limit)
         paths = VectorRows(store.conn).paths_of([m.sha256 for m in matches])
     found = [(p, m) for m in matches for p in paths.get(m.sha256, [])][:limit]
@@ -90,10 +90,10 @@ def duplicates(ctx: _Context, fmt: str) -> None:
     then bytes) comes first.
     """
     from tagger.duplicates import find_duplicates
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index, readonly=True) as store:
+    with Index.open(config.index, readonly=True) as store:
         found = find_duplicates(store)
     if fmt == "json":
         click.echo(json_text([[c.path for c in group] for group in found], indent=2))
@@ -123,18 +123,19 @@ def learn(ctx: _Context, name: str, images: tuple[Path, ...], rejected: tuple[Pa
     scored at once; matches get NAME as a keyword (query: tag:NAME), in the index and the
     sidecars, and new images get it as they are tagged.
     """
-    from tagger.keywords import Keywording
+    from tagger.index import Index
     from tagger.learn import learn as teach
-    from tagger.store import Store
+    from tagger.learn import rekeyword
+    from tagger.retag import Retagger
 
     config = ctx.config(require_folders=False)
     if not images and not rejected:
         raise click.UsageError("give example images (and/or --not IMAGE counter-examples)")
-    with Store.open(config.index) as store:
+    with Index.open(config.index) as store:
         positive = [_indexed_sha(store, p) for p in images]
         negative = [_indexed_sha(store, p) for p in rejected]
         result = teach(store, name, positive, negative)
-        Keywording(config, store).retag(only=result.changed)
+        rekeyword(Retagger(config, store), result.changed)
         paths = _paths_of(store, [sha for sha, _ in result.proposals[:show]])
     tag = result.tag
     precision = "n/a (fewer than 2 examples)" if tag.precision is None else f"{tag.precision:.0%}"
@@ -150,8 +151,8 @@ def learn(ctx: _Context, name: str, images: tuple[Path, ...], rejected: tuple[Pa
                 click.echo(f"  {score:6.1%}  {shown(path)}")
 
 
-def _paths_of(store: Store, shas: list[str]) -> dict[str, list[str]]:
-    from tagger.vectorindex import VectorRows
+def _paths_of(store: Index, shas: list[str]) -> dict[str, list[str]]:
+    from tagger.index.vectors import VectorRows
 
     return VectorRows(store.conn).paths_of(shas)
 
@@ -160,11 +161,11 @@ def _paths_of(store: Store, shas: list[str]) -> dict[str, list[str]]:
 @pass_ctx
 def learned(ctx: _Context) -> None:
     """List the learned tags: examples, counter-examples, matches, cross-validated precision."""
-    from tagger.store import Store
-    from tagger.vectorindex import VectorRows
+    from tagger.index import Index
+    from tagger.index.vectors import VectorRows
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index, readonly=True) as store:
+    with Index.open(config.index, readonly=True) as store:
         rows = VectorRows(store.conn)
         tags = rows.learned()
         counts = {t.name: len(rows.matches_of(t.name)) for t in tags}

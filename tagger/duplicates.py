@@ -18,8 +18,8 @@ from functools import lru_cache
 import numpy as np
 
 from tagger.similar import VectorMatrix
-from tagger.store import Store
-from tagger.vectorindex import VectorRows, quantise
+from tagger.index import Index
+from tagger.index.vectors import VectorRows, quantise
 
 NEAR_BITS, NEAR_COSINE = 10, 0.6
 CROP_BITS, CROP_COSINE = 16, 0.9
@@ -111,7 +111,7 @@ def largest_first(copies: list[Copy]) -> list[Copy]:
     return sorted(copies, key=lambda c: (-c.pixels, -c.size, c.path))
 
 
-def find_duplicates(store: Store) -> list[list[Copy]]:
+def find_duplicates(store: Index) -> list[list[Copy]]:
     """Groups of copies, each largest first: near-duplicates, and files with the same bytes."""
     rows = VectorRows(store.conn)
     model = rows.main_model()

@@ -21,14 +21,17 @@ from tagger.decode import decode_array, draft_size
 from tagger.duplicates import image_hash
 from tagger.errors import DecodeError
 from tagger.fileio import Folders, read_limited
-from tagger.store import Store
-from tagger.vectorindex import VectorRows
+from tagger.index import Index
+from tagger.index.vectors import VectorRows
 
 log = logging.getLogger(__name__)
 
+# A model run's view of one image: its features (the embedding) and the model input they came from.
+Look = tuple[np.ndarray, np.ndarray]
+
 
 def save_embedding(
-    store: Store, sha256: str, model: str, embedding: np.ndarray, array: np.ndarray, learned: Sequence[tuple[str, float]]
+    store: Index, sha256: str, model: str, embedding: np.ndarray, array: np.ndarray, learned: Sequence[tuple[str, float]]
 ) -> None:
     """Inside the transaction that saves the content's tags; `array` is the model's input,
     `learned` the learned tags its embedding matches."""
@@ -47,7 +50,7 @@ class BackfillSummary:
 def backfill(
     config: Config,
     classifier: Classifier,
-    store: Store,
+    store: Index,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,

@@ -17,8 +17,9 @@ import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.similar import VectorMatrix
-from tagger.store import Store
-from tagger.vectorindex import LearnedTag, VectorRows
+from tagger.index import Index
+from tagger.retag import Retagger
+from tagger.index.vectors import LearnedTag, VectorRows
 
 BACKGROUND = 1000  # library images sampled as "probably not", beside the rejected examples
 BACKGROUND_WEIGHT = 0.5  # all of them together weigh this many times the positive examples
@@ -113,7 +114,7 @@ def check_name(name: str) -> str:
     return cleaned
 
 
-def learn(store: Store, name: str, positive: Sequence[str], negative: Sequence[str] = ()) -> Learned:
+def learn(store: Index, name: str, positive: Sequence[str], negative: Sequence[str] = ()) -> Learned:
     """Add examples to `name` (contents), train on all of its examples, score the library, store matches.
 
     The latest word about an image wins: one given as a match after being rejected moves side.
@@ -127,7 +128,7 @@ def learn(store: Store, name: str, positive: Sequence[str], negative: Sequence[s
     return retrain(store, name)
 
 
-def retrain(store: Store, name: str) -> Learned:
+def retrain(store: Index, name: str) -> Learned:
     rows = VectorRows(store.conn)
     examples = rows.examples(name)
     model_name = rows.main_model()
@@ -181,11 +182,15 @@ class LearnedModels:
     Reloaded when a tag is learned or retrained meanwhile (one cheap query per batch).
     """
 
-    def __init__(self, store: Store, model: str) -> None:
+    def __init__(self, store: Index, model: str) -> None:
         self.store = store
         self.model = model
         self._version: tuple[int, str] | None = None
         self._tags: list[LearnedTag] = []
+
+    def stored(self, sha256: str) -> list[tuple[str, float]]:
+        """The learned tags found for a content already in the index (a copy, a re-scan)."""
+        return VectorRows(self.store.conn).learned_of(sha256)
 
     def scores(self, embedding: np.ndarray) -> list[tuple[str, float]]:
         """(name, probability) of each learned tag this image matches."""
@@ -205,3 +210,14 @@ class LearnedModels:
             if probability >= tag.threshold:
                 found.append((tag.name, probability))
         return found
+
+
+def rekeyword(retagger: Retagger, shas: Sequence[str]) -> None:
+    """The keywords of contents whose learned tags changed, then their sidecars, as a correction does."""
+    index = retagger.index
+    with index.transaction("the keywords of a learned tag"):
+        changed = [c.sha256 for c in index.contents(shas) if retagger.redo(c)]
+        if changed and retagger.sidecars.enabled:
+            index.mark_sidecars_pending(changed)  # cleared as their files are written
+    if changed:
+        retagger.sidecars.rewrite(index, changed)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from tagger.errors import TaggerError
-from tagger.store import Store
-from tagger.vectorindex import VectorRows, quantise
+from tagger.index import Index
+from tagger.index.vectors import VectorRows, quantise
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class VectorMatrix:
         return len(self.shas)
 
     @classmethod
-    def load(cls, store: Store, model: str) -> VectorMatrix:
+    def load(cls, store: Index, model: str) -> VectorMatrix:
         """The cached matrix when it is current, else rebuilt from the index (once per change)."""
         rows = VectorRows(store.conn)
         version = rows.version(model)
@@ -107,7 +107,7 @@ def _write_cache(folder: Path, stem: Path, version: tuple[int, str], shas: list[
     stem.with_suffix(".json").write_text(json.dumps(meta))
 
 
-def similar_to(store: Store, sha256: str, limit: int) -> list[Match]:
+def similar_to(store: Index, sha256: str, limit: int) -> list[Match]:
     """Contents most like `sha256` (itself left out), best first, among those of the same model."""
     found = VectorRows(store.conn).vector(sha256)
     if found is None:

@@ -17,8 +17,8 @@ from PIL import Image
 from tagger.classify import Classifier, _cached_export_is_current, onnx_cache_path
 from tagger.cli import cli
 from tagger.decode import open_rgb, preprocess
-from tagger.store import Store
-from tagger.vectorindex import VectorRows
+from tagger.index import Index
+from tagger.index.vectors import VectorRows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from sample_photos import distinct_views  # noqa: E402

@@ -12,11 +12,9 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tagger.duplicates import find_duplicates
 from tagger.errors import StoreError, TaggerError
-from tagger.keywords import Keywording
-from tagger.learn import learn
+from tagger.learn import learn, rekeyword
 from tagger.similar import similar_to
-from tagger.store import Store
-from tagger.vectorindex import VectorRows
+from tagger.index.vectors import VectorRows
 from tagger.web.api import int_arg
 from tagger.web.context import CSRF_FIELD, csrf_token, indexed_file, same_site_post, store, viewer
 
@@ -90,12 +88,12 @@ def teach() -> BaseResponse:
         raise BadRequest("give a tag name and select at least one image")
     paths = [indexed_file(raw.lstrip("/")).path for raw in raws]
     positive = request.form.get("side", "yes") != "no"
-    config = viewer().config
-    try:
-        opened = Store.open(config.index)
-    except StoreError as exc:
-        raise ServiceUnavailable(f"tags cannot be taught from this viewer: {exc} (use `tagger learn`)") from None
-    with opened as writable:
+    with viewer().write_lock:  # the viewer's one write connection, as for keyword corrections
+        try:
+            retagger = viewer().writer()
+        except StoreError as exc:
+            raise ServiceUnavailable(f"tags cannot be taught from this viewer: {exc} (use `tagger learn`)") from None
+        writable = retagger.index
         shas = [record.sha256 for p in paths if (record := writable.file_record(p)) is not None and record.sha256]
         try:
             result = learn(writable, name, shas if positive else [], [] if positive else shas)
@@ -103,7 +101,7 @@ def teach() -> BaseResponse:
             raise
         except TaggerError as exc:
             raise BadRequest(str(exc)) from None
-        Keywording(config, writable, viewer().rules).retag(only=result.changed)
+        rekeyword(retagger, result.changed)
     return redirect(url_for(".learned_page", name=result.tag.name), code=303)
 
 

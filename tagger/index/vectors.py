@@ -1,6 +1,6 @@
-"""The index's SQL for embeddings and learned tags (the tables of migration 7).
+"""Embeddings and learned tags: their tables (migration 7, tagger.index.schema), read and written
+over the index's connection by the similar, duplicates and learn features.
 
-Kept apart from the rest of the index: only these tables, over the index's one connection.
 An embedding is keyed by content (sha256), like tags, so a moved or copied file keeps it;
 it goes when its content's `images` row goes (ON DELETE CASCADE).
 """
@@ -247,41 +247,3 @@ class VectorRows:
     def forget_learned(self, name: str) -> bool:
         self.conn.execute("DELETE FROM learned_examples WHERE name = ?", (name,))
         return self.conn.execute("DELETE FROM learned_tags WHERE name = ?", (name,)).rowcount > 0
-
-
-MIGRATION_EMBEDDINGS = """
-    CREATE TABLE embeddings (
-        sha256     TEXT PRIMARY KEY REFERENCES images(sha256) ON DELETE CASCADE,
-        model      TEXT NOT NULL,
-        dims       INTEGER NOT NULL,
-        vector     BLOB NOT NULL,
-        image_hash INTEGER NOT NULL,
-        written_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now'))
-    );
-    CREATE INDEX embeddings_by_model ON embeddings(model, written_at);
-    CREATE TABLE learned_tags (
-        name       TEXT PRIMARY KEY,
-        model      TEXT NOT NULL,
-        weights    BLOB NOT NULL,
-        bias       REAL NOT NULL,
-        threshold  REAL NOT NULL,
-        precision  REAL,
-        positives  INTEGER NOT NULL,
-        negatives  INTEGER NOT NULL,
-        trained_at TEXT NOT NULL
-    );
-    CREATE TABLE learned_examples (
-        name     TEXT NOT NULL,
-        sha256   TEXT NOT NULL,
-        positive INTEGER NOT NULL CHECK (positive IN (0, 1)),
-        added_at TEXT NOT NULL,
-        PRIMARY KEY (name, sha256)
-    ) WITHOUT ROWID;
-    CREATE TABLE learned_matches (
-        name   TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        score  REAL NOT NULL,
-        PRIMARY KEY (name, sha256)
-    ) WITHOUT ROWID;
-    CREATE INDEX learned_matches_by_sha256 ON learned_matches(sha256, name);
-"""
