@@ -423,9 +423,11 @@ def test_daemon_tags_odd_names_refuses_special_files_and_stops(
     for name, reason in REFUSED.items():
         status, error = rows[str(r.library / name)]
         assert status == "failed" and error is not None and reason in error
-    wait_until(lambda: json.loads(daemon_module.status_path(r.index).read_text())["queue"] == 0, timeout=10)
-    status = json.loads(daemon_module.status_path(r.index).read_text())
-    assert status["failed"] >= len(REFUSED)
+    def settled() -> bool:  # the status file is rewritten after the index: wait for the one that counts them
+        status = json.loads(daemon_module.status_path(r.index).read_text())
+        return bool(status["queue"] == 0 and status["failed"] >= len(REFUSED))
+
+    wait_until(settled, timeout=30)
     r.daemon.request_stop()
     r.thread.join(30)
     assert not r.thread.is_alive()  # the FIFO never held it
