@@ -27,14 +27,19 @@ from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256, find_wei
 
 log = logging.getLogger(__name__)
 
-Network = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W float32 -> N x 1000 logits
-# The same, also returning the last feature maps (N x C x 7 x 7), which only an explanation asks for.
+# N x 3 x H x W float32 -> (N x 1000 logits, N x D pooled features: 1280 for Lite0, 512 for ResNet-18)
+Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# -> (N x 1000 logits, N x D x 7 x 7 last feature maps), which only an explanation asks for.
 FeatureMapNetwork = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+# Per image of a batch: its top-k tags, its margin (best minus second-best probability), its embedding (a row).
+Prediction = tuple[list[list[Tag]], list[float], np.ndarray]
 
 # What an ONNX export holds (tagger.torchnet writes it, recorded in its provenance JSON): a cached
 # export of another format lacks an output or the head file, and is made again.
 EXPORT_FORMAT = 2
-EXPORT_OUTPUTS = ("logits", "feature_map")
+EXPORT_OUTPUTS = ("logits", "features", "feature_map")
+SCAN_OUTPUTS = ["logits", "features"]  # what a scan asks for: never the feature map
 HEAD_SUFFIX = ".head.npz"  # beside the .onnx file: the classifier layer's weights, for explanations
 
 
@@ -68,6 +73,7 @@ def _cached_export_is_current(path: Path, weights: WeightsFile, precision: str) 
         meta.get("source_sha256") == weights.sha256
         and meta.get("precision") == export_precision(precision)
         and meta.get("format") == EXPORT_FORMAT
+        and meta.get("outputs") == list(EXPORT_OUTPUTS)
         and path.is_file()
         and meta.get("onnx_sha256") == file_sha256(path)
         and _head_path(path).is_file()
@@ -115,12 +121,12 @@ def onnx_network(path: Path, threads: int | None = None) -> tuple[Network, Featu
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        logits: np.ndarray = session.run(["logits"], {"input": batch})[0]
-        return logits
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = session.run(SCAN_OUTPUTS, {"input": batch})
+        return logits, features
 
     def run_with_map(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, fmap = session.run(list(EXPORT_OUTPUTS), {"input": batch})
+        logits, fmap = session.run(["logits", "feature_map"], {"input": batch})
         return logits, fmap
 
     return run, run_with_map
@@ -129,18 +135,20 @@ def onnx_network(path: Path, threads: int | None = None) -> tuple[Network, Featu
 def torch_network(spec: ModelSpec, weights: WeightsFile) -> tuple[Network, FeatureMapNetwork, Head]:
     import torch
 
-    from tagger.torchnet import load_with_feature_map
+    from tagger.torchnet import load_with_features
 
-    module = load_with_feature_map(spec, weights)
+    module = load_with_features(spec, weights)
     head = Head(module.classifier.weight.detach().numpy().copy(), module.classifier.bias.detach().numpy().copy())
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            logits, features, _ = module(torch.from_numpy(batch))
+        return logits.numpy(), features.numpy()
 
     def run_with_map(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            logits, fmap = module(torch.from_numpy(batch))
+            logits, _, fmap = module(torch.from_numpy(batch))
         return logits.numpy(), fmap.numpy()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return run_with_map(batch)[0]
 
     return run, run_with_map, head
 
@@ -151,6 +159,14 @@ def _onnx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def normalised(features: np.ndarray) -> np.ndarray:
+    """Unit length, so that a dot product is the cosine similarity."""
+    vectors = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return unit
 
 
 class Classifier:
@@ -234,12 +250,14 @@ class Classifier:
         """N x 3 x H x W float32 -> for each image, its top_k tags by probability."""
         return self.predict(batch, top_k)[0]
 
-    def predict(self, batch: np.ndarray, top_k: int) -> tuple[list[list[Tag]], list[float]]:
-        """The top_k tags of each image, and its margin: best minus second-best probability.
+    def predict(self, batch: np.ndarray, top_k: int) -> Prediction:
+        """The top_k tags of each image, its margin (best minus second-best probability) and
+        its embedding (the pooled features, L2-normalised float32), all from one model run.
 
         A small margin is a near tie, which a slightly different decode of the same photo can flip.
         """
-        logits = self.network(np.ascontiguousarray(batch, dtype=np.float32)).astype(np.float64)
+        raw, features = self.network(np.ascontiguousarray(batch, dtype=np.float32))
+        logits = raw.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -247,7 +265,7 @@ class Classifier:
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         margins = [float(row[i[0]] - row[i[1]]) for row, i in zip(probabilities, top)]
         tags = [[self._tag(int(i), float(row[i])) for i in indices[:top_k]] for row, indices in zip(probabilities, top)]
-        return tags, margins
+        return tags, margins, normalised(features)
 
     def _tag(self, class_id: int, score: float) -> Tag:
         c = self.classes[class_id]

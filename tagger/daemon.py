@@ -20,13 +20,13 @@ from types import FrameType
 from tagger import __version__
 from tagger.classify import Classifier
 from tagger.config import Config, load_config
-from tagger.fileio import json_text, write_problem
+from tagger.fileio import json_text, write_atomic, write_problem
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.indexlock import IndexLocked, index_lock
+from tagger.embeddings import backfill
 from tagger.pipeline import ScanSummary, Tagger
 from tagger.rules import Rules
-from tagger.sidecar import write_atomic
-from tagger.store import Store
+from tagger.index import Index
 from tagger.systemd import Notifier
 from tagger.watch import Watcher
 from tagger.workqueue import Work, WorkQueue
@@ -132,12 +132,12 @@ class Daemon:
         log.info("stopped: %s", self._status_line())
         return 0
 
-    def _open_store(self) -> Store | None:
+    def _open_store(self) -> Index | None:
         """The index, once its disk lets it open; None when stopped while waiting."""
         warned = False
         while True:
             try:
-                return Store.open(self.config.index)
+                return Index.open(self.config.index)
             except DiskError as exc:
                 if not warned:
                     log.error("%s; retrying every %.0f s", exc, DISK_RETRY_SECONDS)
@@ -238,6 +238,9 @@ class Daemon:
                 "reconciled %s: %d classified, %d from the index, %d failed, %d removed",
                 folder, result.classified, result.reused, result.failed, result.removed,
             )
+        embedded = backfill(self.config, tagger.classifier, tagger.store, cancelled=self._stop.is_set)
+        if embedded.missing:  # an index from before embeddings
+            log.info("embeddings: %d computed for images indexed before them", embedded.computed)
 
     def _root_of(self, path: Path) -> Path:
         for folder in self.config.folders:

@@ -17,17 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.classify import Classifier
+from tagger.classify import Classifier, Prediction
 from tagger.labels import Tag
 from tagger.memory import return_big_buffers
 from tagger.config import Config
-from tagger.decode import DecodedArray, decode_array, draft_size, is_image_name
+from tagger.embeddings import Look, save_embedding
+from tagger.decode import DecodedArray, decode_array, draft_size
 from tagger.errors import DecodeError, DiskError
-from tagger.fileio import Folders, read_limited
-from tagger.keywords import Keywording
+from tagger.fileio import Folders, is_image_name, read_limited, skipped_folder
+from tagger.keywords import keyword_rows
+from tagger.learn import LearnedModels
+from tagger.retag import Retagger
 from tagger.rules import Rules
 from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
-from tagger.store import Store
+from tagger.index import Index
 from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
 
@@ -36,9 +39,7 @@ log = logging.getLogger(__name__)
 # File bytes held by the batches decoded ahead of the model, beyond the one being finished:
 # a dozen camera JPEGs, not a dozen 200 MB files.
 AHEAD_BYTES = 64 * 1024 * 1024
-
-SKIPPED_DIRS = frozenset({"@eaDir", ".stfolder", ".stversions", "__pycache__"})
-
+REFINE_SHARE = 0.1  # of the photos classified, at most this share is decoded again in full
 
 @dataclass
 class ScanSummary:
@@ -82,7 +83,7 @@ class _Pending:
 
 
 def iter_images(root: Path) -> Iterator[Path]:
-    """Names of images under `root`, sorted, skipping hidden and NAS/sync bookkeeping folders.
+    """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
 
     Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
     it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
@@ -92,7 +93,7 @@ def iter_images(root: Path) -> Iterator[Path]:
         yield root
         return
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+        dirs[:] = sorted(d for d in dirs if not skipped_folder(d))
         for name in sorted(files):
             path = Path(folder, name)
             if not name.startswith(".") and is_image_name(path) and not is_sidecar(path):
@@ -102,12 +103,13 @@ def iter_images(root: Path) -> Iterator[Path]:
 class Tagger:
     """One classifier and one index; `scan` tags everything under some folders."""
 
-    def __init__(self, config: Config, classifier: Classifier, store: Store, rules: Rules | None = None) -> None:
+    def __init__(self, config: Config, classifier: Classifier, store: Index, rules: Rules | None = None) -> None:
         self.config = config
         self.classifier = classifier
         self.store = store
-        self.keywording = Keywording(config, store, rules)
-        self.keywording.check_settings()
+        self.retagger = Retagger(config, store, rules)
+        self.retagger.check_settings()
+        self.learned = LearnedModels(store, classifier.name)  # applied to each new image's embedding
         self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
         return_big_buffers()  # decoded photos are big and short-lived: see tagger/memory.py
@@ -121,8 +123,8 @@ class Tagger:
     def reconfigure(self, config: Config, rules: Rules) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
         self.config = config
-        self.keywording = Keywording(config, self.store, rules)
-        self.keywording.check_settings()
+        self.retagger = Retagger(config, self.store, rules)
+        self.retagger.check_settings()
         self.folders = Folders(config.folders)
 
     def close(self) -> None:
@@ -146,6 +148,9 @@ class Tagger:
         """
         started = time.monotonic()
         summary = summary if summary is not None else ScanSummary()
+        caught_up = self.retagger.catch_up()  # sidecars an interrupted retag still owed
+        if caught_up:
+            log.info("rewrote the sidecars of %d files that an interrupted retag left", caught_up)
         roots = [r.resolve() for r in roots]
         self.folders = Folders([*self.config.folders, *roots])
         found = [p for root in roots for p in iter_images(root)]
@@ -213,7 +218,7 @@ class Tagger:
                 future = self._decoders.submit(_decode, data, max_pixels, spec, draft)
                 inflight.append(_InFlight(path, stat.st_mtime_ns, data, sha256, future))
                 continue
-            if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False):
+            if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, None):
                 summary.sidecar_errors += 1
             summary.reused += 1
         return inflight
@@ -232,23 +237,25 @@ class Tagger:
         if not pending:
             return
         top_k = self.config.model.top_k
-        results, margins = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
-        self._refine(pending, results, margins, summary)
-        for done, tags in zip(pending, results):
-            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, fresh=True):
+        predicted = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
+        self._refine(pending, predicted, summary)
+        for done, tags, features in zip(pending, predicted[0], predicted[2]):
+            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, (features, done.array)):
                 summary.sidecar_errors += 1
             summary.classified += 1
 
-    def _refine(
-        self, pending: Sequence[_Pending], results: list[list[Tag]], margins: Sequence[float], summary: ScanSummary
-    ) -> None:
+    def _refine(self, pending: Sequence[_Pending], predicted: Prediction, summary: ScanSummary) -> None:
         """Near ties of draft-decoded images: decode those fully and take the model's second answer.
 
         A reduced decode moves each pixel a little; where the best two guesses were within
         `decode.refine_margin`, that can swap them. Only those few images pay for a full decode.
         """
-        threshold = self.config.decode.refine_margin
+        threshold, (results, margins, embeddings) = self.config.decode.refine_margin, predicted
         near = [i for i, (p, m) in enumerate(zip(pending, margins)) if p.reduced and m < threshold]
+        # A model unsure of everything (random weights, or pictures unlike any class) would make
+        # every photo a near tie: at most a tenth of the photos, and one more, are decoded twice.
+        allowed = 1 + int(REFINE_SHARE * (summary.classified + len(pending))) - summary.refined
+        near = near[: max(0, allowed)]
         if not near:
             return
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
@@ -257,9 +264,9 @@ class Tagger:
         redone_ok = [(i, r) for i, r in redone if isinstance(r, DecodedArray)]
         if not redone_ok:
             return
-        again, _ = self.classifier.predict(np.stack([r.array for _, r in redone_ok]), self.config.model.top_k)
-        for (i, _), tags in zip(redone_ok, again):
-            results[i] = tags
+        again, _, features = self.classifier.predict(np.stack([r.array for _, r in redone_ok]), self.config.model.top_k)
+        for (i, _), tags, embedding in zip(redone_ok, again, features):
+            results[i], embeddings[i] = tags, embedding
         summary.refined += len(redone_ok)
 
     def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
@@ -347,7 +354,7 @@ class Tagger:
         if new.exists():
             record = self.store.file_record(str(src))
             if record is not None and record.sha256 is not None:
-                self.keywording.write_xmp(dst, self.store.keywords(record.sha256))
+                self.retagger.sidecars.write_xmp(dst, self.store.keywords(record.sha256))
             return
         try:
             os.replace(old, new)
@@ -361,21 +368,24 @@ class Tagger:
         )
 
     def _record(
-        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, fresh: bool
+        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, look: Look | None
     ) -> bool:
         """Sidecars first, then the index: a crash in between is repaired by the next scan.
 
-        Keywords are the rules applied to the raw tags, then the user's corrections of this content.
-        False when a sidecar could not be written (the reason is kept in the index).
+        Keywords: rules on the raw tags, learned tags (of `look`'s features, else those stored), then
+        the user's corrections. False when a sidecar could not be written (the reason is kept in the index).
         """
-        keywords = self.keywording.rows(facts.sha256, tags)
-        sidecar, note = self.keywording.write_sidecars(
+        rules, min_score = self.retagger.rules, self.config.model.min_score
+        learned = self.learned.stored(facts.sha256) if look is None else self.learned.scores(look[0])
+        keywords = keyword_rows(rules, tags, min_score, self.store.corrections(facts.sha256), learned)
+        sidecar, note = self.retagger.sidecars.write(
             path, facts, self.classifier.name, weights_sha256, tags, keywords
         )
         try:
             with self.store.transaction(f"the tags of {path}"):
-                if fresh:
+                if look is not None:  # a model run: its tags, embedding and learned tags
                     self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
+                    save_embedding(self.store, facts.sha256, self.classifier.name, *look, learned)
                 self.store.save_keywords(facts.sha256, keywords)
                 self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
         except DiskError:

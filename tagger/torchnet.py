@@ -42,11 +42,12 @@ HEADS = {"resnet18": "fc", "efficientnet-lite0": "_fc"}
 POOLS = {"resnet18": "avgpool", "efficientnet-lite0": "_avg_pooling"}
 
 
-class WithFeatureMap(torch.nn.Module):
-    """The network with a second output, its last feature map (N x C x 7 x 7) before global pooling.
+class WithFeatures(torch.nn.Module):
+    """The network with three outputs: logits; the pooled features the classifier sees (embeddings);
+    and the last feature map (N x C x 7 x 7) before global pooling (explanations, tagger.explain).
 
-    Pooled and classified here exactly as the network does, so the logits are unchanged and the
-    map is the one the classifier's weights explain (a class activation map, tagger.explain).
+    Pooled and classified here exactly as the network does, so one run gives all three and the
+    logits are unchanged.
     """
 
     def __init__(self, network: torch.nn.Module, name: str) -> None:
@@ -65,13 +66,14 @@ class WithFeatureMap(torch.nn.Module):
             x = layer(x)  # type: ignore[operator]
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fmap = self.feature_map(x)
-        return self.classifier(torch.flatten(self.pool(fmap), 1)), fmap
+        features = torch.flatten(self.pool(fmap), 1)
+        return self.classifier(features), features, fmap
 
 
-def load_with_feature_map(spec: ModelSpec, weights: WeightsFile) -> WithFeatureMap:
-    return WithFeatureMap(load_network(spec, weights), spec.name).eval()
+def load_with_features(spec: ModelSpec, weights: WeightsFile) -> WithFeatures:
+    return WithFeatures(load_network(spec, weights), spec.name).eval()
 
 
 def load_network(spec: ModelSpec, weights: WeightsFile) -> torch.nn.Module:
@@ -108,7 +110,7 @@ def calibration_batches(spec: ModelSpec) -> list[np.ndarray]:
 
 def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> dict[str, object]:
     """Write `out` (and `out`.json, its provenance) atomically; int8 is calibrated on shipped photos."""
-    network = load_with_feature_map(spec, weights)
+    network = load_with_features(spec, weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"

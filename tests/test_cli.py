@@ -93,6 +93,10 @@ def test_query_formats(runner: CliRunner, tagged: Path, tmp_path: Path) -> None:
     assert none.exit_code == 0 and none.stdout == ""
     limited = runner.invoke(cli, [*base, "--limit", "2"]).stdout.split()
     assert len(limited) == 2
+    raw = runner.invoke(cli, [*base, "class:n07920052"]).stdout.split()  # the raw guess, as the viewer links it
+    assert [Path(p).name for p in raw] == ["coffee.jpg"]
+    unknown = runner.invoke(cli, [*base, "class:espreso"])
+    assert unknown.exit_code == 2 and "no ImageNet class matches 'espreso'" in unknown.stderr
 
 
 def test_stats_and_failures(runner: CliRunner, tagged: Path) -> None:
@@ -109,6 +113,7 @@ def test_weights_lists_models_and_sources(runner: CliRunner, write_config: Calla
     assert result.exit_code == 0
     assert "resnet18: not installed" in result.stdout or "resnet18: installed" in result.stdout
     assert "efficientnet-lite0 (configured): installed" in result.stdout and "verified" in result.stdout
+    assert "CPU: " in result.stdout and "int8 would use the u8s8" in result.stdout  # u8s8 or u8s8r7
 
 
 @pytest.mark.parametrize(

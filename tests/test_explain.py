@@ -66,7 +66,7 @@ def test_the_map_sums_to_the_logit(lite0: Classifier, sample_paths: dict[str, Pa
     assert fmaps.shape == (1, lite0.head.weight.shape[1], 7, 7)
     maps = np.stack([cam.activation_map(fmaps[0], row) for row in lite0.head.weight])
     np.testing.assert_allclose(maps.mean(axis=(1, 2)) + lite0.head.bias, logits[0], atol=2e-3)
-    np.testing.assert_allclose(lite0.network(batch), logits, atol=1e-5)
+    np.testing.assert_allclose(lite0.network(batch)[0], logits, atol=1e-5)
 
 
 def test_onnx_and_pytorch_give_the_same_feature_map(lite0: Classifier, lite0_torch: Classifier,
@@ -143,7 +143,7 @@ def test_an_old_export_is_made_again(lite0: Classifier, weights_dir: Path, tmp_p
     assert _cached_export_is_current(copy, lite0.weights, "fp32")
     meta_path = copy.with_name(copy.name + ".json")
     meta = json.loads(meta_path.read_text())
-    assert meta["format"] == EXPORT_FORMAT and "feature_map" in meta["outputs"]
+    assert meta["format"] == EXPORT_FORMAT and meta["outputs"] == ["logits", "features", "feature_map"]
     meta_path.write_text(json.dumps({**meta, "format": EXPORT_FORMAT - 1}))
     assert not _cached_export_is_current(copy, lite0.weights, "fp32")
     meta_path.write_text(json.dumps(meta))
@@ -156,14 +156,14 @@ def test_agrees_with_grad_cam(lite0: Classifier, lite0_torch: Classifier, sample
     the correlation with tagger's map (ONNX Runtime) over the 224 x 224 crop is reported and must be high."""
     import torch
 
-    from tagger.torchnet import load_with_feature_map
+    from tagger.torchnet import load_with_features
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    wrapped = load_with_feature_map(lite0_torch.spec, lite0_torch.weights)
+    wrapped = load_with_features(lite0_torch.spec, lite0_torch.weights)
 
     class Probe(torch.nn.Module):
         """The same network, with a layer at the feature map for Grad-CAM to hook."""
@@ -252,17 +252,18 @@ def test_cli_explain_bad_image_names_the_file(config_file: Path, tmp_path: Path)
 
 
 @pytest.mark.parametrize(("name", "channels"), [("resnet18", 512), ("efficientnet-lite0", 1280)])
-def test_feature_map_output_leaves_the_logits_unchanged(name: str, channels: int) -> None:
+def test_feature_outputs_leave_the_logits_unchanged(name: str, channels: int) -> None:
     """Both architectures (untrained weights: ResNet-18's real file is not needed for this)."""
     import torch
 
-    from tagger.torchnet import WithFeatureMap, build_network
+    from tagger.torchnet import WithFeatures, build_network
 
     torch.manual_seed(0)
     network = build_network(name).eval()
     batch = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         expected = network(batch)
-        logits, fmap = WithFeatureMap(network, name).eval()(batch)
-    assert fmap.shape == (2, channels, 7, 7)
+        logits, features, fmap = WithFeatures(network, name).eval()(batch)
+    assert fmap.shape == (2, channels, 7, 7) and features.shape == (2, channels)
     torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(features, fmap.mean(dim=(2, 3)))

@@ -25,14 +25,14 @@ import yaml
 from click.testing import CliRunner
 
 from tagger import daemon as daemon_module
-from tagger import sidecar as sidecar_module
+from tagger import fileio as fileio_module
 from tagger.classify import Classifier
 from tagger.cli import cli
 from tagger.config import load_config
 from tagger.errors import ConfigError
 from tagger.indexlock import index_lock
 from tagger.sidecar import sidecar_path
-from tagger.store import Store
+from tagger.index import Index
 from tagger.web import create_app
 
 from conftest import CountingClassifier
@@ -82,13 +82,13 @@ REFUSED = {
 def index_rows(index: Path) -> dict[str, tuple[str, str | None]]:
     """path -> (status, error), through the index's own read-only connection."""
     try:
-        with Store.open(index, readonly=True) as store:
+        with Index.open(index, readonly=True) as store:
             return {f.path: (f.status, f.error) for f in _all_files(store)}
     except Exception:  # noqa: BLE001 - not created yet
         return {}
 
 
-def _all_files(store: Store) -> list[Any]:
+def _all_files(store: Index) -> list[Any]:
     found = []
     for path in store.paths_under("/"):
         record = store.file_record(path)
@@ -239,16 +239,16 @@ def test_scan_stops_on_a_signal_after_the_batch_with_a_summary(
 
 def _disk_full_on_save(monkeypatch: pytest.MonkeyPatch, full: list[bool]) -> None:
     """Writes of file rows fail as SQLite fails them when the disk is full, while full[0] is True."""
-    real = Store.save_file
+    real = Index.save_file
 
-    def save_file(self: Store, *args: Any, **kwargs: Any) -> None:
+    def save_file(self: Index, *args: Any, **kwargs: Any) -> None:
         if full[0]:
             error = sqlite3.OperationalError("database or disk is full")
             error.sqlite_errorcode = 13  # type: ignore[attr-defined]
             raise error
         real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "save_file", save_file)
+    monkeypatch.setattr(Index, "save_file", save_file)
 
 
 def test_scan_on_a_full_disk_is_one_clear_error_and_the_next_scan_finishes(
@@ -379,7 +379,7 @@ def test_a_full_disk_for_a_sidecar_is_noted_and_leaves_no_temp_file(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(sidecar_module.os, "fsync", no_space)
+    monkeypatch.setattr(fileio_module.os, "fsync", no_space)
     result = CliRunner().invoke(cli, ["--config", str(write_config()), "scan"])
     assert result.exit_code == 0
     status, error = index_rows(tmp_path / "index.sqlite")[str(lib / "a.jpg")]
@@ -423,9 +423,11 @@ def test_daemon_tags_odd_names_refuses_special_files_and_stops(
     for name, reason in REFUSED.items():
         status, error = rows[str(r.library / name)]
         assert status == "failed" and error is not None and reason in error
-    wait_until(lambda: json.loads(daemon_module.status_path(r.index).read_text())["queue"] == 0, timeout=10)
-    status = json.loads(daemon_module.status_path(r.index).read_text())
-    assert status["failed"] >= len(REFUSED)
+    def settled() -> bool:  # the status file is rewritten after the index: wait for the one that counts them
+        status = json.loads(daemon_module.status_path(r.index).read_text())
+        return bool(status["queue"] == 0 and status["failed"] >= len(REFUSED))
+
+    wait_until(settled, timeout=30)
     r.daemon.request_stop()
     r.thread.join(30)
     assert not r.thread.is_alive()  # the FIFO never held it
@@ -535,3 +537,23 @@ def test_max_file_mb_is_read_from_the_config(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"decode": {"max_file_mb": 12}}))
     assert load_config(path, require_folders=False).decode.max_file_bytes == 12 * 1024 * 1024
+
+
+def test_a_big_file_that_is_no_image_is_refused_unread(tmp_path: Path, photo: Path) -> None:
+    """Under the byte limit but over 32 MB: its first bytes decide, so 100 MB of something else
+    named .jpg costs 16 bytes of reading, not 100 MB of memory; a big real image is still read."""
+    from tagger.errors import DecodeError
+    from tagger.fileio import SNIFF_ABOVE, read_limited
+
+    video = tmp_path / "clip.jpg"
+    with video.open("wb") as fh:
+        fh.write(b"\x00\x00\x00\x18moov" + b"\0" * 8)  # a video's first box: no image format's signature
+        fh.truncate(SNIFF_ABOVE + 1)
+    with pytest.raises(DecodeError, match="not an image: 32 MB whose first bytes are no image format's"):
+        read_limited(video, 200 * fileio_module.MB)
+    big_jpeg = tmp_path / "big.jpg"
+    with big_jpeg.open("wb") as fh:
+        fh.write(photo.read_bytes())
+        fh.truncate(SNIFF_ABOVE + 1)  # a JPEG with a long tail: read whole, as the decoder needs it
+    data = read_limited(big_jpeg, 200 * fileio_module.MB)
+    assert len(data) == SNIFF_ABOVE + 1 and data.startswith(b"\xff\xd8\xff")

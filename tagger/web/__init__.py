@@ -2,7 +2,7 @@
 
 `create_app(config)` builds the Flask app and `tagger serve` runs it under waitress.
 Each serving thread reads the index through its own read-only connection (SQLite
-connections are not shared across threads); views call Store functions, never SQL.
+connections are not shared across threads); views call Index functions, never SQL.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from tagger.config import Config
 from tagger.errors import StoreError
 from tagger.fileio import shown
-from tagger.web import api, media, pages
+from tagger.web import api, media, pages, vectors
 from tagger.web.context import (
     BODY_TOO_LARGE,
     CSRF_COOKIE,
@@ -71,6 +71,7 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(media.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
+    app.register_blueprint(vectors.blueprint)
     app.before_request(_refuse_unread_body)
     app.before_request(check_host)
     app.before_request(_require_token)

@@ -1,0 +1,178 @@
+"""The commands built on embeddings: embed, similar, duplicates, learn, learned.
+
+Registered on `tagger.cli`'s group, whose `invoke` turns errors into messages and exit codes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from tagger.cli import _Context, _progress, cli, pass_ctx
+from tagger.errors import StoreError, TaggerError
+from tagger.fileio import json_text, shown
+
+if TYPE_CHECKING:
+    from tagger.index import Index
+
+
+def _indexed_sha(store: Index, image: Path) -> str:
+    """The content of IMAGE, which must be a tagged file in the index."""
+    record = store.file_record(str(image.resolve()))
+    if record is None or record.sha256 is None or record.status != "tagged":
+        raise TaggerError(f"{shown(image)}: not a tagged image in the index (run `tagger scan` first)")
+    return str(record.sha256)
+
+
+def _write_paths(paths: list[str]) -> None:
+    out = sys.stdout.buffer
+    out.write(b"".join(os.fsencode(p) + b"\n" for p in paths))
+    out.flush()
+
+
+@cli.command()
+@pass_ctx
+def embed(ctx: _Context) -> None:
+    """Compute the embeddings that images indexed before them lack (`tagger scan` does it too)."""
+    from tagger.classify import Classifier
+    from tagger.embeddings import backfill
+    from tagger.indexlock import index_lock
+    from tagger.index import Index
+
+    config = ctx.config(require_folders=False)
+    if not config.index.exists():
+        raise StoreError(f"{config.index}: no index yet (run `tagger scan` first)")
+    with index_lock(config.index, "scan"):
+        classifier = Classifier.from_config(config)
+        with Index.open(config.index) as store, _progress() as on_progress:
+            result = backfill(config, classifier, store, on_progress=on_progress)
+    click.echo(
+        f"embeddings: {result.missing} missing, {result.computed} computed, {result.skipped} skipped "
+        "(file changed or unreadable: the next scan tags it)"
+    )
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
+@click.option("--format", "fmt", type=click.Choice(["paths", "json"]), default="paths", show_default=True,
+              help="paths: one per line; json: path, sha256 and similarity of each.")
+@pass_ctx
+def similar(ctx: _Context, image: Path, limit: int, fmt: str) -> None:
+    """List the images most like IMAGE (an indexed file), best first; its own copies are left out."""
+    from tagger.similar import similar_to
+    from tagger.index import Index
+    from tagger.index.vectors import VectorRows
+
+    config = ctx.config(require_folders=False)
+    with Index.open(config.index, readonly=True) as store:
+        matches = similar_to(store, _indexed_sha(store, image), limit)
+        paths = VectorRows(store.conn).paths_of([m.sha256 for m in matches])
+    found = [(p, m) for m in matches for p in paths.get(m.sha256, [])][:limit]
+    if fmt == "json":
+        click.echo(json_text([{"path": p, "sha256": m.sha256, "score": round(m.score, 4)} for p, m in found], indent=2))
+    else:
+        _write_paths([p for p, _ in found])
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a block per group, the largest copy marked *; json: a list of groups, each a list of "
+              "paths, the largest copy first.")
+@pass_ctx
+def duplicates(ctx: _Context, fmt: str) -> None:
+    """List groups of copies of the same picture: resized, recompressed, slightly cropped, re-exported.
+
+    Other shots of the same scene are not copies. In each group the largest copy (pixels,
+    then bytes) comes first.
+    """
+    from tagger.duplicates import find_duplicates
+    from tagger.index import Index
+
+    config = ctx.config(require_folders=False)
+    with Index.open(config.index, readonly=True) as store:
+        found = find_duplicates(store)
+    if fmt == "json":
+        click.echo(json_text([[c.path for c in group] for group in found], indent=2))
+        return
+    for n, group in enumerate(found):
+        if n:
+            click.echo("")
+        for i, c in enumerate(group):
+            mark = "*" if i == 0 else " "
+            click.echo(f"{mark} {shown(c.path)}  ({c.pixels / 1e6:.1f} MP, {c.size / 1e6:.2f} MB)")
+    click.echo(f"{len(found)} groups of copies ({sum(len(g) for g in found)} files); * marks the largest copy", err=True)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--not", "rejected", multiple=True, type=click.Path(path_type=Path),
+              help="An image that is NOT this tag; repeat for several.")
+@click.option("--show", type=click.IntRange(0, 1000), default=10, show_default=True,
+              help="How many proposals (matches that are not examples yet) to list.")
+@pass_ctx
+def learn(ctx: _Context, name: str, images: tuple[Path, ...], rejected: tuple[Path, ...], show: int) -> None:
+    """Teach the keyword NAME from example IMAGES (and counter-examples given with --not).
+
+    Examples add up over several runs (`tagger learn mycat more.jpg` adds one; an image
+    given with --not after being an example moves side). Every image of the library is
+    scored at once; matches get NAME as a keyword (query: tag:NAME), in the index and the
+    sidecars, and new images get it as they are tagged.
+    """
+    from tagger.index import Index
+    from tagger.learn import learn as teach
+    from tagger.learn import rekeyword
+    from tagger.retag import Retagger
+
+    config = ctx.config(require_folders=False)
+    if not images and not rejected:
+        raise click.UsageError("give example images (and/or --not IMAGE counter-examples)")
+    with Index.open(config.index) as store:
+        positive = [_indexed_sha(store, p) for p in images]
+        negative = [_indexed_sha(store, p) for p in rejected]
+        result = teach(store, name, positive, negative)
+        rekeyword(Retagger(config, store), result.changed)
+        paths = _paths_of(store, [sha for sha, _ in result.proposals[:show]])
+    tag = result.tag
+    precision = "n/a (fewer than 2 examples)" if tag.precision is None else f"{tag.precision:.0%}"
+    click.echo(
+        f"learned {tag.name!r} from {tag.positives} examples and {tag.negatives} counter-examples: "
+        f"{len(result.matches)} images match; cross-validated precision {precision}; "
+        f"trained in {result.train_seconds:.2f} s, applied in {result.apply_seconds:.2f} s"
+    )
+    if show and result.proposals:
+        click.echo("proposals (accept with `tagger learn NAME IMAGE`, reject with `--not IMAGE`):")
+        for sha, score in result.proposals[:show]:
+            for path in paths.get(sha, [])[:1]:
+                click.echo(f"  {score:6.1%}  {shown(path)}")
+
+
+def _paths_of(store: Index, shas: list[str]) -> dict[str, list[str]]:
+    from tagger.index.vectors import VectorRows
+
+    return VectorRows(store.conn).paths_of(shas)
+
+
+@cli.command()
+@pass_ctx
+def learned(ctx: _Context) -> None:
+    """List the learned tags: examples, counter-examples, matches, cross-validated precision."""
+    from tagger.index import Index
+    from tagger.index.vectors import VectorRows
+
+    config = ctx.config(require_folders=False)
+    with Index.open(config.index, readonly=True) as store:
+        rows = VectorRows(store.conn)
+        tags = rows.learned()
+        counts = {t.name: len(rows.matches_of(t.name)) for t in tags}
+    if not tags:
+        click.echo("no learned tags yet: tagger learn NAME IMAGE... [--not IMAGE...]")
+        return
+    click.echo(f"{'tag':20} {'examples':>8} {'not':>5} {'matches':>8} {'precision':>9}  model")
+    for t in tags:
+        precision = "n/a" if t.precision is None else f"{t.precision:.0%}"
+        click.echo(f"{t.name:20} {t.positives:8d} {t.negatives:5d} {counts[t.name]:8d} {precision:>9}  {t.model}")

@@ -1,0 +1,139 @@
+"""Near-duplicates: the same picture resized, recompressed, slightly cropped or re-exported.
+
+Embeddings alone cannot tell a copy from another shot of the same scene (a burst scores as
+high as a recompressed copy: the model is built to ignore framing). So each content also
+keeps a 64-bit perceptual hash of the model's input (low frequencies of its DCT), which
+does change with the framing. Two contents are copies when both agree (thresholds measured
+on real photos by bench/bench_quality.py):
+
+    hash distance <= 10 bits and cosine >= 0.6     (resized, recompressed, re-exported)
+    hash distance <= 16 bits and cosine >= 0.9     (slightly cropped: the hash moves more)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from tagger.similar import VectorMatrix
+from tagger.index import Index
+from tagger.index.vectors import VectorRows, quantise
+
+NEAR_BITS, NEAR_COSINE = 10, 0.6
+CROP_BITS, CROP_COSINE = 16, 0.9
+BLOCK = 256  # rows compared at once: BLOCK x N distances in memory
+
+
+@lru_cache(maxsize=4)
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    matrix: np.ndarray = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    matrix[0] /= np.sqrt(2)
+    return matrix
+
+
+def image_hash(array: np.ndarray) -> int:
+    """64 bits of the model's input (C x H x W): signs of the 8 x 8 lowest DCT frequencies of its
+    32 x 32 grey version, against their median (the constant term left out). As a signed int64."""
+    grey = np.asarray(array, dtype=np.float64).mean(axis=0)
+    h, w = grey.shape
+    small = grey[: h - h % 32, : w - w % 32].reshape(32, h // 32, 32, w // 32).mean(axis=(1, 3))
+    dct = _dct_matrix(32)
+    low = (dct @ small @ dct.T)[:8, :8].ravel()
+    bits = low > np.median(low[1:])
+    bits[0] = False
+    value = int(np.packbits(bits).view(">u8")[0])
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def is_copy(bits: int, cosine: float) -> bool:
+    return (bits <= NEAR_BITS and cosine >= NEAR_COSINE) or (bits <= CROP_BITS and cosine >= CROP_COSINE)
+
+
+@dataclass(frozen=True)
+class Copy:
+    sha256: str
+    path: str
+    pixels: int
+    size: int
+
+
+def copy_pairs(hashes: np.ndarray, vectors: np.ndarray) -> list[tuple[int, int]]:
+    """Index pairs (i < j) that are copies of each other.
+
+    Hash distances first, a block of rows at a time (N^2 / 2 popcounts: quadratic, about a
+    second at 10,000 contents, a minute at 100,000); cosine only for the pairs within CROP_BITS.
+    """
+    h = np.asarray(hashes, dtype=np.int64).view(np.uint64)
+    v = quantise(vectors).astype(np.float32)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(h), BLOCK):
+        rows = h[start : start + BLOCK]
+        distances = np.bitwise_count(rows[:, None] ^ h[None, start:])
+        i, j = np.nonzero(distances <= CROP_BITS)
+        keep = j > i  # each pair once, not a content with itself
+        i, j = i[keep] + start, j[keep] + start
+        if not len(i):
+            continue
+        cosines = np.einsum("ij,ij->i", v[i], v[j])
+        bits = distances[i - start, j - start]
+        for a, b, d, c in zip(i.tolist(), j.tolist(), bits.tolist(), cosines.tolist()):
+            if is_copy(int(d), float(c)):
+                pairs.append((a, b))
+    return pairs
+
+
+def groups(count: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Connected groups (union-find) of two or more members."""
+    parent = list(range(count))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    found: dict[int, list[int]] = {}
+    for i in range(count):
+        found.setdefault(root(i), []).append(i)
+    return [members for members in found.values() if len(members) > 1]
+
+
+def largest_first(copies: list[Copy]) -> list[Copy]:
+    """The largest copy (pixels, then bytes) first: the one to keep."""
+    return sorted(copies, key=lambda c: (-c.pixels, -c.size, c.path))
+
+
+def find_duplicates(store: Index) -> list[list[Copy]]:
+    """Groups of copies, each largest first: near-duplicates, and files with the same bytes."""
+    rows = VectorRows(store.conn)
+    model = rows.main_model()
+    content_groups: list[list[str]] = []
+    if model is not None:
+        shas, hashes = rows.hashes(model)
+        matrix = VectorMatrix.load(store, model)
+        present = [i for i, sha in enumerate(shas) if sha in matrix.row]
+        shas = [shas[i] for i in present]
+        vectors = np.asarray(matrix.matrix)[[matrix.row[sha] for sha in shas]] if shas else np.zeros((0, 1))
+        pairs = copy_pairs(hashes[present], vectors)
+        content_groups = [[shas[i] for i in members] for members in groups(len(shas), pairs)]
+    grouped = {sha for group in content_groups for sha in group}
+    content_groups += [[sha] for sha in rows.copies_by_content() if sha not in grouped]
+    all_shas = [sha for group in content_groups for sha in group]
+    paths, sizes = rows.paths_of(all_shas), rows.sizes_of(all_shas)
+    result = []
+    for group in content_groups:
+        copies = []
+        for sha in group:
+            width, height, size = sizes.get(sha, (0, 0, 0))
+            copies += [Copy(sha, path, width * height, size) for path in paths.get(sha, [])]
+        if len(copies) > 1:
+            result.append(largest_first(copies))
+    return sorted(result, key=lambda g: g[0].path)

@@ -1,0 +1,131 @@
+"""Viewer and API features built on embeddings: similar images, duplicates, teaching a tag.
+
+A blueprint of its own, so that the pages and API it adds to stay as they were.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from werkzeug.exceptions import BadRequest, Forbidden, NotFound, ServiceUnavailable
+from werkzeug.wrappers import Response as BaseResponse
+
+from tagger.duplicates import find_duplicates
+from tagger.errors import StoreError, TaggerError
+from tagger.learn import learn, rekeyword
+from tagger.similar import similar_to
+from tagger.index.vectors import VectorRows
+from tagger.web.api import int_arg
+from tagger.web.context import CSRF_FIELD, csrf_token, indexed_file, same_site_post, store, viewer
+
+blueprint = Blueprint("vectors", __name__)
+
+STRIP_SIZE = 12
+MAX_SIMILAR = 200
+
+
+def similar_items(sha256: str | None, limit: int) -> list[dict[str, object]]:
+    """The files most like a content, best first: path, sha256, score and links."""
+    if not sha256:
+        return []
+    try:
+        matches = similar_to(store(), sha256, limit)
+    except TaggerError:
+        return []  # no embedding yet: nothing to compare
+    paths = VectorRows(store().conn).paths_of([m.sha256 for m in matches])
+    found = []
+    for m in matches:
+        for path in paths.get(m.sha256, [])[:1]:  # one file per content: copies would crowd the strip
+            raw = path.lstrip("/")
+            found.append({
+                "path": path, "sha256": m.sha256, "score": round(m.score, 4),
+                "links": {"page": url_for("pages.image", raw=raw), "self": url_for("api.image", raw=raw),
+                          "thumbnail": url_for("media.thumbnail", sha256=m.sha256)},
+            })
+    return found[:limit]
+
+
+@blueprint.app_template_global()
+def similar_strip(sha256: str | None) -> list[dict[str, object]]:
+    """For the image page's "similar" strip."""
+    return similar_items(sha256, STRIP_SIZE)
+
+
+@blueprint.get("/api/images/<fspath:raw>/similar")
+def similar_api(raw: str) -> Response:
+    """?limit=N (default 20): the most similar images, best first, with their cosine similarity."""
+    detail = indexed_file(raw)
+    limit = int_arg("limit", 20, 1, MAX_SIMILAR)
+    return jsonify({"path": detail.path, "similar": similar_items(detail.sha256, limit)})
+
+
+@blueprint.get("/api/duplicates")
+def duplicates_api() -> Response:
+    """Groups of copies, each a list of paths, the largest copy first."""
+    return jsonify({"groups": [[c.path for c in group] for group in find_duplicates(store())]})
+
+
+@blueprint.get("/duplicates")
+def duplicates_page() -> str:
+    return render_template("duplicates.html", groups=find_duplicates(store()))
+
+
+@blueprint.app_template_global()
+def form_token() -> tuple[str, str]:
+    """(field, value) of this browser's form token, for the forms this module adds."""
+    return CSRF_FIELD, csrf_token()
+
+
+@blueprint.post("/learn")
+def teach() -> BaseResponse:
+    """The viewer's "teach a tag": form fields name, path (one or more: the selected images) and
+    side ("yes": examples, "no": counter-examples). Then the tag's page, with its proposals."""
+    if not same_site_post():
+        raise Forbidden("this form must be sent from the viewer's own pages (reload the page and try again)")
+    name = request.form.get("name", "").strip()
+    raws = request.form.getlist("path")
+    if not name or not raws:
+        raise BadRequest("give a tag name and select at least one image")
+    paths = [indexed_file(raw.lstrip("/")).path for raw in raws]
+    positive = request.form.get("side", "yes") != "no"
+    with viewer().write_lock:  # the viewer's one write connection, as for keyword corrections
+        try:
+            retagger = viewer().writer()
+        except StoreError as exc:
+            raise ServiceUnavailable(f"tags cannot be taught from this viewer: {exc} (use `tagger learn`)") from None
+        writable = retagger.index
+        shas = [record.sha256 for p in paths if (record := writable.file_record(p)) is not None and record.sha256]
+        try:
+            result = learn(writable, name, shas if positive else [], [] if positive else shas)
+        except StoreError:
+            raise
+        except TaggerError as exc:
+            raise BadRequest(str(exc)) from None
+        rekeyword(retagger, result.changed)
+    return redirect(url_for(".learned_page", name=result.tag.name), code=303)
+
+
+@blueprint.get("/learned/<name>")
+def learned_page(name: str) -> str:
+    """A learned tag: its examples and its proposals (matches not yet examples), best first,
+    each with "yes" and "no" buttons that add it as an example or a counter-example."""
+    rows = VectorRows(store().conn)
+    tag = next((t for t in rows.learned() if t.name == name), None)
+    if tag is None:
+        raise NotFound(f"no learned tag {name!r}: teach it from an image page or with `tagger learn`")
+    examples = dict(rows.examples(name))
+    matches = rows.matches_of(name)
+    proposals = sorted(((s, p) for s, p in matches.items() if s not in examples), key=lambda m: -m[1])[:60]
+    paths = rows.paths_of([s for s, _ in proposals] + list(examples))
+
+    def first(sha: str) -> str | None:
+        found = paths.get(sha)
+        return found[0] if found else None
+
+    return render_template(
+        "learned.html",
+        tag=tag,
+        proposals=[(first(s), s, p) for s, p in proposals if first(s)],
+        examples=[(first(s), s, side) for s, side in examples.items() if first(s)],
+        name_of=lambda path: Path(path).name,
+    )
