@@ -104,7 +104,8 @@ def duplicates(ctx: _Context, fmt: str) -> None:
         for i, c in enumerate(group):
             mark = "*" if i == 0 else " "
             click.echo(f"{mark} {shown(c.path)}  ({c.pixels / 1e6:.1f} MP, {c.size / 1e6:.2f} MB)")
-    click.echo(f"{len(found)} groups of copies ({sum(len(g) for g in found)} files); * marks the largest copy", err=True)
+    files = sum(len(g) for g in found)
+    click.echo(f"{len(found)} groups of copies ({files} files); * marks the largest copy", err=True)
 
 
 @cli.command()

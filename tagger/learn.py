@@ -138,7 +138,7 @@ def retrain(store: Index, name: str) -> Learned:
     pos_shas = [sha for sha, p in examples if p and sha in vectors]
     neg_shas = [sha for sha, p in examples if not p and sha in vectors]
     if not pos_shas:
-        raise LearnError(f"{name!r} has no example image with an embedding: give at least one (run `tagger scan` first)")
+        raise LearnError(f"{name!r} has no example image with an embedding: give one (run `tagger scan` first)")
     from sklearn.linear_model import LogisticRegression  # noqa: F401  (imported once, before the clock starts)
 
     library = VectorMatrix.load(store, model_name)
@@ -147,7 +147,9 @@ def retrain(store: Index, name: str) -> Learned:
     candidates = [i for i in rng.sample(range(len(library)), min(len(library), BACKGROUND + len(taken)))
                   if library.shas[i] not in taken][:BACKGROUND]
     positives = np.stack([vectors[s] for s in pos_shas]).astype(np.float32)
-    negatives = np.stack([vectors[s] for s in neg_shas]).astype(np.float32) if neg_shas else np.zeros((0, positives.shape[1]), np.float32)
+    negatives = np.zeros((0, positives.shape[1]), np.float32)
+    if neg_shas:
+        negatives = np.stack([vectors[s] for s in neg_shas]).astype(np.float32)
     background = np.zeros((0, positives.shape[1]), np.float32)
     if candidates:
         background = np.asarray(library.matrix[sorted(candidates)], dtype=np.float32)

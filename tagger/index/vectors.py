@@ -9,9 +9,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
+
+from tagger.fileio import utc_text
 
 # Stored as int8, each vector scaled by its own largest magnitude (1,280 bytes for Lite0's 1280
 # numbers; cosine similarity ignores the scale, and on real photos the top 10 similar images
@@ -38,10 +39,6 @@ class LearnedTag:
     precision: float | None  # cross-validated, None with too few examples
     positives: int
     negatives: int
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def quantise(vectors: np.ndarray) -> np.ndarray:
@@ -116,9 +113,6 @@ class VectorRows:
                 found[sha] = decode(blob)
         return found
 
-    def count(self, model: str) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM embeddings WHERE model = ?", (model,)).fetchone()[0])
-
     def version(self, model: str) -> tuple[int, str]:
         """Changes whenever an embedding of `model` is added, replaced or removed (count, newest write)."""
         row = self.conn.execute(
@@ -180,7 +174,7 @@ class VectorRows:
         """The latest word about an image wins: an example moves from one side to the other."""
         self.conn.executemany(
             "INSERT OR REPLACE INTO learned_examples (name, sha256, positive, added_at) VALUES (?, ?, ?, ?)",
-            [(name, sha, int(positive), _now()) for sha in shas],
+            [(name, sha, int(positive), utc_text()) for sha in shas],
         )
 
     def examples(self, name: str) -> list[tuple[str, bool]]:
@@ -196,7 +190,7 @@ class VectorRows:
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 tag.name, tag.model, np.asarray(tag.weights, dtype="<f4").tobytes(), tag.bias, tag.threshold,
-                tag.precision, tag.positives, tag.negatives, _now(),
+                tag.precision, tag.positives, tag.negatives, utc_text(),
             ),
         )
 
@@ -243,7 +237,3 @@ class VectorRows:
 
     def learned_contents(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT sha256 FROM learned_matches")]
-
-    def forget_learned(self, name: str) -> bool:
-        self.conn.execute("DELETE FROM learned_examples WHERE name = ?", (name,))
-        return self.conn.execute("DELETE FROM learned_tags WHERE name = ?", (name,)).rowcount > 0
