@@ -5,6 +5,7 @@ Registered on `tagger.cli`'s group, whose `invoke` turns errors into messages an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,10 +13,13 @@ from tagger.cli import _Context, _Failure, cli, pass_ctx
 from tagger.errors import DecodeError
 from tagger.fileio import json_text, shown
 
+if TYPE_CHECKING:
+    from tagger.index.vectors import LearnedTag
+
 
 @cli.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--tag", "term", metavar="LABEL", help="English or Chinese label, or class id (default: the top guess).")
+@click.option("--tag", "term", metavar="LABEL", help="English or Chinese label, class id, or learned/NAME (default: the top guess).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the photo with the heatmap as PNG.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"label", "class_id", "score", "map"}: rows over the image.')
 @pass_ctx
@@ -32,7 +36,15 @@ def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_j
         decoded = open_rgb(image, config.decode.max_pixels, draft, config.decode.max_file_bytes)
     except DecodeError as exc:
         raise _Failure(f"{shown(image)}: {exc}") from None
-    explanation = cam.explain(classifier, decoded.image, term, (decoded.width, decoded.height))
+    size = (decoded.width, decoded.height)
+    if term is not None and term.strip().startswith(cam.LEARNED_PREFIX):
+        name = term.strip().removeprefix(cam.LEARNED_PREFIX)
+        tag = next((t for t in _learned_tags(ctx, classifier.name) if t.name == name), None)
+        if tag is None:
+            raise cam.ExplainError(f"no learned tag {name!r} for {classifier.name} (teach it with `tagger learn`)")
+        explanation = cam.explain_learned(cam.look_at(classifier, decoded.image, size), tag.name, tag.weights, tag.bias)
+    else:
+        explanation = cam.explain(classifier, decoded.image, term, size)
     if out is not None:
         try:
             cam.overlay(explanation, decoded.image).save(out, "PNG")
@@ -44,3 +56,11 @@ def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_j
     e = explanation
     where = f"; overlay written to {shown(out)}" if out is not None else ""
     click.echo(f"{shown(image)}: {e.label} ({e.label_zh}, class {e.class_id}) {e.score:.1%}{where}")
+
+
+def _learned_tags(ctx: _Context, model: str) -> list[LearnedTag]:
+    from tagger.index import Index
+    from tagger.index.vectors import VectorRows
+
+    with Index.open(ctx.config(require_folders=False).index, readonly=True) as index:
+        return VectorRows(index.conn).learned(model)

@@ -48,6 +48,9 @@ COLOURS = np.stack(
 ).round().astype(np.uint8)
 
 
+LEARNED_PREFIX = "learned/"  # a tag term naming a learned tag, as its keyword is written
+
+
 class ExplainError(TaggerError):
     """An explanation that cannot be given: an unknown tag, or a model without its feature map."""
 
@@ -228,6 +231,15 @@ def explain_weights(
     weights (for a model on L2-normalised features the map only scales, and is shown normalised)."""
     cam = activation_map(view.feature_map, weights)
     return Explanation(label, label_zh, class_id, score, cam, view.width, view.height, view.seen)
+
+
+def explain_learned(view: ModelView, name: str, weights: np.ndarray, bias: float) -> Explanation:
+    """A learned tag (tagger.learn): a logistic regression over the L2-normalised pooled features."""
+    if weights.shape != view.pooled.shape:
+        raise ExplainError(f"learned tag {name!r} has {len(weights)} weights; this model's features have {len(view.pooled)}")
+    unit = view.pooled / max(float(np.linalg.norm(view.pooled)), 1e-12)
+    score = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, float(unit @ weights) + bias))))
+    return explain_weights(view, weights, f"{LEARNED_PREFIX}{name}", f"{LEARNED_PREFIX}{name}", score)
 
 
 def model_view(image: Image.Image, spec: Preprocess) -> Image.Image:

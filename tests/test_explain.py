@@ -89,6 +89,11 @@ def test_a_learned_tags_weights_give_its_map(lite0: Classifier, sample_paths: di
     espresso = cam.explain(lite0, photo, "espresso")
     assert learned.class_id is None and learned.as_dict()["label"] == "my espresso"
     np.testing.assert_allclose(learned.heat(48, 32), espresso.heat(48, 32), atol=1e-6)
+    stored = cam.explain_learned(view, "mine", learned_weights, -1.0)  # as tagger.learn scores it
+    unit = view.pooled / np.linalg.norm(view.pooled)
+    assert stored.label == "learned/mine" and stored.score == pytest.approx(1 / (1 + np.exp(1.0 - unit @ learned_weights)))
+    with pytest.raises(cam.ExplainError, match="has 3 weights"):
+        cam.explain_learned(view, "wrong", np.ones(3, np.float32), 0.0)
 
 
 def test_any_weight_vector_gives_a_map() -> None:
@@ -267,3 +272,24 @@ def test_feature_outputs_leave_the_logits_unchanged(name: str, channels: int) ->
     assert fmap.shape == (2, channels, 7, 7) and features.shape == (2, channels)
     torch.testing.assert_close(logits, expected)
     torch.testing.assert_close(features, fmap.mean(dim=(2, 3)))
+
+
+def test_cli_explains_a_learned_tag(tmp_path: Path, sample_jpegs: list[Path], write_config: Callable[..., Path]) -> None:
+    """Taught from the coffee photo, `mycup` is explained like a class, by its own weights."""
+    library = tmp_path / "library"
+    library.mkdir()
+    for photo in sample_jpegs:
+        shutil.copy(photo, library / photo.name)
+    config = str(write_config([library]))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--config", config, "scan"]).exit_code == 0
+    coffee = library / "coffee.jpg"
+    taught = runner.invoke(cli, ["--config", config, "learn", "mycup", str(coffee), "--not", str(library / "rocket.jpg")])
+    assert taught.exit_code == 0, taught.output
+    result = runner.invoke(cli, ["--config", config, "explain", "--json", "--tag", "learned/mycup", str(coffee)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["label"] == "learned/mycup" and data["class_id"] is None and 0 < data["score"] <= 1
+    assert max(v for row in data["map"] for v in row if v is not None) == 1
+    unknown = runner.invoke(cli, ["--config", config, "explain", "--tag", "learned/nothing", str(coffee)])
+    assert unknown.exit_code == 1 and "no learned tag 'nothing'" in unknown.output

@@ -440,6 +440,33 @@ def test_explain_api_paths_and_bad_files(client: FlaskClient, library: Library, 
     assert (rotated["width"], rotated["height"]) == (200, 300) and len(rotated["map"]) == 48
 
 
+def test_explain_a_learned_tag(tmp_path: Path, sample_jpegs: list[Path], lite0: Classifier, weights_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from tagger.cli import cli
+
+    library = tmp_path / "library"
+    library.mkdir()
+    photos = {p.stem: p for p in sample_jpegs}
+    for name in ("coffee", "rocket", "chelsea"):
+        shutil.copy(photos[name], library / f"{name}.jpg")
+    config_file = scanned_config(library, lite0, weights_dir)
+    taught = CliRunner().invoke(cli, ["--config", str(config_file), "learn", "mycup", str(library / "coffee.jpg"),
+                                      "--not", str(library / "rocket.jpg")])
+    assert taught.exit_code == 0, taught.output
+    app = make_app(load_config(config_file), lite0)
+    try:
+        client = app.test_client()
+        coffee = url_path(library / "coffee.jpg")
+        assert "tag=learned/mycup" in client.get(f"/image/{coffee}").get_data(as_text=True)
+        data = client.get(f"/api/images/{coffee}/explain?tag=learned/mycup&format=json").json
+        assert data["label"] == "learned/mycup" and data["class_id"] is None and data["score"] > 0.5
+        unknown = client.get(f"/api/images/{coffee}/explain?tag=learned/nothing")
+        assert unknown.status_code == 400 and "no learned tag 'nothing'" in unknown.json["error"]
+    finally:
+        app.extensions["tagger"].close()
+
+
 def test_image_page_has_a_why_per_guess_and_keyword(client: FlaskClient, library: Library) -> None:
     coffee = library.root / "2024" / "trip" / "coffee.jpg"
     page = client.get(f"/image/{url_path(coffee)}").get_data(as_text=True)

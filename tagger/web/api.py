@@ -14,6 +14,7 @@ from tagger.decode import declared_pixels
 from tagger.errors import DecodeError, WeightsError
 from tagger.fileio import read_limited, shown, utc_text
 from tagger.index import GridItem, ImageDetail
+from tagger.index.vectors import VectorRows
 from tagger.inputs import InputError, whole_number
 from tagger.web.check import CheckResult
 from tagger.web.context import (
@@ -86,7 +87,7 @@ def keywords(raw: str) -> Response:
 
 @blueprint.get("/images/<fspath:raw>/explain")
 def explain(raw: str) -> Response:
-    """?tag=LABEL (English, Chinese or class id; default the top guess)&format=png|layer|json&size=N
+    """?tag=LABEL (English, Chinese or class id, or learned/NAME; default the top guess)&format=png|layer|json&size=N
 
     png: the photo with the heatmap (the part the model did not see greyed and striped); layer: the
     heatmap alone, transparent where not seen, to lay over the photo; json: the map as rows.
@@ -103,7 +104,7 @@ def explain(raw: str) -> Response:
     source = viewer().library.readable(detail.path)
     try:
         data = read_limited(source, config.decode.max_file_bytes)
-        explanation, photo = viewer().checker.explain(data, term)
+        explanation, photo = viewer().checker.explain(data, term, VectorRows(store().conn).learned)
     except (DecodeError, OSError) as exc:
         raise UnprocessableEntity(f"{shown(detail.path)}: {exc}") from None
     except cam.ExplainError as exc:

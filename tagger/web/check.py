@@ -17,7 +17,11 @@ from tagger.errors import DecodeError
 from tagger.labels import Tag
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from PIL import Image
+
+    from tagger.index.vectors import LearnedTag
 
     from tagger.classify import Classifier
     from tagger.explain import Explanation
@@ -76,13 +80,24 @@ class Checker:
             tags = classifier.tag_batch(array[None], top_k)[0]
         return CheckResult(name, tags, decoded.width, decoded.height, time.monotonic() - started)
 
-    def explain(self, data: bytes, term: str | None) -> tuple[Explanation, Image.Image]:
-        """The map of `term`'s class (default: the top guess) in an indexed photo, decoded as a scan
-        decodes it, and that decoded photo; raises DecodeError or ExplainError."""
-        from tagger.explain import explain
+    def explain(
+        self, data: bytes, term: str | None, learned: Callable[[str], Sequence[LearnedTag]]
+    ) -> tuple[Explanation, Image.Image]:
+        """The map of `term` (an ImageNet class, or learned/NAME; default: the top guess) in an
+        indexed photo decoded as a scan decodes it, and that decoded photo; raises DecodeError or
+        ExplainError. `learned(model)` gives that model's learned tags."""
+        from tagger.explain import LEARNED_PREFIX, ExplainError, explain, explain_learned, look_at
 
         with self._lock:
             classifier = self._model()
             draft = draft_size(classifier.spec.preprocess, self.config.decode.draft)
             decoded = decode_bytes(data, self.config.decode.max_pixels, draft)
-            return explain(classifier, decoded.image, term, (decoded.width, decoded.height)), decoded.image
+            size = (decoded.width, decoded.height)
+            if term is None or not term.strip().startswith(LEARNED_PREFIX):
+                return explain(classifier, decoded.image, term, size), decoded.image
+            name = term.strip().removeprefix(LEARNED_PREFIX)
+            tag = next((t for t in learned(classifier.name) if t.name == name), None)
+            if tag is None:
+                raise ExplainError(f"no learned tag {name!r} for {classifier.name} (teach it first)")
+            view = look_at(classifier, decoded.image, size)
+            return explain_learned(view, tag.name, tag.weights, tag.bias), decoded.image

@@ -14,10 +14,11 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tagger import __version__
 from tagger.errors import StoreError
-from tagger.explain import seen_box
+from tagger.explain import LEARNED_PREFIX, seen_box
 from tagger.fileio import url_text
-from tagger.labels import Tag
 from tagger.index import SORTS, GridItem, ImageDetail
+from tagger.labels import Tag
+from tagger.terms import KeywordRow
 from tagger.web.api import CHECK_TOP_K, check_uploads, received_uploads
 from tagger.web.check import CheckResult
 from tagger.web.context import (
@@ -91,6 +92,7 @@ def image(raw: str) -> str:
     current = _query()
     previous, following = _neighbours(current, detail.path)
     folder = detail.path.rsplit("/", 1)[0]
+    keywords = store().keywords(detail.sha256) if detail.sha256 and detail.status == "tagged" else []
     return render_template(
         "image.html",
         detail=detail,
@@ -101,18 +103,20 @@ def image(raw: str) -> str:
         crumbs=viewer().library.crumbs(folder),
         exif=exif_facts(viewer().library.readable(detail.path)) if exists else {},
         sidecar=sidecar_text(detail) if exists else None,
-        keywords=store().keywords(detail.sha256) if detail.sha256 and detail.status == "tagged" else [],
-        keyword_classes=_keyword_classes(detail.tags),
+        keywords=keywords,
+        explained_keywords=_explained_keywords(detail.tags, keywords),
         seen=_seen(detail),
         csrf=(CSRF_FIELD, csrf_token()),
     )
 
 
-def _keyword_classes(tags: Sequence[Tag]) -> dict[str, int]:
-    """Each model keyword's best-scoring class, the one its "Why?" explains."""
+def _explained_keywords(tags: Sequence[Tag], keywords: Sequence[KeywordRow]) -> dict[str, str]:
+    """The tag term each model keyword's "Why?" explains: its best-scoring class, or its learned tag."""
     rules = viewer().rules
-    return {k.name: max(k.class_ids, key=lambda i: next(t.score for t in tags if t.class_id == i))
-            for k in rules.apply(tags, viewer().config.model.min_score)}
+    terms = {k.name: str(max(k.class_ids, key=lambda i: next(t.score for t in tags if t.class_id == i)))
+             for k in rules.apply(tags, viewer().config.model.min_score)}
+    terms.update({k.keyword: k.path for k in keywords if k.source == "model" and k.path.startswith(LEARNED_PREFIX)})
+    return terms
 
 
 def _seen(detail: ImageDetail) -> str | None:
