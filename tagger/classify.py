@@ -108,7 +108,7 @@ def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) ->
 
 
 def onnx_network(path: Path, threads: int | None = None) -> tuple[Network, FeatureMapNetwork]:
-    """One session, run two ways: a scan asks for the logits alone, an explanation for the feature map too."""
+    """One session, run two ways: a scan asks for the logits and features, an explanation for the logits and feature map."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
