@@ -278,7 +278,7 @@ def test_the_optimised_model_is_made_once_for_this_cpu_and_gives_the_same_logits
     batch = photo_arrays(lite0, list(sample_paths.values()))
     options = ort.SessionOptions()
     plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
-    np.testing.assert_allclose(onnx_network(path)(batch), plain, atol=1e-4)
+    np.testing.assert_allclose(onnx_network(path)(batch)[0], plain, atol=1e-4)  # [1]: the features
     with made.open("r+b") as fh:  # a flipped byte: its recorded hash no longer matches, so it is made again
         fh.seek(2000)
         byte = fh.read(1)
