@@ -36,12 +36,13 @@ def _dct_matrix(n: int) -> np.ndarray:
 
 def image_hash(array: np.ndarray) -> int:
     """64 bits of the model's input (C x H x W): signs of the 8 x 8 lowest DCT frequencies of its
-    32 x 32 grey version, against their median (the constant term left out). As a signed int64."""
-    grey = np.asarray(array, dtype=np.float64).mean(axis=0)
-    h, w = grey.shape
-    small = grey[: h - h % 32, : w - w % 32].reshape(32, h // 32, 32, w // 32).mean(axis=(1, 3))
-    dct = _dct_matrix(32)
-    low = (dct @ small @ dct.T)[:8, :8].ravel()
+    32 x 32 grey version, against their median (the constant term left out). As a signed int64.
+    About half a millisecond an image (sums in float32: a scale does not change the bits)."""
+    grey = np.asarray(array, dtype=np.float32).sum(axis=0)
+    h, w = grey.shape[0] // 32, grey.shape[1] // 32
+    small = grey[: 32 * h, : 32 * w].reshape(32, h, -1).sum(axis=1).reshape(32, 32, w).sum(axis=2)
+    dct = _dct_matrix(32)[:8]
+    low = (dct @ small.astype(np.float64) @ dct.T).ravel()
     bits = low > np.median(low[1:])
     bits[0] = False
     value = int(np.packbits(bits).view(">u8")[0])
