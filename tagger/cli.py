@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tagger import __version__
-from tagger.config import Config, load_config
+from tagger.config import Config, check_scheduler_address, load_config, with_scheduler
 from tagger.errors import ConfigError, DecodeError, DiskError, StoreError, TaggerError
 from tagger.fileio import json_text, shown
 from tagger.systemd import JournalFormatter, under_journal
@@ -124,10 +124,14 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
         click.echo(json_text(results, indent=2))
 
 
+CLUSTER_HELP = "Classify on the Dask cluster of this scheduler (tcp://HOST:PORT or tls://HOST:PORT); see cluster: in the config."
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
 @pass_ctx
-def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
+def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
     """Tag every image under PATHS (default: the configured folders).
 
     Writes a sidecar next to each image and a row in the index. Bad files are
@@ -140,7 +144,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
     from tagger.pipeline import ScanSummary, Tagger
     from tagger.store import Store
 
-    config = ctx.config()
+    config = with_scheduler(ctx.config(), scheduler)
     roots = list(paths) or list(config.folders)
     if not roots:
         raise ConfigError(f"{config.source}: key 'folders' is empty and no PATH was given: nothing to scan")
@@ -156,9 +160,9 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
                     tagger.close()
         except DiskError:
             if summary.files:  # what was done before the disk filled up
-                _print_summary(summary, classifier.name)
+                _print_summary(summary, classifier.name, config)
             raise
-    _print_summary(summary, classifier.name)
+    _print_summary(summary, classifier.name, config)
     if stopped:
         left = summary.files - summary.tagged - summary.unchanged - summary.failed
         click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images left for the next scan", err=True)
@@ -182,7 +186,7 @@ def _stop_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-def _print_summary(summary: ScanSummary, model: str) -> None:
+def _print_summary(summary: ScanSummary, model: str, config: Config) -> None:
     rate = summary.classified / summary.seconds if summary.seconds else 0.0
     click.echo(
         f"{summary.files} images: {summary.classified} classified by {model}"
@@ -191,6 +195,12 @@ def _print_summary(summary: ScanSummary, model: str) -> None:
         f"{summary.failed} failed, {summary.removed} removed from the index; "
         f"{summary.seconds:.1f} s ({rate:.1f} images/s)"
     )
+    if config.cluster.scheduler is not None:
+        workers = ", ".join(f"{name} {count}" for name, count in sorted(summary.by_worker.items()))
+        click.echo(
+            f"where: {sum(summary.by_worker.values())} classified on the cluster {config.cluster.scheduler}"
+            f"{f' ({workers})' if workers else ''}, {summary.classified_here} here"
+        )
     if summary.sidecar_errors:
         click.echo(f"{summary.sidecar_errors} sidecars could not be written (tags are in the index)", err=True)
     for path, reason in summary.failures:
@@ -198,8 +208,9 @@ def _print_summary(summary: ScanSummary, model: str) -> None:
 
 
 @cli.command()
+@click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
 @pass_ctx
-def run(ctx: _Context) -> None:
+def run(ctx: _Context, scheduler: str | None) -> None:
     """Run the daemon: tag what changed since last time, then watch the folders live.
 
     SIGTERM or SIGINT finish the current batch and exit 0; SIGHUP reloads the config.
@@ -208,7 +219,34 @@ def run(ctx: _Context) -> None:
     from tagger.daemon import run_daemon
 
     path = Path(ctx.config_file) if ctx.config_file else None
-    sys.exit(run_daemon(path))
+    if scheduler is not None:
+        check_scheduler_address(scheduler, "--cluster")
+    sys.exit(run_daemon(path, scheduler))
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--host", help="Address to listen on for the scheduler and the coordinator (default: the one that reaches the scheduler).")
+@click.option("--nthreads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Batches classified at once (each uses every core: 1 is fastest on one machine).")
+@pass_ctx
+def worker(ctx: _Context, address: str, host: str | None, nthreads: int) -> None:
+    """Classify batches for `tagger scan`/`run --cluster` as a worker of the Dask scheduler at ADDRESS.
+
+    Loads the configured model once, then serves until SIGTERM/SIGINT, rejoining the scheduler
+    whenever it restarts. Refused (exit 2) when the coordinator runs another model or other weights.
+    Needs no photos and no index. Dask workers run what the scheduler sends: see README, "Who can connect".
+    """
+    from tagger.classify import Classifier
+
+    check_scheduler_address(address, "ADDRESS")
+    config = with_scheduler(ctx.config(require_folders=False), address)
+    try:
+        from tagger.worker import run_worker
+    except ImportError as exc:
+        raise TaggerError(f"tagger worker needs the cluster extra ({exc}): pip install 'tagger[cluster]'") from None
+    classifier = Classifier.from_config(config)
+    sys.exit(run_worker(classifier, address, config.cluster, nthreads, host))
 
 
 @cli.command()

@@ -19,7 +19,7 @@ from types import FrameType
 
 from tagger import __version__
 from tagger.classify import Classifier
-from tagger.config import Config, load_config
+from tagger.config import Config, load_config, with_scheduler
 from tagger.fileio import json_text, write_problem
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.indexlock import IndexLocked, index_lock
@@ -257,6 +257,9 @@ class Daemon:
         if (new.model.name, new.index) != (self.config.model.name, self.config.index):
             log.warning("model.name and index changes need a restart; applying the rest")
             new = dataclasses.replace(new, model=self.config.model, index=self.config.index)
+        if new.cluster != self.config.cluster:
+            log.warning("cluster changes need a restart; applying the rest")
+        new = dataclasses.replace(new, cluster=self.config.cluster)  # and --cluster stays
         added = [f for f in new.folders if f not in self.config.folders]
         self.config = new
         tagger.reconfigure(new, rules)
@@ -303,8 +306,8 @@ class Daemon:
         )
 
 
-def run_daemon(config_path: Path | None) -> int:
-    config = load_config(config_path)
+def run_daemon(config_path: Path | None, scheduler: str | None = None) -> int:
+    config = with_scheduler(load_config(config_path), scheduler)
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     log.info("tagger %s starting (pid %d)", __version__, os.getpid())

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from tagger.labels import Tag
 from tagger.memory import return_big_buffers
 from tagger.config import Config
 from tagger.decode import DecodedArray, decode_array, draft_size, is_image_name
-from tagger.errors import DecodeError, DiskError
+from tagger.errors import ConfigError, DecodeError, DiskError
 from tagger.fileio import Folders, read_limited
 from tagger.keywords import Keywording
 from tagger.rules import Rules
@@ -30,6 +31,10 @@ from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_side
 from tagger.store import Store
 from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
+
+if TYPE_CHECKING:
+    from tagger.cluster import Cluster
+    from tagger.worker import JobResult
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +57,15 @@ class ScanSummary:
     refined: int = 0  # near ties decoded fully and classified again
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    by_worker: dict[str, int] = field(default_factory=dict)  # images classified on each cluster worker
 
     @property
     def tagged(self) -> int:
         return self.classified + self.reused
+
+    @property
+    def classified_here(self) -> int:
+        return self.classified - sum(self.by_worker.values())
 
 
 @dataclass
@@ -67,6 +77,16 @@ class _InFlight:
     data: bytes  # kept until the model has run: a near tie is decoded again, fully
     sha256: str
     decoded: Future[DecodedArray | DecodeError]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A file read and hashed whose content is not in the index yet."""
+
+    path: Path
+    mtime_ns: int
+    data: bytes
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,7 @@ class Tagger:
         self._refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-refine")
         # Batches decoded ahead of the model: two images per decoder thread, at least one batch.
         self._depth = max(1, -(-2 * decoders // config.model.batch_size))
+        self.cluster = _open_cluster(config, classifier)
 
     def reconfigure(self, config: Config, rules: Rules) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
@@ -126,6 +147,8 @@ class Tagger:
         self.folders = Folders(config.folders)
 
     def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
         self._readers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
         self._refiner.shutdown(wait=True)
@@ -156,6 +179,28 @@ class Tagger:
                 defer_recent(path)
             paths = [p for p in found if p not in recent]
         summary.files = len(paths)
+        if self.cluster is not None:
+            self._tag_on_cluster(self.cluster, paths, summary, on_progress, cancelled)
+        else:
+            self._tag_here(paths, summary, on_progress, cancelled)
+        if cancelled is not None and cancelled():
+            summary.seconds = time.monotonic() - started
+            return summary  # stopping: the rest is found by the next reconcile
+        seen = {str(p) for p in found}
+        for root in roots:
+            if root.is_dir():
+                gone = [p for p in self.store.paths_under(str(root)) if p not in seen and not os.path.lexists(p)]
+                summary.removed += self.forget([Path(p) for p in gone])
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _tag_here(
+        self,
+        paths: Sequence[Path],
+        summary: ScanSummary,
+        on_progress: Callable[[int], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> None:
         # Several batches in flight: while the model runs on one, the next ones are being decoded,
         # enough of them to keep every decoder thread busy, within a bound on the bytes they hold.
         ahead: deque[tuple[list[_InFlight], int]] = deque()
@@ -167,16 +212,58 @@ class Tagger:
                 self._finish_next(ahead, summary, on_progress)
         while ahead:  # even when stopping: already read, so record it
             self._finish_next(ahead, summary, on_progress)
-        if cancelled is not None and cancelled():
-            summary.seconds = time.monotonic() - started
-            return summary  # stopping: the rest is found by the next reconcile
-        seen = {str(p) for p in found}
-        for root in roots:
-            if root.is_dir():
-                gone = [p for p in self.store.paths_under(str(root)) if p not in seen and not os.path.lexists(p)]
-                summary.removed += self.forget([Path(p) for p in gone])
-        summary.seconds = time.monotonic() - started
-        return summary
+
+    def _tag_on_cluster(
+        self,
+        cluster: Cluster[list[_Read]],
+        paths: Sequence[Path],
+        summary: ScanSummary,
+        on_progress: Callable[[int], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> None:
+        """Batches go to the cluster's workers, at most `cluster.in_flight` at once, and are
+        written here as they come back; what the cluster cannot take is classified here."""
+        for batch in _chunks(paths, self.config.cluster.batch_size):
+            if cancelled is not None and cancelled():
+                break
+            reads = self._read_new(batch, summary)
+            if on_progress and len(batch) > len(reads):
+                on_progress(len(batch) - len(reads))
+            if reads and not cluster.submit(reads, [r.data for r in reads]):
+                self._finish(self._decode_all(reads), summary)
+                if on_progress:
+                    on_progress(len(reads))
+            self._write_back(cluster, summary, on_progress, block=cluster.full)
+        while cluster.busy:  # even when stopping: already read, so record it
+            self._write_back(cluster, summary, on_progress, block=True)
+
+    def _write_back(
+        self,
+        cluster: Cluster[list[_Read]],
+        summary: ScanSummary,
+        on_progress: Callable[[int], None] | None,
+        block: bool,
+    ) -> None:
+        for reads, result in cluster.done(block):
+            if result is None:
+                self._finish(self._decode_all(reads), summary)
+            else:
+                self._record_remote(reads, result, summary)
+            if on_progress:
+                on_progress(len(reads))
+
+    def _record_remote(self, reads: Sequence[_Read], result: JobResult, summary: ScanSummary) -> None:
+        weights_sha256 = self.classifier.weights.sha256  # the worker checked that its weights are these
+        for read, item in zip(reads, result.items):
+            if isinstance(item, str):
+                self._fail(read.path, read.sha256, len(read.data), read.mtime_ns, item, summary)
+                continue
+            facts = ImageFacts(read.sha256, len(read.data), item.width, item.height)
+            if not self._record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, fresh=True):
+                summary.sidecar_errors += 1
+            summary.classified += 1
+            summary.by_worker[result.worker] = summary.by_worker.get(result.worker, 0) + 1
+        summary.refined += result.refined
 
     def _finish_next(
         self, ahead: deque[tuple[list[_InFlight], int]], summary: ScanSummary, on_progress: Callable[[int], None] | None
@@ -189,18 +276,31 @@ class Tagger:
     def tag_files(self, paths: Sequence[Path], summary: ScanSummary) -> None:
         """One batch, start to finish (the daemon's unit of work)."""
         self.folders = Folders(self.config.folders)
-        self._finish(self._start(paths, summary), summary)
+        if self.cluster is not None:
+            self._tag_on_cluster(self.cluster, paths, summary, None, None)
+        else:
+            self._finish(self._start(paths, summary), summary)
 
     def _start(self, paths: Sequence[Path], summary: ScanSummary) -> list[_InFlight]:
-        """Cheap checks, read + hash, reuse from the index; decoding of the rest is left running.
+        """Read + hash, reuse from the index; decoding of the rest is left running."""
+        return self._decode_all(self._read_new(paths, summary))
 
-        Worker threads only read, hash and decode; the index is touched from this thread alone.
-        """
-        changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
+    def _decode_all(self, reads: Sequence[_Read]) -> list[_InFlight]:
         spec = self.classifier.spec.preprocess
         max_pixels = self.config.decode.max_pixels
         draft = draft_size(spec, self.config.decode.draft)
-        inflight: list[_InFlight] = []
+        return [
+            _InFlight(r.path, r.mtime_ns, r.data, r.sha256, self._decoders.submit(_decode, r.data, max_pixels, spec, draft))
+            for r in reads
+        ]
+
+    def _read_new(self, paths: Sequence[Path], summary: ScanSummary) -> list[_Read]:
+        """Cheap checks, read + hash, reuse from the index: what is left needs a model run.
+
+        Worker threads only read and hash; the index is touched from this thread alone.
+        """
+        changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
+        fresh: list[_Read] = []
         limit, folders = self.config.decode.max_file_bytes, self.folders
         reads = self._readers.map(lambda p: _read_and_hash(p, limit, folders), [p for p, _ in changed])
         for (path, stat), read in zip(changed, reads):
@@ -210,13 +310,12 @@ class Tagger:
             data, sha256 = read
             cached = self.store.cached_image(sha256, self.classifier.name)
             if cached is None:
-                future = self._decoders.submit(_decode, data, max_pixels, spec, draft)
-                inflight.append(_InFlight(path, stat.st_mtime_ns, data, sha256, future))
+                fresh.append(_Read(path, stat.st_mtime_ns, data, sha256))
                 continue
             if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False):
                 summary.sidecar_errors += 1
             summary.reused += 1
-        return inflight
+        return fresh
 
     def _finish(self, inflight: list[_InFlight], summary: ScanSummary) -> None:
         """Collect the decoded arrays, one model run, then sidecars and index rows."""
@@ -247,8 +346,7 @@ class Tagger:
         A reduced decode moves each pixel a little; where the best two guesses were within
         `decode.refine_margin`, that can swap them. Only those few images pay for a full decode.
         """
-        threshold = self.config.decode.refine_margin
-        near = [i for i, (p, m) in enumerate(zip(pending, margins)) if p.reduced and m < threshold]
+        near = near_ties([p.reduced for p in pending], margins, self.config.decode.refine_margin)
         if not near:
             return
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
@@ -390,6 +488,34 @@ class Tagger:
             self.store.save_failure(str(path), sha256, size, mtime_ns, reason)
         summary.failed += 1
         summary.failures.append((str(path), reason))
+
+
+def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float) -> list[int]:
+    """Which images of a batch to decode again in full: reduced decodes whose best two guesses were
+    within `decode.refine_margin` (here and on cluster workers alike)."""
+    return [i for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold]
+
+
+def _open_cluster(config: Config, classifier: Classifier) -> Cluster[list[_Read]] | None:
+    """The cluster link where a scheduler is configured; without one, dask is never imported."""
+    if config.cluster.scheduler is None:
+        return None
+    try:
+        from tagger.cluster import Cluster, JobSettings
+        from tagger.worker import ModelIdentity
+    except ImportError as exc:
+        raise ConfigError(
+            f"cluster.scheduler is set but Dask is not installed ({exc}): pip install 'tagger[cluster]'"
+        ) from None
+
+    settings = JobSettings(
+        ModelIdentity.of(classifier),
+        config.model.top_k,
+        config.decode.max_pixels,
+        config.decode.draft,
+        config.decode.refine_margin,
+    )
+    return Cluster(config.cluster, settings)
 
 
 def _bytes_held(ahead: deque[tuple[list[_InFlight], int]]) -> int:
