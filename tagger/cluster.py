@@ -9,12 +9,14 @@ Imported only when a scheduler is configured (the cluster extra).
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from distributed import Client, Future
+from distributed.utils import LoopRunner
 
 from tagger.config import ClusterConfig
 from tagger.worker import Job, JobResult, ModelIdentity, ModelMismatch, check_model, classify_job, security
@@ -51,6 +53,8 @@ class Cluster(Generic[Batch]):
 
     def __init__(self, config: ClusterConfig, settings: JobSettings, task: Task = classify_job) -> None:
         assert config.scheduler is not None
+        if not log.isEnabledFor(logging.DEBUG):  # Dask's tracebacks of a lost scheduler: one line of ours says it
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
         self.config = config
         self.address = config.scheduler
         self.settings = settings
@@ -62,6 +66,7 @@ class Cluster(Generic[Batch]):
         self._checked: set[str] = set()  # workers whose model was checked
         self._no_workers_since: float | None = None
         self._refused: set[str] = set()
+        self._runner: LoopRunner | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -78,18 +83,32 @@ class Cluster(Generic[Batch]):
         return self._check_workers()
 
     def _connect(self) -> None:
+        # A plain TCP connection first: a Client that fails to connect leaves its event-loop
+        # thread running, which a daemon retrying every 30 s for days cannot afford.
+        host, port = self.address.split("://", 1)[1].rsplit(":", 1)
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=self.config.connect_timeout).close()
+        except OSError as exc:
+            self._set_down(f"cannot reach the scheduler {self.address} ({exc.strerror or exc})")
+            return
+        runner = LoopRunner(asynchronous=False)
+        runner.start()
         try:
             self._client = Client(
                 self.address,
+                loop=runner.loop,
                 timeout=self.config.connect_timeout,
                 security=security(self.config, "client"),
                 set_as_default=False,
                 name="tagger-coordinator",
+                direct_to_workers=False,  # only the scheduler's port need be reachable from here
             )
         except Exception as exc:  # OSError, TimeoutError, a TLS refusal: all mean "not now"
+            runner.stop()
             self._client = None
             self._set_down(f"cannot reach the scheduler {self.address} ({type(exc).__name__}: {exc})")
             return
+        self._runner = runner
         self._checked.clear()
         if self._down_reason is not None:
             log.warning("the scheduler %s is back: classifying on the cluster again", self.address)
@@ -137,13 +156,19 @@ class Cluster(Generic[Batch]):
         self._down_reason = reason
 
     def _lost(self, reason: str) -> None:
+        self._disconnect(timeout=2)
+        self._set_down(reason)
+
+    def _disconnect(self, timeout: float) -> None:
         client, self._client = self._client, None
+        runner, self._runner = self._runner, None
         if client is not None:
             try:
-                client.close(timeout=2)
-            except Exception:  # closing a client whose scheduler is gone can only fail: nothing to keep
-                pass
-        self._set_down(reason)
+                client.close(timeout=timeout)
+            except Exception as exc:  # closing a client whose scheduler is gone can fail: nothing to keep
+                log.debug("closing the Dask client: %s", exc)
+        if runner is not None:
+            runner.stop()
 
     # -- the window ------------------------------------------------------------------------
 
@@ -234,9 +259,4 @@ class Cluster(Generic[Batch]):
     def close(self) -> None:
         """Batches still out are dropped (their files are not in the index: the next scan tags them)."""
         self._pending.clear()
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close(timeout=5)
-            except Exception as exc:
-                log.debug("closing the Dask client: %s", exc)
+        self._disconnect(timeout=5)

@@ -179,6 +179,11 @@ def run_worker(classifier: Classifier, address: str, cluster: ClusterConfig, nth
 
 
 async def _serve(classifier: Classifier, address: str, cluster: ClusterConfig, nthreads: int, host: str | None) -> int:
+    import dask
+
+    # The worker's HTTP port (on the address it listens on) answers /health only: no metrics, no
+    # profiles, no statics for whoever can reach it.
+    dask.config.set({"distributed.worker.http.routes": ["distributed.http.health"]})
     plugin = TaggerModel(classifier)
     stopping = asyncio.Event()
     current: list[Worker] = []
