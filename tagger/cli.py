@@ -16,6 +16,7 @@ import click
 
 from tagger import __version__
 from tagger.config import Config, check_scheduler_address, load_config, with_scheduler
+from tagger.cpu import cpu_info, int8_scheme
 from tagger.errors import ConfigError, DecodeError, DiskError, StoreError, TaggerError
 from tagger.fileio import json_text, shown
 from tagger.systemd import JournalFormatter, under_journal
@@ -490,6 +491,7 @@ def weights(ctx: click.Context) -> None:
             except TaggerError as exc:
                 click.echo(f"{label}: BROKEN: {exc}")
         click.echo(f"  source: {spec.source}")
+    click.echo(f"CPU: {cpu_info().describe()}; model.precision int8 would use the {int8_scheme()} scheme here")
 
 
 @weights.command("fetch")

