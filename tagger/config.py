@@ -104,7 +104,7 @@ class ClusterConfig:
     tls_ca: str | None = None  # CA that signed the scheduler's and workers' certificates (tls:// only)
     tls_cert: str | None = None  # this machine's certificate, signed by tls_ca
     tls_key: str | None = None  # and its private key
-    batch_size: int = 8  # images per task sent to a worker
+    batch_size: int = 4  # images per task sent to a worker
     in_flight: int = 8  # tasks sent and not yet written back; bounds the coordinator's memory
     retry_seconds: float = 30.0  # while the scheduler is gone, how often to try it again
     connect_timeout: float = 10.0  # seconds to reach the scheduler before classifying here

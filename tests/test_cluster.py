@@ -245,7 +245,14 @@ def test_cluster_section_is_checked_strictly(
     assert message in str(raised.value)
 
 
-def test_cluster_option_is_checked_and_dask_missing_is_one_line(write_config: Callable[..., Path]) -> None:
+def test_shipped_config_documents_the_cluster_defaults() -> None:
+    from tagger.config import DEFAULT_CONFIG
+
+    assert load_config(DEFAULT_CONFIG, require_folders=False).cluster == ClusterConfig()
+    assert "tagger worker" in DEFAULT_CONFIG.read_text()
+
+
+def test_cluster_option_is_checked(write_config: Callable[..., Path]) -> None:
     config = str(write_config())
     for command in (["scan", "--cluster", "localhost"], ["run", "--cluster", "http://h:1"], ["worker", "h:8786"]):
         result = subprocess.run([TAGGER, "--config", config, *command], capture_output=True, text=True, timeout=WAIT)
@@ -264,6 +271,20 @@ def test_unreachable_scheduler_means_classified_here_with_one_warning(
     assert summary.classified == summary.classified_here == len(sample_jpegs) and summary.by_worker == {}
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("tagger.cluster")]
     assert len(warnings) == 1 and "cannot reach the scheduler" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("command", [["scan", "--cluster", "tcp://127.0.0.1:1"], ["worker", "tcp://127.0.0.1:1"]])
+def test_without_dask_installed_the_cluster_is_one_line(
+    write_config: Callable[..., Path], command: list[str]
+) -> None:
+    code = (
+        "import sys\nsys.modules['distributed'] = None  # as if the cluster extra were not installed\n"
+        "from tagger.cli import cli\ncli(['--config', sys.argv[1], *sys.argv[2:]], prog_name='tagger')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(write_config()), *command], capture_output=True,
+                            text=True, timeout=WAIT)
+    assert result.returncode in (1, 2) and "pip install 'tagger[cluster]'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # -- on a local cluster --------------------------------------------------------------------------
