@@ -10,6 +10,9 @@
 3. The coordinator's ceiling: STUB WORKERS (the same workers, sent a stub task that answers at
    once with fixed tags instead of running the model). Images/s one coordinator reads, hashes, sends,
    receives and writes (sidecars and index) when the cluster costs nothing.
+4. The index's growth: synthetic images written through the coordinator's own writes (raw tags,
+   keywords by the default rules, the file row), one transaction per image as a scan commits,
+   then the file's size per image.
 
 Everything runs on 127.0.0.1; every process started is stopped.
 """
@@ -19,7 +22,6 @@ import argparse
 import hashlib
 import os
 import pickle
-import resource
 import shutil
 import socket
 import subprocess
@@ -70,11 +72,6 @@ def wait_workers(address: str, count: int) -> None:
         client.wait_for_workers(count, timeout=120)
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def fresh(folder: Path) -> None:
     for sidecar in folder.rglob("*.tags.json"):
         sidecar.unlink()
@@ -109,12 +106,20 @@ def payloads(config_path: Path, library: list[Path]) -> None:
           f"{arrays_sent / n / 1e6:5.2f} MB sent")
 
 
-def timed_scan(config: Path, *extra: str) -> tuple[float, float, str]:
-    cpu = children_cpu()
+def timed_scan(config: Path, *extra: str) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds and peak MB of one `tagger scan` process, and what it printed."""
     started = time.monotonic()
-    result = subprocess.run([str(BIN / "tagger"), "--config", str(config), "scan", *extra],
-                            capture_output=True, text=True, check=True)
-    return time.monotonic() - started, children_cpu() - cpu, result.stdout
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen([str(BIN / "tagger"), "--config", str(config), "scan", *extra],
+                                   stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - started
+        if process.returncode != 0:
+            raise SystemExit(f"tagger scan {' '.join(extra)} failed: exit {process.returncode}")
+        out.seek(0)
+        text = out.read().decode()
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, text
 
 
 def main() -> None:
@@ -122,7 +127,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--size", default="4000x3000")
     parser.add_argument("--stub-rounds", type=int, default=3, help="scans of the library against stub workers")
+    parser.add_argument("--index-images", type=int, default=20_000, help="images written in part 4 (0: skip)")
+    parser.add_argument("--only-index", action="store_true", help="part 4 alone")
     args = parser.parse_args()
+    if args.only_index:
+        index_growth(args.index_images)
+        return
     width, height = (int(v) for v in args.size.split("x"))
     from sample_photos import distinct_views
 
@@ -156,17 +166,22 @@ def main() -> None:
         wait_workers(address, 2)
 
         print("2. cost per image, same library, same run (efficientnet-lite0, draft decode; coordinator = the scan)")
-        fresh(lib)
-        local_s, local_cpu, _ = timed_scan(config)
-        fresh(lib)
-        remote_s, remote_cpu, out = timed_scan(config, "--cluster", address)
+        empty = work / "empty"
+        empty.mkdir()
         n = len(library)
-        print(f"   local:          {n / local_s:6.1f} images/s, coordinator CPU {1000 * local_cpu / n:6.1f} ms/image")
-        print(f"   cluster (2 tagger workers on this same machine): {n / remote_s:6.1f} images/s, "
-              f"coordinator CPU {1000 * remote_cpu / n:6.1f} ms/image")
-        print(f"   {out.splitlines()[1]}")
+        for name, extra in (("local", []), ("cluster", ["--cluster", address])):
+            start_s, start_cpu, _, _ = timed_scan(config, *extra, str(empty))  # start-up, imports, model load
+            fresh(lib)
+            scan_s, scan_cpu, peak, out = timed_scan(config, *extra)
+            per_image = 1000 * (scan_cpu - start_cpu) / n
+            print(f"   {name:8s} {n / (scan_s - start_s):6.1f} images/s, coordinator CPU {per_image:6.1f} ms/image "
+                  f"(start-up, {start_cpu:.1f} s CPU, taken off), peak {peak:.0f} MB")
+            if extra:
+                print(f"            {out.splitlines()[1]}  (2 tagger workers on this same machine)")
 
         stub_ceiling(config, address, lib, args.stub_rounds)
+        if args.index_images:
+            index_growth(args.index_images)
     finally:
         for process in processes:
             process.terminate()
@@ -190,10 +205,24 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
     config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, scheduler=address))
     classifier = Classifier.from_config(config)
     print("3. the coordinator's ceiling: STUB WORKERS (2 workers answering at once; sidecars + index written)")
-    for in_flight in (2, 8, 32):
-        cfg = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, in_flight=in_flight))
+    writing = [0.0]
+    record = Tagger._record
+
+    def timed_record(self: Tagger, *args: Any, **kwargs: Any) -> bool:
+        started = time.monotonic()
+        try:
+            return record(self, *args, **kwargs)
+        finally:
+            writing[0] += time.monotonic() - started
+
+    Tagger._record = timed_record  # type: ignore[method-assign]
+    runs = [(f, True) for f in (2, 8, 32)] + [(8, False)]
+    for in_flight, sidecars in runs:
+        cfg = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, in_flight=in_flight),
+                                  sidecar=dataclasses.replace(config.sidecar, enabled=sidecars))
         images = 0
         cpu = seconds = 0.0
+        writing[0] = 0.0
         for _ in range(rounds):
             fresh(lib)
             with Store.open(cfg.index) as store:
@@ -207,8 +236,46 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
                 tagger.close()
             assert summary.classified_here == 0, summary
             images += summary.classified
-        print(f"   in_flight {in_flight:3d} x batch {cfg.cluster.batch_size}: {images / seconds:6.1f} images/s, "
-              f"coordinator CPU {1000 * cpu / images:5.1f} ms/image (read, hash, send, receive, write)")
+        print(f"   in_flight {in_flight:3d} x batch {cfg.cluster.batch_size}, sidecars {'on ' if sidecars else 'off'}: "
+              f"{images / seconds:6.1f} images/s, coordinator CPU {1000 * cpu / images:5.1f} ms/image; "
+              f"writing (sidecar + index row) {1000 * writing[0] / images:5.1f} ms/image of {1000 * seconds / images:5.1f}")
+
+
+def index_growth(count: int) -> None:
+    import numpy as np
+
+    from tagger.config import Config
+    from tagger.keywords import Keywording
+    from tagger.labels import Tag, imagenet_classes
+    from tagger.sidecar import ImageFacts
+    from tagger.store import Store
+
+    rng = np.random.default_rng(1)
+    classes = imagenet_classes()
+    popularity = 1.0 / np.arange(1, 1001) ** 1.1
+    draws = rng.permutation(1000)[rng.choice(1000, size=(count, 12), p=popularity / popularity.sum())]
+    with tempfile.TemporaryDirectory(prefix="bench-index-") as folder:
+        path = Path(folder) / "index.sqlite"
+        config = Config(folders=(), index=path, weights_dir=Path(folder))
+        with Store.open(path) as store:
+            keywording = Keywording(config, store)
+            started = time.monotonic()
+            for i in range(count):
+                chosen = list(dict.fromkeys(int(c) for c in draws[i]))[:5]
+                scores = np.sort(rng.dirichlet(np.ones(6) * 0.5))[::-1][:5]
+                tags = [Tag(c, classes[c].wnid, classes[c].label, classes[c].label_zh, float(s))
+                        for c, s in zip(chosen, scores)]
+                sha = os.urandom(32).hex()
+                facts = ImageFacts(sha, 3_000_000, 4000, 3000)
+                keywords = keywording.rows(sha, tags)
+                with store.transaction():
+                    store.save_image(facts, "efficientnet-lite0", "ab" * 32, tags)
+                    store.save_keywords(sha, keywords)
+                    store.save_file(f"/photos/{i // 1000:04d}/IMG_{i:07d}.jpg", sha, 3_000_000, i, None, None)
+            seconds = time.monotonic() - started
+        size = sum(p.stat().st_size for p in Path(folder).glob("index.sqlite*"))
+    print(f"4. the index: {count:,} images, one transaction each: {count / seconds:,.0f} images/s written, "
+          f"{size / count:,.0f} bytes per image on disk")
 
 
 if __name__ == "__main__":
