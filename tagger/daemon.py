@@ -233,6 +233,8 @@ class Daemon:
         self.summary.reused += result.reused
         self.summary.refined += result.refined
         self.summary.failed += result.failed
+        for worker, count in result.by_worker.items():
+            self.summary.by_worker[worker] = self.summary.by_worker.get(worker, 0) + count
         if result.classified or result.reused or result.failed or result.removed:
             log.info(
                 "reconciled %s: %d classified, %d from the index, %d failed, %d removed",
@@ -282,6 +284,8 @@ class Daemon:
             "reused": s.reused,
             "refined": s.refined,
             "failed": s.failed,
+            **({"cluster": {"scheduler": self.config.cluster.scheduler, "by_worker": s.by_worker,
+                            "classified_here": s.classified_here}} if self.config.cluster.scheduler else {}),
             "folders": {str(folder): mode for folder, mode in watcher.folders.items()},
         }
         try:

@@ -392,6 +392,37 @@ def test_scheduler_gone_carries_on_here_then_uses_the_cluster_once_it_is_back(
     assert_same_top1(config.index, top1_here, count + 4)
 
 
+def test_the_daemon_tags_on_the_cluster_at_start_and_live(
+    cluster: LocalCluster, tmp_path: Path, sample_jpegs: list[Path], write_config: Callable[..., Path],
+    lite0: Classifier, top1_here: dict[str, str],
+) -> None:
+    import json
+    import threading
+
+    from tagger.daemon import Daemon, status_path
+
+    lib = make_library(tmp_path / "library", sample_jpegs, 1, salt=2)
+    watch = {"stable_seconds": 0.3, "delete_grace_seconds": 0.5, "poll_interval": 0.5, "open_timeout": 10}
+    path = write_config(watch=watch, cluster={"scheduler": cluster.address, "batch_size": 2})
+    config = load_config(path)
+    daemon = Daemon(config, path, classifier=lite0)
+    thread = threading.Thread(target=daemon.run, name="tagger-daemon")
+    thread.start()
+    try:
+        assert daemon.ready.wait(WAIT)
+        (lib / "live.jpg").write_bytes(sample_jpegs[0].read_bytes() + b"live")
+        wait_for("the daemon to tag everything", lambda: len(top1(config.index)) == len(sample_jpegs) + 1)
+    finally:
+        daemon.request_stop()
+        thread.join(WAIT)
+    assert not thread.is_alive()
+    assert sum(daemon.summary.by_worker.values()) == daemon.summary.classified == len(sample_jpegs) + 1
+    status = json.loads(status_path(config.index).read_text())
+    assert status["cluster"]["classified_here"] == 0 and sum(status["cluster"]["by_worker"].values()) == 7
+    expected = {**top1_here, "live": top1_here[sample_jpegs[0].stem]}
+    assert_same_top1(config.index, expected, len(sample_jpegs) + 1)
+
+
 def test_a_worker_with_other_weights_refuses_with_a_clear_message(
     cluster: LocalCluster, tmp_path: Path, sample_jpegs: list[Path], write_config: Callable[..., Path],
     lite0: Classifier, caplog: pytest.LogCaptureFixture,
