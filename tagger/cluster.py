@@ -40,8 +40,8 @@ class JobSettings:
     draft: bool
     refine_margin: float
 
-    def job(self, blobs: list[bytes]) -> Job:
-        return Job(self.model, tuple(blobs), self.top_k, self.max_pixels, self.draft, self.refine_margin)
+    def job(self, blobs: list[bytes], refine_allowed: int) -> Job:
+        return Job(self.model, tuple(blobs), self.top_k, self.max_pixels, self.draft, self.refine_margin, refine_allowed)
 
 
 class Cluster(Generic[Batch]):
@@ -180,13 +180,13 @@ class Cluster(Generic[Batch]):
     def busy(self) -> bool:
         return bool(self._pending)
 
-    def submit(self, batch: Batch, blobs: list[bytes]) -> bool:
+    def submit(self, batch: Batch, blobs: list[bytes], refine_allowed: int) -> bool:
         """Send one batch; False when the cluster cannot take it now (classify it here)."""
         if self.full or not self._usable():
             return False
         assert self._client is not None
         try:
-            future = self._client.submit(self.task, self.settings.job(blobs), pure=False, retries=2)
+            future = self._client.submit(self.task, self.settings.job(blobs, refine_allowed), pure=False, retries=2)
         except Exception as exc:
             self._lost(f"the scheduler stopped answering ({type(exc).__name__}: {exc})")
             return False

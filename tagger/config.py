@@ -40,7 +40,7 @@ class DecodeConfig:
     draft: bool = True  # JPEGs decoded at reduced scale (1/2..1/8), still above the model's input size
     # A draft-decoded image whose best two guesses are closer than this is decoded fully and
     # classified again (0 switches it off). Measured by bench/bench_scan.py: see the README.
-    refine_margin: float = 0.01
+    refine_margin: float = 0.005
     max_file_mb: int = DEFAULT_MAX_FILE_MB  # bytes read per file at most: a bigger file is refused unread
 
     @property

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # File bytes held by the batches decoded ahead of the model, beyond the one being finished:
 # a dozen camera JPEGs, not a dozen 200 MB files.
 AHEAD_BYTES = 64 * 1024 * 1024
+REFINE_SHARE = 0.1  # of the photos classified, at most this share is decoded again in full
 
 SKIPPED_DIRS = frozenset({"@eaDir", ".stfolder", ".stversions", "__pycache__"})
 
@@ -229,7 +230,7 @@ class Tagger:
             reads = self._read_new(batch, summary)
             if on_progress and len(batch) > len(reads):
                 on_progress(len(batch) - len(reads))
-            if reads and not cluster.submit(reads, [r.data for r in reads]):
+            if reads and not cluster.submit(reads, [r.data for r in reads], self._refine_budget(summary, len(reads))):
                 self._finish(self._decode_all(reads), summary)
                 if on_progress:
                     on_progress(len(reads))
@@ -346,7 +347,8 @@ class Tagger:
         A reduced decode moves each pixel a little; where the best two guesses were within
         `decode.refine_margin`, that can swap them. Only those few images pay for a full decode.
         """
-        near = near_ties([p.reduced for p in pending], margins, self.config.decode.refine_margin)
+        budget = self._refine_budget(summary, len(pending))
+        near = near_ties([p.reduced for p in pending], margins, self.config.decode.refine_margin, budget)
         if not near:
             return
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
@@ -359,6 +361,15 @@ class Tagger:
         for (i, _), tags in zip(redone_ok, again):
             results[i] = tags
         summary.refined += len(redone_ok)
+
+    @staticmethod
+    def _refine_budget(summary: ScanSummary, batch: int) -> int:
+        """A model unsure of everything (random weights, or pictures unlike any class) would make
+        every photo a near tie: at most a tenth of the photos, and one more, are decoded twice.
+
+        On a cluster each batch gets the budget left when it is sent, so batches out at the same
+        time may together use up to `cluster.in_flight` times that: still bounded."""
+        return 1 + int(REFINE_SHARE * (summary.classified + batch)) - summary.refined
 
     def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
         """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
@@ -490,10 +501,11 @@ class Tagger:
         summary.failures.append((str(path), reason))
 
 
-def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float) -> list[int]:
-    """Which images of a batch to decode again in full: reduced decodes whose best two guesses were
-    within `decode.refine_margin` (here and on cluster workers alike)."""
-    return [i for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold]
+def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float, allowed: int) -> list[int]:
+    """Which images of a batch to decode again in full (here and on cluster workers alike): reduced
+    decodes whose best two guesses were within `decode.refine_margin`, at most `allowed` of them."""
+    near = [i for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold]
+    return near[: max(0, allowed)]
 
 
 def _open_cluster(config: Config, classifier: Classifier) -> Cluster[list[_Read]] | None:

@@ -59,6 +59,7 @@ class Job:
     max_pixels: int
     draft: bool
     refine_margin: float
+    refine_allowed: int  # near ties decoded again in full at most (tagger.pipeline.near_ties)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def classify_job(job: Job) -> JobResult:
     refined = 0
     if good:
         results, margins = classifier.predict(np.stack([d.array for _, d in good]), job.top_k)
-        near = near_ties([d.reduced for _, d in good], margins, job.refine_margin)
+        near = near_ties([d.reduced for _, d in good], margins, job.refine_margin, job.refine_allowed)
         again = [(k, _decode(job.blobs[good[k][0]], job.max_pixels, spec, None)) for k in near]
         again_ok = [(k, d) for k, d in again if isinstance(d, DecodedArray)]
         if again_ok:

@@ -435,7 +435,7 @@ def test_a_worker_with_other_weights_refuses_with_a_clear_message(
     link: Cluster[int] = Cluster(ClusterConfig(scheduler=cluster.address), JobSettings(other, 5, 10**8, True, 0.01))
     try:
         with caplog.at_level(logging.ERROR, logger="tagger"):
-            assert link.submit(1, [sample_jpegs[0].read_bytes()]) is False  # no worker takes it: classified here
+            assert link.submit(1, [sample_jpegs[0].read_bytes()], 1) is False  # no worker takes it: classified here
     finally:
         link.close()
     for worker, log in zip(cluster.workers, cluster.logs):

@@ -173,13 +173,20 @@ def _top_tags(index: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_near_ties_are_decoded_again_in_full(
-    tmp_path: Path, lite0: Classifier, weights_dir: Path, sample_paths: dict[str, Path]
+    tmp_path: Path,
+    lite0: Classifier,
+    weights_dir: Path,
+    sample_paths: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A near tie (margin under decode.refine_margin) gets exactly the full decode's tags.
 
     With the margin at 1, every draft-decoded photo is a near tie: the scan must then store what a
-    scan without draft decoding stores, image for image; at 0 nothing is decoded twice.
+    scan without draft decoding stores, image for image; at 0 nothing is decoded twice; and a
+    model unsure of everything gets at most a tenth of the photos (and one) decoded twice.
     """
+    from tagger import pipeline
+
     from tagger.config import load_config
     from tagger.pipeline import Tagger
     from tagger.store import Store
@@ -203,6 +210,9 @@ def test_near_ties_are_decoded_again_in_full(
                 tagger.close()
         return summary.refined, _top_tags(config.index)
 
+    capped, _ = scan("capped", {"draft": True, "refine_margin": 1.0})
+    assert capped == 1 + int(pipeline.REFINE_SHARE * len(photos))
+    monkeypatch.setattr(pipeline, "REFINE_SHARE", 1.0)
     refined_all, everything_refined = scan("all", {"draft": True, "refine_margin": 1.0})
     _, full = scan("full", {"draft": False})
     refined_none, draft_only = scan("none", {"draft": True, "refine_margin": 0})
