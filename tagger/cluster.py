@@ -67,6 +67,7 @@ class Cluster(Generic[Batch]):
         self._no_workers_since: float | None = None
         self._refused: set[str] = set()
         self._runner: LoopRunner | None = None
+        self._workers_checked = float("-inf")
 
     # -- connection ------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class Cluster(Generic[Batch]):
             return
         self._runner = runner
         self._checked.clear()
+        self._workers_checked = float("-inf")
         if self._down_reason is not None:
             log.warning("the scheduler %s is back: classifying on the cluster again", self.address)
         else:
@@ -117,8 +119,14 @@ class Cluster(Generic[Batch]):
         self._down_reason = None
 
     def _check_workers(self) -> bool:
-        """New workers are asked for their model; one with another model leaves (tagger.worker)."""
+        """New workers are asked for their model; one with another model leaves (tagger.worker).
+
+        Asking the scheduler is a round trip: done every POLL_SECONDS, not for every batch.
+        """
         assert self._client is not None
+        if self._down_reason is None and time.monotonic() - self._workers_checked < POLL_SECONDS:
+            return True
+        self._workers_checked = time.monotonic()
         try:
             workers = set(self._client.scheduler_info()["workers"])
             new = workers - self._checked

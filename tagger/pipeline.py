@@ -33,7 +33,7 @@ from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
 
 if TYPE_CHECKING:
-    from tagger.cluster import Cluster
+    from tagger.cluster import Cluster, JobSettings
     from tagger.worker import JobResult
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ class Tagger:
         self.keywording = Keywording(config, self.store, rules)
         self.keywording.check_settings()
         self.folders = Folders(config.folders)
+        if self.cluster is not None:  # batches sent from now on carry the new top_k and decode settings
+            self.cluster.settings = _job_settings(config, self.classifier)
 
     def close(self) -> None:
         if self.cluster is not None:
@@ -513,21 +515,20 @@ def _open_cluster(config: Config, classifier: Classifier) -> Cluster[list[_Read]
     if config.cluster.scheduler is None:
         return None
     try:
-        from tagger.cluster import Cluster, JobSettings
-        from tagger.worker import ModelIdentity
+        from tagger.cluster import Cluster
     except ImportError as exc:
         raise ConfigError(
             f"cluster.scheduler is set but Dask is not installed ({exc}): pip install 'tagger[cluster]'"
         ) from None
+    return Cluster(config.cluster, _job_settings(config, classifier))
 
-    settings = JobSettings(
-        ModelIdentity.of(classifier),
-        config.model.top_k,
-        config.decode.max_pixels,
-        config.decode.draft,
-        config.decode.refine_margin,
-    )
-    return Cluster(config.cluster, settings)
+
+def _job_settings(config: Config, classifier: Classifier) -> JobSettings:
+    from tagger.cluster import JobSettings
+    from tagger.worker import ModelIdentity
+
+    m, d = config.model, config.decode
+    return JobSettings(ModelIdentity.of(classifier), m.top_k, d.max_pixels, d.draft, d.refine_margin)
 
 
 def _bytes_held(ahead: deque[tuple[list[_InFlight], int]]) -> int:
