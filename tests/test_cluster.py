@@ -501,7 +501,7 @@ def test_tls_cluster_tags_and_refuses_strangers(
         ]
         for scheme, settings in strangers:
             address = local.address.replace("tls://", f"{scheme}://")
-            config = coordinator_config(write_config, address, connect_timeout=5, **settings)
+            config = coordinator_config(write_config, address, connect_timeout=2, **settings)
             result = subprocess.run([TAGGER, "--config", str(config), "scan"], capture_output=True, text=True,
                                     timeout=WAIT)
             assert result.returncode == 0, result.stderr
