@@ -199,7 +199,7 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
     from tagger.classify import Classifier
     from tagger.config import load_config
     from tagger.pipeline import Tagger
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = load_config(config_path)
     config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, scheduler=address))
@@ -225,7 +225,7 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
         writing[0] = 0.0
         for _ in range(rounds):
             fresh(lib)
-            with Store.open(cfg.index) as store:
+            with Index.open(cfg.index) as store:
                 tagger = Tagger(cfg, classifier, store)
                 assert tagger.cluster is not None
                 tagger.cluster.task = stub_classify
@@ -244,11 +244,11 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
 def index_growth(count: int) -> None:
     import numpy as np
 
-    from tagger.config import Config
-    from tagger.keywords import Keywording
+    from tagger.keywords import keyword_rows
     from tagger.labels import Tag, imagenet_classes
+    from tagger.rules import Rules
     from tagger.sidecar import ImageFacts
-    from tagger.store import Store
+    from tagger.index import Index
 
     rng = np.random.default_rng(1)
     classes = imagenet_classes()
@@ -256,9 +256,8 @@ def index_growth(count: int) -> None:
     draws = rng.permutation(1000)[rng.choice(1000, size=(count, 12), p=popularity / popularity.sum())]
     with tempfile.TemporaryDirectory(prefix="bench-index-") as folder:
         path = Path(folder) / "index.sqlite"
-        config = Config(folders=(), index=path, weights_dir=Path(folder))
-        with Store.open(path) as store:
-            keywording = Keywording(config, store)
+        rules = Rules.load(None)  # the shipped rules
+        with Index.open(path) as store:
             started = time.monotonic()
             for i in range(count):
                 chosen = list(dict.fromkeys(int(c) for c in draws[i]))[:5]
@@ -267,7 +266,7 @@ def index_growth(count: int) -> None:
                         for c, s in zip(chosen, scores)]
                 sha = os.urandom(32).hex()
                 facts = ImageFacts(sha, 3_000_000, 4000, 3000)
-                keywords = keywording.rows(sha, tags)
+                keywords = keyword_rows(rules, tags, 0.05, [])
                 with store.transaction():
                     store.save_image(facts, "efficientnet-lite0", "ab" * 32, tags)
                     store.save_keywords(sha, keywords)

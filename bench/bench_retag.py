@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_web import build_index  # noqa: E402
 
 from tagger.config import Config, ModelConfig, SidecarConfig  # noqa: E402
-from tagger import keywords  # noqa: E402
-from tagger.keywords import Keywording, RetagSummary, keyword_rows  # noqa: E402
+from tagger import retag  # noqa: E402
+from tagger.keywords import keyword_rows  # noqa: E402
+from tagger.retag import RetagSummary, Retagger  # noqa: E402
 from tagger.rules import DEFAULT_RULES  # noqa: E402
-from tagger.store import Store  # noqa: E402
+from tagger.index import Index  # noqa: E402
 
 EXTRA_RULES = {
     "one threshold": "  - {class: tabby, threshold: 0.4}\n",
@@ -52,10 +53,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-by-one baseline (minutes)")
-    parser.add_argument("--bulk-share", type=float, help="override tagger.keywords.BULK_SHARE (in place vs bulk)")
+    parser.add_argument("--bulk-share", type=float, help="override tagger.retag.BULK_SHARE (in place vs bulk)")
     args = parser.parse_args()
     if args.bulk_share is not None:
-        keywords.BULK_SHARE = args.bulk_share
+        retag.BULK_SHARE = args.bulk_share
     out = ROOT / "bench" / "out"
     source = out / f"web-{args.images}.sqlite"
     if not source.exists():
@@ -72,9 +73,9 @@ def main() -> int:
     )
     results: list[tuple[str, RetagSummary]] = []
 
-    def step(name: str, run: Callable[[Keywording], RetagSummary], current: Config = config) -> None:
-        with Store.open(index) as store:
-            summary = run(Keywording(current, store))
+    def step(name: str, run: Callable[[Retagger], RetagSummary], current: Config = config) -> None:
+        with Index.open(index) as store:
+            summary = run(Retagger(current, store))
         results.append((name, summary))
         print(f"  {name}: {summary.seconds:.1f} s, {summary.contents:,} looked at, {summary.changed:,} changed",
               file=sys.stderr)
@@ -99,10 +100,10 @@ def main() -> int:
     return 0
 
 
-def one_by_one(keywording: Keywording) -> RetagSummary:
+def one_by_one(keywording: Retagger) -> RetagSummary:
     """The old way: every content's raw tags through the rules in Python, replaced one by one."""
     started = time.monotonic()
-    store, summary, after = keywording.store, RetagSummary(), ""
+    store, summary, after = keywording.index, RetagSummary(), ""
     store.grow_cache(512 << 20)
     while contents := store.stored_contents(after, 5000):
         with store.transaction():

@@ -20,6 +20,7 @@ from tagger.cpu import cpu_info, int8_scheme
 from tagger.errors import ConfigError, DecodeError, DiskError, StoreError, TaggerError
 from tagger.fileio import json_text, shown
 from tagger.systemd import JournalFormatter, under_journal
+from tagger.terms import Action
 from tagger.weights import MODELS, candidate_paths, fetch, find_weights, locate, verify
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
     from tagger.classify import Classifier
     from tagger.indexlock import index_lock
     from tagger.pipeline import ScanSummary, Tagger
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = with_scheduler(ctx.config(), scheduler)
     roots = list(paths) or list(config.folders)
@@ -153,7 +154,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
     with index_lock(config.index, "scan"), _stop_signals() as stopped:
         classifier = Classifier.from_config(config)
         try:
-            with Store.open(config.index) as store, _progress() as on_progress:
+            with Index.open(config.index) as store, _progress() as on_progress:
                 tagger = Tagger(config, classifier, store)
                 try:
                     tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary)
@@ -308,6 +309,7 @@ def query(
     \b
     QUERY words (all must match; ^ negates tag: and folder:):
       dog  tag:"sports car"  猫     a keyword, category, alias, label, WordNet id or class number
+      class:tabby  class:281        a raw guess of the model (ImageNet label, WordNet id, number)
       score:0.6..  score:..0.3      score of the matching keywords
       folder:2024  folder:/srv/x    a folder name in the path, or an absolute folder
       added:-1w..  date:2023..2024-06   first seen by tagger / file modified
@@ -316,10 +318,10 @@ def query(
     import dataclasses
     import io
 
-    from tagger.keywords import UnknownTag, resolve_query
+    from tagger.searchterms import UnknownTag, resolve_query
     from tagger.querylang import QueryError, parse
     from tagger.rules import Rules
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = ctx.config(require_folders=False)
     rules = Rules.load(config.rules)
@@ -330,7 +332,7 @@ def query(
             tags=parsed.tags + tags,
             score_min=parsed.score_min if min_score is None else max(min_score, parsed.score_min or 0.0),
         )
-        store = Store.open(config.index, readonly=True) if config.index.exists() else None
+        store = Index.open(config.index, readonly=True) if config.index.exists() else None
         search = resolve_query(rules, parsed, store.has_term if store else lambda term: False)
     except (QueryError, UnknownTag) as exc:
         raise click.BadParameter(str(exc), param_hint="QUERY") from None
@@ -377,12 +379,12 @@ def retag(ctx: _Context, everything: bool) -> None:
     Only images with a raw tag that a changed rule or threshold touches are looked at, and
     only those whose keywords changed get their sidecars (JSON and XMP) rewritten.
     """
-    from tagger.keywords import Keywording
-    from tagger.store import Store
+    from tagger.index import Index
+    from tagger.retag import Retagger
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index) as store, _progress() as on_progress:
-        summary = Keywording(config, store).retag(everything=everything, on_progress=on_progress)
+    with Index.open(config.index) as store, _progress() as on_progress:
+        summary = Retagger(config, store).retag(everything=everything, on_progress=on_progress)
     click.echo(
         f"{summary.contents} images looked at: keywords changed for {summary.changed}, "
         f"{summary.sidecars} files' sidecars rewritten; {summary.seconds:.1f} s (no model run)"
@@ -394,7 +396,7 @@ def tag() -> None:
     """Correct an image's keywords; corrections survive re-tags, moves and a change of model."""
 
 
-def _correction_command(action: str, summary: str) -> None:
+def _correction_command(action: Action, summary: str) -> None:
     """`tagger tag add` and `tagger tag remove`: the same arguments, the opposite correction."""
 
     @tag.command(action, help=summary)
@@ -402,12 +404,13 @@ def _correction_command(action: str, summary: str) -> None:
     @click.argument("keywords", nargs=-1, required=True)
     @pass_ctx
     def correct(ctx: _Context, image: Path, keywords: tuple[str, ...]) -> None:
-        from tagger.keywords import Keywording
-        from tagger.store import Store
+        from tagger.corrections import correct as correct_image
+        from tagger.index import Index
+        from tagger.retag import Retagger
 
         config = ctx.config(require_folders=False)
-        with Store.open(config.index) as store:
-            _show_keywords(store, Keywording(config, store).correct(image.resolve(), keywords, action))
+        with Index.open(config.index) as store:
+            _show_keywords(store, correct_image(Retagger(config, store), image.resolve(), keywords, action))
 
 
 _correction_command("add", "Add KEYWORDS to IMAGE (and every copy of it) as your own.")
@@ -419,10 +422,10 @@ _correction_command("remove", "Remove KEYWORDS from IMAGE (and every copy of it)
 @pass_ctx
 def tag_show(ctx: _Context, image: Path) -> None:
     """Show IMAGE's keywords: the model's (after rules) and your own."""
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index, readonly=True) as store:
+    with Index.open(config.index, readonly=True) as store:
         record = store.file_record(str(image.resolve()))
         if record is None or record.sha256 is None:
             raise TaggerError(f"{image}: not a tagged image in the index (run `tagger scan` first)")
@@ -442,10 +445,10 @@ def _show_keywords(store: Any, sha256: str) -> None:
 @pass_ctx
 def stats(ctx: _Context) -> None:
     """Counts from the index: files, failures, models, most common tags."""
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index, readonly=True) as store:
+    with Index.open(config.index, readonly=True) as store:
         s = store.stats()
     click.echo(f"index: {config.index}")
     click.echo(f"files tagged: {s.files_tagged}")
@@ -546,7 +549,7 @@ def serve(ctx: _Context, host: str | None, port: int | None) -> None:
     """
     import dataclasses
 
-    from tagger.store import MIGRATIONS, Store
+    from tagger.index import LATEST, Index
     from tagger.web import create_app
     from tagger.web.guard import LOOPBACK_NAMES, WILDCARD_ADDRESSES
     from tagger.web.server import ViewerServer
@@ -555,10 +558,10 @@ def serve(ctx: _Context, host: str | None, port: int | None) -> None:
     web = dataclasses.replace(config.web, host=host or config.web.host, port=config.web.port if port is None else port)
     config = dataclasses.replace(config, web=web)
     if config.index.exists():
-        with Store.open(config.index, readonly=True) as current:
-            outdated = current.schema_version() < len(MIGRATIONS)
+        with Index.open(config.index, readonly=True) as current:
+            outdated = current.schema_version() < LATEST
         if outdated:
-            Store.open(config.index).close()  # applies the pending migrations; from then on only reads
+            Index.open(config.index).close()  # applies the pending migrations; from then on only reads
     else:
         log.warning("%s: no index yet: pages stay empty until `tagger scan` or `tagger run` makes it", config.index)
     if web.token is None and web.host not in LOOPBACK_NAMES:
@@ -588,10 +591,10 @@ def serve(ctx: _Context, host: str | None, port: int | None) -> None:
 @pass_ctx
 def failures(ctx: _Context) -> None:
     """List files that could not be tagged, with the reason."""
-    from tagger.store import Store
+    from tagger.index import Index
 
     config = ctx.config(require_folders=False)
-    with Store.open(config.index, readonly=True) as store:
+    with Index.open(config.index, readonly=True) as store:
         for f in store.failures():
             click.echo(f"{shown(f.path)}: {f.error}")
 

@@ -11,16 +11,20 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tagger.errors import ConfigError
 from tagger.fileio import DEFAULT_MAX_FILE_MB, MB
 from tagger.rules import Rules
+from tagger.weights import MODELS
 from tagger.yamlfile import read_yaml
-from tagger.xmp import XMP_STYLES
+from tagger.xmp import XmpStyle
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
-MODEL_NAMES = ("resnet18", "efficientnet-lite0")
+MODEL_NAMES = tuple(MODELS)
+Runtime = Literal["auto", "onnx", "torch"]  # auto: ONNX Runtime where installed
+Precision = Literal["fp32", "int8"]  # int8: ONNX Runtime only
+WatchMode = Literal["auto", "inotify", "polling"]  # auto: per folder, from its filesystem type
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,8 @@ class ModelConfig:
     top_k: int = 5
     min_score: float = 0.05
     batch_size: int = 2
-    runtime: str = "auto"  # auto (ONNX Runtime where installed), onnx or torch
-    precision: str = "fp32"  # fp32, or int8 (ONNX Runtime only; faster, but see README for its agreement)
+    runtime: Runtime = "auto"  # auto (ONNX Runtime where installed), onnx or torch
+    precision: Precision = "fp32"  # fp32, or int8 (ONNX Runtime only; faster, but see README for its agreement)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class XmpConfig:
     """XMP sidecars for digiKam, darktable, Lightroom and Immich (merged, never clobbered)."""
 
     enabled: bool = False
-    style: str = "append"  # append: IMG_1.jpg.xmp; replace: IMG_1.xmp
+    style: XmpStyle = "append"  # append: IMG_1.jpg.xmp; replace: IMG_1.xmp
     prefix: str = "auto/"  # machine keywords live under this tag
 
 
@@ -66,7 +70,7 @@ class XmpConfig:
 class WatchConfig:
     """How `tagger run` notices new files; seconds throughout."""
 
-    mode: str = "auto"  # auto (per folder, from its filesystem type), inotify or polling
+    mode: WatchMode = "auto"  # auto (per folder, from its filesystem type), inotify or polling
     polling_folders: tuple[str, ...] = ()  # always polled, whatever `mode` says
     poll_interval: float = 30.0
     stable_seconds: float = 1.0  # a file with no close event is tagged once unchanged this long
@@ -235,9 +239,9 @@ def _check_model(model: ModelConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'model.top_k' must be between 1 and 1000, not {model.top_k}")
     if not 0.0 <= model.min_score <= 1.0:
         raise ConfigError(f"{source}: key 'model.min_score' must be between 0 and 1, not {model.min_score}")
-    if model.runtime not in ("auto", "onnx", "torch"):
+    if model.runtime not in get_args(Runtime):
         raise ConfigError(f"{source}: key 'model.runtime' must be auto, onnx or torch, not {model.runtime!r}")
-    if model.precision not in ("fp32", "int8"):
+    if model.precision not in get_args(Precision):
         raise ConfigError(f"{source}: key 'model.precision' must be fp32 or int8, not {model.precision!r}")
     if model.precision == "int8" and model.runtime == "torch":
         raise ConfigError(
@@ -255,7 +259,7 @@ def _check_decode(decode: DecodeConfig, source: Path) -> None:
 
 
 def _check_watch(watch: WatchConfig, source: Path) -> None:
-    if watch.mode not in ("auto", "inotify", "polling"):
+    if watch.mode not in get_args(WatchMode):
         raise ConfigError(f"{source}: key 'watch.mode' must be auto, inotify or polling, not {watch.mode!r}")
     for key in ("poll_interval", "stable_seconds", "open_timeout", "delete_grace_seconds", "reconcile_interval"):
         if getattr(watch, key) < 0:
@@ -299,7 +303,7 @@ def _check_web(web: WebConfig, source: Path) -> None:
 
 
 def _check_xmp(xmp: XmpConfig, source: Path) -> None:
-    if xmp.style not in XMP_STYLES:
+    if xmp.style not in get_args(XmpStyle):
         raise ConfigError(
             f"{source}: key 'xmp.style' must be append (IMG_1.jpg.xmp) or replace (IMG_1.xmp), not {xmp.style!r}"
         )

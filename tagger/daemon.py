@@ -20,13 +20,12 @@ from types import FrameType
 from tagger import __version__
 from tagger.classify import Classifier
 from tagger.config import Config, load_config, with_scheduler
-from tagger.fileio import json_text, write_problem
+from tagger.fileio import json_text, write_atomic, write_problem
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.indexlock import IndexLocked, index_lock
 from tagger.pipeline import ScanSummary, Tagger
 from tagger.rules import Rules
-from tagger.sidecar import write_atomic
-from tagger.store import Store
+from tagger.index import Index
 from tagger.systemd import Notifier
 from tagger.watch import Watcher
 from tagger.workqueue import Work, WorkQueue
@@ -132,12 +131,12 @@ class Daemon:
         log.info("stopped: %s", self._status_line())
         return 0
 
-    def _open_store(self) -> Store | None:
+    def _open_store(self) -> Index | None:
         """The index, once its disk lets it open; None when stopped while waiting."""
         warned = False
         while True:
             try:
-                return Store.open(self.config.index)
+                return Index.open(self.config.index)
             except DiskError as exc:
                 if not warned:
                     log.error("%s; retrying every %.0f s", exc, DISK_RETRY_SECONDS)

@@ -34,9 +34,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # off so that a configured limit above Pillow's default is honoured.
 Image.MAX_IMAGE_PIXELS = None
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif"}
-)
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _WHITE = (255, 255, 255)
 # EXIF Orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
@@ -57,10 +54,6 @@ class DecodedImage:
     width: int  # as shown, after orientation
     height: int
     format: str
-
-
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def draft_size(spec: Preprocess, enabled: bool) -> int | None:

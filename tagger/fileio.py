@@ -12,6 +12,10 @@ devices, sparse files of gigabytes, names in Latin-1 from old shares. So:
   served, or refused everywhere.
 - At most `decode.max_file_mb` is read per file: checked from the size before reading,
   and enforced while reading (a file that grows, or a device, cannot get past it).
+- What counts as an image (`is_image_name`) and which folders are never entered
+  (`skipped_folder`: hidden ones and NAS, sync and filesystem bookkeeping) is decided
+  here, for the scan, the watcher and the viewer's folder list alike.
+- Files are written atomically (`write_atomic`), and times are written one way (`utc_text`).
 - Linux file names are bytes. Python holds an undecodable byte as a lone surrogate
   (surrogateescape); `os.fsencode` gives the bytes back. Text output escapes them
   (`json_text`, `shown`), byte output writes them as they are.
@@ -23,8 +27,10 @@ import json
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Iterable
-from pathlib import Path
+from datetime import datetime, timezone
+from pathlib import Path, PurePath
 from typing import Any
 
 from tagger.errors import DecodeError
@@ -33,6 +39,77 @@ READ_CHUNK = 1 << 20
 MB = 1024 * 1024
 _URL_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 DEFAULT_MAX_FILE_MB = 200  # a 100-megapixel camera JPEG or HEIC is 30-60 MB; big TIFFs and PNGs fit too
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif"}
+)
+# Folders that hold no photos of the user's: Synology thumbnails, Syncthing's bookkeeping and
+# old versions, Python caches, NAS recycle bins and snapshots, fsck's lost+found. Hidden
+# folders (a leading dot) are skipped too.
+SKIPPED_FOLDERS = frozenset(
+    {"@eaDir", ".stfolder", ".stversions", "__pycache__", "#recycle", "#snapshot", "lost+found"}
+)
+UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # to the second: text order is time order
+
+
+def is_image_name(path: PurePath) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def skipped_folder(name: str) -> bool:
+    """A folder that scan, watcher and viewer never enter: hidden, or bookkeeping (SKIPPED_FOLDERS)."""
+    return name.startswith(".") or name in SKIPPED_FOLDERS
+
+
+def in_skipped_folder(path: PurePath) -> bool:
+    """Some folder on the way to `path` (below the filesystem root) is skipped."""
+    return any(skipped_folder(part) for part in path.parts[1:-1])
+
+
+def utc_text(timestamp: float | None = None) -> str:
+    """A time as the index and sidecars write it (now, without `timestamp`)."""
+    when = datetime.now(timezone.utc) if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
+    return when.strftime(UTC_FORMAT)
+
+
+def mode_of(image: Path) -> int:
+    """A sidecar's permissions: its image's read and write bits, so that whoever may read the photo
+    may read its tags, whatever the writer's umask (the service runs with UMask=0027)."""
+    try:
+        return stat.S_IMODE(os.stat(image).st_mode) & 0o666
+    except OSError:
+        return 0o644
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Readers see the old file or the new one, never a mix, even after a crash: temp file in the
+    same folder, fsync, rename over the old one (sidecars, XMP, thumbnails, the daemon's status)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable; some filesystems refuse, which is harmless."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class Folders:

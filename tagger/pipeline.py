@@ -22,13 +22,14 @@ from tagger.classify import Classifier
 from tagger.labels import Tag
 from tagger.memory import return_big_buffers
 from tagger.config import Config
-from tagger.decode import DecodedArray, decode_array, draft_size, is_image_name
+from tagger.decode import DecodedArray, decode_array, draft_size
 from tagger.errors import ConfigError, DecodeError, DiskError
-from tagger.fileio import Folders, read_limited
-from tagger.keywords import Keywording
+from tagger.fileio import Folders, is_image_name, read_limited, skipped_folder
+from tagger.keywords import keyword_rows
+from tagger.retag import Retagger
 from tagger.rules import Rules
 from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
-from tagger.store import Store
+from tagger.index import Index
 from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
 
@@ -42,9 +43,6 @@ log = logging.getLogger(__name__)
 # a dozen camera JPEGs, not a dozen 200 MB files.
 AHEAD_BYTES = 64 * 1024 * 1024
 REFINE_SHARE = 0.1  # of the photos classified, at most this share is decoded again in full
-
-SKIPPED_DIRS = frozenset({"@eaDir", ".stfolder", ".stversions", "__pycache__"})
-
 
 @dataclass
 class ScanSummary:
@@ -103,7 +101,7 @@ class _Pending:
 
 
 def iter_images(root: Path) -> Iterator[Path]:
-    """Names of images under `root`, sorted, skipping hidden and NAS/sync bookkeeping folders.
+    """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
 
     Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
     it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
@@ -113,7 +111,7 @@ def iter_images(root: Path) -> Iterator[Path]:
         yield root
         return
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+        dirs[:] = sorted(d for d in dirs if not skipped_folder(d))
         for name in sorted(files):
             path = Path(folder, name)
             if not name.startswith(".") and is_image_name(path) and not is_sidecar(path):
@@ -123,12 +121,12 @@ def iter_images(root: Path) -> Iterator[Path]:
 class Tagger:
     """One classifier and one index; `scan` tags everything under some folders."""
 
-    def __init__(self, config: Config, classifier: Classifier, store: Store, rules: Rules | None = None) -> None:
+    def __init__(self, config: Config, classifier: Classifier, store: Index, rules: Rules | None = None) -> None:
         self.config = config
         self.classifier = classifier
         self.store = store
-        self.keywording = Keywording(config, store, rules)
-        self.keywording.check_settings()
+        self.retagger = Retagger(config, store, rules)
+        self.retagger.check_settings()
         self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
         return_big_buffers()  # decoded photos are big and short-lived: see tagger/memory.py
@@ -143,8 +141,8 @@ class Tagger:
     def reconfigure(self, config: Config, rules: Rules) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
         self.config = config
-        self.keywording = Keywording(config, self.store, rules)
-        self.keywording.check_settings()
+        self.retagger = Retagger(config, self.store, rules)
+        self.retagger.check_settings()
         self.folders = Folders(config.folders)
         if self.cluster is not None:  # batches sent from now on carry the new top_k and decode settings
             self.cluster.settings = _job_settings(config, self.classifier)
@@ -172,6 +170,9 @@ class Tagger:
         """
         started = time.monotonic()
         summary = summary if summary is not None else ScanSummary()
+        caught_up = self.retagger.catch_up()  # sidecars an interrupted retag still owed
+        if caught_up:
+            log.info("rewrote the sidecars of %d files that an interrupted retag left", caught_up)
         roots = [r.resolve() for r in roots]
         self.folders = Folders([*self.config.folders, *roots])
         found = [p for root in roots for p in iter_images(root)]
@@ -458,7 +459,7 @@ class Tagger:
         if new.exists():
             record = self.store.file_record(str(src))
             if record is not None and record.sha256 is not None:
-                self.keywording.write_xmp(dst, self.store.keywords(record.sha256))
+                self.retagger.sidecars.write_xmp(dst, self.store.keywords(record.sha256))
             return
         try:
             os.replace(old, new)
@@ -479,8 +480,9 @@ class Tagger:
         Keywords are the rules applied to the raw tags, then the user's corrections of this content.
         False when a sidecar could not be written (the reason is kept in the index).
         """
-        keywords = self.keywording.rows(facts.sha256, tags)
-        sidecar, note = self.keywording.write_sidecars(
+        rules, min_score = self.retagger.rules, self.config.model.min_score
+        keywords = keyword_rows(rules, tags, min_score, self.store.corrections(facts.sha256))
+        sidecar, note = self.retagger.sidecars.write(
             path, facts, self.classifier.name, weights_sha256, tags, keywords
         )
         try:

@@ -5,7 +5,10 @@
 - A bare word or `tag:WORD` is a tag: an English or Chinese label, a keyword from the
   rules (`cat`, `猫`, `animal`), an alias, a WordNet id or a class number. Quote words
   with spaces: `tag:"sports car"`. Several tags must all match.
-- `^` before any term negates it: `^tag:cat`, `^猫`, `^folder:tmp`.
+- `class:WORD` is one of the model's raw guesses (an ImageNet class, by English or Chinese
+  label, WordNet id or number), whatever the rules and corrections made of it:
+  `class:tabby`, `class:n02123045`, `class:281`. It is how the image page's raw guesses link.
+- `^` before a tag or folder term negates it: `^tag:cat`, `^猫`, `^folder:tmp`.
 - `score:LO..HI` bounds the score of the matching tags (`score:0.6..`, `score:..0.3`,
   `score:0.5` means at least 0.5).
 - `folder:NAME` keeps files with a folder of that name in their path (`folder:2024`);
@@ -25,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from tagger.errors import TaggerError
 from tagger.inputs import InputError, score
 
-FIELDS = ("tag", "score", "folder", "added", "date")
+FIELDS = ("tag", "class", "score", "folder", "added", "date")
 _RELATIVE = re.compile(r"-([0-9]{1,7})([dwmy])")
 _ABSOLUTE = re.compile(r"([0-9]{4})(?:-([0-9]{1,2})(?:-([0-9]{1,2}))?)?")
 _DATE_HINT = "dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
@@ -51,6 +54,7 @@ class TimeRange:
 class Query:
     tags: tuple[str, ...] = ()
     not_tags: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # class: words, each naming raw guesses
     score_min: float | None = None
     score_max: float | None = None
     folders: tuple[str, ...] = ()
@@ -73,6 +77,7 @@ def parse(text: str, now: datetime | None = None) -> Query:
         raise QueryError(f"cannot read query {text!r}: {exc}") from None
     tags: list[str] = []
     not_tags: list[str] = []
+    classes: list[str] = []
     folders: list[str] = []
     not_folders: list[str] = []
     score_min = score_max = None
@@ -89,6 +94,8 @@ def parse(text: str, now: datetime | None = None) -> Query:
             (not_tags if negated else tags).append(value)
         elif name == "folder":
             (not_folders if negated else folders).append(value)
+        elif name == "class" and not negated:
+            classes.append(value)
         elif negated:
             raise QueryError(f"{word!r}: only tag: and folder: terms can be negated with ^")
         elif name == "score":
@@ -100,7 +107,8 @@ def parse(text: str, now: datetime | None = None) -> Query:
             else:
                 date = when
     return Query(
-        tuple(tags), tuple(not_tags), score_min, score_max, tuple(folders), tuple(not_folders), added, date, text
+        tuple(tags), tuple(not_tags), tuple(classes), score_min, score_max, tuple(folders), tuple(not_folders),
+        added, date, text,
     )
 
 

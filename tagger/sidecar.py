@@ -6,17 +6,13 @@ half-written: temp file in the same folder, fsync, rename over the old one.
 from __future__ import annotations
 
 import json
-import os
-import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tagger import __version__
-from tagger.fileio import json_text
+from tagger.fileio import json_text, mode_of, utc_text, write_atomic
 from tagger.labels import Tag
 
 SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
@@ -61,35 +57,10 @@ def sidecar_document(
             "height": facts.height,
         },
         "model": {"name": model, "weights_sha256": weights_sha256},
-        "tagged_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tagged_at": utc_text(),
         "tags": [t.as_dict() for t in tags],
         "keywords": list(keywords),
     }
-
-
-def mode_of(image: Path) -> int:
-    """A sidecar's permissions: its image's read and write bits, so that whoever may read the photo
-    may read its tags, whatever the writer's umask (the service runs with UMask=0027)."""
-    try:
-        return stat.S_IMODE(os.stat(image).st_mode) & 0o666
-    except OSError:
-        return 0o644
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Readers see the old file or the new one, never a mix, even after a crash."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
 
 
 def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
@@ -114,17 +85,3 @@ def remove_own_sidecar(image: Path) -> bool:
         return False
     sidecar_path(image).unlink(missing_ok=True)
     return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; some filesystems refuse, which is harmless."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -30,7 +30,7 @@ from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from tagger.config import WatchConfig
-from tagger.decode import is_image_name
+from tagger.fileio import in_skipped_folder, is_image_name, skipped_folder
 from tagger.sidecar import is_sidecar
 from tagger.workqueue import WorkQueue
 
@@ -44,19 +44,18 @@ NETWORK_FILESYSTEMS = frozenset(
     }
 )
 TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".temp", "~", ".swp")
-IGNORED_DIRS = frozenset({"@eaDir", "#recycle", "#snapshot", "lost+found"})
 
 
 def is_candidate(path: Path) -> bool:
     """An image file we should tag: not hidden, temporary, NAS bookkeeping or our own sidecar."""
-    if any(part.startswith(".") or part in IGNORED_DIRS for part in path.parts[1:]):
-        return False  # dot-files and rsync's .name.a1B2c3 temporaries, .stfolder, .stversions, @eaDir ...
+    if in_skipped_folder(path) or path.name.startswith("."):
+        return False  # dot-files and rsync's .name.a1B2c3 temporaries; .stfolder, @eaDir, #recycle ...
     name = path.name.lower()
     return not name.endswith(TEMP_SUFFIXES) and not is_sidecar(path) and is_image_name(path)
 
 
 def is_candidate_dir(path: Path) -> bool:
-    return not any(part.startswith(".") or part in IGNORED_DIRS for part in path.parts[1:])
+    return not any(skipped_folder(part) for part in path.parts[1:])
 
 
 def filesystem_type(folder: Path, mounts: str | None = None) -> str:

@@ -34,16 +34,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeGuard, TypeVar, cast
+from typing import Literal, TypeGuard, TypeVar, cast, get_args
 from xml.dom.minidom import Comment, Document, Element, Node, ProcessingInstruction, Text
 from xml.parsers.expat import ExpatError
 
 import defusedxml.minidom
 
 from tagger.errors import TaggerError
-from tagger.sidecar import mode_of, write_atomic
+from tagger.fileio import mode_of, write_atomic
 
-XMP_STYLES = ("append", "replace")  # IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One)
+XmpStyle = Literal["append", "replace"]  # IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One)
+XMP_STYLES: tuple[XmpStyle, ...] = get_args(XmpStyle)
 
 X_NS = "adobe:ns:meta/"
 RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"

@@ -93,6 +93,10 @@ def test_query_formats(runner: CliRunner, tagged: Path, tmp_path: Path) -> None:
     assert none.exit_code == 0 and none.stdout == ""
     limited = runner.invoke(cli, [*base, "--limit", "2"]).stdout.split()
     assert len(limited) == 2
+    raw = runner.invoke(cli, [*base, "class:n07920052"]).stdout.split()  # the raw guess, as the viewer links it
+    assert [Path(p).name for p in raw] == ["coffee.jpg"]
+    unknown = runner.invoke(cli, [*base, "class:espreso"])
+    assert unknown.exit_code == 2 and "no ImageNet class matches 'espreso'" in unknown.stderr
 
 
 def test_stats_and_failures(runner: CliRunner, tagged: Path) -> None:

@@ -26,7 +26,7 @@ from tagger.classify import Classifier
 from tagger.config import ClusterConfig, load_config
 from tagger.errors import ConfigError
 from tagger.pipeline import ScanSummary, Tagger
-from tagger.store import Store
+from tagger.index import Index
 
 BIN = Path(sys.executable).parent
 TAGGER, DASK = str(BIN / "tagger"), str(BIN / "dask")
@@ -184,7 +184,7 @@ def top1(index: Path) -> dict[str, str]:
 
 def scan(config: Path, classifier: Classifier, *, tagger_out: list[Tagger] | None = None, **kwargs: Any) -> ScanSummary:
     cfg = load_config(config)
-    with Store.open(cfg.index) as store:
+    with Index.open(cfg.index) as store:
         tagger = Tagger(cfg, classifier, store)
         try:
             return tagger.scan(list(cfg.folders), **kwargs)
@@ -373,7 +373,7 @@ def test_scheduler_gone_carries_on_here_then_uses_the_cluster_once_it_is_back(
         if cluster.scheduler is not None and cluster.scheduler.poll() is None:
             cluster.kill_scheduler()
 
-    with caplog.at_level(logging.INFO, logger="tagger"), Store.open(config.index) as store:
+    with caplog.at_level(logging.INFO, logger="tagger"), Index.open(config.index) as store:
         tagger = Tagger(config, lite0, store)
         try:
             first = tagger.scan([lib], on_progress=kill_the_scheduler)

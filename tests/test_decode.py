@@ -20,12 +20,12 @@ from tagger.decode import (
     HEIF_SUPPORTED,
     DecodedImage,
     decode_bytes,
-    is_image_name,
     open_rgb,
     preprocess,
     read_bytes,
 )
 from tagger.errors import DecodeError
+from tagger.fileio import is_image_name
 from tagger.weights import IMAGENET_PREPROCESS, LITE_PREPROCESS, Preprocess
 
 LIMIT = 100_000_000

@@ -25,14 +25,14 @@ import yaml
 from click.testing import CliRunner
 
 from tagger import daemon as daemon_module
-from tagger import sidecar as sidecar_module
+from tagger import fileio as fileio_module
 from tagger.classify import Classifier
 from tagger.cli import cli
 from tagger.config import load_config
 from tagger.errors import ConfigError
 from tagger.indexlock import index_lock
 from tagger.sidecar import sidecar_path
-from tagger.store import Store
+from tagger.index import Index
 from tagger.web import create_app
 
 from conftest import CountingClassifier
@@ -82,13 +82,13 @@ REFUSED = {
 def index_rows(index: Path) -> dict[str, tuple[str, str | None]]:
     """path -> (status, error), through the index's own read-only connection."""
     try:
-        with Store.open(index, readonly=True) as store:
+        with Index.open(index, readonly=True) as store:
             return {f.path: (f.status, f.error) for f in _all_files(store)}
     except Exception:  # noqa: BLE001 - not created yet
         return {}
 
 
-def _all_files(store: Store) -> list[Any]:
+def _all_files(store: Index) -> list[Any]:
     found = []
     for path in store.paths_under("/"):
         record = store.file_record(path)
@@ -239,16 +239,16 @@ def test_scan_stops_on_a_signal_after_the_batch_with_a_summary(
 
 def _disk_full_on_save(monkeypatch: pytest.MonkeyPatch, full: list[bool]) -> None:
     """Writes of file rows fail as SQLite fails them when the disk is full, while full[0] is True."""
-    real = Store.save_file
+    real = Index.save_file
 
-    def save_file(self: Store, *args: Any, **kwargs: Any) -> None:
+    def save_file(self: Index, *args: Any, **kwargs: Any) -> None:
         if full[0]:
             error = sqlite3.OperationalError("database or disk is full")
             error.sqlite_errorcode = 13  # type: ignore[attr-defined]
             raise error
         real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "save_file", save_file)
+    monkeypatch.setattr(Index, "save_file", save_file)
 
 
 def test_scan_on_a_full_disk_is_one_clear_error_and_the_next_scan_finishes(
@@ -379,7 +379,7 @@ def test_a_full_disk_for_a_sidecar_is_noted_and_leaves_no_temp_file(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(sidecar_module.os, "fsync", no_space)
+    monkeypatch.setattr(fileio_module.os, "fsync", no_space)
     result = CliRunner().invoke(cli, ["--config", str(write_config()), "scan"])
     assert result.exit_code == 0
     status, error = index_rows(tmp_path / "index.sqlite")[str(lib / "a.jpg")]

@@ -20,11 +20,14 @@ from flask.testing import FlaskClient
 
 from tagger.cli import cli
 from tagger.config import Config, ModelConfig, SidecarConfig, load_config
-from tagger.keywords import Keywording, keyword_rows
+from tagger.keywords import keyword_rows
+from tagger.retag import Retagger
+from tagger.sidecars import SidecarWriter
 from tagger.labels import Tag, imagenet_classes
 from tagger.pipeline import Tagger
 from tagger.sidecar import ImageFacts, read_sidecar
-from tagger.store import MIGRATIONS, KeywordRow, Search, Store
+from tagger.index import MIGRATIONS, Index
+from tagger.terms import KeywordRow, Search
 from tagger.watch import is_candidate
 from tagger.xmp import read_keywords
 
@@ -46,7 +49,7 @@ def library(tmp_path: Path, sample_jpegs: list[Path]) -> Path:
 def daemon_tagger(config_path: Path, classifier: Any) -> Iterator[Tagger]:
     """A Tagger as the daemon holds one: for moves and deletes."""
     config = load_config(config_path)
-    with Store.open(config.index) as store:
+    with Index.open(config.index) as store:
         tagger = Tagger(config, classifier, store)
         try:
             yield tagger
@@ -57,7 +60,7 @@ def daemon_tagger(config_path: Path, classifier: Any) -> Iterator[Tagger]:
 def stored_keywords(config_path: Path, image: Path) -> dict[str, tuple[str, str]]:
     """keyword -> (path, source) from the index."""
     config = load_config(config_path)
-    with Store.open(config.index, readonly=True) as store:
+    with Index.open(config.index, readonly=True) as store:
         record = store.file_record(str(image))
         assert record is not None and record.sha256 is not None
         return {k.keyword: (k.path, k.source) for k in store.keywords(record.sha256)}
@@ -218,13 +221,13 @@ def test_query_language_through_the_cli(
 
 def test_added_at_is_kept_when_a_file_is_recorded_again(tmp_path: Path) -> None:
     index = tmp_path / "old.sqlite"
-    with Store.open(index) as store, store.transaction():
+    with Index.open(index) as store, store.transaction():
         store.save_failure("/x/a.jpg", None, 1, 1, "bad")
     conn = sqlite3.connect(index)
     (added,) = conn.execute("SELECT added_at FROM files").fetchone()
     conn.close()
     assert added is not None
-    with Store.open(index) as store:
+    with Index.open(index) as store:
         with store.transaction():
             store.save_failure("/x/a.jpg", None, 2, 2, "still bad")
         assert store.conn.execute("SELECT added_at FROM files").fetchone()[0] == added
@@ -236,9 +239,9 @@ def test_keywording_retag_counts(
     config_path = write_config()
     scan(config_path, counting)
     config = load_config(config_path)
-    with Store.open(config.index) as store:
-        unchanged = Keywording(config, store).retag()
-        rebuilt = Keywording(config, store).retag(everything=True)
+    with Index.open(config.index) as store:
+        unchanged = Retagger(config, store).retag()
+        rebuilt = Retagger(config, store).retag(everything=True)
     assert (unchanged.contents, unchanged.changed, unchanged.sidecars) == (0, 0, 0)
     assert (rebuilt.contents, rebuilt.changed, rebuilt.sidecars) == (6, 0, 0)
 
@@ -246,13 +249,13 @@ def test_keywording_retag_counts(
 def test_migration_fills_added_at_of_existing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     index = tmp_path / "old.sqlite"
     with monkeypatch.context() as patch:
-        patch.setattr("tagger.store.MIGRATIONS", MIGRATIONS[:4])
-        with Store.open(index) as store, store.transaction():
+        patch.setattr("tagger.index.db.MIGRATIONS", MIGRATIONS[:4])
+        with Index.open(index) as store, store.transaction():
             store.conn.execute(
                 """INSERT INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at)
                    VALUES ('/x/a.jpg', NULL, 1, 1, 'failed', 'bad', NULL, '2020-01-02T03:04:05Z')"""
             )
-    with Store.open(index) as store:
+    with Index.open(index) as store:
         assert store.schema_version() == len(MIGRATIONS)
         assert store.conn.execute("SELECT added_at FROM files").fetchone()[0] == "2020-01-02T03:04:05Z"
 
@@ -332,6 +335,37 @@ def test_viewer_corrections_rewrite_index_and_sidecars(viewer_app: Flask, librar
     assert bad.status_code == 400 and "no-such-thing-xyz" in bad.json["error"]
 
 
+def test_viewer_writes_through_one_connection(
+    viewer_app: Flask, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Corrections share the viewer's one write connection: no writable index (and migration
+    check) per request."""
+    opened: list[bool] = []
+    real_open = Index.open.__func__  # type: ignore[attr-defined]
+
+    def counting_open(cls: type[Index], path: Path, *, readonly: bool = False) -> Index:
+        opened.append(readonly)
+        return real_open(cls, path, readonly=readonly)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Index, "open", classmethod(counting_open))
+    client = signed_in(viewer_app)
+    raw = str(library / "chelsea.jpg").lstrip("/")
+    for word in ("one", "two", "three"):
+        answer = client.post(
+            f"/api/images/{raw}/keywords", json={"add": [word]}, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert answer.status_code == 200
+    assert opened.count(False) == 1
+    assert {"one", "two", "three"} <= set(stored_keywords_of(viewer_app, library / "chelsea.jpg"))
+
+
+def stored_keywords_of(app: Flask, image: Path) -> list[str]:
+    with Index.open(app.extensions["tagger"].config.index, readonly=True) as store:
+        record = store.file_record(str(image))
+        assert record is not None and record.sha256 is not None
+        return [k.keyword for k in store.keywords(record.sha256)]
+
+
 def test_viewer_corrections_refuse_strangers_and_other_sites(viewer_app: Flask, library: Path) -> None:
     raw = str(library / "chelsea.jpg").lstrip("/")
     stranger = viewer_app.test_client()
@@ -366,12 +400,12 @@ def test_retag_after_any_change_equals_tagging_from_scratch(
 ) -> None:
     """Whatever the path (bulk SQL or content by content, only the touched contents), the
     stored keywords and search terms are what the rules make of the raw tags from scratch."""
-    monkeypatch.setattr("tagger.keywords.BULK_SHARE", bulk_share)
+    monkeypatch.setattr("tagger.retag.BULK_SHARE", bulk_share)
     rng = random.Random(7)
     classes = imagenet_classes()
     pool = [281, 282, 283, 284, 285, 151, 162, 207, 208, 967, 504, 817]  # cats, dogs, espresso, cup, car
     rules_file = tmp_path / "rules.yaml"
-    store = Store.open(tmp_path / "index.sqlite")
+    store = Index.open(tmp_path / "index.sqlite")
     with store.transaction():
         for n in range(300):
             scores = sorted((rng.random() for _ in range(5)), reverse=True)
@@ -388,7 +422,7 @@ def test_retag_after_any_change_equals_tagging_from_scratch(
                 folders=(), index=tmp_path / "index.sqlite", weights_dir=tmp_path, rules=rules_file,
                 model=ModelConfig(min_score=min_score), sidecar=SidecarConfig(enabled=False),
             )
-            keywording = Keywording(config, store)
+            keywording = Retagger(config, store)
             keywording.retag()
             for content in store.stored_contents("", 1000):
                 expected = keyword_rows(keywording.rules, content.tags, min_score, content.corrections)
@@ -401,22 +435,22 @@ def test_retag_after_any_change_equals_tagging_from_scratch(
 
 
 def test_retag_looks_only_at_contents_a_changed_rule_touches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tagger.keywords.BULK_SHARE", 0.5)  # a quarter of this small index is "few"
+    monkeypatch.setattr("tagger.retag.BULK_SHARE", 0.5)  # a quarter of this small index is "few"
     classes = imagenet_classes()
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text("rules: [{class: tabby, threshold: 0.3}]\n", encoding="utf-8")
     config = Config(folders=(), index=tmp_path / "i.sqlite", weights_dir=tmp_path, rules=rules_file,
                     sidecar=SidecarConfig(enabled=False))
-    with Store.open(config.index) as store:
+    with Index.open(config.index) as store:
         with store.transaction():
             for n, (class_id, score) in enumerate([(281, 0.35), (281, 0.5), (281, 0.1), (967, 0.9)] * 25):
                 c = classes[class_id]
                 tag = Tag(class_id, c.wnid, c.label, c.label_zh, score)
                 store.save_image(ImageFacts(f"{n:064x}", 1, 1, 1), "m", "w", [tag])
-        assert Keywording(config, store).retag().contents == 100  # no stored table yet: everything
-        assert Keywording(config, store).retag().contents == 0
+        assert Retagger(config, store).retag().contents == 100  # no stored table yet: everything
+        assert Retagger(config, store).retag().contents == 0
         rules_file.write_text("rules: [{class: tabby, threshold: 0.4}]\n", encoding="utf-8")
-        summary = Keywording(config, store).retag()
+        summary = Retagger(config, store).retag()
         assert (summary.contents, summary.changed) == (25, 25)  # only the tabbies scored 0.3-0.4
         assert store.conn.execute("SELECT COUNT(*) FROM keywords WHERE keyword = 'tabby'").fetchone()[0] == 25
 
@@ -437,7 +471,7 @@ def test_search_pages_walk_every_match_once_in_order(tmp_path: Path, search: Sea
     content above the cursor included."""
     rng = random.Random(3)
     c = imagenet_classes()[281]
-    with Store.open(tmp_path / "index.sqlite") as store:
+    with Index.open(tmp_path / "index.sqlite") as store:
         with store.transaction():
             for n in range(120):
                 sha = f"{n:064x}"
@@ -509,12 +543,42 @@ def test_a_retag_stopped_before_its_sidecars_is_caught_up_by_the_next(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(Keywording, "write_sidecars", crash)
-        with pytest.raises(KeyboardInterrupt), Store.open(load_config(config).index) as store:
-            Keywording(load_config(config), store).retag()
+        patch.setattr(SidecarWriter, "write", crash)
+        with pytest.raises(KeyboardInterrupt), Index.open(load_config(config).index) as store:
+            Retagger(load_config(config), store).retag()
     assert "kitty" in stored_keywords(config, cat) and "cat" in sidecar_keywords(cat)  # the crash left them apart
     result = tagger_cli(config, "retag")
     assert "0 images looked at" in result.stdout and "1 files' sidecars rewritten" in result.stdout
     assert "kitty" in sidecar_keywords(cat) and "cat" not in sidecar_keywords(cat)
     assert "auto/kitty" in read_keywords(cat)["digikam"]
+    assert "0 files' sidecars rewritten" in tagger_cli(config, "retag").stdout
+
+
+def test_a_correction_rewrites_only_its_own_images_sidecars(
+    library: Path, tmp_path: Path, write_config: Callable[..., Path], counting: CountingClassifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bug: a correction after an interrupted retag rewrote every pending sidecar (thousands of
+    files inside one viewer request). It writes its own image's files; scan catches up the rest."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: [{subtree: domestic cat, rename: cat}]\n", encoding="utf-8")
+    config = write_config(rules=str(rules))
+    scan(config, counting)
+    cat, coffee = library / "chelsea.jpg", library / "2024" / "coffee.jpg"
+    rules.write_text("rules: [{subtree: domestic cat, rename: kitty}]\n", encoding="utf-8")
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SidecarWriter, "write", crash)
+        with pytest.raises(KeyboardInterrupt), Index.open(load_config(config).index) as store:
+            Retagger(load_config(config), store).retag()
+    before = cat.with_name(cat.name + ".tags.json").stat().st_mtime_ns
+    assert tagger_cli(config, "tag", "add", str(coffee), "morning").exit_code == 0
+    assert sidecar_keywords(coffee)["morning"] == "user"
+    assert "cat" in sidecar_keywords(cat)  # still pending: not this correction's file
+    assert cat.with_name(cat.name + ".tags.json").stat().st_mtime_ns == before
+    scan(config, counting)  # a scan (and the daemon, which scans at start) catches up
+    assert "kitty" in sidecar_keywords(cat) and "cat" not in sidecar_keywords(cat)
     assert "0 files' sidecars rewritten" in tagger_cli(config, "retag").stdout

@@ -68,6 +68,13 @@ def test_negated_folder() -> None:
     assert q.not_folders == ("tmp",) and q.folders == ("/srv/photos",)
 
 
+def test_class_terms_name_raw_guesses() -> None:
+    q = parse('class:tabby class:"tiger cat" cat', NOW)
+    assert q.classes == ("tabby", "tiger cat") and q.tags == ("cat",)
+    with pytest.raises(QueryError, match="negated"):
+        parse("^class:tabby", NOW)
+
+
 def test_empty_query() -> None:
     assert parse("", NOW).empty and parse("   ", NOW) == Query()
 

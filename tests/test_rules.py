@@ -10,7 +10,7 @@ from tagger.errors import ConfigError
 from tagger.keywords import changed_bands, class_keywords
 from tagger.labels import Tag, imagenet_classes
 from tagger.rules import DEFAULT_RULES, Keyword, Rules, wordnet
-from tagger.store import ClassKeyword
+from tagger.terms import ClassKeyword
 
 ROOT = Path(__file__).resolve().parent.parent
 DOGS = range(151, 269)

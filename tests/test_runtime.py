@@ -189,7 +189,7 @@ def test_near_ties_are_decoded_again_in_full(
 
     from tagger.config import load_config
     from tagger.pipeline import Tagger
-    from tagger.store import Store
+    from tagger.index import Index
 
     library = tmp_path / "lib"
     photos = _camera_library(library, sample_paths)
@@ -202,7 +202,7 @@ def test_near_ties_are_decoded_again_in_full(
             f"decode: {decode}\n".replace("'", "")
         )
         config = load_config(config_path)
-        with Store.open(config.index) as store:
+        with Index.open(config.index) as store:
             tagger = Tagger(config, lite0, store)
             try:
                 summary = tagger.scan(list(config.folders))

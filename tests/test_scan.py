@@ -12,7 +12,7 @@ import pytest
 from tagger.config import load_config
 from tagger.pipeline import ScanSummary, Tagger
 from tagger.sidecar import read_sidecar, sidecar_path
-from tagger.store import MIGRATIONS, Store
+from tagger.index import MIGRATIONS, Index
 
 from conftest import CountingClassifier
 
@@ -32,12 +32,33 @@ def library(tmp_path: Path, sample_jpegs: list[Path]) -> Path:
 
 def scan(config_path: Path, classifier: Any, roots: list[Path] | None = None) -> ScanSummary:
     config = load_config(config_path)
-    with Store.open(config.index) as store:
+    with Index.open(config.index) as store:
         tagger = Tagger(config, classifier, store)
         try:
             return tagger.scan(roots or list(config.folders))
         finally:
             tagger.close()
+
+
+def test_scan_skips_the_folders_the_watcher_skips(
+    tmp_path: Path, write_config: Callable[..., Path], counting: CountingClassifier, sample_jpegs: list[Path]
+) -> None:
+    """Bug: `tagger scan` tagged NAS recycle bins, snapshots and lost+found, which the watcher ignores."""
+    from tagger.fileio import SKIPPED_FOLDERS
+    from tagger.watch import is_candidate
+
+    library = tmp_path / "library"
+    skipped = ["#recycle", "#snapshot", "lost+found", "@eaDir", ".stfolder", ".stversions", "__pycache__", ".hidden"]
+    for folder in ["kept", *skipped]:
+        (library / folder).mkdir(parents=True)
+        shutil.copy(sample_jpegs[0], library / folder / "photo.jpg")
+    assert {f for f in skipped if not f.startswith(".")} | {".stfolder", ".stversions"} <= SKIPPED_FOLDERS
+    config = write_config()
+    summary = scan(config, counting)
+    assert summary.files == 1
+    assert rows(load_config(config).index, "SELECT path FROM files") == [(str(library / "kept" / "photo.jpg"),)]
+    for folder in skipped:
+        assert not is_candidate(library / folder / "photo.jpg")
 
 
 def rows(index: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tagger.store import Store
+from tagger.index import Index
 
 TAGGER = str(Path(sys.executable).parent / "tagger")
 SLOW_CLIENTS = 150
@@ -37,7 +37,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         library = tmp_path / "library"
         library.mkdir(exist_ok=True)
         index = tmp_path / "index.sqlite"
-        Store.open(index).close()
+        Index.open(index).close()
         config = tmp_path / "tagger.yaml"
         settings = {"port": 0, "max_upload_mb": 1, **web}
         config.write_text(yaml.safe_dump({"folders": [str(library)], "index": str(index), "web": settings}))

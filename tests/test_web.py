@@ -12,6 +12,7 @@ import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, unquote
 from typing import Any
 
 import pytest
@@ -22,13 +23,13 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
-from tagger import store as store_module
+from tagger.index import search as search_module
 from tagger.classify import Classifier
 from tagger.config import Config, load_config
 from tagger.labels import Tag
 from tagger.pipeline import Tagger
 from tagger.sidecar import ImageFacts
-from tagger.store import Listing, Store
+from tagger.index import Listing, Index
 from tagger.web import create_app
 
 XSS_PATH = "<script>alert(1)</script>.jpg"  # a folder "<script>alert(1)<" holding "script>.jpg"
@@ -82,7 +83,7 @@ def scanned_config(library: Path, classifier: Classifier, weights_dir: Path, **s
     data = {"folders": [str(library)], "index": str(library.parent / "index.sqlite"), "weights_dir": str(weights_dir)}
     config_file.write_text(yaml.safe_dump({**data, "model": model, **sections}))
     config = load_config(config_file)
-    with Store.open(config.index) as store:
+    with Index.open(config.index) as store:
         tagger = Tagger(config, classifier, store)
         try:
             tagger.scan(list(config.folders))
@@ -204,24 +205,27 @@ def test_search_by_english_chinese_class_or_wordnet_id(client: FlaskClient, libr
 def test_several_tags_at_once_must_all_match(client: FlaskClient, library: Library) -> None:
     chelsea = library.root / "cats" / "chelsea.jpg"
     first, second = tags_of(client, chelsea)[:2]
-    both = api_paths(client, f"tag={first['label']}&tag={second['wnid']}&min_score=0")
+    both = api_paths(client, "q=" + quote(f"class:{first['wnid']} class:{second['wnid']}") + "&min_score=0")
     assert both == [str(chelsea)]
-    assert api_paths(client, f"tag={first['wnid']},{second['wnid']}&min_score=0") == [str(chelsea)]
+    assert api_paths(client, f"tag={first['wnid']},{second['wnid']}") == [str(chelsea)]  # keywords: both are "cat"
     assert api_paths(client, f"tag={first['wnid']}&tag=espresso") == []
 
 
 def test_min_score(client: FlaskClient, library: Library) -> None:
     chelsea = library.root / "cats" / "chelsea.jpg"
     second = tags_of(client, chelsea)[1]
-    assert str(chelsea) in api_paths(client, f"tag={second['wnid']}&min_score={second['score'] - 0.001:.6f}")
-    assert str(chelsea) not in api_paths(client, f"tag={second['wnid']}&min_score={second['score'] + 0.001:.6f}")
+    raw = f"q=class:{second['wnid']}"  # the raw guess itself, not the keyword the rules make of it
+    assert str(chelsea) in api_paths(client, f"{raw}&min_score={second['score'] - 0.001:.6f}")
+    assert str(chelsea) not in api_paths(client, f"{raw}&min_score={second['score'] + 0.001:.6f}")
     assert client.get("/api/images?min_score=2").status_code == 400
 
 
 def test_unknown_tag_is_explained(client: FlaskClient) -> None:
     response = client.get("/api/images?tag=espreso")
     assert response.status_code == 400
-    assert "no ImageNet class matches 'espreso'" in response.json["error"] and "espresso" in response.json["error"]
+    assert "no keyword, label or alias matches 'espreso'" in response.json["error"]
+    assert "espresso" in response.json["error"]
+    assert "no ImageNet class matches 'espreso'" in client.get("/api/images?q=class:espreso").json["error"]
     page = client.get("/?tag=espreso")
     assert page.status_code == 200 and "did you mean: espresso" in page.get_data(as_text=True)
 
@@ -238,11 +242,11 @@ def test_tags_with_counts(client: FlaskClient) -> None:
     assert body["images"] == 8  # evil.jpg, a symlink leading out, is refused by the scan
     counts = {t["label"]: t["count"] for t in body["tags"]}
     assert counts["espresso"] == 1
-    matched = api_paths(client, "tag=n07920052&min_score=0.01")
+    matched = api_paths(client, "q=class:n07920052&min_score=0.01")
     assert counts["espresso"] == len(matched)
     page = client.get("/tags").get_data(as_text=True)
-    assert "意式浓缩咖啡" in page and "/?tag=espresso" in page
-    assert "/?tag=espresso" in client.get("/").get_data(as_text=True)  # the chips on the grid
+    assert "意式浓缩咖啡" in page and "/?q=class:espresso" in page
+    assert "/?q=class:espresso" in client.get("/").get_data(as_text=True)  # the chips on the grid
 
 
 # -- one image ------------------------------------------------------------------------------
@@ -262,6 +266,30 @@ def test_image_page(client: FlaskClient, library: Library) -> None:
     detail = client.get(f"/api/images/{url_path(coffee)}").json
     assert detail["tags"][0]["label"] == "espresso" and detail["exists"] is True
     assert client.get(f"/image/{url_path(library.root / 'nope.jpg')}").status_code == 404
+
+
+def test_previous_and_next_follow_the_search_the_image_was_opened_from(
+    client: FlaskClient, library: Library
+) -> None:
+    """Bug: on an image opened from a q search, previous and next walked the whole library."""
+    chelsea = library.root / "cats" / "chelsea.jpg"
+    alone = client.get(f"/image/{url_path(chelsea)}?q=folder:cats").get_data(as_text=True)
+    assert 'rel="prev"' not in alone and 'rel="next"' not in alone  # the only match
+    query = quote("^folder:cats ^folder:2024")
+    matches = api_paths(client, f"q={query}")
+    assert len(matches) >= 3 and str(chelsea) not in matches
+    page = client.get(f"/image/{url_path(matches[1])}?q={query}").get_data(as_text=True)
+    previous = page.split('rel="prev" href="', 1)[1].split('"', 1)[0]
+    following = page.split('rel="next" href="', 1)[1].split('"', 1)[0]
+    assert unquote(previous).startswith(f"/image/{url_path(matches[0])}?")
+    assert unquote(following).startswith(f"/image/{url_path(matches[2])}?")
+    assert "q=" in previous and "q=" in following  # and the search goes on with them
+
+
+def test_tag_argument_means_the_tag_term_of_the_query_language(client: FlaskClient) -> None:
+    for term in ("espresso", "cat", "n07920052"):
+        assert api_paths(client, f"tag={term}") == api_paths(client, "q=" + quote(f"tag:{term}"))
+    assert api_paths(client, "tag=cat&q=folder:cats") == api_paths(client, "q=" + quote("tag:cat folder:cats"))
 
 
 def test_original_sidecar_and_preview(client: FlaskClient, library: Library) -> None:
@@ -314,7 +342,7 @@ def test_symlink_leading_out_is_refused(client: FlaskClient, library: Library) -
     evil = url_path(library.root / "evil.jpg")
     for route in ("original", "image", "api/images"):
         assert client.get(f"/{route}/{evil}").status_code == 403
-    with Store.open(library.config.index, readonly=True) as store:
+    with Index.open(library.config.index, readonly=True) as store:
         record = store.file_record(str(library.root / "evil.jpg"))
     # the scan refused it with the reason, as the viewer does: never tagged and then refused
     assert record is not None and record.status == "failed" and record.sha256 is None
@@ -346,7 +374,7 @@ def test_errors_are_json_and_never_leak_a_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(Store, "browse", broken)
+    monkeypatch.setattr(Index, "browse", broken)
     api = client.get("/api/images")
     assert api.status_code == 500 and api.is_json and set(api.json) == {"error", "status"}
     page = client.get("/")
@@ -463,10 +491,10 @@ def test_health_without_an_index(library: Library, tmp_path: Path) -> None:
 # -- the store's viewer reads: every plan gives the same rows -------------------------------
 
 
-def synthetic_store(path: Path) -> tuple[Store, list[tuple[str, int, list[Tag]]]]:
+def synthetic_store(path: Path) -> tuple[Index, list[tuple[str, int, list[Tag]]]]:
     """300 files in nested folders, 5 tags each from 12 classes, some duplicate contents."""
     rng = random.Random(4)
-    store = Store.open(path)
+    store = Index.open(path)
     files = []
     with store.transaction():
         for i in range(300):
@@ -509,8 +537,8 @@ def expected(files: list[tuple[str, int, list[Tag]]], listing: Listing) -> list[
 def test_every_plan_pages_through_the_same_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, few: int, folder_keys_first: int
 ) -> None:
-    monkeypatch.setattr(store_module, "FEW_ROWS", few)
-    monkeypatch.setattr(store_module, "FOLDER_KEYS_FIRST", folder_keys_first)
+    monkeypatch.setattr(search_module, "FEW_ROWS", few)
+    monkeypatch.setattr(search_module, "FOLDER_KEYS_FIRST", folder_keys_first)
     store, files = synthetic_store(tmp_path / "s.sqlite")
     try:
         listings = [
@@ -537,7 +565,7 @@ def test_every_plan_pages_through_the_same_rows(
         store.close()
 
 
-def recount(store: Store, min_score: float) -> dict[int, int]:
+def recount(store: Index, min_score: float) -> dict[int, int]:
     """What the counts must be: every tagged file joined with its tags, as a user would count."""
     rows = store.conn.execute(
         """SELECT t.class_id, COUNT(*) FROM files f JOIN tags t ON t.sha256 = f.sha256

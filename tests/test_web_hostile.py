@@ -284,16 +284,16 @@ def test_every_over_size_body_is_a_json_413_from_the_app(app: Flask) -> None:
 def test_a_read_only_index_refuses_corrections_with_503(app: Flask, library: Library,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from tagger.errors import StoreError
-    from tagger.store import Store
+    from tagger.index import Index
 
-    real_open = Store.open
+    real_open = Index.open
 
-    def read_only_mount(path: Path, *, readonly: bool = False) -> Store:
+    def read_only_mount(path: Path, *, readonly: bool = False) -> Index:
         if not readonly:
             raise StoreError(f"{path}: cannot open index: attempt to write a readonly database")
         return real_open(path, readonly=True)
 
-    monkeypatch.setattr(Store, "open", read_only_mount)
+    monkeypatch.setattr(Index, "open", read_only_mount)
     coffee = url_path(library.root / "2024" / "trip" / "coffee.jpg")
     response = app.test_client().post(f"/api/images/{coffee}/keywords", json={"add": ["mine"]})
     assert response.status_code == 503 and "tagger tag" in response.json["error"]

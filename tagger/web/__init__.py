@@ -2,7 +2,7 @@
 
 `create_app(config)` builds the Flask app and `tagger serve` runs it under waitress.
 Each serving thread reads the index through its own read-only connection (SQLite
-connections are not shared across threads); views call Store functions, never SQL.
+connections are not shared across threads); views call Index functions, never SQL.
 """
 from __future__ import annotations
 

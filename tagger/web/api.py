@@ -4,15 +4,14 @@ Errors are JSON too: {"error": "what went wrong", "status": 404}.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, Forbidden, RequestEntityTooLarge, ServiceUnavailable
 
 from tagger.decode import declared_pixels
 from tagger.errors import WeightsError
+from tagger.fileio import utc_text
+from tagger.index import GridItem, ImageDetail
 from tagger.inputs import InputError, whole_number
-from tagger.store import GridItem, ImageDetail
 from tagger.web.check import CheckResult
 from tagger.web.context import (
     correct_keywords,
@@ -40,9 +39,11 @@ def error_response(code: int, message: str) -> Response:
 
 @blueprint.get("/images")
 def images() -> Response:
-    """?tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N, or
-    ?q=QUERY&after=CURSOR&limit=N (the query language: best matches first; tag, min_score
-    and folder, when given too, narrow it further)"""
+    """?q=QUERY&tag=..&min_score=..&folder=..&sort=newest|oldest|score|name&after=CURSOR&limit=N.
+
+    One vocabulary with the CLI: q is the query language, each tag a tag: term of it (best
+    matches first); without either, or with class: terms alone, the library is listed in `sort`
+    order. min_score and folder narrow either."""
     config = viewer().config
     query = parse_query(request.args, viewer().library, config.model.min_score, viewer().rules, has_term)
     if query.problems:
@@ -145,7 +146,7 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
 
 
 def _iso(mtime_ns: int) -> str:
-    return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(mtime_ns / 1e9)
 
 
 def _links(path: str, sha256: str | None) -> dict[str, str]:

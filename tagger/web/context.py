@@ -1,4 +1,5 @@
-"""What every request shares, and this request's read-only connection to the index."""
+"""What every request shares: this thread's read-only connection to the index, and the
+viewer's one write connection (as in datasette: read-only readers, one writer behind a lock)."""
 from __future__ import annotations
 
 import hmac
@@ -21,10 +22,12 @@ from werkzeug.exceptions import (
 )
 
 from tagger.config import Config
+from tagger.corrections import correct
 from tagger.errors import StoreError, TaggerError
-from tagger.keywords import Keywording
+from tagger.index import LATEST, ImageDetail, Index
+from tagger.retag import Retagger
 from tagger.rules import Rules
-from tagger.store import MIGRATIONS, ImageDetail, KeywordRow, Store
+from tagger.terms import Action, KeywordRow
 from tagger.web.check import Checker
 from tagger.web.files import Library
 from tagger.web.guard import SignInThrottle, allowed_hosts, host_name, session_value
@@ -55,19 +58,21 @@ class Viewer:
         self.hosts = allowed_hosts(config.web.host, config.web.allowed_hosts)
         self.throttle = SignInThrottle()
         self._local = threading.local()
-        self._opened: list[Store] = []
+        self._opened: list[Index] = []
         self._lock = threading.Lock()
+        self._writer: Retagger | None = None
+        self.write_lock = threading.Lock()  # one correction at a time, through one connection
 
-    def store(self) -> Store:
+    def store(self) -> Index:
         """This thread's connection; an index that still needs a migration is refused with a hint."""
-        opened: Store | None = getattr(self._local, "store", None)
+        opened: Index | None = getattr(self._local, "store", None)
         if opened is None:
-            opened = Store.open(self.config.index, readonly=True)
+            opened = Index.open(self.config.index, readonly=True)
             version = opened.schema_version()
-            if version < len(MIGRATIONS):
+            if version < LATEST:
                 opened.close()
                 raise StoreError(
-                    f"index schema {version} predates this viewer ({len(MIGRATIONS)}): "
+                    f"index schema {version} predates this viewer ({LATEST}): "
                     "restart `tagger serve`, or run `tagger scan` once, to upgrade it"
                 )
             opened.map_memory(MMAP_BYTES)
@@ -76,13 +81,24 @@ class Viewer:
                 self._opened.append(opened)
         return opened
 
+    def writer(self) -> Retagger:
+        """The viewer's one writable connection, opened (and the schema checked) at the first
+        correction and kept; call holding `write_lock`."""
+        if self._writer is None:
+            self._writer = Retagger(self.config, Index.open(self.config.index), self.rules)
+        return self._writer
+
     def close(self) -> None:
-        """Close every thread's connection (the server has stopped)."""
+        """Close every thread's connection and the writer (the server has stopped)."""
         with self._lock:
             for opened in self._opened:
                 opened.close()
             self._opened.clear()
         self._local = threading.local()
+        with self.write_lock:
+            if self._writer is not None:
+                self._writer.index.close()
+                self._writer = None
 
 
 def viewer() -> Viewer:
@@ -90,7 +106,7 @@ def viewer() -> Viewer:
     return state
 
 
-def store() -> Store:
+def store() -> Index:
     return viewer().store()
 
 
@@ -108,31 +124,30 @@ def has_term(term: str) -> bool:
 
 
 def correct_keywords(path: str, add: Sequence[str], remove: Sequence[str]) -> list[KeywordRow]:
-    """The viewer's one write: a user's corrections, through a writable connection opened for
-    this request alone; sidecars (JSON, XMP) are rewritten as by `tagger tag`."""
+    """The viewer's one write: a user's corrections, through the viewer's write connection;
+    the sidecars (JSON, XMP) of this image's content are rewritten, as by `tagger tag`."""
     add, remove = [w.strip() for w in add if w.strip()], [w.strip() for w in remove if w.strip()]
     if not add and not remove:
         raise BadRequest("give a keyword to add or to remove")
-    config = viewer().config
-    try:
-        opened = Store.open(config.index)
-    except StoreError as exc:
-        raise ServiceUnavailable(
-            f"keywords cannot be corrected from this viewer: {exc} (as tagger-web.service it reads the index "
-            "only; use `tagger tag add|remove`)"
-        ) from None
-    with opened as writable:
-        keywording = Keywording(config, writable, viewer().rules)
+    changes: tuple[tuple[list[str], Action], ...] = ((add, "add"), (remove, "remove"))
+    with viewer().write_lock:
+        try:
+            retagger = viewer().writer()
+        except StoreError as exc:
+            raise ServiceUnavailable(
+                f"keywords cannot be corrected from this viewer: {exc} (as tagger-web.service it reads the index "
+                "only; use `tagger tag add|remove`)"
+            ) from None
         try:
             sha256 = ""
-            for words, action in ((add, "add"), (remove, "remove")):
+            for words, action in changes:
                 if words:
-                    sha256 = keywording.correct(Path(path), words, action)
+                    sha256 = correct(retagger, Path(path), words, action)
         except StoreError:
             raise
         except TaggerError as exc:
             raise BadRequest(str(exc)) from None
-        return writable.keywords(sha256)
+        return retagger.index.keywords(sha256)
 
 
 def csrf_token() -> str:

@@ -20,7 +20,7 @@ from werkzeug.exceptions import BadRequest, Forbidden, NotFound
 from werkzeug.routing import PathConverter
 
 from tagger.errors import DecodeError
-from tagger.fileio import Folders, from_url_text, url_text
+from tagger.fileio import Folders, from_url_text, skipped_folder, url_text
 
 MAX_SUBFOLDERS = 200
 
@@ -94,14 +94,14 @@ class Library(Folders):
         return crumbs
 
     def subfolders(self, folder: str) -> list[Crumb]:
-        """Folders directly inside `folder`, less hidden and NAS bookkeeping ones (@eaDir) and symlinks."""
+        """Folders directly inside `folder`, less those scan skips (tagger.fileio.skipped_folder) and symlinks."""
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name.casefold())
         except OSError:
             return []
         found = []
         for entry in entries:
-            if entry.name.startswith((".", "@")) or not entry.is_dir(follow_symlinks=False):
+            if skipped_folder(entry.name) or not entry.is_dir(follow_symlinks=False):
                 continue
             found.append(Crumb(entry.name, entry.path))
             if len(found) == MAX_SUBFOLDERS:

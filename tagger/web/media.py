@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from tagger.errors import DecodeError
 from tagger.fileio import shown
-from tagger.store import ImageDetail
+from tagger.index import ImageDetail
 from tagger.web.context import indexed_file, store, viewer
 from tagger.web.thumbs import PREVIEW_SIZE
 

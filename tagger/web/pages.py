@@ -16,7 +16,7 @@ from tagger import __version__
 from tagger.errors import StoreError
 from tagger.fileio import url_text
 from tagger.labels import Tag
-from tagger.store import SORTS, GridItem
+from tagger.index import SORTS, GridItem
 from tagger.web.api import CHECK_TOP_K, check_uploads, received_uploads
 from tagger.web.check import CheckResult
 from tagger.web.context import (
@@ -116,9 +116,11 @@ def correct(raw: str) -> BaseResponse:
 
 
 def _neighbours(current: Query, path: str) -> tuple[GridItem | None, GridItem | None]:
-    """The images before and after this one in the listing it was opened from (for ← and →)."""
+    """The images before and after this one in the listing or search it was opened from (for ← and →)."""
     if current.problems:
         return None, None
+    if current.search is not None:
+        return store().search_neighbours(current.search, path)
     here = store().browse(current.listing, 1, only=path)
     if not here:
         return None, None
@@ -197,14 +199,20 @@ def image_url(path: str, current: Query | None = None) -> str:
 
 @blueprint.app_template_global()
 def tag_url(tag: Tag) -> str:
-    return url_for("pages.grid", tag=term_for(tag.class_id))
+    """A raw guess of the model links to the images with the same guess (a class: search)."""
+    return class_url(tag.class_id)
+
+
+@blueprint.app_template_global()
+def class_url(class_id: int) -> str:
+    return url_for("pages.grid", q=f"class:{shlex.quote(term_for(class_id))}")
 
 
 @blueprint.app_template_global()
 def sort_names(current: Query) -> dict[str, str]:
     """The sort menu; "Most confident" reads "Best match" while searching."""
     names = dict(SORT_NAMES)
-    if current.terms:
+    if current.searching:
         names["score"] = "Best match"
     return {key: names[key] for key in SORTS}
 

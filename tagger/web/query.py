@@ -1,9 +1,12 @@
-"""A grid query as it lives in the URL (bookmarkable, shareable) <-> a store Listing.
+"""A grid query as it lives in the URL (bookmarkable, shareable) <-> the index's search engine.
 
-    /?tag=cat&tag=咖啡&min_score=0.3&folder=/srv/photos/2024&sort=score&after=CURSOR
+    /?q=tag:cat score:0.5..&tag=咖啡&min_score=0.3&folder=/srv/photos/2024&sort=score&after=CURSOR
 
-`tag` may repeat, and one value may hold several terms separated by commas; every term
-must match. The cursor is opaque to clients: the sort key and path of the last image shown.
+One vocabulary: `q` is the query language (tagger.querylang), and each `tag` means what
+`tag:` means in `q` (keywords). `tag` may repeat, and one value may hold several terms
+separated by commas; every term must match. The model's raw guesses are searched by
+`class:` terms; a query of `class:` terms alone is browsed in any sort order. The cursor
+is opaque to clients: the sort key and path of the last image shown.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import dataclasses
 import binascii
 import json
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +26,14 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from tagger.fileio import json_text, url_text
+from tagger.index import SORTS, GridItem, Index, Listing, Sort, SortKey
 from tagger.inputs import InputError, score, storable
-from tagger.labels import imagenet_classes, resolve_tag, suggest_labels
-from tagger.keywords import UnknownTag, resolve_query
+from tagger.labels import imagenet_classes
 from tagger.querylang import QueryError, parse
+from tagger.querylang import Query as Parsed
 from tagger.rules import Rules
-from tagger.store import SORTS, GridItem, Listing, Search, SortKey, Store
+from tagger.searchterms import UnknownTag, resolve_query
+from tagger.terms import Search
 from tagger.web.files import Library
 
 TERM_SEPARATORS = re.compile(r"[,，、]")
@@ -45,7 +51,7 @@ class Query:
     after: SortKey | None = None
     problems: tuple[str, ...] = field(default=())  # shown on the page; a 400 in the API
     text: str = ""  # q: the query language (tagger.querylang), as typed
-    search: Search | None = None  # q resolved: best matches first, paged by a cursor of sort "q"
+    search: Search | None = None  # q and tags resolved: best matches first, paged by a cursor of sort "q"
 
     def args(self, **changes: Any) -> dict[str, Any]:
         """URL arguments of this query (without the cursor), with `changes` applied; None drops one."""
@@ -56,15 +62,20 @@ class Query:
             args["min_score"] = f"{self.listing.min_score:g}"
         if self.listing.folder is not None:
             args["folder"] = self.listing.folder
-        if self.listing.sort != default_sort(bool(self.terms)):
+        if self.listing.sort != default_sort(self.searching):
             args["sort"] = self.listing.sort
         args.update(changes)
         if isinstance(args.get("folder"), str):
             args["folder"] = url_text(args["folder"])  # Library.folder reads it back, whatever its bytes
         return {k: v for k, v in args.items() if v is not None and v != []}
 
+    @property
+    def searching(self) -> bool:
+        """Searched by words (tags, a query, raw guesses), rather than browsed."""
+        return bool(self.terms or self.text)
 
-def default_sort(searching: bool) -> str:
+
+def default_sort(searching: bool) -> Sort:
     """Best matches first for a search; newest first for browsing."""
     return "score" if searching else "newest"
 
@@ -82,72 +93,61 @@ def parse_query(
     """
     problems: list[str] = []
     text = " ".join(args.get("q", "").split())
-    search = None
-    if text:
-        try:
-            search = resolve_query(rules, parse(text), has_term)
-        except (QueryError, UnknownTag) as exc:
-            problems.append(str(exc))
     terms = _terms(args.getlist("tag"))
-    groups = []
-    for term in terms:
-        classes = resolve_tag(term)
-        if classes:
-            groups.append(tuple(c.class_id for c in classes))
-        else:
-            close = suggest_labels(term)
-            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            problems.append(f"no ImageNet class matches {term!r}{hint}")
     if len(terms) > MAX_TERMS:
         problems.append(f"at most {MAX_TERMS} tags at once")
+    parsed = Parsed()
+    search = None
+    if text or terms:
+        try:
+            words = [text, *(f"tag:{shlex.quote(t)}" for t in terms)]
+            parsed = parse(" ".join(w for w in words if w))
+            search = resolve_query(rules, parsed, has_term)
+        except (QueryError, UnknownTag) as exc:
+            problems.append(str(exc))
+    # class: terms alone browse the raw guesses by the listing's sorts (best first by default)
+    classes_only = bool(parsed.classes) and parsed == Parsed(classes=parsed.classes)
+    searching = bool(text or terms)
     raw_score = args.get("min_score", "")
-    min_score, score_given = (search_min_score if terms else 0.0), False
+    min_score, score_given = (search_min_score if classes_only else 0.0), False
     if raw_score.strip():
         try:
             min_score, score_given = score("min_score", raw_score), True
         except InputError as exc:
             problems.append(str(exc))
-    sort = args.get("sort", "").strip() or default_sort(bool(terms))
-    if sort not in SORTS:
-        problems.append(f"sort must be one of {', '.join(SORTS)}, not {sort[:40]!r}")
-        sort = default_sort(bool(terms))
+    sort = _sort(args.get("sort", "").strip(), searching, problems)
     folder = None
     if args.get("folder", "").strip():
         try:
             folder = library.folder(args["folder"].strip())
         except HTTPException as exc:
             problems.append(str(exc.description))
+    groups = search.classes if search is not None and classes_only else ()
+    if classes_only:
+        search = None
+    elif search is not None:
+        search = dataclasses.replace(
+            search,
+            folders=search.folders + ((folder,) if folder else ()),
+            score_min=max(search.score_min, min_score) if score_given else search.score_min,
+        )
     after = None
     if args.get("after"):
         try:
-            after = decode_cursor(args["after"], SEARCH_CURSOR if text else sort)
+            after = decode_cursor(args["after"], SEARCH_CURSOR if search is not None else sort)
         except BadRequest as exc:
             problems.append(str(exc.description))
-    listing = Listing(tuple(groups), min_score, folder, sort)
-    if search is not None and (terms or folder or score_given):
-        try:
-            search = _narrowed(search, terms, folder, min_score if score_given else None, rules, has_term)
-        except (QueryError, UnknownTag) as exc:
-            problems.append(str(exc))
+    listing = Listing(groups, min_score, folder, sort)
     return Query(tuple(terms), listing, score_given, after, tuple(problems), text, search)
 
 
-def _narrowed(
-    search: Search,
-    terms: list[str],
-    folder: str | None,
-    min_score: float | None,
-    rules: Rules,
-    has_term: Callable[[str], bool],
-) -> Search:
-    """A q search with the page's other filters added: each tag as tag:, the folder, the least score."""
-    extra = resolve_query(rules, parse(" ".join(f'tag:"{t}"' for t in terms)), has_term) if terms else Search()
-    return dataclasses.replace(
-        search,
-        groups=search.groups + extra.groups,
-        folders=search.folders + ((folder,) if folder else ()),
-        score_min=search.score_min if min_score is None else max(search.score_min, min_score),
-    )
+def _sort(given: str, searching: bool, problems: list[str]) -> Sort:
+    for sort in SORTS:
+        if given == sort:
+            return sort
+    if given:
+        problems.append(f"sort must be one of {', '.join(SORTS)}, not {given[:40]!r}")
+    return default_sort(searching)
 
 
 def _terms(values: list[str]) -> list[str]:
@@ -195,7 +195,7 @@ class Page:
     next: str | None  # the cursor of the following page; None on the last one
 
 
-def fetch_page(store: Store, query: Query, limit: int) -> Page:
+def fetch_page(store: Index, query: Query, limit: int) -> Page:
     """One page of the query, and whether another follows (one row more is asked for to know)."""
     if query.problems:
         return Page([], None)

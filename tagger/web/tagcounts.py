@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagger.store import Store, TagCount
+from tagger.index import Index, TagCount
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TagCounts:
         self._lock = threading.Lock()
         self._cached: tuple[tuple[int, ...], Counts] | None = None
 
-    def get(self, store: Store) -> Counts:
+    def get(self, store: Index) -> Counts:
         version = self._index_version()
         with self._lock:
             if self._cached is not None and self._cached[0] == version:

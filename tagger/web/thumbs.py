@@ -15,7 +15,7 @@ from PIL import Image
 
 from tagger.decode import decode_bytes
 from tagger.fileio import read_limited
-from tagger.sidecar import write_atomic
+from tagger.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 

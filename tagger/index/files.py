@@ -1,0 +1,150 @@
+"""Files and their contents in the index: what a scan and the daemon write, and read back per file."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from tagger.fileio import utc_text
+from tagger.index.db import Database, fs
+from tagger.index.records import CachedImage, FileRecord, ImageDetail
+from tagger.labels import Tag
+from tagger.sidecar import ImageFacts
+
+
+class FileRows(Database):
+    """Per file: its record, its content's facts and tags; saving, moving and forgetting files."""
+
+    def file_record(self, path: str) -> FileRecord | None:
+        row = self.conn.execute(
+            """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model
+               FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = CAST(? AS TEXT)""",
+            (fs(path),),
+        ).fetchone()
+        return FileRecord(*row) if row else None
+
+    def image_facts(self, sha256: str) -> tuple[ImageFacts, str, str] | None:
+        """(facts, model, weights sha256) of a classified content."""
+        row = self.conn.execute(
+            "SELECT size, width, height, model, weights_sha256 FROM images WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        return None if row is None else (ImageFacts(sha256, *row[:3]), row[3], row[4])
+
+    def cached_image(self, sha256: str, model: str) -> CachedImage | None:
+        row = self.conn.execute(
+            "SELECT size, width, height, model, weights_sha256 FROM images WHERE sha256 = ? AND model = ?",
+            (sha256, model),
+        ).fetchone()
+        if row is None:
+            return None
+        size, width, height, model_name, weights_sha256 = row
+        return CachedImage(ImageFacts(sha256, size, width, height), model_name, weights_sha256, self._tags(sha256))
+
+    def _tags(self, sha256: str, min_score: float = 0.0) -> list[Tag]:
+        rows = self.conn.execute(
+            """SELECT class_id, wnid, label, label_zh, score FROM tags
+               WHERE sha256 = ? AND score >= ? ORDER BY rank""",
+            (sha256, min_score),
+        ).fetchall()
+        return [Tag(*r) for r in rows]
+
+    def image_detail(self, path: str) -> ImageDetail | None:
+        """Everything the index knows about one file, with all of its stored tags."""
+        row = self.conn.execute(
+            """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model,
+                      i.width, i.height, i.classified_at
+               FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = CAST(? AS TEXT)""",
+            (fs(path),),
+        ).fetchone()
+        if row is None:
+            return None
+        path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at = row
+        tags = self._tags(sha256) if status == "tagged" else []
+        return ImageDetail(
+            path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at, tags
+        )
+
+    def paths_with_content(self, sha256: str) -> list[str]:
+        """Tagged files holding this content (a thumbnail can be made from any of them)."""
+        rows = self.conn.execute(
+            "SELECT path FROM files WHERE sha256 = ? AND status = 'tagged' ORDER BY path", (sha256,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def paths_under(self, root: str) -> list[str]:
+        """Indexed paths inside folder `root` (a range scan on the primary key)."""
+        prefix = root.rstrip("/") + "/"
+        rows = self.conn.execute(
+            "SELECT path FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)",
+            (fs(prefix), fs(prefix[:-1] + "0")),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def save_image(self, facts: ImageFacts, model: str, weights_sha256: str, tags: Sequence[Tag]) -> None:
+        """Replace whatever an earlier model said about this content."""
+        self.conn.execute("DELETE FROM tags WHERE sha256 = ?", (facts.sha256,))
+        self.conn.execute(
+            """INSERT OR REPLACE INTO images (sha256, size, width, height, model, weights_sha256, classified_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (facts.sha256, facts.size, facts.width, facts.height, model, weights_sha256, utc_text()),
+        )
+        self.conn.executemany(
+            """INSERT INTO tags (sha256, rank, class_id, wnid, label, label_zh, score)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            [(facts.sha256, rank, t.class_id, t.wnid, t.label, t.label_zh, t.score) for rank, t in enumerate(tags)],
+        )
+
+    def save_file(
+        self, path: str, sha256: str, size: int, mtime_ns: int, sidecar: str | None, note: str | None = None
+    ) -> None:
+        """A tagged file; `note` says why its sidecar is missing, if it is."""
+        self.conn.execute(
+            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
+               VALUES (CAST(? AS TEXT), ?, ?, ?, 'tagged', ?, CAST(? AS TEXT), ?,
+                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?))""",
+            (fs(path), sha256, size, mtime_ns, note, None if sidecar is None else fs(sidecar), utc_text(), fs(path), utc_text()),
+        )
+
+    def save_failure(self, path: str, sha256: str | None, size: int, mtime_ns: int, error: str) -> None:
+        self.conn.execute(
+            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
+               VALUES (CAST(? AS TEXT), ?, ?, ?, 'failed', ?, NULL, ?,
+                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?))""",
+            (fs(path), sha256, size, mtime_ns, error, utc_text(), fs(path), utc_text()),
+        )
+
+    def delete_files(self, paths: Sequence[str]) -> None:
+        self.conn.executemany("DELETE FROM files WHERE path = CAST(? AS TEXT)", [(fs(p),) for p in paths])
+
+    def delete_tree(self, folder: str) -> int:
+        prefix = folder.rstrip("/") + "/"
+        cursor = self.conn.execute(
+            "DELETE FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", (fs(prefix), fs(prefix[:-1] + "0"))
+        )
+        return cursor.rowcount
+
+    def move_file(self, src: str, dst: str) -> bool:
+        """The row follows the file; False when `src` was not indexed."""
+        self.conn.execute("DELETE FROM files WHERE path = CAST(? AS TEXT)", (fs(dst),))
+        cursor = self.conn.execute(
+            "UPDATE files SET path = CAST(? AS TEXT), updated_at = ? WHERE path = CAST(? AS TEXT)", (fs(dst), utc_text(), fs(src))
+        )
+        return cursor.rowcount > 0
+
+    def move_tree(self, src: str, dst: str) -> int:
+        """Every row under folder `src` moves under `dst` (a renamed or moved folder)."""
+        old, new = src.rstrip("/") + "/", dst.rstrip("/") + "/"
+        self.conn.execute(
+            "DELETE FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", (fs(new), fs(new[:-1] + "0"))
+        )
+        cursor = self.conn.execute(  # substr of the bytes: a name that is not UTF-8 has no characters to count
+            """UPDATE files SET path = CAST(CAST(? AS BLOB) || substr(CAST(path AS BLOB), ?) AS TEXT), updated_at = ?
+               WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)""",
+            (os.fsencode(new), len(os.fsencode(old)) + 1, utc_text(), fs(old), fs(old[:-1] + "0")),
+        )
+        return cursor.rowcount
+
+    def set_sidecar(self, path: str, sidecar: str | None) -> None:
+        self.conn.execute(
+            "UPDATE files SET sidecar = CAST(? AS TEXT) WHERE path = CAST(? AS TEXT)",
+            (None if sidecar is None else fs(sidecar), fs(path)),
+        )

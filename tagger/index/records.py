@@ -1,0 +1,97 @@
+"""What the index hands back: one frozen record per kind of row a caller reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tagger.labels import Tag
+from tagger.sidecar import ImageFacts
+from tagger.terms import Correction, KeywordRow
+
+Status = Literal["tagged", "failed"]  # files.status
+SortKey = tuple[float | int | str, str]  # (the sort column's value, path) of a file in a listing
+
+
+@dataclass(frozen=True)
+class StoredContent:
+    """One content's raw tags, keywords and corrections, for a re-tag."""
+
+    sha256: str
+    tags: list[Tag]
+    keywords: list[KeywordRow]
+    corrections: list[Correction]
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    status: Status
+    error: str | None
+    sidecar: str | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    facts: ImageFacts
+    model: str
+    weights_sha256: str
+    tags: list[Tag]
+
+
+@dataclass(frozen=True)
+class TaggedFile:
+    path: str
+    sha256: str
+    model: str
+    tags: list[Tag]
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    files_tagged: int
+    files_failed: int
+    images: int
+    images_without_files: int  # contents kept for reuse after their files went
+    models: dict[str, int]
+    top_labels: list[tuple[str, str, int]]
+
+
+@dataclass(frozen=True)
+class GridItem:
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+    tag: Tag  # the best match of the first searched tag, or the image's top tag
+    key: SortKey  # the cursor of the page that follows this file
+
+
+@dataclass(frozen=True)
+class ImageDetail(FileRecord):
+    """A file's record with its image's facts and all of its stored tags."""
+
+    width: int | None
+    height: int | None
+    classified_at: str | None
+    tags: list[Tag]
+
+
+@dataclass(frozen=True)
+class TagCount:
+    class_id: int
+    wnid: str
+    label: str
+    label_zh: str
+    count: int

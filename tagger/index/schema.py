@@ -1,0 +1,192 @@
+"""The index's schema, as the numbered migrations that build it, oldest first.
+
+Tables: images (one row per content), tags (its raw top-k guesses), files (paths pointing at
+a content, or at the error that kept it out), tag_counts (tagged files per class and score
+percent, kept by triggers), keywords and keyword_terms (what the rules and corrections made
+of the tags, and the words that find them), corrections, settings, sidecars_pending, and
+schema_migrations (tagger.index.db). View: file_tags.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema; it commits together with its row in schema_migrations."""
+
+    number: int  # its version: applied in this order, never renumbered
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # images by content, their top-k tags, files pointing at them (or at their error).
+    Migration(
+        1,
+        "images_tags_files",
+        """
+    CREATE TABLE images (
+        sha256         TEXT PRIMARY KEY,
+        size           INTEGER NOT NULL,
+        width          INTEGER NOT NULL,
+        height         INTEGER NOT NULL,
+        model          TEXT NOT NULL,
+        weights_sha256 TEXT NOT NULL,
+        classified_at  TEXT NOT NULL
+    );
+    CREATE TABLE tags (
+        sha256   TEXT NOT NULL REFERENCES images(sha256) ON DELETE CASCADE,
+        rank     INTEGER NOT NULL,
+        class_id INTEGER NOT NULL,
+        wnid     TEXT NOT NULL,
+        label    TEXT NOT NULL,
+        label_zh TEXT NOT NULL,
+        score    REAL NOT NULL,
+        PRIMARY KEY (sha256, rank)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_by_class ON tags(class_id, score);
+    CREATE TABLE files (
+        path       TEXT PRIMARY KEY,
+        sha256     TEXT,
+        size       INTEGER NOT NULL,
+        mtime_ns   INTEGER NOT NULL,
+        status     TEXT NOT NULL CHECK (status IN ('tagged', 'failed')),
+        error      TEXT,
+        sidecar    TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX files_by_sha256 ON files(sha256);
+    CREATE VIEW file_tags AS
+        SELECT f.path, t.rank, t.class_id, t.wnid, t.label, t.label_zh, t.score, i.model
+        FROM files f JOIN images i ON i.sha256 = f.sha256 JOIN tags t ON t.sha256 = f.sha256
+        WHERE f.status = 'tagged';
+    """,
+    ),
+    # the viewer: newest-first and most-confident-first pages walk an index instead of sorting
+    # every file (tags_top_by_score holds each image's best guess, rank 0).
+    Migration(
+        2,
+        "viewer_sort_indexes",
+        """
+    CREATE INDEX files_tagged_by_mtime ON files(mtime_ns, path) WHERE status = 'tagged';
+    CREATE INDEX tags_top_by_score ON tags(score) WHERE rank = 0;
+    """,
+    ),
+    # the viewer's folder filter: a folder's files are counted and sorted by time from this
+    # index alone (status is in it so that no file row is read).
+    Migration(
+        3,
+        "folder_index",
+        """
+    CREATE INDEX files_tagged_by_path ON files(path, mtime_ns, status) WHERE status = 'tagged';
+    """,
+    ),
+    # tagged files per class and score percent, kept by the database itself on every write, so
+    # that the viewer's tag list costs a sum of at most 100,000 rows, not a join of every file
+    # with its tags (6 to 60 seconds at a million files). INSERT OR REPLACE fires no delete
+    # trigger (recursive_triggers is off), so a row about to be replaced is uncounted just
+    # before. The backfill below takes about 10 s at a million files, once.
+    Migration(
+        4,
+        "tag_counts",
+        """
+    CREATE TABLE tag_counts (
+        class_id INTEGER NOT NULL,
+        percent  INTEGER NOT NULL,
+        files    INTEGER NOT NULL,
+        PRIMARY KEY (class_id, percent)
+    ) WITHOUT ROWID;
+    INSERT INTO tag_counts (class_id, percent, files)
+        SELECT t.class_id, CAST(t.score * 100 AS INTEGER), COUNT(*)
+        FROM files f CROSS JOIN tags t WHERE t.sha256 = f.sha256 AND f.status = 'tagged' GROUP BY 1, 2;
+    CREATE TRIGGER tag_counts_file_replaced BEFORE INSERT ON files BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT t.class_id, CAST(t.score * 100 AS INTEGER), -1 FROM files f CROSS JOIN tags t
+            WHERE f.path = NEW.path AND f.status = 'tagged' AND t.sha256 = f.sha256
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_file_added AFTER INSERT ON files WHEN NEW.status = 'tagged' BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), 1 FROM tags WHERE sha256 = NEW.sha256
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_file_removed AFTER DELETE ON files WHEN OLD.status = 'tagged' BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), -1 FROM tags WHERE sha256 = OLD.sha256
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_file_changed AFTER UPDATE OF sha256, status ON files BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), -1 FROM tags
+            WHERE sha256 = OLD.sha256 AND OLD.status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT class_id, CAST(score * 100 AS INTEGER), 1 FROM tags
+            WHERE sha256 = NEW.sha256 AND NEW.status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_tag_added AFTER INSERT ON tags BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT NEW.class_id, CAST(NEW.score * 100 AS INTEGER), COUNT(*) FROM files
+            WHERE sha256 = NEW.sha256 AND status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    CREATE TRIGGER tag_counts_tag_removed AFTER DELETE ON tags BEGIN
+        INSERT INTO tag_counts (class_id, percent, files)
+            SELECT OLD.class_id, CAST(OLD.score * 100 AS INTEGER), -COUNT(*) FROM files
+            WHERE sha256 = OLD.sha256 AND status = 'tagged'
+        ON CONFLICT (class_id, percent) DO UPDATE SET files = files + excluded.files;
+    END;
+    """,
+    ),
+    # keywords (the rules applied to the raw tags, then the user's corrections), searched best
+    # first through keyword_terms: a row per search word (the keyword and each of its
+    # categories, English and Chinese, casefolded) and score of a keyword it finds, walked
+    # from the top of (term, score). Corrections are keyed by content, so they survive moves,
+    # re-tags and a change of model.
+    Migration(
+        5,
+        "keywords_corrections_settings",
+        """
+    ALTER TABLE files ADD COLUMN added_at TEXT;
+    UPDATE files SET added_at = updated_at;
+    CREATE TABLE keywords (
+        sha256     TEXT NOT NULL,
+        keyword    TEXT NOT NULL,
+        keyword_zh TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        path_zh    TEXT NOT NULL,
+        score      REAL NOT NULL,
+        source     TEXT NOT NULL CHECK (source IN ('model', 'user')),
+        PRIMARY KEY (sha256, keyword)
+    ) WITHOUT ROWID;
+    CREATE TABLE keyword_terms (
+        term   TEXT NOT NULL,
+        score  REAL NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (term, score, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX keyword_terms_by_sha256 ON keyword_terms(sha256, term);
+    CREATE TABLE corrections (
+        sha256     TEXT NOT NULL,
+        keyword    TEXT NOT NULL,
+        action     TEXT NOT NULL CHECK (action IN ('add', 'remove')),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (sha256, keyword)
+    ) WITHOUT ROWID;
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    ),
+    # contents whose sidecars a retag still has to rewrite: marked in the transaction that
+    # changes their keywords, cleared as the files are written, so that a retag stopped in
+    # between (a crash, Ctrl-C) is caught up by the next one.
+    Migration(
+        6,
+        "sidecars_pending",
+        """
+    CREATE TABLE sidecars_pending (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;
+    """,
+    ),
+)
+LATEST = MIGRATIONS[-1].number
