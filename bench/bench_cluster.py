@@ -227,8 +227,8 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
             fresh(lib)
             with Index.open(cfg.index) as store:
                 tagger = Tagger(cfg, classifier, store)
-                assert tagger.cluster is not None
-                tagger.cluster.task = stub_classify
+                assert tagger.on_cluster is not None
+                tagger.on_cluster.cluster.task = stub_classify
                 started_cpu, started = time.process_time(), time.monotonic()
                 summary = tagger.scan([lib])
                 seconds += time.monotonic() - started

@@ -198,11 +198,7 @@ def _print_summary(summary: ScanSummary, model: str, config: Config) -> None:
         f"{summary.seconds:.1f} s ({rate:.1f} images/s)"
     )
     if config.cluster.scheduler is not None:
-        workers = ", ".join(f"{name} {count}" for name, count in sorted(summary.by_worker.items()))
-        click.echo(
-            f"where: {sum(summary.by_worker.values())} classified on the cluster {config.cluster.scheduler}"
-            f"{f' ({workers})' if workers else ''}, {summary.classified_here} here"
-        )
+        click.echo(summary.where(config.cluster.scheduler))
     if summary.sidecar_errors:
         click.echo(f"{summary.sidecar_errors} sidecars could not be written (tags are in the index)", err=True)
     for path, reason in summary.failures:
@@ -247,8 +243,7 @@ def worker(ctx: _Context, address: str, host: str | None, nthreads: int) -> None
         from tagger.worker import run_worker
     except ImportError as exc:
         raise TaggerError(f"tagger worker needs the cluster extra ({exc}): pip install 'tagger[cluster]'") from None
-    classifier = Classifier.from_config(config)
-    sys.exit(run_worker(classifier, address, config.cluster, nthreads, host))
+    sys.exit(run_worker(Classifier.from_config(config), address, config.cluster, nthreads, host))
 
 
 @cli.command()

@@ -34,8 +34,8 @@ from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
 
 if TYPE_CHECKING:
-    from tagger.cluster import Cluster, JobSettings
-    from tagger.worker import JobResult
+    from tagger.cluster import JobSettings
+    from tagger.oncluster import OnCluster
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ class ScanSummary:
     @property
     def classified_here(self) -> int:
         return self.classified - sum(self.by_worker.values())
+
+    def where(self, scheduler: str) -> str:
+        """The summary's line saying where the work went: per cluster worker, and here."""
+        workers = ", ".join(f"{name} {count}" for name, count in sorted(self.by_worker.items()))
+        shown = f" ({workers})" if workers else ""
+        return f"where: {sum(self.by_worker.values())} classified on the cluster {scheduler}{shown}, {self.classified_here} here"
 
 
 @dataclass
@@ -136,7 +142,7 @@ class Tagger:
         self._refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-refine")
         # Batches decoded ahead of the model: two images per decoder thread, at least one batch.
         self._depth = max(1, -(-2 * decoders // config.model.batch_size))
-        self.cluster = _open_cluster(config, classifier)
+        self.on_cluster = _open_cluster(self, config, classifier)  # None: everything is classified here
 
     def reconfigure(self, config: Config, rules: Rules) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
@@ -144,12 +150,12 @@ class Tagger:
         self.retagger = Retagger(config, self.store, rules)
         self.retagger.check_settings()
         self.folders = Folders(config.folders)
-        if self.cluster is not None:  # batches sent from now on carry the new top_k and decode settings
-            self.cluster.settings = _job_settings(config, self.classifier)
+        if self.on_cluster is not None:  # batches sent from now on carry the new top_k and decode settings
+            self.on_cluster.cluster.settings = job_settings(config, self.classifier)
 
     def close(self) -> None:
-        if self.cluster is not None:
-            self.cluster.close()
+        if self.on_cluster is not None:
+            self.on_cluster.cluster.close()
         self._readers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
         self._refiner.shutdown(wait=True)
@@ -183,10 +189,20 @@ class Tagger:
                 defer_recent(path)
             paths = [p for p in found if p not in recent]
         summary.files = len(paths)
-        if self.cluster is not None:
-            self._tag_on_cluster(self.cluster, paths, summary, on_progress, cancelled)
+        if self.on_cluster is not None:
+            self.on_cluster.tag(paths, summary, on_progress, cancelled)
         else:
-            self._tag_here(paths, summary, on_progress, cancelled)
+            # Several batches in flight: while the model runs on one, the next ones are being decoded,
+            # enough of them to keep every decoder thread busy, within a bound on the bytes they hold.
+            ahead: deque[tuple[list[_InFlight], int]] = deque()
+            for batch in _chunks(paths, self.config.model.batch_size):
+                if cancelled is not None and cancelled():
+                    break
+                ahead.append((_decode_all(self, self._read_new(batch, summary)), len(batch)))
+                while len(ahead) > self._depth or (len(ahead) > 1 and _bytes_held(ahead) > AHEAD_BYTES):
+                    _finish_next(self, ahead, summary, on_progress)
+            while ahead:  # even when stopping: already read, so record it
+                _finish_next(self, ahead, summary, on_progress)
         if cancelled is not None and cancelled():
             summary.seconds = time.monotonic() - started
             return summary  # stopping: the rest is found by the next reconcile
@@ -198,105 +214,13 @@ class Tagger:
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _tag_here(
-        self,
-        paths: Sequence[Path],
-        summary: ScanSummary,
-        on_progress: Callable[[int], None] | None,
-        cancelled: Callable[[], bool] | None,
-    ) -> None:
-        # Several batches in flight: while the model runs on one, the next ones are being decoded,
-        # enough of them to keep every decoder thread busy, within a bound on the bytes they hold.
-        ahead: deque[tuple[list[_InFlight], int]] = deque()
-        for batch in _chunks(paths, self.config.model.batch_size):
-            if cancelled is not None and cancelled():
-                break
-            ahead.append((self._start(batch, summary), len(batch)))
-            while len(ahead) > self._depth or (len(ahead) > 1 and _bytes_held(ahead) > AHEAD_BYTES):
-                self._finish_next(ahead, summary, on_progress)
-        while ahead:  # even when stopping: already read, so record it
-            self._finish_next(ahead, summary, on_progress)
-
-    def _tag_on_cluster(
-        self,
-        cluster: Cluster[list[_Read]],
-        paths: Sequence[Path],
-        summary: ScanSummary,
-        on_progress: Callable[[int], None] | None,
-        cancelled: Callable[[], bool] | None,
-    ) -> None:
-        """Batches go to the cluster's workers, at most `cluster.in_flight` at once, and are
-        written here as they come back; what the cluster cannot take is classified here."""
-        for batch in _chunks(paths, self.config.cluster.batch_size):
-            if cancelled is not None and cancelled():
-                break
-            reads = self._read_new(batch, summary)
-            if on_progress and len(batch) > len(reads):
-                on_progress(len(batch) - len(reads))
-            if reads and not cluster.submit(reads, [r.data for r in reads], self._refine_budget(summary, len(reads))):
-                self._finish(self._decode_all(reads), summary)
-                if on_progress:
-                    on_progress(len(reads))
-            self._write_back(cluster, summary, on_progress, block=cluster.full)
-        while cluster.busy:  # even when stopping: already read, so record it
-            self._write_back(cluster, summary, on_progress, block=True)
-
-    def _write_back(
-        self,
-        cluster: Cluster[list[_Read]],
-        summary: ScanSummary,
-        on_progress: Callable[[int], None] | None,
-        block: bool,
-    ) -> None:
-        for reads, result in cluster.done(block):
-            if result is None:
-                self._finish(self._decode_all(reads), summary)
-            else:
-                self._record_remote(reads, result, summary)
-            if on_progress:
-                on_progress(len(reads))
-
-    def _record_remote(self, reads: Sequence[_Read], result: JobResult, summary: ScanSummary) -> None:
-        weights_sha256 = self.classifier.weights.sha256  # the worker checked that its weights are these
-        for read, item in zip(reads, result.items):
-            if isinstance(item, str):
-                self._fail(read.path, read.sha256, len(read.data), read.mtime_ns, item, summary)
-                continue
-            facts = ImageFacts(read.sha256, len(read.data), item.width, item.height)
-            if not self._record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, fresh=True):
-                summary.sidecar_errors += 1
-            summary.classified += 1
-            summary.by_worker[result.worker] = summary.by_worker.get(result.worker, 0) + 1
-        summary.refined += result.refined
-
-    def _finish_next(
-        self, ahead: deque[tuple[list[_InFlight], int]], summary: ScanSummary, on_progress: Callable[[int], None] | None
-    ) -> None:
-        inflight, count = ahead.popleft()
-        self._finish(inflight, summary)
-        if on_progress:
-            on_progress(count)
-
     def tag_files(self, paths: Sequence[Path], summary: ScanSummary) -> None:
         """One batch, start to finish (the daemon's unit of work)."""
         self.folders = Folders(self.config.folders)
-        if self.cluster is not None:
-            self._tag_on_cluster(self.cluster, paths, summary, None, None)
+        if self.on_cluster is not None:
+            self.on_cluster.tag(paths, summary, None, None)
         else:
-            self._finish(self._start(paths, summary), summary)
-
-    def _start(self, paths: Sequence[Path], summary: ScanSummary) -> list[_InFlight]:
-        """Read + hash, reuse from the index; decoding of the rest is left running."""
-        return self._decode_all(self._read_new(paths, summary))
-
-    def _decode_all(self, reads: Sequence[_Read]) -> list[_InFlight]:
-        spec = self.classifier.spec.preprocess
-        max_pixels = self.config.decode.max_pixels
-        draft = draft_size(spec, self.config.decode.draft)
-        return [
-            _InFlight(r.path, r.mtime_ns, r.data, r.sha256, self._decoders.submit(_decode, r.data, max_pixels, spec, draft))
-            for r in reads
-        ]
+            self._finish(_decode_all(self, self._read_new(paths, summary)), summary)
 
     def _read_new(self, paths: Sequence[Path], summary: ScanSummary) -> list[_Read]:
         """Cheap checks, read + hash, reuse from the index: what is left needs a model run.
@@ -350,7 +274,7 @@ class Tagger:
         A reduced decode moves each pixel a little; where the best two guesses were within
         `decode.refine_margin`, that can swap them. Only those few images pay for a full decode.
         """
-        budget = self._refine_budget(summary, len(pending))
+        budget = refine_budget(summary, len(pending))
         near = near_ties([p.reduced for p in pending], margins, self.config.decode.refine_margin, budget)
         if not near:
             return
@@ -364,15 +288,6 @@ class Tagger:
         for (i, _), tags in zip(redone_ok, again):
             results[i] = tags
         summary.refined += len(redone_ok)
-
-    @staticmethod
-    def _refine_budget(summary: ScanSummary, batch: int) -> int:
-        """A model unsure of everything (random weights, or pictures unlike any class) would make
-        every photo a near tie: at most a tenth of the photos, and one more, are decoded twice.
-
-        On a cluster each batch gets the budget left when it is sent, so batches out at the same
-        time may together use up to `cluster.in_flight` times that: still bounded."""
-        return 1 + int(REFINE_SHARE * (summary.classified + batch)) - summary.refined
 
     def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
         """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
@@ -505,6 +420,35 @@ class Tagger:
         summary.failures.append((str(path), reason))
 
 
+def _finish_next(
+    tagger: Tagger, ahead: deque[tuple[list[_InFlight], int]], summary: ScanSummary,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    inflight, count = ahead.popleft()
+    tagger._finish(inflight, summary)
+    if on_progress:
+        on_progress(count)
+
+
+def _decode_all(tagger: Tagger, reads: Sequence[_Read]) -> list[_InFlight]:
+    """Decoding of files read and hashed, left running in the decoder threads."""
+    spec, max_pixels = tagger.classifier.spec.preprocess, tagger.config.decode.max_pixels
+    draft = draft_size(spec, tagger.config.decode.draft)
+    return [
+        _InFlight(r.path, r.mtime_ns, r.data, r.sha256, tagger._decoders.submit(_decode, r.data, max_pixels, spec, draft))
+        for r in reads
+    ]
+
+
+def refine_budget(summary: ScanSummary, batch: int) -> int:
+    """A model unsure of everything (random weights, or pictures unlike any class) would make
+    every photo a near tie: at most a tenth of the photos, and one more, are decoded twice.
+
+    On a cluster each batch gets the budget left when it is sent, so batches out at the same
+    time may together use up to `cluster.in_flight` times that: still bounded."""
+    return 1 + int(REFINE_SHARE * (summary.classified + batch)) - summary.refined
+
+
 def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float, allowed: int) -> list[int]:
     """Which images of a batch to decode again in full (here and on cluster workers alike): reduced
     decodes whose best two guesses were within `decode.refine_margin`, at most `allowed` of them."""
@@ -512,20 +456,21 @@ def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: floa
     return near[: max(0, allowed)]
 
 
-def _open_cluster(config: Config, classifier: Classifier) -> Cluster[list[_Read]] | None:
-    """The cluster link where a scheduler is configured; without one, dask is never imported."""
+def _open_cluster(tagger: Tagger, config: Config, classifier: Classifier) -> OnCluster | None:
+    """The cluster path where a scheduler is configured; without one, dask is never imported."""
     if config.cluster.scheduler is None:
         return None
     try:
         from tagger.cluster import Cluster
+        from tagger.oncluster import OnCluster
     except ImportError as exc:
         raise ConfigError(
             f"cluster.scheduler is set but Dask is not installed ({exc}): pip install 'tagger[cluster]'"
         ) from None
-    return Cluster(config.cluster, _job_settings(config, classifier))
+    return OnCluster(tagger, Cluster(config.cluster, job_settings(config, classifier)))
 
 
-def _job_settings(config: Config, classifier: Classifier) -> JobSettings:
+def job_settings(config: Config, classifier: Classifier) -> JobSettings:
     from tagger.cluster import JobSettings
     from tagger.worker import ModelIdentity
 
