@@ -19,7 +19,7 @@ if [ -n "$TORCH_INDEX" ] && "$PY" scripts/reachable.py "$TORCH_INDEX/torch/" 5; 
     # shellcheck disable=SC2086  # the pins are words
     "$PY" -m pip install --quiet --index-url "$TORCH_INDEX" $torch_pins
 elif [ -n "$TORCH_INDEX" ]; then
-    echo "install: $TORCH_INDEX is not reachable; PyTorch comes from the default index (with CUDA libraries: about 6 GB in $VENV instead of about 1.5 GB)" >&2
+    echo "install: $TORCH_INDEX is not reachable; PyTorch comes from the default index (with CUDA libraries: 6.1 GB in $VENV instead of about 2 GB)" >&2
 fi
 # The cluster extra too: the tests start a local Dask cluster (README, "On a Dask cluster").
 "$PY" -m pip install --quiet -e '.[test,cluster]'

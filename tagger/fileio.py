@@ -166,6 +166,21 @@ def too_large(size: int, max_bytes: int) -> str:
     return f"too large: {size / MB:,.1f} MB is over the limit of {max_bytes / MB:,.0f} MB (decode.max_file_mb)"
 
 
+# A file this big is read only if its first bytes are an image format's: a library full of
+# 150 MB disk images or videos with a .jpg name must not cost 150 MB of memory each.
+SNIFF_ABOVE = 32 * MB
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_an_image(head: bytes) -> bool:
+    """Whether a file's first 16 bytes start one of the formats tagger decodes (HEIF/WebP included)."""
+    if head.startswith(_SIGNATURES):
+        return True
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return True
+    return head[4:8] == b"ftyp"  # HEIC, HEIF, AVIF: an ISO media file; the decoder decides
+
+
 def read_limited(path: Path | str, max_bytes: int, folders: Folders | None = None) -> bytes:
     """The whole of a regular file, at most `max_bytes`; DecodeError names why not.
 
@@ -187,6 +202,14 @@ def read_limited(path: Path | str, max_bytes: int, folders: Folders | None = Non
             raise DecodeError(f"not a regular file: {file_kind(opened.st_mode)}")
         chunks: list[bytes] = []
         total = 0
+        if opened.st_size > SNIFF_ABOVE:
+            head = os.read(fd, 16)
+            if not looks_like_an_image(head):
+                raise DecodeError(
+                    f"not an image: {opened.st_size / MB:,.0f} MB whose first bytes are no image format's (not read)"
+                )
+            chunks.append(head)
+            total = len(head)
         while True:
             chunk = os.read(fd, min(READ_CHUNK, max_bytes + 1 - total))
             if not chunk:

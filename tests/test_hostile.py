@@ -423,9 +423,11 @@ def test_daemon_tags_odd_names_refuses_special_files_and_stops(
     for name, reason in REFUSED.items():
         status, error = rows[str(r.library / name)]
         assert status == "failed" and error is not None and reason in error
-    wait_until(lambda: json.loads(daemon_module.status_path(r.index).read_text())["queue"] == 0, timeout=10)
-    status = json.loads(daemon_module.status_path(r.index).read_text())
-    assert status["failed"] >= len(REFUSED)
+    def settled() -> bool:  # the status file is rewritten after the index: wait for the one that counts them
+        status = json.loads(daemon_module.status_path(r.index).read_text())
+        return bool(status["queue"] == 0 and status["failed"] >= len(REFUSED))
+
+    wait_until(settled, timeout=30)
     r.daemon.request_stop()
     r.thread.join(30)
     assert not r.thread.is_alive()  # the FIFO never held it
@@ -535,3 +537,23 @@ def test_max_file_mb_is_read_from_the_config(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"decode": {"max_file_mb": 12}}))
     assert load_config(path, require_folders=False).decode.max_file_bytes == 12 * 1024 * 1024
+
+
+def test_a_big_file_that_is_no_image_is_refused_unread(tmp_path: Path, photo: Path) -> None:
+    """Under the byte limit but over 32 MB: its first bytes decide, so 100 MB of something else
+    named .jpg costs 16 bytes of reading, not 100 MB of memory; a big real image is still read."""
+    from tagger.errors import DecodeError
+    from tagger.fileio import SNIFF_ABOVE, read_limited
+
+    video = tmp_path / "clip.jpg"
+    with video.open("wb") as fh:
+        fh.write(b"\x00\x00\x00\x18moov" + b"\0" * 8)  # a video's first box: no image format's signature
+        fh.truncate(SNIFF_ABOVE + 1)
+    with pytest.raises(DecodeError, match="not an image: 32 MB whose first bytes are no image format's"):
+        read_limited(video, 200 * fileio_module.MB)
+    big_jpeg = tmp_path / "big.jpg"
+    with big_jpeg.open("wb") as fh:
+        fh.write(photo.read_bytes())
+        fh.truncate(SNIFF_ABOVE + 1)  # a JPEG with a long tail: read whole, as the decoder needs it
+    data = read_limited(big_jpeg, 200 * fileio_module.MB)
+    assert len(data) == SNIFF_ABOVE + 1 and data.startswith(b"\xff\xd8\xff")
