@@ -41,6 +41,13 @@ class CpuInfo:
             return "x86-64 AVX2" if "avx2" in self.flags else "x86-64"
         return self.machine
 
+    @property
+    def vector_isa(self) -> str:
+        """The vector width ONNX Runtime lays weights out for (its optimised models suit only that)."""
+        if self.machine in ("x86_64", "AMD64"):
+            return "avx512" if "avx512f" in self.flags else "avx2" if "avx2" in self.flags else "sse"
+        return self.machine
+
     def describe(self) -> str:
         seen = sorted(f for f in self.flags if f in {"avx2", "avx512f", "fma", "asimddp", "i8mm", "dotprod", *_VNNI})
         return f"{self.kind} ({', '.join(seen) or 'no SIMD extensions seen'})"

@@ -43,6 +43,8 @@ def test_env_var_picks_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ("folders: []\nmodel: {top_k: five}\n", ["'model.top_k'", "must be int", "str"]),
         ("folders: []\nmodel: {min_score: '0.5'}\n", ["'model.min_score'", "must be float"]),
         ("folders: []\nmodel: {min_score: 2}\n", ["'model.min_score'", "between 0 and 1"]),
+        ("folders: []\ndecode: {refine_margin: -0.1}\n", ["'decode.refine_margin'", "between 0 and 1"]),
+        ("folders: []\ndecode: {refine_margin: tiny}\n", ["'decode.refine_margin'", "must be float"]),
         ("folders: []\nmodel: {name: vgg16}\n", ["'model.name'", "vgg16", "resnet18"]),
         ("folders: []\nsidecar: {enabled: 'yes'}\n", ["'sidecar.enabled'", "must be bool"]),
         ("folders: 3\n", ["'folders'", "list of folder paths"]),

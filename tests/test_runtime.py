@@ -259,3 +259,35 @@ def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: 
     tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
     assert classify._cached_export_is_current(fake, lite0.weights, "int8")
 
+
+
+def test_the_optimised_model_is_made_once_for_this_cpu_and_gives_the_same_logits(
+    lite0: Classifier, weights_dir: Path, sample_paths: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loading ONNX Runtime's saved optimisation instead of optimising at each start: same answers,
+    named for this CPU's vector width, re-made when tampered with, and never required."""
+    import onnxruntime as ort
+
+    from tagger.classify import onnx_network, optimised_model
+
+    path = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "fp32")
+    made = optimised_model(path)
+    assert made is not None and f".{cpu_info().vector_isa}.ort{ort.__version__}.opt.onnx" in made.name
+    stamp = made.stat().st_mtime_ns
+    assert optimised_model(path) == made and made.stat().st_mtime_ns == stamp  # made once, then reused
+    batch = photo_arrays(lite0, list(sample_paths.values()))
+    options = ort.SessionOptions()
+    plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+    np.testing.assert_allclose(onnx_network(path)(batch), plain, atol=1e-4)
+    with made.open("r+b") as fh:  # a flipped byte: its recorded hash no longer matches, so it is made again
+        fh.seek(2000)
+        byte = fh.read(1)
+        fh.seek(2000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    before = made.read_bytes()
+    assert optimised_model(path) == made and made.read_bytes() != before
+    broken = path.with_name("not-a-model.onnx")
+    broken.write_bytes(b"not an onnx file")
+    with caplog.at_level(logging.WARNING):
+        assert optimised_model(broken) is None
+    assert "optimising at each start instead" in caplog.text
