@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tagger import __version__
-from tagger.config import Config, load_config
+from tagger.config import Config, check_scheduler_address, load_config, with_scheduler
 from tagger.cpu import cpu_info, int8_scheme
-from tagger.errors import ConfigError, DecodeError, DiskError, StoreError, TaggerError
+from tagger.errors import ConfigError, DiskError, StoreError, TaggerError
 from tagger.fileio import json_text, shown
 from tagger.systemd import JournalFormatter, under_journal
 from tagger.terms import Action
@@ -94,42 +94,14 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool, quiet: bool)
     ctx.obj = _Context(config_file)
 
 
-@cli.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of text.")
-@click.option("--top-k", type=click.IntRange(1, 1000), help="How many tags per image (default: model.top_k).")
-@pass_ctx
-def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int | None) -> None:
-    """Print the tags of IMAGES; writes nothing (no sidecar, no index)."""
-    from tagger.classify import Classifier
-    from tagger.decode import draft_size, open_rgb, preprocess
-
-    config = ctx.config(require_folders=False)
-    classifier = Classifier.from_config(config)
-    k = top_k or config.model.top_k
-    results: list[dict[str, Any]] = []
-    for path in images:
-        try:
-            draft = draft_size(classifier.spec.preprocess, config.decode.draft)
-            decoded = open_rgb(path, config.decode.max_pixels, draft, config.decode.max_file_bytes)
-        except DecodeError as exc:
-            results.append({"path": str(path), "error": str(exc)})
-            if not as_json:
-                click.echo(f"{shown(path)}: error: {exc}", err=True)
-            continue
-        tags = classifier.tag_batch(preprocess(decoded.image, classifier.spec.preprocess)[None], k)[0]
-        results.append({"path": str(path), "model": classifier.name, "tags": [t.as_dict() for t in tags]})
-        if not as_json:
-            names = ", ".join(f"{t.label} ({t.label_zh}) {t.score:.1%}" for t in tags)
-            click.echo(f"{shown(path)}: {names}")
-    if as_json:
-        click.echo(json_text(results, indent=2))
+CLUSTER_HELP = "Classify on the Dask cluster of this scheduler (tcp://HOST:PORT or tls://HOST:PORT); see cluster: in the config."
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
 @pass_ctx
-def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
+def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
     """Tag every image under PATHS (default: the configured folders).
 
     Writes a sidecar next to each image and a row in the index. Bad files are
@@ -142,7 +114,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
     from tagger.pipeline import ScanSummary, Tagger
     from tagger.index import Index
 
-    config = ctx.config()
+    config = with_scheduler(ctx.config(), scheduler)
     roots = list(paths) or list(config.folders)
     if not roots:
         raise ConfigError(f"{config.source}: key 'folders' is empty and no PATH was given: nothing to scan")
@@ -160,9 +132,9 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
                 _backfill_embeddings(config, classifier, lambda: bool(stopped))
         except DiskError:
             if summary.files:  # what was done before the disk filled up
-                _print_summary(summary, classifier.name)
+                _print_summary(summary, classifier.name, config)
             raise
-    _print_summary(summary, classifier.name)
+    _print_summary(summary, classifier.name, config)
     if stopped:
         left = summary.files - summary.tagged - summary.unchanged - summary.failed
         click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images left for the next scan", err=True)
@@ -186,7 +158,7 @@ def _stop_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-def _print_summary(summary: ScanSummary, model: str) -> None:
+def _print_summary(summary: ScanSummary, model: str, config: Config) -> None:
     rate = summary.classified / summary.seconds if summary.seconds else 0.0
     click.echo(
         f"{summary.files} images: {summary.classified} classified by {model}"
@@ -195,6 +167,8 @@ def _print_summary(summary: ScanSummary, model: str) -> None:
         f"{summary.failed} failed, {summary.removed} removed from the index; "
         f"{summary.seconds:.1f} s ({rate:.1f} images/s)"
     )
+    if config.cluster.scheduler is not None:
+        click.echo(summary.where(config.cluster.scheduler))
     if summary.sidecar_errors:
         click.echo(f"{summary.sidecar_errors} sidecars could not be written (tags are in the index)", err=True)
     for path, reason in summary.failures:
@@ -202,8 +176,9 @@ def _print_summary(summary: ScanSummary, model: str) -> None:
 
 
 @cli.command()
+@click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
 @pass_ctx
-def run(ctx: _Context) -> None:
+def run(ctx: _Context, scheduler: str | None) -> None:
     """Run the daemon: tag what changed since last time, then watch the folders live.
 
     SIGTERM or SIGINT finish the current batch and exit 0; SIGHUP reloads the config.
@@ -212,7 +187,33 @@ def run(ctx: _Context) -> None:
     from tagger.daemon import run_daemon
 
     path = Path(ctx.config_file) if ctx.config_file else None
-    sys.exit(run_daemon(path))
+    if scheduler is not None:
+        check_scheduler_address(scheduler, "--cluster")
+    sys.exit(run_daemon(path, scheduler))
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--host", help="Address to listen on for the scheduler and the coordinator (default: the one that reaches the scheduler).")
+@click.option("--nthreads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Batches classified at once (each uses every core: 1 is fastest on one machine).")
+@pass_ctx
+def worker(ctx: _Context, address: str, host: str | None, nthreads: int) -> None:
+    """Classify batches for `tagger scan`/`run --cluster` as a worker of the Dask scheduler at ADDRESS.
+
+    Loads the configured model once, then serves until SIGTERM/SIGINT, rejoining the scheduler
+    whenever it restarts. Refused (exit 2) when the coordinator runs another model or other weights.
+    Needs no photos and no index. Dask workers run what the scheduler sends: see README, "Who can connect".
+    """
+    from tagger.classify import Classifier
+
+    check_scheduler_address(address, "ADDRESS")
+    config = with_scheduler(ctx.config(require_folders=False), address)
+    try:
+        from tagger.worker import run_worker
+    except ImportError as exc:
+        raise TaggerError(f"tagger worker needs the cluster extra ({exc}): pip install 'tagger[cluster]'") from None
+    sys.exit(run_worker(Classifier.from_config(config), address, config.cluster, nthreads, host))
 
 
 @cli.command()
@@ -577,7 +578,7 @@ def _backfill_embeddings(config: Config, classifier: Any, cancelled: Any) -> Non
         )
 
 
-from tagger import cli_explain, cli_vectors  # noqa: E402,F401  (register explain; embed, similar, duplicates, learn, learned)
+from tagger import cli_model, cli_vectors  # noqa: E402,F401  (register classify, explain; embed, similar, ...)
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
-"""`tagger explain`: where in a photo the model saw a tag (tagger.explain).
+"""`tagger classify` and `tagger explain`: the model on images named on the command line; nothing is written.
 
 Registered on `tagger.cli`'s group, whose `invoke` turns errors into messages and exit codes.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,38 @@ from tagger.fileio import json_text, shown
 
 if TYPE_CHECKING:
     from tagger.index.vectors import LearnedTag
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of text.")
+@click.option("--top-k", type=click.IntRange(1, 1000), help="How many tags per image (default: model.top_k).")
+@pass_ctx
+def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int | None) -> None:
+    """Print the tags of IMAGES; writes nothing (no sidecar, no index)."""
+    from tagger.classify import Classifier
+    from tagger.decode import draft_size, open_rgb, preprocess
+
+    config = ctx.config(require_folders=False)
+    classifier = Classifier.from_config(config)
+    k = top_k or config.model.top_k
+    results: list[dict[str, Any]] = []
+    for path in images:
+        try:
+            draft = draft_size(classifier.spec.preprocess, config.decode.draft)
+            decoded = open_rgb(path, config.decode.max_pixels, draft, config.decode.max_file_bytes)
+        except DecodeError as exc:
+            results.append({"path": str(path), "error": str(exc)})
+            if not as_json:
+                click.echo(f"{shown(path)}: error: {exc}", err=True)
+            continue
+        tags = classifier.tag_batch(preprocess(decoded.image, classifier.spec.preprocess)[None], k)[0]
+        results.append({"path": str(path), "model": classifier.name, "tags": [t.as_dict() for t in tags]})
+        if not as_json:
+            names = ", ".join(f"{t.label} ({t.label_zh}) {t.score:.1%}" for t in tags)
+            click.echo(f"{shown(path)}: {names}")
+    if as_json:
+        click.echo(json_text(results, indent=2))
 
 
 @cli.command()
