@@ -128,13 +128,13 @@ def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
                     tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary)
                 finally:
                     tagger.close()
-            if not stopped:
-                _backfill_embeddings(config, classifier, lambda: bool(stopped))
         except DiskError:
             if summary.files:  # what was done before the disk filled up
                 _print_summary(summary, classifier.name, config)
             raise
-    _print_summary(summary, classifier.name, config)
+        _print_summary(summary, classifier.name, config)
+        if not stopped:  # after the summary, whose first line scripts read
+            _backfill_embeddings(config, classifier, lambda: bool(stopped))
     if stopped:
         left = summary.files - summary.tagged - summary.unchanged - summary.failed
         click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images left for the next scan", err=True)
