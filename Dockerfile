@@ -1,6 +1,10 @@
 # tagger: CPU-only image running the daemon (tagger run).
 #   docker build -t tagger .
 #   docker run -d --name tagger -v /path/to/photos:/photos -v tagger-index:/var/lib/tagger tagger
+# As a worker of a Dask cluster (README, "On a Dask cluster"; no photos, no index; the TLS files in
+# a volume and the cluster: section of a config that names them):
+#   docker run -d --name tagger-worker --network host -v /etc/tagger:/etc/tagger:ro tagger \
+#       tagger worker tls://192.168.1.10:8786
 # Weights are installed and exported to ONNX at build time (the only time tagger touches the
 # network, or PyTorch); the running container needs neither.
 FROM python:3.11-slim-bookworm
@@ -18,7 +22,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 t
 
 COPY setup.cfg pyproject.toml README.md ./
 COPY tagger ./tagger
-RUN pip install . \
+RUN pip install ./[cluster] \
     && mkdir -p /opt/tagger/weights \
     && printf 'folders: [/photos]\nindex: /var/lib/tagger/tagger.sqlite\nweights_dir: /opt/tagger/weights\n' > /tmp/build.yaml \
     && mkdir -p /photos \

@@ -21,7 +21,8 @@ if [ -n "$TORCH_INDEX" ] && "$PY" scripts/reachable.py "$TORCH_INDEX/torch/" 5; 
 elif [ -n "$TORCH_INDEX" ]; then
     echo "install: $TORCH_INDEX is not reachable; PyTorch comes from the default index (with CUDA libraries: 6.1 GB in $VENV instead of about 2 GB)" >&2
 fi
-"$PY" -m pip install --quiet -e '.[test]'
+# The cluster extra too: the tests start a local Dask cluster (README, "On a Dask cluster").
+"$PY" -m pip install --quiet -e '.[test,cluster]'
 if ! "$VENV/bin/tagger" -q weights fetch resnet18 --if-missing --timeout 5 >/dev/null 2>&1; then
     echo "install: ResNet-18 weights not reachable (offline?); tagger uses EfficientNet-Lite0 until weights/resnet18-f37072fd.pth is there (tagger weights fetch resnet18)" >&2
 fi

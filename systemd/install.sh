@@ -7,16 +7,21 @@
 # --with-web also starts the viewer, tagger-web.service (read-only), with a new web.token in the
 # config; --web-host ADDR (implies --with-web) serves it on ADDR (e.g. 0.0.0.0) instead of
 # 127.0.0.1, and lets the private networks reach it.
+# --worker ADDRESS installs a cluster worker instead (tagger-worker.service; no photos, no index):
+#   sudo systemd/install.sh --worker tls://192.168.1.10:8786
+# then put the cluster's TLS files in /etc/tagger and name them under cluster: in tagger.yaml.
 set -euo pipefail
 with_web=0
 web_host=""
+worker=""
 photos=/srv/photos
 while [ $# -gt 0 ]; do
   case "$1" in
     --with-web) with_web=1 ;;
     --web-host) with_web=1; web_host=${2:?--web-host needs an address}; shift ;;
     --web-host=*) with_web=1; web_host=${1#--web-host=} ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --worker) worker=${2:?--worker needs the scheduler address, e.g. tls://192.168.1.10:8786}; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     *) photos=$1 ;;
   esac
@@ -24,6 +29,25 @@ while [ $# -gt 0 ]; do
 done
 src=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "run as root (sudo $0)" >&2; exit 1; }
+if [ -n "$worker" ]; then
+  id tagger >/dev/null 2>&1 || useradd --system --home-dir /var/lib/tagger --shell /usr/sbin/nologin tagger
+  if [ "$src" != /opt/tagger ]; then
+    mkdir -p /opt/tagger && cp -a "$src/." /opt/tagger/ && rm -rf /opt/tagger/.venv
+  fi
+  make -C /opt/tagger install
+  install -d -m 0755 /etc/tagger
+  [ -f /etc/tagger/tagger.yaml ] || printf 'folders: []\nweights_dir: /opt/tagger/weights\nmodel:\n  name: resnet18\n' \
+    > /etc/tagger/tagger.yaml
+  printf 'TAGGER_SCHEDULER=%s\n' "$worker" > /etc/tagger/worker.env
+  chgrp tagger /etc/tagger/tagger.yaml /etc/tagger/worker.env
+  chmod 0640 /etc/tagger/tagger.yaml /etc/tagger/worker.env
+  TAGGER_CONFIG=/etc/tagger/tagger.yaml /opt/tagger/.venv/bin/tagger weights prepare
+  install -m 0644 /opt/tagger/systemd/tagger-worker.service /etc/systemd/system/tagger-worker.service
+  systemctl daemon-reload
+  systemctl enable --now tagger-worker.service
+  systemctl --no-pager status tagger-worker.service
+  exit 0
+fi
 [ -d "$photos" ] || { echo "$photos: no such folder" >&2; exit 1; }
 photos=$(cd "$photos" && pwd -P)
 

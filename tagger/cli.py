@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tagger import __version__
-from tagger.config import Config, load_config
+from tagger.cli_vectors import COMMANDS, backfill_after_scan
+from tagger.config import Config, check_scheduler_address, load_config, with_scheduler
 from tagger.cpu import cpu_info, int8_scheme
 from tagger.errors import ConfigError, DecodeError, DiskError, StoreError, TaggerError
 from tagger.fileio import json_text, shown
@@ -69,7 +70,7 @@ class _TaggerGroup(click.Group):
             raise _Failure(str(exc)) from None
 
 
-@click.group(cls=_TaggerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_TaggerGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tagger")
 @click.option(
     "--config",
@@ -126,10 +127,14 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
         click.echo(json_text(results, indent=2))
 
 
+CLUSTER_HELP = "Classify on the Dask cluster of this scheduler (tcp://HOST:PORT or tls://HOST:PORT); see cluster: in the config."
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
 @pass_ctx
-def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
+def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
     """Tag every image under PATHS (default: the configured folders).
 
     Writes a sidecar next to each image and a row in the index. Bad files are
@@ -142,7 +147,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
     from tagger.pipeline import ScanSummary, Tagger
     from tagger.index import Index
 
-    config = ctx.config()
+    config = with_scheduler(ctx.config(), scheduler)
     roots = list(paths) or list(config.folders)
     if not roots:
         raise ConfigError(f"{config.source}: key 'folders' is empty and no PATH was given: nothing to scan")
@@ -156,13 +161,12 @@ def scan(ctx: _Context, paths: tuple[Path, ...]) -> None:
                     tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary)
                 finally:
                     tagger.close()
-            if not stopped:
-                _backfill_embeddings(config, classifier, lambda: bool(stopped))
+            backfill_after_scan(config, classifier, stopped)  # an index from before embeddings
         except DiskError:
             if summary.files:  # what was done before the disk filled up
-                _print_summary(summary, classifier.name)
+                _print_summary(summary, classifier.name, config)
             raise
-    _print_summary(summary, classifier.name)
+    _print_summary(summary, classifier.name, config)
     if stopped:
         left = summary.files - summary.tagged - summary.unchanged - summary.failed
         click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images left for the next scan", err=True)
@@ -186,7 +190,7 @@ def _stop_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-def _print_summary(summary: ScanSummary, model: str) -> None:
+def _print_summary(summary: ScanSummary, model: str, config: Config) -> None:
     rate = summary.classified / summary.seconds if summary.seconds else 0.0
     click.echo(
         f"{summary.files} images: {summary.classified} classified by {model}"
@@ -195,6 +199,8 @@ def _print_summary(summary: ScanSummary, model: str) -> None:
         f"{summary.failed} failed, {summary.removed} removed from the index; "
         f"{summary.seconds:.1f} s ({rate:.1f} images/s)"
     )
+    if config.cluster.scheduler is not None:
+        click.echo(summary.where(config.cluster.scheduler))
     if summary.sidecar_errors:
         click.echo(f"{summary.sidecar_errors} sidecars could not be written (tags are in the index)", err=True)
     for path, reason in summary.failures:
@@ -202,8 +208,9 @@ def _print_summary(summary: ScanSummary, model: str) -> None:
 
 
 @cli.command()
+@click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
 @pass_ctx
-def run(ctx: _Context) -> None:
+def run(ctx: _Context, scheduler: str | None) -> None:
     """Run the daemon: tag what changed since last time, then watch the folders live.
 
     SIGTERM or SIGINT finish the current batch and exit 0; SIGHUP reloads the config.
@@ -212,7 +219,33 @@ def run(ctx: _Context) -> None:
     from tagger.daemon import run_daemon
 
     path = Path(ctx.config_file) if ctx.config_file else None
-    sys.exit(run_daemon(path))
+    if scheduler is not None:
+        check_scheduler_address(scheduler, "--cluster")
+    sys.exit(run_daemon(path, scheduler))
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--host", help="Address to listen on for the scheduler and the coordinator (default: the one that reaches the scheduler).")
+@click.option("--nthreads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Batches classified at once (each uses every core: 1 is fastest on one machine).")
+@pass_ctx
+def worker(ctx: _Context, address: str, host: str | None, nthreads: int) -> None:
+    """Classify batches for `tagger scan`/`run --cluster` as a worker of the Dask scheduler at ADDRESS.
+
+    Loads the configured model once, then serves until SIGTERM/SIGINT, rejoining the scheduler
+    whenever it restarts. Refused (exit 2) when the coordinator runs another model or other weights.
+    Needs no photos and no index. Dask workers run what the scheduler sends: see README, "Who can connect".
+    """
+    from tagger.classify import Classifier
+
+    check_scheduler_address(address, "ADDRESS")
+    config = with_scheduler(ctx.config(require_folders=False), address)
+    try:
+        from tagger.worker import run_worker
+    except ImportError as exc:
+        raise TaggerError(f"tagger worker needs the cluster extra ({exc}): pip install 'tagger[cluster]'") from None
+    sys.exit(run_worker(Classifier.from_config(config), address, config.cluster, nthreads, host))
 
 
 @cli.command()
@@ -561,23 +594,6 @@ def failures(ctx: _Context) -> None:
     with Index.open(config.index, readonly=True) as store:
         for f in store.failures():
             click.echo(f"{shown(f.path)}: {f.error}")
-
-
-def _backfill_embeddings(config: Config, classifier: Any, cancelled: Any) -> None:
-    """Embeddings an older index lacks, computed once, with their own progress bar."""
-    from tagger.embeddings import backfill
-    from tagger.index import Index
-
-    with Index.open(config.index) as store, _progress() as on_progress:
-        result = backfill(config, classifier, store, on_progress=on_progress, cancelled=cancelled)
-    if result.missing:
-        click.echo(
-            f"embeddings: {result.computed} computed for images indexed before them"
-            f"{f', {result.skipped} skipped (file changed or unreadable)' if result.skipped else ''}"
-        )
-
-
-from tagger import cli_vectors  # noqa: E402  (registers embed, similar, duplicates, learn, learned)
 
 
 def main() -> None:

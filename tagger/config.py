@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -100,6 +101,24 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """`tagger scan`/`run` on a Dask cluster: this process reads, hashes and writes; workers classify."""
+
+    scheduler: str | None = None  # tcp://HOST:PORT or tls://HOST:PORT; null: classify here
+    tls_ca: str | None = None  # CA that signed the scheduler's and workers' certificates (tls:// only)
+    tls_cert: str | None = None  # this machine's certificate, signed by tls_ca
+    tls_key: str | None = None  # and its private key
+    batch_size: int = 4  # images per task sent to a worker
+    in_flight: int = 8  # tasks sent and not yet written back; bounds the coordinator's memory
+    retry_seconds: float = 30.0  # while the scheduler is gone, how often to try it again
+    connect_timeout: float = 10.0  # seconds to reach the scheduler before classifying here
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.scheduler and self.scheduler.startswith("tls://"))
+
+
+@dataclass(frozen=True)
 class Config:
     folders: tuple[Path, ...]
     index: Path
@@ -110,6 +129,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     web: WebConfig = field(default_factory=WebConfig)
     xmp: XmpConfig = field(default_factory=XmpConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     rules: Path | None = None  # None: the rules shipped inside the package
     source: Path | None = None
 
@@ -121,6 +141,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "watch": WatchConfig,
     "web": WebConfig,
     "xmp": XmpConfig,
+    "cluster": ClusterConfig,
 }
 _TOP_KEYS = ("folders", "index", "weights_dir", "rules", *_SECTIONS)
 
@@ -181,6 +202,11 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
     _check_web(web, source)
     xmp: XmpConfig = sections["xmp"]
     _check_xmp(xmp, source)
+    cluster: ClusterConfig = sections["cluster"]
+    tls_files = {k: getattr(cluster, k) for k in ("tls_ca", "tls_cert", "tls_key")}
+    tls_paths = {k: str(_resolve(base, v)) for k, v in tls_files.items() if v is not None}
+    cluster = dataclasses.replace(cluster, **tls_paths)  # type: ignore[arg-type]
+    check_cluster(cluster, str(source))
     rules = None
     if raw.get("rules") is not None:
         rules = _resolve(base, _string(raw, "rules", "", source))
@@ -195,6 +221,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         watch=watch,
         web=web,
         xmp=xmp,
+        cluster=cluster,
         rules=rules,
         source=source,
     )
@@ -282,6 +309,55 @@ def _check_xmp(xmp: XmpConfig, source: Path) -> None:
         )
     if not xmp.prefix.strip("/ "):
         raise ConfigError(f"{source}: key 'xmp.prefix' must name a tag, e.g. 'auto/', not {xmp.prefix!r}")
+
+
+SCHEDULER_ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
+
+
+def check_scheduler_address(address: str, where: str) -> None:
+    """tcp://HOST:PORT or tls://HOST:PORT, nothing else: a typo must not become a silent local run."""
+    found = SCHEDULER_ADDRESS.fullmatch(address)
+    if found is None or not 1 <= int(found.group(3)) <= 65535:
+        raise ConfigError(
+            f"{where}: {address!r} is not a scheduler address: write tcp://HOST:PORT or tls://HOST:PORT "
+            "(the address `dask scheduler` prints, e.g. tcp://192.168.1.10:8786)"
+        )
+
+
+def check_cluster(cluster: ClusterConfig, source: str) -> None:
+    """Also run for `--cluster ADDRESS`, which replaces `cluster.scheduler`."""
+    if cluster.scheduler is not None:
+        check_scheduler_address(cluster.scheduler, f"{source}: key 'cluster.scheduler'")
+    tls = {key: getattr(cluster, key) for key in ("tls_ca", "tls_cert", "tls_key")}
+    if cluster.uses_tls and None in tls.values():
+        missing = ", ".join(f"cluster.{k}" for k, v in tls.items() if v is None)
+        raise ConfigError(f"{source}: a tls:// scheduler needs {missing} (the CA, this machine's certificate and key)")
+    if cluster.scheduler is not None and not cluster.uses_tls and any(tls.values()):
+        raise ConfigError(
+            f"{source}: keys 'cluster.tls_*' are set but the scheduler is {cluster.scheduler}: "
+            "write tls://HOST:PORT to use them (tcp:// is unencrypted and unauthenticated)"
+        )
+    for key, value in tls.items():
+        if value is not None and not os.path.isfile(value):
+            raise ConfigError(f"{source}: key 'cluster.{key}': {value} is not a file")
+    limits = {"batch_size": (1, 256), "in_flight": (1, 1000)}
+    for key, (low, high) in limits.items():
+        value = getattr(cluster, key)
+        if not low <= value <= high:
+            raise ConfigError(f"{source}: key 'cluster.{key}' must be between {low} and {high}, not {value}")
+    if not 0.1 <= cluster.retry_seconds <= 86400:
+        raise ConfigError(f"{source}: key 'cluster.retry_seconds' must be between 0.1 and 86400 seconds")
+    if not 0.1 <= cluster.connect_timeout <= 600:
+        raise ConfigError(f"{source}: key 'cluster.connect_timeout' must be between 0.1 and 600 seconds")
+
+
+def with_scheduler(config: Config, address: str | None) -> Config:
+    """`--cluster ADDRESS` replaces `cluster.scheduler`, checked like the file's own value."""
+    if address is None:
+        return config
+    cluster = dataclasses.replace(config.cluster, scheduler=address)
+    check_cluster(cluster, "--cluster")
+    return dataclasses.replace(config, cluster=cluster)
 
 
 def _build_section(cls: type[Any], raw: dict[str, Any], section: str, source: Path) -> Any:

@@ -19,7 +19,7 @@ from types import FrameType
 
 from tagger import __version__
 from tagger.classify import Classifier
-from tagger.config import Config, load_config
+from tagger.config import Config, load_config, with_scheduler
 from tagger.fileio import json_text, write_atomic, write_problem
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.indexlock import IndexLocked, index_lock
@@ -233,6 +233,8 @@ class Daemon:
         self.summary.reused += result.reused
         self.summary.refined += result.refined
         self.summary.failed += result.failed
+        for worker, count in result.by_worker.items():
+            self.summary.by_worker[worker] = self.summary.by_worker.get(worker, 0) + count
         if result.classified or result.reused or result.failed or result.removed:
             log.info(
                 "reconciled %s: %d classified, %d from the index, %d failed, %d removed",
@@ -260,6 +262,9 @@ class Daemon:
         if (new.model.name, new.index) != (self.config.model.name, self.config.index):
             log.warning("model.name and index changes need a restart; applying the rest")
             new = dataclasses.replace(new, model=self.config.model, index=self.config.index)
+        if new.cluster != self.config.cluster:
+            log.warning("cluster changes need a restart; applying the rest")
+        new = dataclasses.replace(new, cluster=self.config.cluster)  # and --cluster stays
         added = [f for f in new.folders if f not in self.config.folders]
         self.config = new
         tagger.reconfigure(new, rules)
@@ -282,6 +287,8 @@ class Daemon:
             "reused": s.reused,
             "refined": s.refined,
             "failed": s.failed,
+            **({"cluster": {"scheduler": self.config.cluster.scheduler, "by_worker": s.by_worker,
+                            "classified_here": s.classified_here}} if self.config.cluster.scheduler else {}),
             "folders": {str(folder): mode for folder, mode in watcher.folders.items()},
         }
         try:
@@ -306,8 +313,8 @@ class Daemon:
         )
 
 
-def run_daemon(config_path: Path | None) -> int:
-    config = load_config(config_path)
+def run_daemon(config_path: Path | None, scheduler: str | None = None) -> int:
+    config = with_scheduler(load_config(config_path), scheduler)
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     log.info("tagger %s starting (pid %d)", __version__, os.getpid())

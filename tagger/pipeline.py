@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,9 +22,10 @@ from tagger.classify import Classifier, Prediction
 from tagger.labels import Tag
 from tagger.memory import return_big_buffers
 from tagger.config import Config
+from tagger.duplicates import image_hash
 from tagger.embeddings import Look, save_embedding
 from tagger.decode import DecodedArray, decode_array, draft_size
-from tagger.errors import DecodeError, DiskError
+from tagger.errors import ConfigError, DecodeError, DiskError
 from tagger.fileio import Folders, is_image_name, read_limited, skipped_folder
 from tagger.keywords import keyword_rows
 from tagger.learn import LearnedModels
@@ -33,6 +35,10 @@ from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_side
 from tagger.index import Index
 from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
+
+if TYPE_CHECKING:
+    from tagger.cluster import JobSettings
+    from tagger.oncluster import OnCluster
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +59,21 @@ class ScanSummary:
     refined: int = 0  # near ties decoded fully and classified again
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    by_worker: dict[str, int] = field(default_factory=dict)  # images classified on each cluster worker
 
     @property
     def tagged(self) -> int:
         return self.classified + self.reused
+
+    @property
+    def classified_here(self) -> int:
+        return self.classified - sum(self.by_worker.values())
+
+    def where(self, scheduler: str) -> str:
+        """The summary's line saying where the work went: per cluster worker, and here."""
+        workers = ", ".join(f"{name} {count}" for name, count in sorted(self.by_worker.items()))
+        shown = f" ({workers})" if workers else ""
+        return f"where: {sum(self.by_worker.values())} classified on the cluster {scheduler}{shown}, {self.classified_here} here"
 
 
 @dataclass
@@ -68,6 +85,16 @@ class _InFlight:
     data: bytes  # kept until the model has run: a near tie is decoded again, fully
     sha256: str
     decoded: Future[DecodedArray | DecodeError]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A file read and hashed whose content is not in the index yet."""
+
+    path: Path
+    mtime_ns: int
+    data: bytes
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -119,6 +146,7 @@ class Tagger:
         self._refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-refine")
         # Batches decoded ahead of the model: two images per decoder thread, at least one batch.
         self._depth = max(1, -(-2 * decoders // config.model.batch_size))
+        self.on_cluster = _open_cluster(self, config, classifier)  # None: everything is classified here
 
     def reconfigure(self, config: Config, rules: Rules) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
@@ -126,8 +154,12 @@ class Tagger:
         self.retagger = Retagger(config, self.store, rules)
         self.retagger.check_settings()
         self.folders = Folders(config.folders)
+        if self.on_cluster is not None:  # batches sent from now on carry the new top_k and decode settings
+            self.on_cluster.cluster.settings = job_settings(config, self.classifier)
 
     def close(self) -> None:
+        if self.on_cluster is not None:
+            self.on_cluster.cluster.close()
         self._readers.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
         self._refiner.shutdown(wait=True)
@@ -161,17 +193,20 @@ class Tagger:
                 defer_recent(path)
             paths = [p for p in found if p not in recent]
         summary.files = len(paths)
-        # Several batches in flight: while the model runs on one, the next ones are being decoded,
-        # enough of them to keep every decoder thread busy, within a bound on the bytes they hold.
-        ahead: deque[tuple[list[_InFlight], int]] = deque()
-        for batch in _chunks(paths, self.config.model.batch_size):
-            if cancelled is not None and cancelled():
-                break
-            ahead.append((self._start(batch, summary), len(batch)))
-            while len(ahead) > self._depth or (len(ahead) > 1 and _bytes_held(ahead) > AHEAD_BYTES):
-                self._finish_next(ahead, summary, on_progress)
-        while ahead:  # even when stopping: already read, so record it
-            self._finish_next(ahead, summary, on_progress)
+        if self.on_cluster is not None:
+            self.on_cluster.tag(paths, summary, on_progress, cancelled)
+        else:
+            # Several batches in flight: while the model runs on one, the next ones are being decoded,
+            # enough of them to keep every decoder thread busy, within a bound on the bytes they hold.
+            ahead: deque[tuple[list[_InFlight], int]] = deque()
+            for batch in _chunks(paths, self.config.model.batch_size):
+                if cancelled is not None and cancelled():
+                    break
+                ahead.append((_decode_all(self, self._read_new(batch, summary)), len(batch)))
+                while len(ahead) > self._depth or (len(ahead) > 1 and _bytes_held(ahead) > AHEAD_BYTES):
+                    _finish_next(self, ahead, summary, on_progress)
+            while ahead:  # even when stopping: already read, so record it
+                _finish_next(self, ahead, summary, on_progress)
         if cancelled is not None and cancelled():
             summary.seconds = time.monotonic() - started
             return summary  # stopping: the rest is found by the next reconcile
@@ -183,29 +218,21 @@ class Tagger:
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _finish_next(
-        self, ahead: deque[tuple[list[_InFlight], int]], summary: ScanSummary, on_progress: Callable[[int], None] | None
-    ) -> None:
-        inflight, count = ahead.popleft()
-        self._finish(inflight, summary)
-        if on_progress:
-            on_progress(count)
-
     def tag_files(self, paths: Sequence[Path], summary: ScanSummary) -> None:
         """One batch, start to finish (the daemon's unit of work)."""
         self.folders = Folders(self.config.folders)
-        self._finish(self._start(paths, summary), summary)
+        if self.on_cluster is not None:
+            self.on_cluster.tag(paths, summary, None, None)
+        else:
+            self._finish(_decode_all(self, self._read_new(paths, summary)), summary)
 
-    def _start(self, paths: Sequence[Path], summary: ScanSummary) -> list[_InFlight]:
-        """Cheap checks, read + hash, reuse from the index; decoding of the rest is left running.
+    def _read_new(self, paths: Sequence[Path], summary: ScanSummary) -> list[_Read]:
+        """Cheap checks, read + hash, reuse from the index: what is left needs a model run.
 
-        Worker threads only read, hash and decode; the index is touched from this thread alone.
+        Worker threads only read and hash; the index is touched from this thread alone.
         """
         changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
-        spec = self.classifier.spec.preprocess
-        max_pixels = self.config.decode.max_pixels
-        draft = draft_size(spec, self.config.decode.draft)
-        inflight: list[_InFlight] = []
+        fresh: list[_Read] = []
         limit, folders = self.config.decode.max_file_bytes, self.folders
         reads = self._readers.map(lambda p: _read_and_hash(p, limit, folders), [p for p, _ in changed])
         for (path, stat), read in zip(changed, reads):
@@ -215,13 +242,12 @@ class Tagger:
             data, sha256 = read
             cached = self.store.cached_image(sha256, self.classifier.name)
             if cached is None:
-                future = self._decoders.submit(_decode, data, max_pixels, spec, draft)
-                inflight.append(_InFlight(path, stat.st_mtime_ns, data, sha256, future))
+                fresh.append(_Read(path, stat.st_mtime_ns, data, sha256))
                 continue
             if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, None):
                 summary.sidecar_errors += 1
             summary.reused += 1
-        return inflight
+        return fresh
 
     def _finish(self, inflight: list[_InFlight], summary: ScanSummary) -> None:
         """Collect the decoded arrays, one model run, then sidecars and index rows."""
@@ -240,7 +266,8 @@ class Tagger:
         predicted = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
         self._refine(pending, predicted, summary)
         for done, tags, features in zip(pending, predicted[0], predicted[2]):
-            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, (features, done.array)):
+            look = (features, image_hash(done.array))
+            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, look):
                 summary.sidecar_errors += 1
             summary.classified += 1
 
@@ -250,12 +277,9 @@ class Tagger:
         A reduced decode moves each pixel a little; where the best two guesses were within
         `decode.refine_margin`, that can swap them. Only those few images pay for a full decode.
         """
-        threshold, (results, margins, embeddings) = self.config.decode.refine_margin, predicted
-        near = [i for i, (p, m) in enumerate(zip(pending, margins)) if p.reduced and m < threshold]
-        # A model unsure of everything (random weights, or pictures unlike any class) would make
-        # every photo a near tie: at most a tenth of the photos, and one more, are decoded twice.
-        allowed = 1 + int(REFINE_SHARE * (summary.classified + len(pending))) - summary.refined
-        near = near[: max(0, allowed)]
+        results, margins, embeddings = predicted
+        budget = refine_budget(summary, len(pending))
+        near = near_ties([p.reduced for p in pending], margins, self.config.decode.refine_margin, budget)
         if not near:
             return
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
@@ -400,6 +424,64 @@ class Tagger:
             self.store.save_failure(str(path), sha256, size, mtime_ns, reason)
         summary.failed += 1
         summary.failures.append((str(path), reason))
+
+
+def _finish_next(
+    tagger: Tagger, ahead: deque[tuple[list[_InFlight], int]], summary: ScanSummary,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    inflight, count = ahead.popleft()
+    tagger._finish(inflight, summary)
+    if on_progress:
+        on_progress(count)
+
+
+def _decode_all(tagger: Tagger, reads: Sequence[_Read]) -> list[_InFlight]:
+    """Decoding of files read and hashed, left running in the decoder threads."""
+    spec, max_pixels = tagger.classifier.spec.preprocess, tagger.config.decode.max_pixels
+    draft = draft_size(spec, tagger.config.decode.draft)
+    return [
+        _InFlight(r.path, r.mtime_ns, r.data, r.sha256, tagger._decoders.submit(_decode, r.data, max_pixels, spec, draft))
+        for r in reads
+    ]
+
+
+def refine_budget(summary: ScanSummary, batch: int) -> int:
+    """A model unsure of everything (random weights, or pictures unlike any class) would make
+    every photo a near tie: at most a tenth of the photos, and one more, are decoded twice.
+
+    On a cluster each batch gets the budget left when it is sent, so batches out at the same
+    time may together use up to `cluster.in_flight` times that: still bounded."""
+    return 1 + int(REFINE_SHARE * (summary.classified + batch)) - summary.refined
+
+
+def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float, allowed: int) -> list[int]:
+    """Which images of a batch to decode again in full (here and on cluster workers alike): reduced
+    decodes whose best two guesses were within `decode.refine_margin`, at most `allowed` of them."""
+    near = [i for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold]
+    return near[: max(0, allowed)]
+
+
+def _open_cluster(tagger: Tagger, config: Config, classifier: Classifier) -> OnCluster | None:
+    """The cluster path where a scheduler is configured; without one, dask is never imported."""
+    if config.cluster.scheduler is None:
+        return None
+    try:
+        from tagger.cluster import Cluster
+        from tagger.oncluster import OnCluster
+    except ImportError as exc:
+        raise ConfigError(
+            f"cluster.scheduler is set but Dask is not installed ({exc}): pip install 'tagger[cluster]'"
+        ) from None
+    return OnCluster(tagger, Cluster(config.cluster, job_settings(config, classifier)))
+
+
+def job_settings(config: Config, classifier: Classifier) -> JobSettings:
+    from tagger.cluster import JobSettings
+    from tagger.worker import ModelIdentity
+
+    m, d = config.model, config.decode
+    return JobSettings(ModelIdentity.of(classifier), m.top_k, d.max_pixels, d.draft, d.refine_margin)
 
 
 def _bytes_held(ahead: deque[tuple[list[_InFlight], int]]) -> int:

@@ -20,7 +20,8 @@ from tagger.systemd import JournalFormatter, Notifier
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "tagger.service"
 WEB_UNIT = ROOT / "systemd" / "tagger-web.service"
-EXPOSURE_GOALS = {UNIT: 1.0, WEB_UNIT: 1.5}  # systemd-analyze security: 0 is the tightest, 10 the loosest
+WORKER_UNIT = ROOT / "systemd" / "tagger-worker.service"
+EXPOSURE_GOALS = {UNIT: 1.0, WEB_UNIT: 1.5, WORKER_UNIT: 1.0}  # systemd-analyze security: 0 is the tightest, 10 the loosest
 TAGGER = str(Path(sys.executable).parent / "tagger")
 
 
@@ -43,7 +44,7 @@ def unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     return settings
 
 
-@pytest.mark.parametrize("source", [UNIT, WEB_UNIT], ids=lambda p: p.name)
+@pytest.mark.parametrize("source", [UNIT, WEB_UNIT, WORKER_UNIT], ids=lambda p: p.name)
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path, source: Path) -> None:
     analyze = need("systemd-analyze")
     unit = tmp_path / source.name
@@ -53,7 +54,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path, source: Path) -> Non
     assert source.name not in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("source", [UNIT, WEB_UNIT], ids=lambda p: p.name)
+@pytest.mark.parametrize("source", [UNIT, WEB_UNIT, WORKER_UNIT], ids=lambda p: p.name)
 def test_unit_exposure_is_within_its_goal_and_every_gap_is_explained(tmp_path: Path, source: Path) -> None:
     analyze = need("systemd-analyze")
     unit = tmp_path / source.name
@@ -82,6 +83,16 @@ def test_web_unit_reads_the_library_and_index_only() -> None:
     assert "StateDirectory" not in s  # the daemon owns the index
 
 
+def test_worker_unit_runs_a_worker_with_no_photos_no_index_and_local_networks_only() -> None:
+    s = unit_settings(WORKER_UNIT)
+    assert s["ExecStart"] == ["/opt/tagger/.venv/bin/tagger worker ${TAGGER_SCHEDULER}"] and s["User"] == ["tagger"]
+    assert s["EnvironmentFile"] == ["-/etc/tagger/worker.env"]
+    assert s["RestartPreventExitStatus"] == ["2"]  # a refused model is not fixed by restarting
+    assert "ReadWritePaths" not in s and "StateDirectory" not in s  # no photos, no index
+    assert s["MemoryDenyWriteExecute"] == ["yes"] and s["IPAddressDeny"] == ["any"]
+    assert "0.0.0.0/0" not in s["IPAddressAllow"][0] and "192.168.0.0/16" in s["IPAddressAllow"][0]
+
+
 def test_installer_can_add_the_viewer_and_prepares_the_model() -> None:
     bash = need("bash")
     script = ROOT / "systemd" / "install.sh"
@@ -90,6 +101,7 @@ def test_installer_can_add_the_viewer_and_prepares_the_model() -> None:
     assert "--with-web" in text and "tagger-web.service" in text and "weights prepare" in text
     help_text = subprocess.run([bash, str(script), "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "--with-web" in help_text.stdout
+    assert "--worker ADDRESS" in help_text.stdout and "tagger-worker.service" in text
 
 
 def test_unit_is_notify_hardened_and_polite() -> None:
@@ -244,3 +256,4 @@ def test_dockerfile_runs_the_daemon_as_non_root_with_volumes_and_healthcheck() -
     assert "download.pytorch.org/whl/cpu" in text  # CPU-only torch
     assert "weights fetch resnet18" in text  # weights at build time, never at run time
     assert "tagger weights prepare" in text  # and the ONNX export: the container never loads PyTorch
+    assert "pip install ./[cluster]" in text and "tagger worker tls://" in text  # it can run as a worker
