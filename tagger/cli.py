@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tagger import __version__
+from tagger.cli_model import MODEL_COMMANDS
+from tagger.cli_vectors import COMMANDS, backfill_after_scan
 from tagger.config import Config, check_scheduler_address, load_config, with_scheduler
 from tagger.cpu import cpu_info, int8_scheme
 from tagger.errors import ConfigError, DiskError, StoreError, TaggerError
@@ -69,7 +71,7 @@ class _TaggerGroup(click.Group):
             raise _Failure(str(exc)) from None
 
 
-@click.group(cls=_TaggerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_TaggerGroup, commands=[*MODEL_COMMANDS, *COMMANDS], context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tagger")
 @click.option(
     "--config",
@@ -128,13 +130,12 @@ def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
                     tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary)
                 finally:
                     tagger.close()
+            backfill_after_scan(config, classifier, stopped)  # an index from before embeddings
         except DiskError:
             if summary.files:  # what was done before the disk filled up
                 _print_summary(summary, classifier.name, config)
             raise
-        _print_summary(summary, classifier.name, config)
-        if not stopped:  # after the summary, whose first line scripts read
-            _backfill_embeddings(config, classifier, lambda: bool(stopped))
+    _print_summary(summary, classifier.name, config)
     if stopped:
         left = summary.files - summary.tagged - summary.unchanged - summary.failed
         click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images left for the next scan", err=True)
@@ -562,23 +563,6 @@ def failures(ctx: _Context) -> None:
     with Index.open(config.index, readonly=True) as store:
         for f in store.failures():
             click.echo(f"{shown(f.path)}: {f.error}")
-
-
-def _backfill_embeddings(config: Config, classifier: Any, cancelled: Any) -> None:
-    """Embeddings an older index lacks, computed once, with their own progress bar."""
-    from tagger.embeddings import backfill
-    from tagger.index import Index
-
-    with Index.open(config.index) as store, _progress() as on_progress:
-        result = backfill(config, classifier, store, on_progress=on_progress, cancelled=cancelled)
-    if result.missing:
-        click.echo(
-            f"embeddings: {result.computed} computed for images indexed before them"
-            f"{f', {result.skipped} skipped (file changed or unreadable)' if result.skipped else ''}"
-        )
-
-
-from tagger import cli_model, cli_vectors  # noqa: E402,F401  (register classify, explain; embed, similar, ...)
 
 
 def main() -> None:

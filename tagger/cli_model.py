@@ -1,6 +1,6 @@
 """`tagger classify` and `tagger explain`: the model on images named on the command line; nothing is written.
 
-Registered on `tagger.cli`'s group, whose `invoke` turns errors into messages and exit codes.
+Given to `tagger.cli`'s group (MODEL_COMMANDS), whose `invoke` turns errors into messages and exit codes.
 """
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tagger.cli import _Context, _Failure, cli, pass_ctx
-from tagger.errors import DecodeError
+from tagger.errors import DecodeError, TaggerError
 from tagger.fileio import json_text, shown
 
 if TYPE_CHECKING:
+    from tagger.cli import _Context
     from tagger.index.vectors import LearnedTag
 
+pass_ctx = click.pass_obj  # the group's _Context (tagger.cli)
 
-@cli.command()
+
+@click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of text.")
 @click.option("--top-k", type=click.IntRange(1, 1000), help="How many tags per image (default: model.top_k).")
@@ -49,7 +51,7 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
         click.echo(json_text(results, indent=2))
 
 
-@cli.command()
+@click.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--tag", "term", metavar="LABEL", help="English or Chinese label, class id, or learned/NAME (default: the top guess).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the photo with the heatmap as PNG.")
@@ -67,7 +69,7 @@ def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_j
     try:
         decoded = open_rgb(image, config.decode.max_pixels, draft, config.decode.max_file_bytes)
     except DecodeError as exc:
-        raise _Failure(f"{shown(image)}: {exc}") from None
+        raise TaggerError(f"{shown(image)}: {exc}") from None
     size = (decoded.width, decoded.height)
     if term is not None and term.strip().startswith(cam.LEARNED_PREFIX):
         name = term.strip().removeprefix(cam.LEARNED_PREFIX)
@@ -81,7 +83,7 @@ def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_j
         try:
             cam.overlay(explanation, decoded.image).save(out, "PNG")
         except (OSError, ValueError) as exc:
-            raise _Failure(f"{shown(out)}: cannot write the overlay: {exc}") from None
+            raise TaggerError(f"{shown(out)}: cannot write the overlay: {exc}") from None
     if as_json:
         click.echo(json_text(explanation.as_dict()))
         return
@@ -96,3 +98,6 @@ def _learned_tags(ctx: _Context, model: str) -> list[LearnedTag]:
 
     with Index.open(ctx.config(require_folders=False).index, readonly=True) as index:
         return VectorRows(index.conn).learned(model)
+
+
+MODEL_COMMANDS = [classify, explain]

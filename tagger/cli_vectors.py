@@ -1,22 +1,25 @@
 """The commands built on embeddings: embed, similar, duplicates, learn, learned.
 
-Registered on `tagger.cli`'s group, whose `invoke` turns errors into messages and exit codes.
+Given to `tagger.cli`'s group (COMMANDS), whose `invoke` turns errors into messages and exit codes.
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tagger.cli import _Context, _progress, cli, pass_ctx
 from tagger.errors import StoreError, TaggerError
 from tagger.fileio import json_text, shown
 
 if TYPE_CHECKING:
+    from tagger.cli import _Context
+    from tagger.config import Config
     from tagger.index import Index
+
+pass_ctx = click.pass_obj  # the group's _Context (tagger.cli)
 
 
 def _indexed_sha(store: Index, image: Path) -> str:
@@ -33,11 +36,12 @@ def _write_paths(paths: list[str]) -> None:
     out.flush()
 
 
-@cli.command()
+@click.command()
 @pass_ctx
 def embed(ctx: _Context) -> None:
     """Compute the embeddings that images indexed before them lack (`tagger scan` does it too)."""
     from tagger.classify import Classifier
+    from tagger.cli import _progress as progress
     from tagger.embeddings import backfill
     from tagger.indexlock import index_lock
     from tagger.index import Index
@@ -47,7 +51,7 @@ def embed(ctx: _Context) -> None:
         raise StoreError(f"{config.index}: no index yet (run `tagger scan` first)")
     with index_lock(config.index, "scan"):
         classifier = Classifier.from_config(config)
-        with Index.open(config.index) as store, _progress() as on_progress:
+        with Index.open(config.index) as store, progress() as on_progress:
             result = backfill(config, classifier, store, on_progress=on_progress)
     click.echo(
         f"embeddings: {result.missing} missing, {result.computed} computed, {result.skipped} skipped "
@@ -55,7 +59,7 @@ def embed(ctx: _Context) -> None:
     )
 
 
-@cli.command()
+@click.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
 @click.option("--format", "fmt", type=click.Choice(["paths", "json"]), default="paths", show_default=True,
@@ -78,7 +82,7 @@ def similar(ctx: _Context, image: Path, limit: int, fmt: str) -> None:
         _write_paths([p for p, _ in found])
 
 
-@cli.command()
+@click.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: a block per group, the largest copy marked *; json: a list of groups, each a list of "
               "paths, the largest copy first.")
@@ -108,7 +112,7 @@ def duplicates(ctx: _Context, fmt: str) -> None:
     click.echo(f"{len(found)} groups of copies ({files} files); * marks the largest copy", err=True)
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--not", "rejected", multiple=True, type=click.Path(path_type=Path),
@@ -158,7 +162,7 @@ def _paths_of(store: Index, shas: list[str]) -> dict[str, list[str]]:
     return VectorRows(store.conn).paths_of(shas)
 
 
-@cli.command()
+@click.command()
 @pass_ctx
 def learned(ctx: _Context) -> None:
     """List the learned tags: examples, counter-examples, matches, cross-validated precision."""
@@ -177,3 +181,23 @@ def learned(ctx: _Context) -> None:
     for t in tags:
         precision = "n/a" if t.precision is None else f"{t.precision:.0%}"
         click.echo(f"{t.name:20} {t.positives:8d} {t.negatives:5d} {counts[t.name]:8d} {precision:>9}  {t.model}")
+
+
+def backfill_after_scan(config: Config, classifier: Any, stopped: list[int]) -> None:
+    """Embeddings an older index lacks, computed once after a scan that was not stopped, with a progress bar."""
+    from tagger.cli import _progress
+    from tagger.embeddings import backfill
+    from tagger.index import Index
+
+    if stopped:
+        return
+    with Index.open(config.index) as store, _progress() as on_progress:
+        result = backfill(config, classifier, store, on_progress=on_progress, cancelled=lambda: bool(stopped))
+    if result.missing:
+        click.echo(
+            f"embeddings: {result.computed} computed for images indexed before them"
+            f"{f', {result.skipped} skipped (file changed or unreadable)' if result.skipped else ''}"
+        )
+
+
+COMMANDS = [embed, similar, duplicates, learn, learned]

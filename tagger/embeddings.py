@@ -26,17 +26,18 @@ from tagger.index.vectors import VectorRows
 
 log = logging.getLogger(__name__)
 
-# A model run's view of one image: its features (the embedding) and the model input they came from.
-Look = tuple[np.ndarray, np.ndarray]
+# A model run's view of one image: its features (the embedding) and the perceptual hash of
+# the model's input (tagger.duplicates.image_hash), made where the input was (scan or worker).
+Look = tuple[np.ndarray, int]
 
 
 def save_embedding(
-    store: Index, sha256: str, model: str, embedding: np.ndarray, array: np.ndarray, learned: Sequence[tuple[str, float]]
+    store: Index, sha256: str, model: str, embedding: np.ndarray, hashed: int, learned: Sequence[tuple[str, float]]
 ) -> None:
-    """Inside the transaction that saves the content's tags; `array` is the model's input,
-    `learned` the learned tags its embedding matches."""
+    """Inside the transaction that saves the content's tags; `hashed` is the model input's image
+    hash, `learned` the learned tags its embedding matches."""
     rows = VectorRows(store.conn)
-    rows.save(sha256, model, embedding, image_hash(array))
+    rows.save(sha256, model, embedding, hashed)
     rows.save_matches(sha256, learned)
 
 

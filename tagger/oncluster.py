@@ -70,7 +70,8 @@ class OnCluster:
                 tagger._fail(read.path, read.sha256, len(read.data), read.mtime_ns, item, summary)
                 continue
             facts = ImageFacts(read.sha256, len(read.data), item.width, item.height)
-            if not tagger._record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, fresh=True):
+            look = (item.embedding, item.image_hash)
+            if not tagger._record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, look):
                 summary.sidecar_errors += 1
             summary.classified += 1
             summary.by_worker[result.worker] = summary.by_worker.get(result.worker, 0) + 1

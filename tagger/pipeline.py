@@ -22,6 +22,7 @@ from tagger.classify import Classifier, Prediction
 from tagger.labels import Tag
 from tagger.memory import return_big_buffers
 from tagger.config import Config
+from tagger.duplicates import image_hash
 from tagger.embeddings import Look, save_embedding
 from tagger.decode import DecodedArray, decode_array, draft_size
 from tagger.errors import ConfigError, DecodeError, DiskError
@@ -243,7 +244,7 @@ class Tagger:
             if cached is None:
                 fresh.append(_Read(path, stat.st_mtime_ns, data, sha256))
                 continue
-            if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, fresh=False):
+            if not self._record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, None):
                 summary.sidecar_errors += 1
             summary.reused += 1
         return fresh
@@ -265,7 +266,8 @@ class Tagger:
         predicted = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
         self._refine(pending, predicted, summary)
         for done, tags, features in zip(pending, predicted[0], predicted[2]):
-            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, True, (features, done.array)):
+            look = (features, image_hash(done.array))
+            if not self._record(done.path, done.facts, done.mtime_ns, tags, self.classifier.weights.sha256, look):
                 summary.sidecar_errors += 1
             summary.classified += 1
 
@@ -390,8 +392,7 @@ class Tagger:
         )
 
     def _record(
-        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, fresh: bool,
-        look: Look | None = None,
+        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, look: Look | None
     ) -> bool:
         """Sidecars first, then the index: a crash in between is repaired by the next scan.
 
@@ -406,9 +407,8 @@ class Tagger:
         )
         try:
             with self.store.transaction(f"the tags of {path}"):
-                if fresh:  # a model run: its tags (a cluster worker's too, whose embedding a backfill makes)
+                if look is not None:  # a model run: its tags, embedding and learned tags
                     self.store.save_image(facts, self.classifier.name, weights_sha256, tags)
-                if look is not None:  # and, from this process's run, its embedding and learned tags
                     save_embedding(self.store, facts.sha256, self.classifier.name, *look, learned)
                 self.store.save_keywords(facts.sha256, keywords)
                 self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)

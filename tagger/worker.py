@@ -22,6 +22,7 @@ from tagger.config import ClusterConfig
 from tagger.decode import DecodedArray, decode_array, draft_size
 from tagger.errors import DecodeError, TaggerError
 from tagger.labels import Tag
+from tagger.duplicates import image_hash
 from tagger.pipeline import near_ties
 from tagger.weights import Preprocess
 
@@ -67,6 +68,8 @@ class Classified:
     width: int
     height: int
     tags: tuple[Tag, ...]
+    embedding: np.ndarray  # the pooled features, from the same model run (tagger.embeddings)
+    image_hash: int  # of the model's input (tagger.duplicates.image_hash)
 
 
 @dataclass(frozen=True)
@@ -113,21 +116,22 @@ def classify_job(job: Job) -> JobResult:
     draft = draft_size(spec, job.draft)
     decoded: list[DecodedArray | str] = [_decode(blob, job.max_pixels, spec, draft) for blob in job.blobs]
     good = [(i, d) for i, d in enumerate(decoded) if isinstance(d, DecodedArray)]
-    tags: dict[int, list[Tag]] = {}
+    seen: dict[int, tuple[list[Tag], np.ndarray, int]] = {}
     refined = 0
     if good:
-        results, margins, _ = classifier.predict(np.stack([d.array for _, d in good]), job.top_k)
+        results, margins, features = classifier.predict(np.stack([d.array for _, d in good]), job.top_k)
         near = near_ties([d.reduced for _, d in good], margins, job.refine_margin, job.refine_allowed)
         again = [(k, _decode(job.blobs[good[k][0]], job.max_pixels, spec, None)) for k in near]
         again_ok = [(k, d) for k, d in again if isinstance(d, DecodedArray)]
         if again_ok:
-            redone, _, _ = classifier.predict(np.stack([d.array for _, d in again_ok]), job.top_k)
-            for (k, _), new in zip(again_ok, redone):
-                results[k] = new
+            redone, _, refeatures = classifier.predict(np.stack([d.array for _, d in again_ok]), job.top_k)
+            for (k, _), new, vector in zip(again_ok, redone, refeatures):
+                results[k], features[k] = new, vector
             refined = len(again_ok)
-        tags = {i: result for (i, _), result in zip(good, results)}
+        seen = {i: (r, f, image_hash(d.array)) for (i, d), r, f in zip(good, results, features)}
     items = tuple(
-        d if isinstance(d, str) else Classified(d.width, d.height, tuple(tags[i])) for i, d in enumerate(decoded)
+        d if isinstance(d, str) else Classified(d.width, d.height, tuple(seen[i][0]), seen[i][1], seen[i][2])
+        for i, d in enumerate(decoded)
     )
     return JobResult(str(worker.name), items, refined)
 

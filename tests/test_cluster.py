@@ -301,6 +301,8 @@ def test_cluster_scan_tags_each_file_once_with_the_local_top1(
     assert summary.classified == count and sum(summary.by_worker.values()) == count and summary.classified_here == 0
     assert all(name.rsplit("-", 1)[1].isdigit() for name in summary.by_worker)  # host-pid
     assert_same_top1(tmp_path / "index.sqlite", top1_here, count)
+    with sqlite3.connect(tmp_path / "index.sqlite") as conn:  # the workers send each image's embedding back
+        assert conn.execute("SELECT COUNT(*) FROM embeddings WHERE dims = 1280").fetchone()[0] == count
     again = scan(config, lite0)
     assert (again.classified, again.unchanged) == (0, count)
 
