@@ -107,7 +107,9 @@ def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) ->
         raise WeightsError(f"cannot export {spec.name} to ONNX: {reason}")
 
 
-def onnx_network(path: Path, threads: int | None = None) -> tuple[Network, FeatureMapNetwork]:
+def onnx_network(
+    path: Path, threads: int | None = None, source_sha256: str | None = None
+) -> tuple[Network, FeatureMapNetwork]:
     """One session, run two ways: a scan asks for the logits and features, an explanation for the logits and feature map."""
     import onnxruntime as ort
 
@@ -119,7 +121,7 @@ def onnx_network(path: Path, threads: int | None = None) -> tuple[Network, Featu
     options.enable_cpu_mem_arena = False
     # Decoder threads share these cores: idle ORT threads must sleep, not spin.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    optimised = optimised_model(path)
+    optimised = optimised_model(path, source_sha256)
     if optimised is not None:  # already optimised for this CPU: loading it holds the model once
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(optimised or path), options, providers=["CPUExecutionProvider"])
@@ -144,7 +146,7 @@ _OPTIMISE = (
 )
 
 
-def optimised_model(path: Path) -> Path | None:
+def optimised_model(path: Path, source_sha256: str | None = None) -> Path | None:
     """ONNX Runtime's optimised form of an exported model for this CPU, made once in a child process.
 
     Optimising at every start rewrites the weights into the CPU's blocked layout while the
@@ -152,13 +154,14 @@ def optimised_model(path: Path) -> Path | None:
     the optimised file (EfficientNet-Lite0: 174 and 122 MB after a few batches), at the same
     speed. The optimised file suits only CPUs of the same vector width and the ONNX Runtime that
     made it, so both are in its name, with the hash of the model it came from; its own hash is
-    checked at each start. None (and the model is optimised at load, as before) when it cannot
-    be made.
+    checked at each start. `source_sha256`: the model's hash where the caller has just verified
+    it (no second read of the file). None (and the model is optimised at load, as before) when it
+    cannot be made.
     """
     import onnxruntime as ort
 
     try:
-        source = file_sha256(path)
+        source = source_sha256 or file_sha256(path)
         out = path.with_name(f"{path.stem}.{source[:12]}.{cpu_info().vector_isa}.ort{ort.__version__}.opt.onnx")
         meta = out.with_name(out.name + ".json")
         try:
@@ -267,7 +270,8 @@ class Classifier:
         try:
             if not _cached_export_is_current(path, weights, precision):
                 _export(spec, weights, path, precision)
-            network, with_map = onnx_network(path)
+            verified = json.loads(path.with_name(path.name + ".json").read_text()).get("onnx_sha256")
+            network, with_map = onnx_network(path, source_sha256=verified)
         except (WeightsError, OSError) as exc:
             if runtime == "onnx":
                 raise WeightsError(f"ONNX runtime requested but unavailable: {exc}") from None
