@@ -112,6 +112,16 @@ def duplicates(ctx: _Context, fmt: str) -> None:
     click.echo(f"{len(found)} groups of copies ({files} files); * marks the largest copy", err=True)
 
 
+def _threshold_option(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    """--threshold as a usage error when out of range (NaN included), before the index is opened."""
+    from tagger.learn import LearnError, check_threshold
+
+    try:
+        return None if value is None else check_threshold(value)
+    except LearnError:
+        raise click.BadParameter(f"{value} is not a probability between 0 and 1 (exclusive), such as 0.7") from None
+
+
 @click.command()
 @click.argument("name")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
@@ -119,7 +129,7 @@ def duplicates(ctx: _Context, fmt: str) -> None:
               help="An image that is NOT this tag; repeat for several.")
 @click.option("--show", type=click.IntRange(0, 1000), default=10, show_default=True,
               help="How many proposals (matches that are not examples yet) to list.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+@click.option("--threshold", type=float, default=None, callback=_threshold_option, metavar="T",
               help="The probability (0 < T < 1) from which an image gets NAME, kept for later runs "
               "[default: the tag's own, 0.5 for a new one]. Alone: changes an existing tag's.")
 @pass_ctx
