@@ -1,4 +1,4 @@
-"""The commands built on embeddings: embed, similar, duplicates, learn, learned.
+"""The commands built on embeddings: embed, similar, duplicates, learn, learned, unlearn.
 
 Given to `tagger.cli`'s group (COMMANDS), whose `invoke` turns errors into messages and exit codes.
 """
@@ -112,6 +112,16 @@ def duplicates(ctx: _Context, fmt: str) -> None:
     click.echo(f"{len(found)} groups of copies ({files} files); * marks the largest copy", err=True)
 
 
+def _threshold_option(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    """--threshold as a usage error when out of range (NaN included), before the index is opened."""
+    from tagger.learn import LearnError, check_threshold
+
+    try:
+        return None if value is None else check_threshold(value)
+    except LearnError:
+        raise click.BadParameter(f"{value} is not a probability between 0 and 1 (exclusive), such as 0.7") from None
+
+
 @click.command()
 @click.argument("name")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
@@ -119,34 +129,43 @@ def duplicates(ctx: _Context, fmt: str) -> None:
               help="An image that is NOT this tag; repeat for several.")
 @click.option("--show", type=click.IntRange(0, 1000), default=10, show_default=True,
               help="How many proposals (matches that are not examples yet) to list.")
+@click.option("--threshold", type=float, default=None, callback=_threshold_option, metavar="T",
+              help="The probability (0 < T < 1) from which an image gets NAME, kept for later runs "
+              "[default: the tag's own, 0.5 for a new one]. Alone: changes an existing tag's.")
 @pass_ctx
-def learn(ctx: _Context, name: str, images: tuple[Path, ...], rejected: tuple[Path, ...], show: int) -> None:
+def learn(
+    ctx: _Context, name: str, images: tuple[Path, ...], rejected: tuple[Path, ...], show: int, threshold: float | None
+) -> None:
     """Teach the keyword NAME from example IMAGES (and counter-examples given with --not).
 
     Examples add up over several runs (`tagger learn mycat more.jpg` adds one; an image
     given with --not after being an example moves side). Every image of the library is
     scored at once; matches get NAME as a keyword (query: tag:NAME), in the index and the
-    sidecars, and new images get it as they are tagged.
+    sidecars, and new images get it as they are tagged. `--threshold 0.8` alone makes an
+    existing tag stricter (lower: looser), re-applied to the whole library.
     """
     from tagger.index import Index
     from tagger.learn import learn as teach
-    from tagger.learn import rekeyword
+    from tagger.learn import rekeyword, set_threshold
     from tagger.retag import Retagger
 
     config = ctx.config(require_folders=False)
-    if not images and not rejected:
-        raise click.UsageError("give example images (and/or --not IMAGE counter-examples)")
+    if not images and not rejected and threshold is None:
+        raise click.UsageError("give example images (and/or --not IMAGE counter-examples, or --threshold T)")
     with Index.open(config.index) as store:
         positive = [_indexed_sha(store, p) for p in images]
         negative = [_indexed_sha(store, p) for p in rejected]
-        result = teach(store, name, positive, negative)
+        if positive or negative or threshold is None:
+            result = teach(store, name, positive, negative, threshold)
+        else:  # a threshold alone: the tag must exist already
+            result = set_threshold(store, name, threshold)
         rekeyword(Retagger(config, store), result.changed)
         paths = _paths_of(store, [sha for sha, _ in result.proposals[:show]])
     tag = result.tag
     precision = "n/a (fewer than 2 examples)" if tag.precision is None else f"{tag.precision:.0%}"
     click.echo(
         f"learned {tag.name!r} from {tag.positives} examples and {tag.negatives} counter-examples: "
-        f"{len(result.matches)} images match; cross-validated precision {precision}; "
+        f"{len(result.matches)} images match at threshold {tag.threshold:g}; cross-validated precision {precision}; "
         f"trained in {result.train_seconds:.2f} s, applied in {result.apply_seconds:.2f} s"
     )
     if show and result.proposals:
@@ -165,7 +184,7 @@ def _paths_of(store: Index, shas: list[str]) -> dict[str, list[str]]:
 @click.command()
 @pass_ctx
 def learned(ctx: _Context) -> None:
-    """List the learned tags: examples, counter-examples, matches, cross-validated precision."""
+    """List the learned tags: examples, counter-examples, matches, threshold, cross-validated precision."""
     from tagger.index import Index
     from tagger.index.vectors import VectorRows
 
@@ -177,10 +196,33 @@ def learned(ctx: _Context) -> None:
     if not tags:
         click.echo("no learned tags yet: tagger learn NAME IMAGE... [--not IMAGE...]")
         return
-    click.echo(f"{'tag':20} {'examples':>8} {'not':>5} {'matches':>8} {'precision':>9}  model")
+    click.echo(f"{'tag':20} {'examples':>8} {'not':>5} {'matches':>8} {'threshold':>9} {'precision':>9}  model")
     for t in tags:
         precision = "n/a" if t.precision is None else f"{t.precision:.0%}"
-        click.echo(f"{t.name:20} {t.positives:8d} {t.negatives:5d} {counts[t.name]:8d} {precision:>9}  {t.model}")
+        click.echo(
+            f"{t.name:20} {t.positives:8d} {t.negatives:5d} {counts[t.name]:8d} {t.threshold:9.2f} {precision:>9}  {t.model}"
+        )
+
+
+@click.command()
+@click.argument("name")
+@pass_ctx
+def unlearn(ctx: _Context, name: str) -> None:
+    """Forget the learned tag NAME: its examples, its model and its matches.
+
+    The keyword NAME (learned/NAME) leaves every image it was on, in the index and the sidecars.
+    A keyword NAME you added yourself (`tagger tag add`) stays.
+    """
+    from tagger.index import Index
+    from tagger.learn import rekeyword
+    from tagger.learn import unlearn as forget
+    from tagger.retag import Retagger
+
+    config = ctx.config(require_folders=False)
+    with Index.open(config.index) as store:
+        matched = forget(store, name)
+        rekeyword(Retagger(config, store), matched)
+    click.echo(f"forgot the learned tag {name.strip()!r}: its keyword left {len(matched)} images")
 
 
 def backfill_after_scan(config: Config, classifier: Any, stopped: list[int]) -> None:
@@ -200,4 +242,4 @@ def backfill_after_scan(config: Config, classifier: Any, stopped: list[int]) -> 
         )
 
 
-COMMANDS = [embed, similar, duplicates, learn, learned]
+COMMANDS = [embed, similar, duplicates, learn, learned, unlearn]

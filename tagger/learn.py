@@ -23,7 +23,7 @@ from tagger.index.vectors import LearnedTag, VectorRows
 
 BACKGROUND = 1000  # library images sampled as "probably not", beside the rejected examples
 BACKGROUND_WEIGHT = 0.5  # all of them together weigh this many times the positive examples
-THRESHOLD = 0.5  # probability at which an image gets the keyword
+THRESHOLD = 0.5  # probability at which an image gets the keyword, for a new tag (each tag keeps its own)
 STRENGTH = 10.0  # LogisticRegression's C: few examples need little regularisation
 CHUNK = 65536  # rows scored at once
 
@@ -46,7 +46,7 @@ class Model:
 @dataclass
 class Learned:
     tag: LearnedTag
-    matches: dict[str, float]  # content -> probability, those at or over THRESHOLD
+    matches: dict[str, float]  # content -> probability, those at or over the tag's threshold
     changed: list[str]  # contents whose learned keyword appeared, went or changed score
     train_seconds: float = 0.0
     apply_seconds: float = 0.0
@@ -65,8 +65,11 @@ def train(positives: np.ndarray, negatives: np.ndarray, background: np.ndarray) 
     return Model(fitted.coef_[0].astype(np.float32), float(fitted.intercept_[0]))
 
 
-def cross_validated_precision(positives: np.ndarray, negatives: np.ndarray, background: np.ndarray) -> float | None:
-    """Precision on held-out examples (k folds, k <= 5): of those called a match, how many were.
+def cross_validated_precision(
+    positives: np.ndarray, negatives: np.ndarray, background: np.ndarray, threshold: float = THRESHOLD
+) -> float | None:
+    """Precision on held-out examples (k folds, k <= 5): of those called a match (at `threshold`,
+    the tag's own, since that is what decides its keyword), how many were.
 
     Background images count as negatives, which makes it pessimistic. None below 2 positives.
     """
@@ -84,9 +87,9 @@ def cross_validated_precision(positives: np.ndarray, negatives: np.ndarray, back
         n_train, n_test = split(len(negatives), k)
         b_train, b_test = split(len(background), k)
         model = train(positives[p_train], negatives[n_train], background[b_train])
-        true_positive += int((model.probabilities(positives[p_test]) >= THRESHOLD).sum())
-        false_positive += int((model.probabilities(negatives[n_test]) >= THRESHOLD).sum())
-        false_positive += int((model.probabilities(background[b_test]) >= THRESHOLD).sum())
+        true_positive += int((model.probabilities(positives[p_test]) >= threshold).sum())
+        false_positive += int((model.probabilities(negatives[n_test]) >= threshold).sum())
+        false_positive += int((model.probabilities(background[b_test]) >= threshold).sum())
     called = true_positive + false_positive
     return true_positive / called if called else 0.0
 
@@ -114,22 +117,62 @@ def check_name(name: str) -> str:
     return cleaned
 
 
-def learn(store: Index, name: str, positive: Sequence[str], negative: Sequence[str] = ()) -> Learned:
+def check_threshold(value: float) -> float:
+    """A probability strictly between 0 and 1: at 0 every image would match, at 1 none."""
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise LearnError(f"{value} cannot be a threshold: give a probability between 0 and 1, such as 0.7")
+    return float(value)
+
+
+def learn(
+    store: Index, name: str, positive: Sequence[str], negative: Sequence[str] = (), threshold: float | None = None
+) -> Learned:
     """Add examples to `name` (contents), train on all of its examples, score the library, store matches.
 
     The latest word about an image wins: one given as a match after being rejected moves side.
+    `threshold` replaces the tag's own (kept by later trainings); None keeps it (THRESHOLD for a new tag).
     Call outside a transaction; the keywords of the contents that changed are left to the caller.
     """
     name = check_name(name)
+    if threshold is not None:
+        threshold = check_threshold(threshold)  # before anything is written
     rows = VectorRows(store.conn)
     with store.transaction(f"the examples of {name!r}"):
         rows.add_examples(name, negative, positive=False)
         rows.add_examples(name, positive, positive=True)
-    return retrain(store, name)
+    return retrain(store, name, threshold)
 
 
-def retrain(store: Index, name: str) -> Learned:
+def set_threshold(store: Index, name: str, threshold: float) -> Learned:
+    """Another threshold for an existing tag, applied to the whole library at once.
+
+    Retrained rather than rescored, so that its cross-validated precision is the one at the new threshold.
+    """
+    threshold = check_threshold(threshold)
+    name = check_name(name)
+    if VectorRows(store.conn).learned_tag(name) is None:
+        raise LearnError(f"no learned tag {name!r}: teach it first (tagger learn {name} IMAGE...)")
+    return retrain(store, name, threshold)
+
+
+def unlearn(store: Index, name: str) -> list[str]:
+    """Forget a learned tag: its model, examples and matches. The contents it had matched, whose
+    keywords (and sidecars) the caller redoes. Call outside a transaction."""
+    name = check_name(name)
     rows = VectorRows(store.conn)
+    with store.transaction(f"forgetting the learned tag {name!r}"):
+        matched = sorted(rows.matches_of(name))
+        if not rows.forget(name):
+            raise LearnError(f"no learned tag {name!r} (`tagger learned` lists them)")
+    return matched
+
+
+def retrain(store: Index, name: str, threshold: float | None = None) -> Learned:
+    """Train `name` on all of its examples and store its matches at `threshold` (None: the tag's own)."""
+    rows = VectorRows(store.conn)
+    if threshold is None:
+        stored = rows.learned_tag(name)
+        threshold = THRESHOLD if stored is None else stored.threshold
     examples = rows.examples(name)
     model_name = rows.main_model()
     if model_name is None:
@@ -157,16 +200,16 @@ def retrain(store: Index, name: str) -> Learned:
     started = time.perf_counter()
     model = train(positives, negatives, background)
     train_seconds = time.perf_counter() - started
-    precision = cross_validated_precision(positives, negatives, background)
+    precision = cross_validated_precision(positives, negatives, background, threshold)
     started = time.perf_counter()
     scores = score_library(library, model)
-    matches = {library.shas[i]: float(scores[i]) for i in np.nonzero(scores >= THRESHOLD)[0]}
+    matches = {library.shas[i]: float(scores[i]) for i in np.nonzero(scores >= threshold)[0]}
     for sha in pos_shas:  # an example you gave is a match, whatever the model makes of it
-        matches[sha] = max(matches.get(sha, 0.0), THRESHOLD)
+        matches[sha] = max(matches.get(sha, 0.0), threshold)
     for sha in neg_shas:
         matches.pop(sha, None)
     apply_seconds = time.perf_counter() - started
-    tag = LearnedTag(name, model_name, model.weights, model.bias, THRESHOLD, precision, len(pos_shas), len(neg_shas))
+    tag = LearnedTag(name, model_name, model.weights, model.bias, threshold, precision, len(pos_shas), len(neg_shas))
     with store.transaction(f"the learned tag {name!r}"):
         before = rows.matches_of(name)
         rows.save_learned(tag)
@@ -181,7 +224,7 @@ def retrain(store: Index, name: str) -> Learned:
 class LearnedModels:
     """The learned tags of one model, for new images as they are tagged (scan and daemon).
 
-    Reloaded when a tag is learned or retrained meanwhile (one cheap query per batch).
+    Reloaded when a tag is learned, retrained (a new threshold too) or forgotten meanwhile (one cheap query per batch).
     """
 
     def __init__(self, store: Index, model: str) -> None:

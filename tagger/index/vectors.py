@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -194,16 +195,34 @@ class VectorRows:
             ),
         )
 
+    _LEARNED_COLUMNS = "name, model, weights, bias, threshold, precision, positives, negatives"
+
+    @staticmethod
+    def _learned_tag(row: tuple[Any, ...]) -> LearnedTag:
+        name, m, w, b, t, p, pos, neg = row
+        return LearnedTag(str(name), str(m), np.frombuffer(w, dtype="<f4"), float(b), float(t), p, int(pos), int(neg))
+
     def learned(self, model: str | None = None) -> list[LearnedTag]:
         rows = self.conn.execute(
-            """SELECT name, model, weights, bias, threshold, precision, positives, negatives FROM learned_tags
-               WHERE ? IS NULL OR model = ? ORDER BY name""",
+            f"SELECT {self._LEARNED_COLUMNS} FROM learned_tags WHERE ? IS NULL OR model = ? ORDER BY name",
             (model, model),
         ).fetchall()
-        return [
-            LearnedTag(name, m, np.frombuffer(w, dtype="<f4"), float(b), float(t), p, int(pos), int(neg))
-            for name, m, w, b, t, p, pos, neg in rows
-        ]
+        return [self._learned_tag(row) for row in rows]
+
+    def learned_tag(self, name: str) -> LearnedTag | None:
+        """One learned tag by its exact name, or None: its threshold outlives a retraining."""
+        row = self.conn.execute(f"SELECT {self._LEARNED_COLUMNS} FROM learned_tags WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self._learned_tag(row)
+
+    def forget(self, name: str) -> bool:
+        """Drop a learned tag with its examples and matches; whether there was anything to drop.
+
+        Examples without a tag (a first training that failed) count: forgetting cleans them up too.
+        """
+        dropped = 0
+        for table in ("learned_matches", "learned_examples", "learned_tags"):
+            dropped += self.conn.execute(f"DELETE FROM {table} WHERE name = ?", (name,)).rowcount
+        return dropped > 0
 
     def learned_version(self) -> tuple[int, str]:
         row = self.conn.execute("SELECT COUNT(*), COALESCE(MAX(trained_at), '') FROM learned_tags").fetchone()

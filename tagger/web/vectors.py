@@ -12,7 +12,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tagger.duplicates import find_duplicates
 from tagger.errors import StoreError, TaggerError
-from tagger.learn import learn, rekeyword
+from tagger.learn import learn, rekeyword, set_threshold, unlearn
+from tagger.retag import Retagger
 from tagger.similar import similar_to
 from tagger.index.vectors import VectorRows
 from tagger.web.api import int_arg
@@ -76,12 +77,25 @@ def form_token() -> tuple[str, str]:
     return CSRF_FIELD, csrf_token()
 
 
+def require_same_site_post() -> None:
+    """Every form here writes to the index: only from the viewer's own pages (form token)."""
+    if not same_site_post():
+        raise Forbidden("this form must be sent from the viewer's own pages (reload the page and try again)")
+
+
+def writer(command: str) -> Retagger:
+    """The viewer's write connection (hold viewer().write_lock); 503 naming the command to use instead."""
+    try:
+        return viewer().writer()
+    except StoreError as exc:
+        raise ServiceUnavailable(f"learned tags cannot be changed from this viewer: {exc} (use `{command}`)") from None
+
+
 @blueprint.post("/learn")
 def teach() -> BaseResponse:
     """The viewer's "teach a tag": form fields name, path (one or more: the selected images) and
     side ("yes": examples, "no": counter-examples). Then the tag's page, with its proposals."""
-    if not same_site_post():
-        raise Forbidden("this form must be sent from the viewer's own pages (reload the page and try again)")
+    require_same_site_post()
     name = request.form.get("name", "").strip()
     raws = request.form.getlist("path")
     if not name or not raws:
@@ -89,10 +103,7 @@ def teach() -> BaseResponse:
     paths = [indexed_file(raw.lstrip("/")).path for raw in raws]
     positive = request.form.get("side", "yes") != "no"
     with viewer().write_lock:  # the viewer's one write connection, as for keyword corrections
-        try:
-            retagger = viewer().writer()
-        except StoreError as exc:
-            raise ServiceUnavailable(f"tags cannot be taught from this viewer: {exc} (use `tagger learn`)") from None
+        retagger = writer("tagger learn")
         writable = retagger.index
         shas = [record.sha256 for p in paths if (record := writable.file_record(p)) is not None and record.sha256]
         try:
@@ -110,7 +121,7 @@ def learned_page(name: str) -> str:
     """A learned tag: its examples and its proposals (matches not yet examples), best first,
     each with "yes" and "no" buttons that add it as an example or a counter-example."""
     rows = VectorRows(store().conn)
-    tag = next((t for t in rows.learned() if t.name == name), None)
+    tag = rows.learned_tag(name)
     if tag is None:
         raise NotFound(f"no learned tag {name!r}: teach it from an image page or with `tagger learn`")
     examples = dict(rows.examples(name))
@@ -125,7 +136,44 @@ def learned_page(name: str) -> str:
     return render_template(
         "learned.html",
         tag=tag,
+        matches=len(matches),
         proposals=[(first(s), s, p) for s, p in proposals if first(s)],
         examples=[(first(s), s, side) for s, side in examples.items() if first(s)],
         name_of=lambda path: Path(path).name,
     )
+
+
+@blueprint.post("/learned/<name>/threshold")
+def threshold(name: str) -> BaseResponse:
+    """The tag page's threshold form (field threshold, 0 < T < 1): re-applied to the library, then
+    the keywords and sidecars of the images that gained or lost the tag. Back to the tag's page."""
+    require_same_site_post()
+    try:
+        value = float(request.form.get("threshold", ""))
+    except ValueError:
+        raise BadRequest("give the threshold as a number between 0 and 1, such as 0.7") from None
+    with viewer().write_lock:
+        retagger = writer(f"tagger learn {name} --threshold T")
+        if VectorRows(retagger.index.conn).learned_tag(name) is None:
+            raise NotFound(f"no learned tag {name!r}")
+        try:
+            result = set_threshold(retagger.index, name, value)
+        except StoreError:
+            raise
+        except TaggerError as exc:
+            raise BadRequest(str(exc)) from None
+        rekeyword(retagger, result.changed)
+    return redirect(url_for(".learned_page", name=result.tag.name), code=303)
+
+
+@blueprint.post("/learned/<name>/forget")
+def forget(name: str) -> BaseResponse:
+    """The tag page's "Forget this tag": the tag, its examples and matches go, and its keyword
+    leaves every image and sidecar. Then the grid (the tag's page is gone)."""
+    require_same_site_post()
+    with viewer().write_lock:
+        retagger = writer(f"tagger unlearn {name}")
+        if VectorRows(retagger.index.conn).learned_tag(name) is None:
+            raise NotFound(f"no learned tag {name!r}")
+        rekeyword(retagger, unlearn(retagger.index, name))
+    return redirect(url_for("pages.grid"), code=303)

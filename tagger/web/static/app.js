@@ -12,6 +12,13 @@ for (const form of document.querySelectorAll("form[data-clean-url]")) {
   });
 }
 
+// Forms that destroy something ask first (without this script they are sent as they are).
+for (const form of document.querySelectorAll("form[data-confirm]")) {
+  form.addEventListener("submit", (event) => {
+    if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+}
+
 // Filters apply as soon as they change.
 for (const form of document.querySelectorAll("form[data-autosubmit]")) {
   for (const select of form.querySelectorAll("select")) {
