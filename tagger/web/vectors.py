@@ -4,6 +4,7 @@ A blueprint of its own, so that the pages and API it adds to stay as they were.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
@@ -12,7 +13,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tagger.duplicates import find_duplicates
 from tagger.errors import StoreError, TaggerError
-from tagger.learn import learn, rekeyword, set_threshold, unlearn
+from tagger.index import Index
+from tagger.learn import Learned, learn, rekeyword, set_threshold, unlearn
 from tagger.retag import Retagger
 from tagger.similar import similar_to
 from tagger.index.vectors import VectorRows
@@ -106,14 +108,21 @@ def teach() -> BaseResponse:
         retagger = writer("tagger learn")
         writable = retagger.index
         shas = [record.sha256 for p in paths if (record := writable.file_record(p)) is not None and record.sha256]
-        try:
-            result = learn(writable, name, shas if positive else [], [] if positive else shas)
-        except StoreError:
-            raise
-        except TaggerError as exc:
-            raise BadRequest(str(exc)) from None
-        rekeyword(retagger, result.changed)
+        result = _relearn(retagger, lambda index: learn(index, name, shas if positive else [], [] if positive else shas))
     return redirect(url_for(".learned_page", name=result.tag.name), code=303)
+
+
+def _relearn(retagger: Retagger, change: Callable[[Index], Learned]) -> Learned:
+    """A learned tag changed on the viewer's write connection (hold its lock): the user's mistakes
+    are 400s, a failing index is not; then the keywords and sidecars of the images that changed."""
+    try:
+        result = change(retagger.index)
+    except StoreError:
+        raise
+    except TaggerError as exc:
+        raise BadRequest(str(exc)) from None
+    rekeyword(retagger, result.changed)
+    return result
 
 
 @blueprint.get("/learned/<name>")
@@ -156,13 +165,7 @@ def threshold(name: str) -> BaseResponse:
         retagger = writer(f"tagger learn {name} --threshold T")
         if VectorRows(retagger.index.conn).learned_tag(name) is None:
             raise NotFound(f"no learned tag {name!r}")
-        try:
-            result = set_threshold(retagger.index, name, value)
-        except StoreError:
-            raise
-        except TaggerError as exc:
-            raise BadRequest(str(exc)) from None
-        rekeyword(retagger, result.changed)
+        result = _relearn(retagger, lambda index: set_threshold(index, name, value))
     return redirect(url_for(".learned_page", name=result.tag.name), code=303)
 
 
