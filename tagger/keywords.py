@@ -24,14 +24,15 @@ def keyword_rows(
     added one is the user's, at 1.0. A learned tag takes the place of a rule's keyword of its name.
 
     A learned tag is NAME under learned/ unless a `learned:` rule renames, files or drops it;
-    learned tags a rule gives one name merge, with the best score, as classes do.
+    learned tags a rule gives one name merge, with the best score, as classes do. A removal of
+    the tag's own NAME holds after a rename (it was made when the keyword was NAME).
     """
     removed = {c.keyword.casefold() for c in corrections if c.action == "remove"}
     added = [c.keyword for c in corrections if c.action == "add"]
     best: dict[str, KeywordRow] = {}
     for tag, score in learned:
         d = rules.learned_display(tag)
-        if d is not None and (d.name not in best or score > best[d.name].score):
+        if d is not None and tag.casefold() not in removed and (d.name not in best or score > best[d.name].score):
             best[d.name] = KeywordRow(d.name, d.name_zh, d.path, d.path_zh, score, "model")
     taught = list(best.values())
     names = {r.keyword.casefold() for r in taught}

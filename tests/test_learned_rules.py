@@ -65,8 +65,10 @@ def test_a_rule_renames_and_files_a_learned_keyword(tmp_path: Path) -> None:
     rows = keyword_rows(rules, tabby(0.5), 0.1, [], [("mycat", 0.8), ("other", 0.7)])
     assert rows[0] == KeywordRow("Mimi", "咪咪", "animal/pet/Mimi", "动物/宠物/咪咪", 0.8, "model")
     assert rows[1] == KeywordRow("other", "other", "learned/other", "learned/other", 0.7, "model")
-    # Corrections name the keyword as shown: removing Mimi (or 咪咪) removes it.
-    assert "Mimi" not in {r.keyword for r in keyword_rows(rules, [], 0.1, [Correction("咪咪", "remove")], [("mycat", 0.8)])}
+    # Corrections name the keyword as shown (Mimi or 咪咪); one made under the tag's own name still holds.
+    for word in ("Mimi", "咪咪", "mycat", "MyCat"):
+        assert keyword_rows(rules, [], 0.1, [Correction(word, "remove")], [("mycat", 0.8)]) == [], word
+    assert len(keyword_rows(rules, [], 0.1, [Correction("other", "remove")], [("mycat", 0.8)])) == 1
 
 
 def test_rule_fields_settle_later_wins_and_without_parents_it_stays_under_learned(tmp_path: Path) -> None:
@@ -238,6 +240,15 @@ def test_a_changed_rule_renames_the_learned_keyword_everywhere_after_retag(
     assert found(config, "tag:animal") >= matched
     again = invoke(config, "retag")  # nothing changed since: nothing looked at
     assert again.exit_code == 0 and "0 images looked at: keywords changed for 0" in again.output
+
+    # The image page's "Why?" beside the renamed keyword explains the learned tag.
+    from tagger.config import load_config
+    from tagger.web import create_app
+
+    page = create_app(load_config(config)).test_client().get("/image/" + str(library / "chelsea.jpg").lstrip("/"))
+    assert page.status_code == 200
+    why = page.data.decode().split('data-label="Mimi"')[0].rsplit("<a ", 1)[-1]
+    assert "tag=learned%2Fmycat" in why or "tag=learned/mycat" in why, why
 
     # New images get the rule as they are tagged.
     with Image.open(sample_paths["chelsea"]) as img:
