@@ -21,10 +21,20 @@ def keyword_rows(
     learned: Sequence[tuple[str, float]] = (),
 ) -> list[KeywordRow]:
     """Rules and learned tags (tagger.learn), then corrections: a removed keyword is dropped; an
-    added one is the user's, at 1.0. A learned tag takes the place of a rule's keyword of its name."""
+    added one is the user's, at 1.0. A learned tag takes the place of a rule's keyword of its name.
+
+    A learned tag is NAME under learned/ unless a `learned:` rule renames, files or drops it;
+    learned tags a rule gives one name merge, with the best score, as classes do. A removal of
+    the tag's own NAME holds after a rename (it was made when the keyword was NAME).
+    """
     removed = {c.keyword.casefold() for c in corrections if c.action == "remove"}
     added = [c.keyword for c in corrections if c.action == "add"]
-    taught = [KeywordRow(name, name, f"learned/{name}", f"learned/{name}", score, "model") for name, score in learned]
+    best: dict[str, KeywordRow] = {}
+    for tag, score in learned:
+        d = rules.learned_display(tag)
+        if d is not None and tag.casefold() not in removed and (d.name not in best or score > best[d.name].score):
+            best[d.name] = KeywordRow(d.name, d.name_zh, d.path, d.path_zh, score, "model")
+    taught = list(best.values())
     names = {r.keyword.casefold() for r in taught}
     rows = taught + [
         KeywordRow(k.name, k.name_zh, k.path, "/".join((*k.parents_zh, k.name_zh)), k.score, "model")

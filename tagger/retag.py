@@ -24,6 +24,7 @@ from tagger.terms import ClassKeyword
 log = logging.getLogger(__name__)
 
 RULES_SETTING = "keyword_rules"  # per class, the keyword and least score that made the stored keywords
+LEARNED_SETTING = "learned_keyword_rules"  # per learned tag a `learned:` rule names, what it showed as
 BULK_SHARE = 0.2  # when more of the contents than this may change, rebuild all in bulk (SQL), not one by one
 RETAG_CACHE_BYTES = 512 << 20  # SQLite page cache while re-tagging: keeps the keyword indexes' pages in memory
 CATCH_UP_BATCH = 1000  # contents whose sidecars are rewritten, then cleared, per transaction
@@ -52,6 +53,22 @@ class Retagger:
     def remember_settings(self, table: Sequence[ClassKeyword]) -> None:
         """Which rules made the stored keywords, for the next retag to compare (call inside a transaction)."""
         self.index.set_setting(RULES_SETTING, _dump_table(table))
+        self.index.set_setting(LEARNED_SETTING, self.learned_table())
+
+    def learned_table(self) -> str:
+        """The `learned:` rules as the stored keywords of learned tags reflect them (aliases aside:
+        they change no stored keyword)."""
+        return json.dumps(
+            {name: None if d is None else [d.name, d.name_zh, d.path, d.path_zh]
+             for name, d in self.rules.learned_outcomes().items()},
+            ensure_ascii=False, sort_keys=True,
+        )
+
+    def learned_changed(self) -> bool:
+        """Whether the `learned:` rules differ from those that made the stored keywords.
+
+        None stored is an index from before such rules: it had none."""
+        return (self.index.setting(LEARNED_SETTING) or "{}") != self.learned_table()
 
     def check_settings(self) -> None:
         """Warn when the stored keywords were made by other rules or another threshold."""
@@ -59,7 +76,7 @@ class Retagger:
         if stored is None and self.index.content_count() == 0:
             with self.index.transaction():
                 self.remember_settings(current)
-        elif stored != _dump_table(current):
+        elif stored != _dump_table(current) or self.learned_changed():
             log.warning("rules or model.min_score changed since the stored keywords were made: run `tagger retag`")
 
     def retag(self, *, everything: bool = False, on_progress: Callable[[int], None] | None = None) -> RetagSummary:
@@ -69,7 +86,8 @@ class Retagger:
         only contents with a raw tag in a band where the old and new tables differ are looked
         at, in SQL; past BULK_SHARE of the library every keyword is rebuilt in bulk instead.
         Corrected contents, and those a learned tag found, are redone here, in Python, by the
-        same steps as a scan.
+        same steps as a scan. A change to the `learned:` rules alone redoes just the contents
+        that learned tags found.
         `everything`: rebuild all. `on_progress(n)`: n more files' sidecars rewritten.
         """
         started = time.monotonic()
@@ -79,15 +97,20 @@ class Retagger:
         stored = None if everything else _load_table(self.index.setting(RULES_SETTING))
         bands = None if stored is None else changed_bands(stored, table)
         changed: list[str] = []
-        if bands != []:
+        learned_only = bands == [] and self.learned_changed()
+        if bands != [] or learned_only:
             total = self.index.content_count()
             bulk_above = int(BULK_SHARE * total)
             log.info("re-tagging from the stored raw tags (%d images in the index, no model run)", total)
             with self.index.transaction():
                 learned = VectorRows(self.index.conn).learned_contents()
-                corrected = self.index.contents([*self.index.corrected_contents(), *learned])
-                summary.contents, changed = self.index.remake_keywords(table, bands, bulk_above)
-                changed += [c.sha256 for c in corrected if self.redo(c)]
+                if learned_only:
+                    redone = self.index.contents(learned)
+                    summary.contents = len(redone)
+                else:
+                    redone = self.index.contents([*self.index.corrected_contents(), *learned])
+                    summary.contents, changed = self.index.remake_keywords(table, bands, bulk_above)
+                changed += [c.sha256 for c in redone if self.redo(c)]
                 if self.sidecars.enabled:
                     self.index.mark_sidecars_pending(changed)
                 self.remember_settings(table)

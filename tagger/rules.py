@@ -11,7 +11,7 @@ import csv
 import difflib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
@@ -27,6 +27,9 @@ DEFAULT_RULES = Path(__file__).resolve().parent / "data" / "default_rules.yaml"
 
 _TOP_KEYS = ("categories", "rules")
 _RULE_KEYS = ("class", "subtree", "rename", "rename_zh", "threshold", "drop", "parents", "aliases")
+_LEARNED_KEYS = ("learned", "rename", "rename_zh", "drop", "parents", "aliases")  # a learned tag's threshold is its own
+_KINDS = ("class", "subtree", "learned")
+LEARNED = "learned"  # the category of a learned tag's keyword that no rule has placed: learned/NAME
 _WNID = re.compile(r"n\d{8}")
 
 
@@ -94,7 +97,7 @@ class Rule:
     """One entry of the rules file, as written; None means the rule leaves that field alone."""
 
     position: int  # 1-based place in the file: for messages, and the later of two equals wins
-    kind: str  # "class" or "subtree"
+    kind: str  # "class", "subtree" or "learned"
     targets: tuple[str | int, ...]
     rename: str | None = None
     rename_zh: str | None = None
@@ -151,12 +154,22 @@ class _ClassRule:
     aliases: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _LearnedRule:
+    """The `learned:` rules in effect for one learned tag (by name), the later rule winning field by field."""
+
+    display: Display
+    dropped: bool
+    aliases: tuple[str, ...]
+
+
 class Rules:
     """Rules resolved into one entry per class at load, so that apply() is a lookup per tag."""
 
-    def __init__(self, classes: Sequence[_ClassRule]) -> None:
+    def __init__(self, classes: Sequence[_ClassRule], learned: Mapping[str, _LearnedRule] | None = None) -> None:
         self._classes = tuple(classes)
         self._table = tuple((c.display, math.inf if c.dropped else c.threshold) for c in self._classes)
+        self._learned = dict(learned or {})
 
     @classmethod
     def load(cls, path: Path | None = None) -> Rules:
@@ -216,6 +229,39 @@ class Rules:
         return terms
 
 
+    def learned_display(self, name: str) -> Display | None:
+        """What the learned tag `name` shows as; None when a rule drops it.
+
+        Without a rule: NAME in English and Chinese, under learned/ (as before rules could name
+        learned tags, so that sidecars written then stay the same). Parents given by a rule
+        take the place of `learned`.
+        """
+        rule = self._learned.get(name)
+        if rule is None:
+            return Display(name, name, (LEARNED,), (LEARNED,))
+        return None if rule.dropped else rule.display
+
+    def learned_outcomes(self) -> dict[str, Display | None]:
+        """Per learned tag that a rule names (taught or not): what it shows as, None when dropped.
+
+        What `tagger retag` compares to know whether the learned tags' keywords must be redone."""
+        return {name: self.learned_display(name) for name in sorted(self._learned)}
+
+    def learned_aliases(self) -> dict[str, list[str]]:
+        """Search term (casefolded) -> the learned keywords (names after rules) it finds.
+
+        Terms are the tag's own name (still found after a rename, as a class's label is) and
+        its rules' aliases; the keyword, its Chinese name and parents are stored terms already.
+        """
+        terms: dict[str, list[str]] = {}
+        for name, rule in self._learned.items():
+            if rule.dropped:
+                continue
+            for word in dict.fromkeys(w.strip().casefold() for w in (name, *rule.aliases)):
+                terms.setdefault(word, []).append(rule.display.name)
+        return terms
+
+
 @lru_cache(maxsize=4)
 def _parsed_rules(source: Path, text: str) -> Rules:
     return _RulesFile(source).build(parse_yaml(text, source))
@@ -245,7 +291,8 @@ class _RulesFile:
         if not isinstance(entries, list):
             raise ConfigError(f"{self.source}: key 'rules' must be a list, e.g. rules: [{{class: tabby, drop: true}}]")
         rules = [self.read_rule(position, entry) for position, entry in enumerate(entries, start=1)]
-        return Rules(self.resolve(rules))
+        learned = [rule for rule in rules if rule.kind == "learned"]
+        return Rules(self.resolve([rule for rule in rules if rule.kind != "learned"]), self.resolve_learned(learned))
 
     def read_categories(self, raw: Any) -> dict[str, str]:
         if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
@@ -255,15 +302,26 @@ class _RulesFile:
     def read_rule(self, position: int, raw: Any) -> Rule:
         if not isinstance(raw, dict):
             raise ConfigError(f"{self.source}: rule {position} must be a mapping, e.g. {{class: tabby, rename: cat}}")
-        kinds = [kind for kind in ("class", "subtree") if kind in raw]
+        kinds = [kind for kind in _KINDS if kind in raw]
         if len(kinds) != 1:
             raise ConfigError(
                 f"{self.source}: rule {position} needs exactly one of the keys 'class' (one class: id, wnid or "
-                "English label) and 'subtree' (a WordNet wnid or name: every class below it)"
+                "English label), 'subtree' (a WordNet wnid or name: every class below it) and 'learned' "
+                "(a learned tag's name, as given to `tagger learn`)"
             )
         targets = raw[kinds[0]]
         rule = Rule(position, kinds[0], tuple(targets) if isinstance(targets, list) else (targets,))
-        self.check_keys(raw, _RULE_KEYS, f"{rule}: key")
+        if rule.kind == "learned":
+            rule = replace(rule, targets=tuple(self.learned_name(rule, target) for target in rule.targets))
+            if not rule.targets:
+                self.fail(rule, "learned", "names no learned tag", "e.g. learned: mycat, or a list: learned: [mycat, mydog]")
+            if "threshold" in raw:
+                example = rule.targets[0] if rule.targets else "NAME"
+                self.fail(
+                    rule, "threshold", "a learned tag's threshold is not set in the rules file",
+                    f"use `tagger learn {example} --threshold T`: one place for a learned tag's threshold",
+                )
+        self.check_keys(raw, _LEARNED_KEYS if rule.kind == "learned" else _RULE_KEYS, f"{rule}: key")
         return replace(
             rule,
             rename=self.text(rule, raw, "rename"),
@@ -298,6 +356,38 @@ class _RulesFile:
             aliases.extend(rule.aliases)
         display = Display(name, name_zh, parents, tuple(self.categories[p] for p in parents))
         return _ClassRule(display, threshold, dropped, tuple(dict.fromkeys(aliases)))
+
+    def resolve_learned(self, rules: list[Rule]) -> dict[str, _LearnedRule]:
+        """Per learned tag named: its rules in file order, the later setting a field winning; aliases add up.
+
+        A name not (yet) taught is kept: the rule applies once the tag is learned."""
+        settled: dict[str, _LearnedRule] = {}
+        for name in dict.fromkeys(str(target) for rule in rules for target in rule.targets):
+            shown, shown_zh, dropped = name, name, False
+            parents: tuple[str, ...] | None = None
+            aliases: list[str] = []
+            for rule in (r for r in rules if name in r.targets):
+                if rule.rename is not None or rule.rename_zh is not None:
+                    shown = rule.rename or name
+                    shown_zh = rule.rename_zh or rule.rename or name
+                dropped = rule.drop if rule.drop is not None else dropped
+                parents = rule.parents if rule.parents is not None else parents
+                aliases.extend(rule.aliases)
+            if parents is None:
+                display = Display(shown, shown_zh, (LEARNED,), (LEARNED,))
+            else:
+                display = Display(shown, shown_zh, parents, tuple(self.categories[p] for p in parents))
+            settled[name] = _LearnedRule(display, dropped, tuple(dict.fromkeys(aliases)))
+        return settled
+
+    def learned_name(self, rule: Rule, target: str | int) -> str:
+        """A learned tag's name as `tagger learn` accepts it (tagger.learn.check_name)."""
+        if isinstance(target, bool) or not isinstance(target, str):
+            self.fail(rule, "learned", f"{target!r} is not a tag name", "write the name, quoted if it looks like a number")
+        name = target.strip()
+        if not name or any(c in name for c in "\n\r\t") or len(name) > 100:
+            self.fail(rule, "learned", f"{target!r} cannot be a tag name", "a word or a few, at most 100 characters")
+        return name
 
     def matches(self, rule: Rule) -> dict[int, int]:
         """class id -> the WordNet depth of the deepest of the rule's subtrees that holds it."""

@@ -27,8 +27,9 @@ class UnknownTag(TaggerError):
 def search_terms(rules: Rules, word: str) -> tuple[str, ...]:
     """The stored search words (keyword_terms.term) that a query word means.
 
-    The word itself (a keyword, a category or a user's own keyword), and the keywords of
-    every class it names: as an alias or label in the rules, a WordNet id or a class number.
+    The word itself (a keyword, a category or a user's own keyword), the keywords of
+    every class it names: as an alias or label in the rules, a WordNet id or a class number,
+    and those of the learned tags it names: by their own name or an alias of a `learned:` rule.
     """
     folded = word.strip().casefold()
     fake = [Tag(c, "", "", "", 1.0) for c in sorted(_classes(rules, word))]
@@ -38,7 +39,8 @@ def search_terms(rules: Rules, word: str) -> tuple[str, ...]:
         # a keyword the word names, or one under it, is found by the word itself: one index range, not hundreds
         if folded not in {w.casefold() for w in (k.name, k.name_zh, *k.parents, *k.parents_zh)}
     }
-    return tuple(sorted({folded} | names))
+    learned = {name.casefold() for name in _learned(rules).get(folded, ())}
+    return tuple(sorted({folded} | names | learned))
 
 
 def _classes(rules: Rules, word: str) -> set[int]:
@@ -55,7 +57,8 @@ def resolve_query(rules: Rules, query: Query, has_term: Callable[[str], bool]) -
 
     def terms(word: str) -> tuple[str, ...]:
         found = search_terms(rules, word)
-        if not _classes(rules, word) and not has_term(word.strip().casefold()):
+        folded = word.strip().casefold()
+        if not _classes(rules, word) and folded not in _learned(rules) and not has_term(folded):
             close = suggest_labels(word)
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
             raise UnknownTag(f"no keyword, label or alias matches {word!r}{hint}")
@@ -97,3 +100,9 @@ def _span(when: TimeRange | None, convert: Callable[[float], _V]) -> tuple[_V | 
 def _aliases(rules: Rules) -> dict[str, list[int]]:
     """rules.aliases(), built once per Rules object (a few thousand words)."""
     return rules.aliases()
+
+
+@lru_cache(maxsize=4)
+def _learned(rules: Rules) -> dict[str, list[str]]:
+    """rules.learned_aliases(), built once per Rules object."""
+    return rules.learned_aliases()

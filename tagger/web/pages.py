@@ -17,6 +17,7 @@ from tagger.errors import StoreError
 from tagger.explain import LEARNED_PREFIX, seen_box
 from tagger.fileio import url_text
 from tagger.index import SORTS, GridItem, ImageDetail
+from tagger.index.vectors import VectorRows
 from tagger.labels import Tag
 from tagger.terms import KeywordRow
 from tagger.web.api import CHECK_TOP_K, check_uploads, received_uploads
@@ -104,18 +105,24 @@ def image(raw: str) -> str:
         exif=exif_facts(viewer().library.readable(detail.path)) if exists else {},
         sidecar=sidecar_text(detail) if exists else None,
         keywords=keywords,
-        explained_keywords=_explained_keywords(detail.tags, keywords),
+        explained_keywords=_explained_keywords(detail.tags, keywords, detail.sha256),
         seen=_seen(detail),
         csrf=(CSRF_FIELD, csrf_token()),
     )
 
 
-def _explained_keywords(tags: Sequence[Tag], keywords: Sequence[KeywordRow]) -> dict[str, str]:
-    """The tag term each model keyword's "Why?" explains: its best-scoring class, or its learned tag."""
+def _explained_keywords(tags: Sequence[Tag], keywords: Sequence[KeywordRow], sha256: str | None) -> dict[str, str]:
+    """The tag term each model keyword's "Why?" explains: its best-scoring class, or its learned tag
+    (learned/NAME, found by the keyword a `learned:` rule may have renamed it to; the best one when several merge)."""
     rules = viewer().rules
     terms = {k.name: str(max(k.class_ids, key=lambda i: next(t.score for t in tags if t.class_id == i)))
              for k in rules.apply(tags, viewer().config.model.min_score)}
-    terms.update({k.keyword: k.path for k in keywords if k.source == "model" and k.path.startswith(LEARNED_PREFIX)})
+    shown = {k.keyword for k in keywords if k.source == "model"}
+    learned = VectorRows(store().conn).learned_of(sha256) if sha256 and shown else []
+    for name, _ in sorted(learned, key=lambda m: m[1]):
+        display = rules.learned_display(name)
+        if display is not None and display.name in shown:
+            terms[display.name] = f"{LEARNED_PREFIX}{name}"
     return terms
 
 
