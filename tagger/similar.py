@@ -5,7 +5,7 @@ read them as one matrix, cached beside the index in `<index>.vectors/` and rebui
 embeddings change. Up to EXACT_BELOW images every row is scored. Above, a bit code of each
 embedding (the signs of its difference from the library's mean direction: 160 bytes for
 1280 numbers, an eighth of the matrix) picks a shortlist by Hamming distance with usearch's
-SIMD kernel, and the shortlist is scored exactly: about half the time of scoring every row
+SIMD kernel, and the shortlist is scored exactly: a third of the time of scoring every row
 at a million images, with the same top 20 on the benchmark (bench/bench_vectors.py). Nothing
 to build but the codes, which are rebuilt with the matrix.
 """
