@@ -1,6 +1,7 @@
 """Shared fixtures: real photos, a real model, real SQLite in temp folders."""
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from sample_photos import sample_sources, write_samples  # noqa: E402
+from sample_photos import distinct_views, sample_sources, write_samples  # noqa: E402
 
 from tagger.classify import Classifier  # noqa: E402
 
@@ -43,6 +44,22 @@ def sample_paths() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sample_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_samples(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="session")
+def views(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Distinct crops of every shipped photo: several real pictures of each subject (made once)."""
+    return distinct_views(tmp_path_factory.mktemp("views"), 34, (400, 300))
+
+
+@pytest.fixture
+def views_library(tmp_path: Path, views: list[Path], sample_jpegs: list[Path]) -> Path:
+    """A library of the views and the shipped photos, copied afresh for each test (tests change it)."""
+    lib = tmp_path / "library"
+    lib.mkdir()
+    for src in [*views, *sample_jpegs]:
+        shutil.copy(src, lib / src.name)
+    return lib
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,12 @@
 """A learned tag's own threshold and forgetting a learned tag, on real photos and the real model.
 
-The library is test_vectors' (distinct views of the shipped photos); taught from chelsea.jpg and
+The library is conftest's views_library (distinct views of the shipped photos); taught from chelsea.jpg and
 one of its views, the tag matches the two examples and one other view of the cat (about 0.79).
 """
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,32 +17,15 @@ from click.testing import CliRunner
 
 from tagger.cli import cli
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from sample_photos import distinct_views  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def views(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return distinct_views(tmp_path_factory.mktemp("views"), 34, (400, 300))
-
 
 @pytest.fixture
-def library(tmp_path: Path, views: list[Path], sample_jpegs: list[Path]) -> Path:
-    lib = tmp_path / "library"
-    lib.mkdir()
-    for src in [*views, *sample_jpegs]:
-        shutil.copy(src, lib / src.name)
-    return lib
-
-
-@pytest.fixture
-def taught(library: Path, write_config: Callable[..., Path]) -> Path:
+def taught(views_library: Path, write_config: Callable[..., Path]) -> Path:
     """A scanned library with sidecars (JSON and XMP) and the learned tag mycat; the config's path."""
     config = write_config(xmp={"enabled": True})
     assert invoke(config, "scan").exit_code == 0
     result = invoke(
-        config, "learn", "mycat", str(library / "chelsea.jpg"), str(cat_views(library)[0]),
-        "--not", str(library / "coffee.jpg"),
+        config, "learn", "mycat", str(views_library / "chelsea.jpg"), str(cat_views(views_library)[0]),
+        "--not", str(views_library / "coffee.jpg"),
     )
     assert result.exit_code == 0, result.output
     return config
@@ -54,8 +35,8 @@ def invoke(config: Path, *args: str) -> Any:
     return CliRunner().invoke(cli, ["--config", str(config), *args])
 
 
-def cat_views(library: Path) -> list[Path]:
-    found = sorted(library.glob("chelsea_view*.jpg"))
+def cat_views(views_library: Path) -> list[Path]:
+    found = sorted(views_library.glob("chelsea_view*.jpg"))
     assert len(found) == 2
     return found
 
@@ -95,10 +76,10 @@ def sidecar_has(image: Path, keyword: str) -> bool:
     return in_json
 
 
-def test_threshold_moves_matches_keywords_and_sidecars_both_ways(library: Path, taught: Path) -> None:
+def test_threshold_moves_matches_keywords_and_sidecars_both_ways(views_library: Path, taught: Path) -> None:
     config = taught
-    examples = {str(library / "chelsea.jpg"), str(cat_views(library)[0])}
-    other_cat = cat_views(library)[1]
+    examples = {str(views_library / "chelsea.jpg"), str(cat_views(views_library)[0])}
+    other_cat = cat_views(views_library)[1]
     at_half = match_scores(config)
     assert stored_threshold(config) == 0.5
     assert set(at_half) == examples | {str(other_cat)}  # the other view of the cat, at about 0.79
@@ -113,7 +94,7 @@ def test_threshold_moves_matches_keywords_and_sidecars_both_ways(library: Path, 
     assert stored_threshold(config) == pytest.approx(strict)
     assert set(match_scores(config)) == examples
     assert matched_paths(config) == examples
-    assert not sidecar_has(other_cat, "mycat") and sidecar_has(library / "chelsea.jpg", "mycat")
+    assert not sidecar_has(other_cat, "mycat") and sidecar_has(views_library / "chelsea.jpg", "mycat")
     listed = invoke(config, "learned")
     assert listed.exit_code == 0 and "threshold" in listed.output and f"{strict:.2f}" in listed.output
 
@@ -134,18 +115,18 @@ def test_threshold_moves_matches_keywords_and_sidecars_both_ways(library: Path, 
     assert sidecar_has(gained[0], "mycat") and sidecar_has(other_cat, "mycat")
 
     # Given with examples, it applies to that training.
-    result = invoke(config, "learn", "mycat", "--not", str(library / "coffee.jpg"), "--threshold", "0.6")
+    result = invoke(config, "learn", "mycat", "--not", str(views_library / "coffee.jpg"), "--threshold", "0.6")
     assert result.exit_code == 0 and "at threshold 0.6" in result.output
     assert stored_threshold(config) == pytest.approx(0.6) and not sidecar_has(gained[0], "mycat")
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "abc", "nan"])
-def test_an_invalid_threshold_is_refused_and_changes_nothing(library: Path, taught: Path, value: str) -> None:
+def test_an_invalid_threshold_is_refused_and_changes_nothing(views_library: Path, taught: Path, value: str) -> None:
     before = match_scores(taught)
     result = invoke(taught, "learn", "mycat", "--threshold", value)
     assert result.exit_code == 2, result.output
     assert "--threshold" in result.output and value in result.output
-    result = invoke(taught, "learn", "mycat", str(cat_views(library)[1]), "--threshold", value)
+    result = invoke(taught, "learn", "mycat", str(cat_views(views_library)[1]), "--threshold", value)
     assert result.exit_code == 2
     assert stored_threshold(taught) == 0.5 and match_scores(taught) == before  # not even the example was added
     assert len(rows(taught, "SELECT * FROM learned_examples WHERE name = 'mycat'")) == 3
@@ -159,12 +140,12 @@ def test_a_threshold_alone_needs_an_existing_tag(taught: Path) -> None:
     assert result.exit_code == 2 and "--threshold" in result.output
 
 
-def test_new_images_and_cross_validation_use_the_tags_threshold(library: Path, taught: Path) -> None:
+def test_new_images_and_cross_validation_use_the_tags_threshold(views_library: Path, taught: Path) -> None:
     from tagger.index import Index
     from tagger.index.vectors import VectorRows
     from tagger.learn import LearnedModels, cross_validated_precision
 
-    other_cat = str(cat_views(library)[1])
+    other_cat = str(cat_views(views_library)[1])
     score = match_scores(taught)[other_cat]
     with Index.open(taught.parent / "index.sqlite", readonly=True) as store:
         record = store.file_record(other_cat)
@@ -185,7 +166,7 @@ def test_new_images_and_cross_validation_use_the_tags_threshold(library: Path, t
     assert cross_validated_precision(positives, negatives, background, threshold=1e-30) == pytest.approx(6 / 32)
 
 
-def test_unlearn_removes_the_tag_its_keywords_and_sidecar_entries(library: Path, taught: Path) -> None:
+def test_unlearn_removes_the_tag_its_keywords_and_sidecar_entries(views_library: Path, taught: Path) -> None:
     config = taught
     had = matched_paths(config)
     assert len(had) == 3 and all(sidecar_has(Path(p), "mycat") for p in had)
@@ -202,7 +183,7 @@ def test_unlearn_removes_the_tag_its_keywords_and_sidecar_entries(library: Path,
     # The image keywords from the model are still there, and a retag does not bring the tag back.
     assert invoke(config, "retag", "--all").exit_code == 0
     assert matched_paths(config) == set()
-    assert json.loads((library / "chelsea.jpg.tags.json").read_text())["keywords"]
+    assert json.loads((views_library / "chelsea.jpg.tags.json").read_text())["keywords"]
 
 
 def test_unlearn_of_an_unknown_tag_names_it(taught: Path) -> None:
@@ -212,7 +193,7 @@ def test_unlearn_of_an_unknown_tag_names_it(taught: Path) -> None:
     assert stored_threshold(taught) == 0.5 and len(matched_paths(taught)) == 3  # the other tag is untouched
 
 
-def test_viewer_sets_the_threshold_and_forgets_a_tag(library: Path, taught: Path) -> None:
+def test_viewer_sets_the_threshold_and_forgets_a_tag(views_library: Path, taught: Path) -> None:
     from tagger.config import load_config
     from tagger.web import create_app
     from tagger.web.context import CSRF_COOKIE
@@ -225,7 +206,7 @@ def test_viewer_sets_the_threshold_and_forgets_a_tag(library: Path, taught: Path
     assert b'action="/learned/mycat/threshold"' in page.data and b'value="0.50"' in page.data
     assert b'action="/learned/mycat/forget"' in page.data and b"data-confirm=" in page.data
 
-    other_cat = cat_views(library)[1]
+    other_cat = cat_views(views_library)[1]
     strict = str(round(match_scores(taught)[str(other_cat)] + 0.02, 2))
     assert client.post("/learned/mycat/threshold", data={"threshold": strict}).status_code == 403  # no form token
     assert client.post("/learned/mycat/threshold", data={"csrf": "x" * 32, "threshold": strict}).status_code == 403
@@ -248,5 +229,5 @@ def test_viewer_sets_the_threshold_and_forgets_a_tag(library: Path, taught: Path
     response = client.post("/learned/mycat/forget", data={"csrf": token})
     assert response.status_code == 303
     assert stored_threshold(taught) is None and matched_paths(taught) == set()
-    assert not sidecar_has(library / "chelsea.jpg", "mycat")
+    assert not sidecar_has(views_library / "chelsea.jpg", "mycat")
     assert client.get("/learned/mycat").status_code == 404

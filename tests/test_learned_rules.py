@@ -1,15 +1,13 @@
 """Rules for learned tags (`learned: NAME`): names, Chinese names, categories, aliases and drop,
 applied by retag, scan and search; refused threshold and parsing errors.
 
-The library is test_learned's (distinct views of the shipped photos); mycat, taught from
+The library is conftest's views_library (distinct views of the shipped photos); mycat, taught from
 chelsea.jpg and one of its views, matches the two examples and the other view of the cat.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,6 @@ from tagger.rules import Rules
 from tagger.searchterms import search_terms
 from tagger.terms import Correction, KeywordRow
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from sample_photos import distinct_views  # noqa: E402
 
 CATEGORIES = "categories: {animal: 动物, pet: 宠物}\n"
 MIMI = CATEGORIES + """rules:
@@ -150,33 +146,19 @@ def test_shipped_rules_file_documents_learned_rules() -> None:
 # --- Real photos, the real model: retag, sidecars, search, scan -----------------------------
 
 
-@pytest.fixture(scope="module")
-def views(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return distinct_views(tmp_path_factory.mktemp("views"), 34, (400, 300))
-
-
-@pytest.fixture
-def library(tmp_path: Path, views: list[Path], sample_jpegs: list[Path]) -> Path:
-    lib = tmp_path / "library"
-    lib.mkdir()
-    for src in [*views, *sample_jpegs]:
-        shutil.copy(src, lib / src.name)
-    return lib
-
-
 def invoke(config: Path, *args: str) -> Any:
     return CliRunner().invoke(cli, ["--config", str(config), *args])
 
 
-def teach(config: Path, library: Path) -> set[str]:
+def teach(config: Path, views_library: Path) -> set[str]:
     """Scan, then learn mycat; the paths it matches (the two examples and the other view)."""
     assert invoke(config, "scan").exit_code == 0
-    views = sorted(library.glob("chelsea_view*.jpg"))
-    result = invoke(config, "learn", "mycat", str(library / "chelsea.jpg"), str(views[0]),
-                    "--not", str(library / "coffee.jpg"))
+    views = sorted(views_library.glob("chelsea_view*.jpg"))
+    result = invoke(config, "learn", "mycat", str(views_library / "chelsea.jpg"), str(views[0]),
+                    "--not", str(views_library / "coffee.jpg"))
     assert result.exit_code == 0, result.output
     matched = {p for (p,) in rows(config, "SELECT f.path FROM learned_matches JOIN files f USING (sha256)")}
-    assert matched == {str(library / "chelsea.jpg"), *map(str, views)}
+    assert matched == {str(views_library / "chelsea.jpg"), *map(str, views)}
     return matched
 
 
@@ -208,12 +190,12 @@ def sidecars(image: Path) -> tuple[list[dict[str, Any]], str]:
 
 
 def test_a_changed_rule_renames_the_learned_keyword_everywhere_after_retag(
-    library: Path, write_config: Callable[..., Path], tmp_path: Path, sample_paths: dict[str, Path]
+    views_library: Path, write_config: Callable[..., Path], tmp_path: Path, sample_paths: dict[str, Path]
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(CATEGORIES, encoding="utf-8")
     config = write_config(xmp={"enabled": True}, rules=str(rules))
-    matched = teach(config, library)
+    matched = teach(config, views_library)
     for path in matched:
         assert learned_keywords(config, path) == [("mycat", "mycat", "learned/mycat", "learned/mycat")]
     assert found(config, "tag:mycat") == matched
@@ -232,7 +214,7 @@ def test_a_changed_rule_renames_the_learned_keyword_everywhere_after_retag(
         assert not any(k["keyword"] == "mycat" for k in keywords)
         assert "animal/pet/Mimi" in xmp and "动物/宠物/咪咪" in xmp and "learned/mycat" not in xmp
     # Images the tag did not find keep their keywords and sidecars.
-    coffee_keywords, coffee_xmp = sidecars(library / "coffee.jpg")
+    coffee_keywords, coffee_xmp = sidecars(views_library / "coffee.jpg")
     assert not any(k["keyword"] in ("Mimi", "mycat") for k in coffee_keywords) and "Mimi" not in coffee_xmp
 
     for query in ("tag:咪咪", "tag:Mimi", "tag:housecat", "家猫", "tag:mycat", "tag:pet"):
@@ -245,27 +227,27 @@ def test_a_changed_rule_renames_the_learned_keyword_everywhere_after_retag(
     from tagger.config import load_config
     from tagger.web import create_app
 
-    page = create_app(load_config(config)).test_client().get("/image/" + str(library / "chelsea.jpg").lstrip("/"))
+    page = create_app(load_config(config)).test_client().get("/image/" + str(views_library / "chelsea.jpg").lstrip("/"))
     assert page.status_code == 200
     why = page.data.decode().split('data-label="Mimi"')[0].rsplit("<a ", 1)[-1]
     assert "tag=learned%2Fmycat" in why or "tag=learned/mycat" in why, why
 
     # New images get the rule as they are tagged.
     with Image.open(sample_paths["chelsea"]) as img:
-        img.convert("RGB").resize((300, 200)).save(library / "new cat.jpg", quality=80)
+        img.convert("RGB").resize((300, 200)).save(views_library / "new cat.jpg", quality=80)
     assert invoke(config, "scan").exit_code == 0
-    new = str(library / "new cat.jpg")
+    new = str(views_library / "new cat.jpg")
     assert learned_keywords(config, new) == [("Mimi", "咪咪", "animal/pet/Mimi", "动物/宠物/咪咪")]
     assert new in found(config, "tag:咪咪")
 
 
 def test_a_rule_written_first_applies_once_taught_and_drop_keeps_the_tag_learned(
-    library: Path, write_config: Callable[..., Path], tmp_path: Path
+    views_library: Path, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(CATEGORIES + "rules: [{learned: mycat, rename_zh: 我的猫}]\n", encoding="utf-8")
     config = write_config(xmp={"enabled": True}, rules=str(rules))
-    matched = teach(config, library)
+    matched = teach(config, views_library)
     for path in matched:
         assert learned_keywords(config, path) == [("mycat", "我的猫", "learned/mycat", "learned/我的猫")]
     assert found(config, "tag:我的猫") == matched

@@ -21,23 +21,7 @@ from tagger.index import Index
 from tagger.index.vectors import VectorRows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from sample_photos import distinct_views  # noqa: E402
 import realsets  # noqa: E402,F401
-
-
-@pytest.fixture(scope="module")
-def views(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Distinct crops of every shipped photo: several real pictures of each subject."""
-    return distinct_views(tmp_path_factory.mktemp("views"), 34, (400, 300))
-
-
-@pytest.fixture
-def library(tmp_path: Path, views: list[Path], sample_jpegs: list[Path]) -> Path:
-    lib = tmp_path / "library"
-    lib.mkdir()
-    for src in [*views, *sample_jpegs]:
-        shutil.copy(src, lib / src.name)
-    return lib
 
 
 def invoke(config: Path, *args: str) -> Any:
@@ -77,16 +61,16 @@ def test_an_export_without_features_is_made_again(lite0: Classifier, weights_dir
 
 
 def test_scan_stores_one_embedding_per_content_and_backfills(
-    library: Path, write_config: Callable[..., Path], tmp_path: Path
+    views_library: Path, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    shutil.copy(library / "coffee.jpg", library / "coffee copy.jpg")
+    shutil.copy(views_library / "coffee.jpg", views_library / "coffee copy.jpg")
     config = write_config()
     result = invoke(config, "scan")
     assert result.exit_code == 0, result.output
     index = tmp_path / "index.sqlite"
     contents = rows(index, "SELECT COUNT(*) FROM images")[0][0]
     stored = rows(index, "SELECT sha256, model, dims, vector FROM embeddings")
-    assert len(stored) == contents == len(list(library.glob("*.jpg"))) - 1
+    assert len(stored) == contents == len(list(views_library.glob("*.jpg"))) - 1
     for _, model, dims, blob in stored:
         vector = np.frombuffer(blob, dtype=np.int8)
         assert (model, dims, len(blob)) == ("efficientnet-lite0", 1280, 1280)
@@ -107,19 +91,19 @@ def test_scan_stores_one_embedding_per_content_and_backfills(
     assert rows(index, "SELECT COUNT(*) FROM embeddings")[0][0] == contents - 1
 
 
-def test_similar_puts_the_same_subject_first(library: Path, write_config: Callable[..., Path]) -> None:
+def test_similar_puts_the_same_subject_first(views_library: Path, write_config: Callable[..., Path]) -> None:
     config = write_config()
     assert invoke(config, "scan").exit_code == 0
-    result = invoke(config, "similar", str(library / "chelsea.jpg"), "--limit", "3", "--format", "json")
+    result = invoke(config, "similar", str(views_library / "chelsea.jpg"), "--limit", "3", "--format", "json")
     assert result.exit_code == 0, result.output
     found = json.loads(result.output)
     assert len(found) == 3
     assert all(Path(f["path"]).name.startswith("chelsea_view") for f in found[:2])
     assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
-    result = invoke(config, "similar", str(library / "coffee.jpg"), "--limit", "2")
+    result = invoke(config, "similar", str(views_library / "coffee.jpg"), "--limit", "2")
     assert result.exit_code == 0
     assert [Path(p).name.split("_view")[0] for p in result.output.splitlines()] == ["coffee", "coffee"]
-    result = invoke(config, "similar", str(library / "nothing.jpg"))
+    result = invoke(config, "similar", str(views_library / "nothing.jpg"))
     assert result.exit_code == 1 and "nothing.jpg: not a tagged image in the index" in result.output
 
 
@@ -148,15 +132,15 @@ def test_duplicates_groups_copies_not_other_shots(tmp_path: Path, write_config: 
     assert text.exit_code == 0 and text.output.startswith("* ")
 
 
-def test_viewer_similar_strip_api_and_duplicates_page(library: Path, write_config: Callable[..., Path]) -> None:
+def test_viewer_similar_strip_api_and_duplicates_page(views_library: Path, write_config: Callable[..., Path]) -> None:
     from tagger.config import load_config
     from tagger.web import create_app
 
-    shutil.copy(library / "coffee.jpg", library / "coffee again.jpg")
+    shutil.copy(views_library / "coffee.jpg", views_library / "coffee again.jpg")
     config_path = write_config()
     assert invoke(config_path, "scan").exit_code == 0
     client = create_app(load_config(config_path)).test_client()
-    raw = str(library / "chelsea.jpg").lstrip("/")
+    raw = str(views_library / "chelsea.jpg").lstrip("/")
     response = client.get(f"/api/images/{raw}/similar?limit=2")
     assert response.status_code == 200
     similar = response.get_json()["similar"]
@@ -169,31 +153,31 @@ def test_viewer_similar_strip_api_and_duplicates_page(library: Path, write_confi
     duplicates = client.get("/duplicates")
     assert duplicates.status_code == 200 and b"coffee again.jpg" in duplicates.data and b"largest" in duplicates.data
     groups = client.get("/api/duplicates").get_json()["groups"]
-    coffee = [g for g in groups if str(library / "coffee.jpg") in g]
-    assert len(coffee) == 1 and str(library / "coffee again.jpg") in coffee[0]
+    coffee = [g for g in groups if str(views_library / "coffee.jpg") in g]
+    assert len(coffee) == 1 and str(views_library / "coffee again.jpg") in coffee[0]
 
 
 def test_learned_tag_is_a_keyword_everywhere(
-    library: Path, write_config: Callable[..., Path], tmp_path: Path, sample_paths: dict[str, Path]
+    views_library: Path, write_config: Callable[..., Path], tmp_path: Path, sample_paths: dict[str, Path]
 ) -> None:
     config = write_config(xmp={"enabled": True})
     assert invoke(config, "scan").exit_code == 0
-    chelsea = sorted(library.glob("chelsea_view*.jpg"))
+    chelsea = sorted(views_library.glob("chelsea_view*.jpg"))
     assert len(chelsea) == 2
-    result = invoke(config, "learn", "mycat", str(library / "chelsea.jpg"), str(chelsea[0]), "--not", str(library / "coffee.jpg"))
+    result = invoke(config, "learn", "mycat", str(views_library / "chelsea.jpg"), str(chelsea[0]), "--not", str(views_library / "coffee.jpg"))
     assert result.exit_code == 0, result.output
     assert "learned 'mycat' from 2 examples and 1 counter-examples" in result.output
     assert str(chelsea[1]) in result.output  # proposed: the other view of the cat
     found = invoke(config, "query", "tag:mycat", "--format", "paths")
     assert found.exit_code == 0, found.output
     paths = set(found.output.splitlines())
-    assert {str(library / "chelsea.jpg"), *map(str, chelsea)} <= paths
+    assert {str(views_library / "chelsea.jpg"), *map(str, chelsea)} <= paths
     assert all("chelsea" in Path(p).name for p in paths)
-    doc = json.loads((library / "chelsea.jpg.tags.json").read_text())
+    doc = json.loads((views_library / "chelsea.jpg.tags.json").read_text())
     assert {"keyword": "mycat", "path": "learned/mycat"}.items() <= next(
         k for k in doc["keywords"] if k["keyword"] == "mycat"
     ).items()
-    assert "mycat" in (library / "chelsea.jpg.xmp").read_text()
+    assert "mycat" in (views_library / "chelsea.jpg.xmp").read_text()
     listed = invoke(config, "learned")
     assert listed.exit_code == 0 and "mycat" in listed.output and " 2 " in listed.output
     # Kept by a full retag; removed for good by a correction, even after teaching again.
@@ -204,18 +188,18 @@ def test_learned_tag_is_a_keyword_everywhere(
     assert str(chelsea[1]) not in invoke(config, "query", "tag:mycat").output
     # New images get it as they are tagged.
     with Image.open(sample_paths["chelsea"]) as img:
-        img.convert("RGB").resize((300, 200)).save(library / "new cat.jpg", quality=80)
+        img.convert("RGB").resize((300, 200)).save(views_library / "new cat.jpg", quality=80)
     assert invoke(config, "scan").exit_code == 0
-    assert str(library / "new cat.jpg") in invoke(config, "query", "tag:mycat").output
+    assert str(views_library / "new cat.jpg") in invoke(config, "query", "tag:mycat").output
     # A rejected proposal moves side: no longer an example.
     result = invoke(config, "learn", "mycat", "--not", str(chelsea[0]))
     assert result.exit_code == 0 and "from 1 examples and 2 counter-examples" in result.output
     bad = invoke(config, "learn", "mycat", str(tmp_path / "missing.jpg"))
     assert bad.exit_code == 1 and "missing.jpg: not a tagged image" in bad.output
-    assert invoke(config, "learn", " ", str(library / "chelsea.jpg")).exit_code == 1
+    assert invoke(config, "learn", " ", str(views_library / "chelsea.jpg")).exit_code == 1
 
 
-def test_viewer_teaches_a_tag_from_selected_images_and_proposals(library: Path, write_config: Callable[..., Path]) -> None:
+def test_viewer_teaches_a_tag_from_selected_images_and_proposals(views_library: Path, write_config: Callable[..., Path]) -> None:
     from tagger.config import load_config
     from tagger.web import create_app
     from tagger.web.context import CSRF_COOKIE
@@ -227,8 +211,8 @@ def test_viewer_teaches_a_tag_from_selected_images_and_proposals(library: Path, 
     assert grid.status_code == 200 and b'id="teach-selected"' in grid.data and b'name="path"' in grid.data
     token = "t" * 32
     client.set_cookie(CSRF_COOKIE, token)
-    chelsea = sorted(library.glob("chelsea_view*.jpg"))
-    form = {"csrf": token, "name": "mycat", "side": "yes", "path": [str(library / "chelsea.jpg"), str(chelsea[0])]}
+    chelsea = sorted(views_library.glob("chelsea_view*.jpg"))
+    form = {"csrf": token, "name": "mycat", "side": "yes", "path": [str(views_library / "chelsea.jpg"), str(chelsea[0])]}
     response = client.post("/learn", data=form)
     assert response.status_code == 303 and response.headers["Location"].endswith("/learned/mycat")
     page = client.get("/learned/mycat")
