@@ -24,7 +24,8 @@ from tagger.index import Index
 from tagger.index.vectors import VectorRows, quantise
 
 EXACT_BELOW = 20000  # up to this many rows, all are scored
-SHORTLIST = 2000  # rows the bit codes pass on to exact scoring: at least this, and 50 per result
+SHORTLIST = 2000  # rows the bit codes pass on to exact scoring: at least this many,
+PER_RESULT = 50  # and this many per result asked for
 CACHE_FORMAT = 2  # the cache's layout (2: with bit codes); another is rebuilt
 
 
@@ -122,7 +123,7 @@ class VectorMatrix:
         from usearch.index import search
 
         assert self.codes is not None
-        size = min(len(self), max(SHORTLIST, 50 * count))
+        size = min(len(self), max(SHORTLIST, PER_RESULT * count))
         code = np.packbits(unit(query) > self.mean)
         found = search(self.codes, code, size, "hamming", exact=True, threads=os.cpu_count() or 1)
         rows: np.ndarray = np.sort(np.asarray(found.keys, dtype=np.int64))

@@ -91,7 +91,16 @@ def test_scan_stores_one_embedding_per_content_and_backfills(
     assert rows(index, "SELECT COUNT(*) FROM embeddings")[0][0] == contents - 1
 
 
-def test_similar_puts_the_same_subject_first(views_library: Path, write_config: Callable[..., Path]) -> None:
+@pytest.mark.parametrize("search", ["every row", "shortlist"])
+def test_similar_puts_the_same_subject_first(
+    views_library: Path, write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, search: str
+) -> None:
+    if search == "shortlist":  # a large library's way, on real embeddings: 12 of 40 by their bit codes
+        from tagger import similar
+
+        monkeypatch.setattr(similar, "EXACT_BELOW", 0)
+        monkeypatch.setattr(similar, "SHORTLIST", 12)
+        monkeypatch.setattr(similar, "PER_RESULT", 3)
     config = write_config()
     assert invoke(config, "scan").exit_code == 0
     result = invoke(config, "similar", str(views_library / "chelsea.jpg"), "--limit", "3", "--format", "json")
