@@ -30,6 +30,11 @@ def _indexed_sha(store: Index, image: Path) -> str:
     return str(record.sha256)
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 image", "2 images": messages read as sentences."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _write_paths(paths: list[str]) -> None:
     out = sys.stdout.buffer
     out.write(b"".join(os.fsencode(p) + b"\n" for p in paths))
@@ -164,8 +169,10 @@ def learn(
     tag = result.tag
     precision = "n/a (fewer than 2 examples)" if tag.precision is None else f"{tag.precision:.0%}"
     click.echo(
-        f"learned {tag.name!r} from {tag.positives} examples and {tag.negatives} counter-examples: "
-        f"{len(result.matches)} images match at threshold {tag.threshold:g}; cross-validated precision {precision}; "
+        f"learned {tag.name!r} from {counted(tag.positives, 'example')} and "
+        f"{counted(tag.negatives, 'counter-example')}: {counted(len(result.matches), 'image')} "
+        f"{'matches' if len(result.matches) == 1 else 'match'} at threshold {tag.threshold:g}; "
+        f"cross-validated precision {precision}; "
         f"trained in {result.train_seconds:.2f} s, applied in {result.apply_seconds:.2f} s"
     )
     if show and result.proposals:
@@ -222,7 +229,7 @@ def unlearn(ctx: _Context, name: str) -> None:
     with Index.open(config.index) as store:
         matched = forget(store, name)
         rekeyword(Retagger(config, store), matched)
-    click.echo(f"forgot the learned tag {name.strip()!r}: its keyword left {len(matched)} images")
+    click.echo(f"forgot the learned tag {name.strip()!r}: its keyword left {counted(len(matched), 'image')}")
 
 
 def backfill_after_scan(config: Config, classifier: Any, stopped: list[int]) -> None:

@@ -175,7 +175,7 @@ def test_learned_tag_is_a_keyword_everywhere(
     assert len(chelsea) == 2
     result = invoke(config, "learn", "mycat", str(views_library / "chelsea.jpg"), str(chelsea[0]), "--not", str(views_library / "coffee.jpg"))
     assert result.exit_code == 0, result.output
-    assert "learned 'mycat' from 2 examples and 1 counter-examples" in result.output
+    assert "learned 'mycat' from 2 examples and 1 counter-example:" in result.output
     assert str(chelsea[1]) in result.output  # proposed: the other view of the cat
     found = invoke(config, "query", "tag:mycat", "--format", "paths")
     assert found.exit_code == 0, found.output
@@ -202,7 +202,7 @@ def test_learned_tag_is_a_keyword_everywhere(
     assert str(views_library / "new cat.jpg") in invoke(config, "query", "tag:mycat").output
     # A rejected proposal moves side: no longer an example.
     result = invoke(config, "learn", "mycat", "--not", str(chelsea[0]))
-    assert result.exit_code == 0 and "from 1 examples and 2 counter-examples" in result.output
+    assert result.exit_code == 0 and "from 1 example and 2 counter-examples" in result.output
     bad = invoke(config, "learn", "mycat", str(tmp_path / "missing.jpg"))
     assert bad.exit_code == 1 and "missing.jpg: not a tagged image" in bad.output
     assert invoke(config, "learn", " ", str(views_library / "chelsea.jpg")).exit_code == 1
