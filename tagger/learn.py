@@ -203,7 +203,7 @@ def retrain(store: Index, name: str, threshold: float | None = None) -> Learned:
     precision = cross_validated_precision(positives, negatives, background, threshold)
     started = time.perf_counter()
     scores = score_library(library, model)
-    matches = {library.shas[i]: float(scores[i]) for i in np.nonzero(scores >= threshold)[0]}
+    matches = {library.shas[int(i)]: float(scores[i]) for i in np.nonzero(scores >= threshold)[0]}
     for sha in pos_shas:  # an example you gave is a match, whatever the model makes of it
         matches[sha] = max(matches.get(sha, 0.0), threshold)
     for sha in neg_shas:

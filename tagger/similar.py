@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -67,16 +70,44 @@ def bit_codes(matrix: np.ndarray, mean: np.ndarray, chunk: int = 65536) -> np.nd
     return codes
 
 
+class Shas(Sequence[str]):
+    """The sha256s of the matrix's rows, kept as N x 32 bytes (memory-mapped from the cache):
+    opening a million-row library makes no million Python strings; rows are named on demand."""
+
+    def __init__(self, raw: np.ndarray) -> None:
+        self.raw = raw
+
+    @classmethod
+    def of(cls, shas: Sequence[str]) -> Shas:
+        return cls(np.frombuffer(b"".join(bytes.fromhex(s) for s in shas), np.uint8).reshape(len(shas), 32))
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [bytes(row).hex() for row in self.raw[i]]
+        return bytes(self.raw[i]).hex()
+
+
 class VectorMatrix:
     """Every embedding of one model: sha256s, an N x D int8 matrix and its bit codes (memory-mapped)."""
 
-    def __init__(self, shas: list[str], matrix: np.ndarray, mean: np.ndarray | None = None,
+    def __init__(self, shas: Sequence[str], matrix: np.ndarray, mean: np.ndarray | None = None,
                  codes: np.ndarray | None = None) -> None:
-        self.shas = shas
+        self.shas = shas if isinstance(shas, Shas) else Shas.of(shas)
         self.matrix = matrix
-        self.row = {sha: i for i, sha in enumerate(shas)}
         self.mean = mean_direction(matrix) if mean is None else mean
         self.codes = bit_codes(matrix, self.mean) if codes is None and len(shas) > EXACT_BELOW else codes
+
+    @cached_property
+    def row(self) -> dict[str, int]:
+        """Row of each sha256: made on first use (learned tags and duplicates), never by a search."""
+        return {sha: i for i, sha in enumerate(self.shas)}
 
     def __len__(self) -> int:
         return len(self.shas)
@@ -91,32 +122,30 @@ class VectorMatrix:
         meta_path, shas_path, matrix_path = (stem.with_suffix(s) for s in (".json", ".shas", ".i8"))
         try:
             meta = json.loads(meta_path.read_text())
-            if meta.get("version") == list(version) and meta.get("format") == CACHE_FORMAT:
-                shas_bytes = shas_path.read_bytes()
-                shas = [shas_bytes[i : i + 32].hex() for i in range(0, len(shas_bytes), 32)]
-                if not shas:
+            if meta.get("version") == version and meta.get("format") == CACHE_FORMAT:
+                count, dims = int(meta["count"]), int(meta["dims"])
+                if not count:
                     return cls([], np.zeros((0, 0), np.int8))
-                dims = int(meta["dims"])
-                mapped = np.memmap(matrix_path, dtype=np.int8, mode="r", shape=(len(shas), dims))
+                named = Shas(np.memmap(shas_path, dtype=np.uint8, mode="r", shape=(count, 32)))
+                mapped = np.memmap(matrix_path, dtype=np.int8, mode="r", shape=(count, dims))
                 mean = np.fromfile(stem.with_suffix(".mean"), dtype="<f4")
                 mapped_codes = np.memmap(stem.with_suffix(".b1"), dtype=np.uint8, mode="r",
-                                         shape=(len(shas), (dims + 7) // 8))
+                                         shape=(count, (dims + 7) // 8))
                 if len(mean) == dims:
-                    return cls(shas, mapped, mean, mapped_codes)
+                    return cls(named, mapped, mean, mapped_codes)
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        shas, parts = [], []
-        for chunk_shas, chunk in rows.all_vectors(model):
-            shas.extend(chunk_shas)
-            parts.append(chunk)
-        matrix = np.concatenate(parts) if parts else np.zeros((0, 0), np.int8)
-        mean = mean_direction(matrix)
-        codes = bit_codes(matrix, mean)
         try:
-            _write_cache(folder, stem, version, shas, matrix, mean, codes)
-        except OSError:
-            pass  # a read-only place: searched from memory this time
-        return cls(shas, matrix, mean, codes)
+            return cls(*_rebuild_cache(folder, stem, version, rows.all_vectors(model)))
+        except OSError:  # a read-only place: built in memory, searched from there this time
+            shas: list[str] = []
+            parts = []
+            for chunk_shas, chunk in rows.all_vectors(model):
+                shas.extend(chunk_shas)
+                parts.append(chunk)
+            matrix = np.concatenate(parts) if parts else np.zeros((0, 0), np.int8)
+            mean = mean_direction(matrix)
+            return cls(shas, matrix, mean, bit_codes(matrix, mean))
 
     def shortlist(self, query: np.ndarray, count: int) -> np.ndarray:
         """Rows (ascending) whose bit codes are nearest the query's: the candidates for exact scoring."""
@@ -153,18 +182,40 @@ class VectorMatrix:
         return [m for m in matches if m.sha256 not in exclude][:limit]
 
 
-def _write_cache(folder: Path, stem: Path, version: tuple[int, str], shas: list[str], matrix: np.ndarray,
-                 mean: np.ndarray, codes: np.ndarray) -> None:
-    """Matrix, codes and names first, the version last: a cache cut short is never taken as current."""
+def _rebuild_cache(folder: Path, stem: Path, version: int, chunks: Iterable[tuple[list[str], np.ndarray]]
+                   ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The matrix written chunk by chunk as it is read (never twice in memory: 1.2 GB at a million),
+    then its codes, mean and names; the version goes last, and the old one first, so that a cache
+    cut short is never taken as current. Returns (shas, mapped matrix, mean, codes)."""
     folder.mkdir(exist_ok=True)
-    for suffix, data in ((".i8", matrix.tobytes()), (".shas", b"".join(bytes.fromhex(s) for s in shas)),
+    stem.with_suffix(".json").unlink(missing_ok=True)
+    shas: list[str] = []
+    dims = 0
+    with tempfile.NamedTemporaryFile(dir=folder, delete=False, prefix=".tmp-") as out:
+        try:
+            for chunk_shas, chunk in chunks:
+                shas.extend(chunk_shas)
+                dims = chunk.shape[1]
+                out.write(chunk.tobytes())
+        except BaseException:  # a full disk, a stop: no half-written matrix left behind
+            os.unlink(out.name)
+            raise
+    if not shas:
+        os.unlink(out.name)
+        matrix = np.zeros((0, 0), np.int8)
+    else:
+        os.replace(out.name, stem.with_suffix(".i8"))
+        matrix = np.memmap(stem.with_suffix(".i8"), dtype=np.int8, mode="r", shape=(len(shas), dims))
+    mean = mean_direction(matrix)
+    codes = bit_codes(matrix, mean)
+    for suffix, data in ((".shas", b"".join(bytes.fromhex(s) for s in shas)),
                          (".mean", mean.astype("<f4").tobytes()), (".b1", codes.tobytes())):
         with tempfile.NamedTemporaryFile(dir=folder, delete=False, prefix=".tmp-") as tmp:
             tmp.write(data)
         os.replace(tmp.name, stem.with_suffix(suffix))
-    meta = {"version": list(version), "format": CACHE_FORMAT, "dims": int(matrix.shape[1]) if matrix.size else 0,
-            "count": len(shas)}
+    meta = {"version": version, "format": CACHE_FORMAT, "dims": dims, "count": len(shas)}
     stem.with_suffix(".json").write_text(json.dumps(meta))
+    return shas, matrix, mean, codes
 
 
 def similar_to(store: Index, sha256: str, limit: int) -> list[Match]:

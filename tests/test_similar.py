@@ -82,3 +82,70 @@ def test_cache_holds_codes_and_an_old_layout_is_rebuilt(tmp_path: Path, monkeypa
         assert (folder / "m.b1").exists() and again.codes is not None
         (folder / "m.mean").write_bytes(b"\0" * 12)  # damaged: the wrong length
         assert VectorMatrix.load(store, "m").mean.shape == (64,)
+
+
+def test_every_change_to_the_embeddings_changes_the_version(tmp_path: Path) -> None:
+    from tagger.index.vectors import VectorRows
+
+    index = tmp_path / "index.sqlite"
+    _store_vectors(index, clustered(3, 8, 5))
+    with Index.open(index) as store:
+        rows = VectorRows(store.conn)
+        seen = [rows.version("m")]
+
+        def changed() -> bool:
+            seen.append(rows.version("m"))
+            return seen[-1] != seen[-2]
+
+        assert seen[0] != 0 and rows.version("other") == 0
+        assert not changed()  # reading changes nothing
+        with store.transaction():
+            rows.save(f"{0:064x}", "m", np.ones(8, np.float32), 1)  # replaced in place
+        assert changed()
+        with store.transaction():
+            store.conn.execute("UPDATE embeddings SET image_hash = 7 WHERE sha256 = ?", (f"{1:064x}",))
+        assert changed()
+        with store.transaction():
+            rows.save(f"{1:064x}", "other", np.ones(8, np.float32), 1)  # moved to another model
+        assert changed() and rows.version("other") != 0
+        with store.transaction():  # the content goes, its embedding with it (ON DELETE CASCADE)
+            store.conn.execute("DELETE FROM images WHERE sha256 = ?", (f"{2:064x}",))
+        assert changed()
+        assert store.conn.execute("SELECT COUNT(*) FROM embeddings WHERE model = 'm'").fetchone()[0] == 1
+
+
+def test_a_cache_beside_a_recreated_index_is_not_taken_for_current(tmp_path: Path) -> None:
+    index = tmp_path / "index.sqlite"
+    _store_vectors(index, clustered(50, 16, 6))
+    with Index.open(index) as store:
+        assert len(VectorMatrix.load(store, "m")) == 50
+    for leftover in tmp_path.glob("index.sqlite*"):
+        if leftover.is_file():
+            leftover.unlink()  # the user starts over; the cache folder stays
+    _store_vectors(index, clustered(50, 16, 7)[:20])
+    with Index.open(index) as store:
+        again = VectorMatrix.load(store, "m")
+        assert len(again) == 20
+        stored = store.conn.execute("SELECT vector FROM embeddings WHERE sha256 = ?", (f"{3:064x}",)).fetchone()[0]
+        assert bytes(np.asarray(again.matrix[3]).tobytes()) == stored
+
+
+def test_an_index_from_before_the_stamps_gets_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    from tagger.index.vectors import VectorRows
+
+    index = tmp_path / "index.sqlite"
+    _store_vectors(index, clustered(4, 8, 8))
+    with sqlite3.connect(index) as conn:  # back to the schema of migration 7
+        for trigger in ("embedding_written", "embedding_updated", "embedding_deleted"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE embedding_changes")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+    with Index.open(index) as store:
+        rows = VectorRows(store.conn)
+        before = rows.version("m")
+        assert before != 0 and rows.version("nothing") == 0
+        with store.transaction():
+            store.conn.execute("DELETE FROM images WHERE sha256 = ?", (f"{0:064x}",))
+        assert rows.version("m") != before

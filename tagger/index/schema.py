@@ -4,8 +4,8 @@ Tables: images (one row per content), tags (its raw top-k guesses), files (paths
 a content, or at the error that kept it out), tag_counts (tagged files per class and score
 percent, kept by triggers), keywords and keyword_terms (what the rules and corrections made
 of the tags, and the words that find them), corrections, settings, sidecars_pending, and
-schema_migrations (tagger.index.db), embeddings, learned_tags, learned_examples and
-learned_matches. View: file_tags.
+schema_migrations (tagger.index.db), embeddings (with embedding_changes, a change stamp per
+model kept by triggers), learned_tags, learned_examples and learned_matches. View: file_tags.
 """
 from __future__ import annotations
 
@@ -230,6 +230,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         PRIMARY KEY (name, sha256)
     ) WITHOUT ROWID;
     CREATE INDEX learned_matches_by_sha256 ON learned_matches(sha256, name);
+""",
+    ),
+    # A change stamp per model, kept by triggers: the similar-images cache asks "has anything
+    # changed?" with one row's read, where counting a million embeddings took a tenth of a second.
+    # Each change draws a new random 64-bit stamp, so a cache beside an index that was recreated
+    # or restored from a backup never matches by chance. INSERT OR REPLACE fires no delete
+    # trigger: the insert trigger also stamps the model a replaced row had.
+    Migration(
+        8,
+        "embedding_changes",
+        """
+    CREATE TABLE embedding_changes (model TEXT PRIMARY KEY, stamp INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO embedding_changes (model, stamp) SELECT model, random() FROM embeddings GROUP BY model;
+    CREATE TRIGGER embedding_written BEFORE INSERT ON embeddings BEGIN
+        UPDATE embedding_changes SET stamp = random()
+            WHERE model = (SELECT model FROM embeddings WHERE sha256 = NEW.sha256);
+        INSERT OR IGNORE INTO embedding_changes (model, stamp) VALUES (NEW.model, 0);
+        UPDATE embedding_changes SET stamp = random() WHERE model = NEW.model;
+    END;
+    CREATE TRIGGER embedding_updated AFTER UPDATE ON embeddings BEGIN
+        UPDATE embedding_changes SET stamp = random() WHERE model IN (OLD.model, NEW.model);
+    END;
+    CREATE TRIGGER embedding_deleted AFTER DELETE ON embeddings BEGIN
+        UPDATE embedding_changes SET stamp = random() WHERE model = OLD.model;
+    END;
 """,
     ),
 )
