@@ -11,25 +11,27 @@ to build but the codes, which are rebuilt with the matrix.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.index import Index
-from tagger.index.vectors import VectorRows, quantise
+from tagger.index.vectors import EmbeddingState, VectorRows, quantise
 
 EXACT_BELOW = 20000  # up to this many rows, all are scored
 SHORTLIST = 2000  # rows the bit codes pass on to exact scoring: at least this many,
 PER_RESULT = 50  # and this many per result asked for
-CACHE_FORMAT = 2  # the cache's layout (2: with bit codes); another is rebuilt
+CACHE_FORMAT = 3  # the cache's layout (2: with bit codes, 3: what it was made from); another is rebuilt
 
 
 @dataclass(frozen=True)
@@ -114,35 +116,35 @@ class VectorMatrix:
 
     @classmethod
     def load(cls, store: Index, model: str) -> VectorMatrix:
-        """The cached matrix when it is current, else rebuilt from the index (once per change)."""
+        """The cached matrix when it is current; else grown by the embeddings added since it was
+        written when nothing else changed (_append), else rebuilt from the index."""
         rows = VectorRows(store.conn)
-        version = rows.version(model)
-        folder = Path(str(store.path) + ".vectors")
-        stem = folder / model
-        meta_path, shas_path, matrix_path = (stem.with_suffix(s) for s in (".json", ".shas", ".i8"))
+        stem = Path(str(store.path) + ".vectors") / model
+        meta = _read_meta(stem)
+        if meta is not None and meta.get("version") == rows.version(model):
+            found = _open_cache(stem, meta)
+            if found is not None and _read_meta(stem) == meta:  # not rewritten while being opened
+                return found
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("version") == version and meta.get("format") == CACHE_FORMAT:
-                count, dims = int(meta["count"]), int(meta["dims"])
-                if not count:
-                    return cls([], np.zeros((0, 0), np.int8))
-                named = Shas(np.memmap(shas_path, dtype=np.uint8, mode="r", shape=(count, 32)))
-                mapped = np.memmap(matrix_path, dtype=np.int8, mode="r", shape=(count, dims))
-                mean = np.fromfile(stem.with_suffix(".mean"), dtype="<f4")
-                mapped_codes = np.memmap(stem.with_suffix(".b1"), dtype=np.uint8, mode="r",
-                                         shape=(count, (dims + 7) // 8))
-                if len(mean) == dims:
-                    return cls(named, mapped, mean, mapped_codes)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        try:
-            return cls(*_rebuild_cache(folder, stem, version, rows.all_vectors(model)))
+            with _locked(stem), rows.snapshot():  # one writer at a time, at the latest state
+                state = rows.state(model)
+                meta = _read_meta(stem)
+                if meta is not None and meta.get("version") == state.stamp:
+                    found = _open_cache(stem, meta)
+                    if found is not None:
+                        return found
+                found = None if meta is None else _append(stem, meta, state, rows, model)
+                if found is not None:
+                    return found
+                start = {"version": state.stamp, "rows": state.rows, "removals": state.removals}
+                return cls(*_rebuild_cache(stem.parent, stem, start, rows.newest(model), rows.all_vectors(model)))
         except OSError:  # a read-only place: built in memory, searched from there this time
             shas: list[str] = []
             parts = []
-            for chunk_shas, chunk in rows.all_vectors(model):
-                shas.extend(chunk_shas)
-                parts.append(chunk)
+            with rows.snapshot():
+                for chunk_shas, chunk in rows.all_vectors(model):
+                    shas.extend(chunk_shas)
+                    parts.append(chunk)
             matrix = np.concatenate(parts) if parts else np.zeros((0, 0), np.int8)
             mean = mean_direction(matrix)
             return cls(shas, matrix, mean, bit_codes(matrix, mean))
@@ -182,11 +184,95 @@ class VectorMatrix:
         return [m for m in matches if m.sha256 not in exclude][:limit]
 
 
-def _rebuild_cache(folder: Path, stem: Path, version: int, chunks: Iterable[tuple[list[str], np.ndarray]]
-                   ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+@contextmanager
+def _locked(stem: Path) -> Iterator[None]:
+    """The model's cache written by one process at a time (readers take no lock: an append
+    leaves the rows they map as they were, a rebuild replaces the files)."""
+    stem.parent.mkdir(exist_ok=True)
+    with open(stem.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # unlocked when closed
+
+
+def _read_meta(stem: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
+
+
+def _write_meta(stem: Path, meta: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=stem.parent, delete=False, prefix=".tmp-") as tmp:
+        tmp.write(json.dumps(meta))
+    os.replace(tmp.name, stem.with_suffix(".json"))
+
+
+def _open_cache(stem: Path, meta: dict[str, Any]) -> VectorMatrix | None:
+    """The cache's files mapped, or None unless each holds exactly the meta's `count` rows (an
+    append or a rebuild cut short, a damaged file)."""
+    try:
+        count, dims = int(meta["count"]), int(meta["dims"])
+        if not count:
+            return VectorMatrix([], np.zeros((0, 0), np.int8))
+        sizes = {".i8": count * dims, ".shas": count * 32, ".b1": count * ((dims + 7) // 8), ".mean": 4 * dims}
+        if any(stem.with_suffix(suffix).stat().st_size != size for suffix, size in sizes.items()):
+            return None
+        named = Shas(np.memmap(stem.with_suffix(".shas"), dtype=np.uint8, mode="r", shape=(count, 32)))
+        mapped = np.memmap(stem.with_suffix(".i8"), dtype=np.int8, mode="r", shape=(count, dims))
+        mean = np.fromfile(stem.with_suffix(".mean"), dtype="<f4")
+        codes = np.memmap(stem.with_suffix(".b1"), dtype=np.uint8, mode="r", shape=(count, (dims + 7) // 8))
+        return VectorMatrix(named, mapped, mean, codes)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _append(stem: Path, meta: dict[str, Any], state: EmbeddingState, rows: VectorRows, model: str
+            ) -> VectorMatrix | None:
+    """The cache grown in place by the embeddings added since it was written; None (rebuild it)
+    when anything else changed, or might have.
+
+    Only additions: `removals` is as it was. They are the rows written at or after the cache's
+    newest (`last`) but those it holds (`at_last`), and there must be exactly as many as `rows`
+    grew by: a row written with an earlier time (a clock set back) makes the count differ. The
+    new rows' codes are taken with the cache's mean, as the last rebuild found it: the mean is
+    only refreshed by a rebuild (one is done when the additions outnumber the cache). The meta
+    goes first and comes back last, so that an append cut short is never taken as current; rows
+    are written after the meta's `count`, which readers holding the cache never look past."""
+    whole = _open_cache(stem, meta)
+    try:
+        count, dims, last, at_last = int(meta["count"]), int(meta["dims"]), str(meta["last"]), set(meta["at_last"])
+        added = state.rows - int(meta["rows"])
+        if whole is None or not count or meta["removals"] != state.removals or not 0 < added <= count:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    since = rows.written_since(model, last)
+    new = [(sha, at, blob) for sha, at, blob in since if not (at == last and sha in at_last)]
+    if len(new) != added or len(since) - len(new) != len(at_last) or any(len(b) != dims for _, _, b in new):
+        return None
+    block = np.frombuffer(b"".join(blob for _, _, blob in new), np.int8).reshape(len(new), dims)
+    codes = bit_codes(block, whole.mean)
+    newest = new[-1][1]  # in written_at order
+    stem.with_suffix(".json").unlink()
+    for suffix, width, data in ((".i8", dims, block.tobytes()), (".b1", codes.shape[1], codes.tobytes()),
+                                (".shas", 32, Shas.of([sha for sha, _, _ in new]).raw.tobytes())):
+        with open(stem.with_suffix(suffix), "r+b") as out:
+            out.seek(count * width)
+            out.write(data)
+    grown = {**meta, "version": state.stamp, "rows": state.rows, "count": count + added, "last": newest,
+             "at_last": sorted(sha for sha, at, _ in since if at == newest)}
+    _write_meta(stem, grown)
+    return _open_cache(stem, grown)
+
+
+def _rebuild_cache(folder: Path, stem: Path, start: dict[str, Any], newest: tuple[str, list[str]],
+                   chunks: Iterable[tuple[list[str], np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """The matrix written chunk by chunk as it is read (never twice in memory: 1.2 GB at a million),
-    then its codes, mean and names; the version goes last, and the old one first, so that a cache
-    cut short is never taken as current. Returns (shas, mapped matrix, mean, codes)."""
+    then its codes, mean and names; the meta goes last, and the old one first, so that a cache
+    cut short is never taken as current. `start`: the state of the embeddings it is made from
+    (version, rows, removals), `newest`: their latest written_at and the sha256s written then.
+    Returns (shas, mapped matrix, mean, codes)."""
     folder.mkdir(exist_ok=True)
     stem.with_suffix(".json").unlink(missing_ok=True)
     shas: list[str] = []
@@ -213,8 +299,9 @@ def _rebuild_cache(folder: Path, stem: Path, version: int, chunks: Iterable[tupl
         with tempfile.NamedTemporaryFile(dir=folder, delete=False, prefix=".tmp-") as tmp:
             tmp.write(data)
         os.replace(tmp.name, stem.with_suffix(suffix))
-    meta = {"version": version, "format": CACHE_FORMAT, "dims": dims, "count": len(shas)}
-    stem.with_suffix(".json").write_text(json.dumps(meta))
+    last, at_last = newest
+    _write_meta(stem, {**start, "format": CACHE_FORMAT, "dims": dims, "count": len(shas), "last": last,
+                       "at_last": at_last})
     return shas, matrix, mean, codes
 
 

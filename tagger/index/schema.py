@@ -4,8 +4,8 @@ Tables: images (one row per content), tags (its raw top-k guesses), files (paths
 a content, or at the error that kept it out), tag_counts (tagged files per class and score
 percent, kept by triggers), keywords and keyword_terms (what the rules and corrections made
 of the tags, and the words that find them), corrections, settings, sidecars_pending, and
-schema_migrations (tagger.index.db), embeddings (with embedding_changes, a change stamp per
-model kept by triggers), learned_tags, learned_examples and learned_matches. View: file_tags.
+schema_migrations (tagger.index.db), embeddings (with embedding_changes, a change stamp, a
+count and a removal stamp per model kept by triggers), learned_tags, learned_examples and learned_matches. View: file_tags.
 """
 from __future__ import annotations
 
@@ -254,6 +254,48 @@ MIGRATIONS: tuple[Migration, ...] = (
     END;
     CREATE TRIGGER embedding_deleted AFTER DELETE ON embeddings BEGIN
         UPDATE embedding_changes SET stamp = random() WHERE model = OLD.model;
+    END;
+""",
+    ),
+    # What changed since the similar-images cache was made, so that additions are appended to
+    # it instead of rebuilding it (tagger.similar): `rows` counts the model's embeddings and
+    # `removals`, a random value like the stamp, is renewed by whatever takes a row away or
+    # changes one (a delete, a replacement, an update), never by adding a new content. The row
+    # is added to AFTER the insert (an insert ignored or refused counts nothing); a replaced
+    # row is taken off BEFORE it (INSERT OR REPLACE fires no delete trigger). A model's first
+    # row is made by INSERT ... WHERE NOT EXISTS, not INSERT OR IGNORE: in a trigger, the outer
+    # statement's OR REPLACE would override the IGNORE and reset the row. An INSERT OR IGNORE
+    # that ignores its row (tagger makes none) is counted as a removal (`rows` one short,
+    # `removals` renewed): the cache compares the growth of `rows` under the same `removals`,
+    # so a miscount can only make it rebuild.
+    Migration(
+        9,
+        "embedding_changes_rows",
+        """
+    DROP TRIGGER embedding_written;
+    DROP TRIGGER embedding_updated;
+    DROP TRIGGER embedding_deleted;
+    ALTER TABLE embedding_changes ADD COLUMN rows INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE embedding_changes ADD COLUMN removals INTEGER NOT NULL DEFAULT 0;
+    UPDATE embedding_changes SET stamp = random(), removals = random(),
+        rows = (SELECT COUNT(*) FROM embeddings e WHERE e.model = embedding_changes.model);
+    CREATE TRIGGER embedding_replaced BEFORE INSERT ON embeddings BEGIN
+        UPDATE embedding_changes SET stamp = random(), removals = random(), rows = rows - 1
+            WHERE model = (SELECT model FROM embeddings WHERE sha256 = NEW.sha256);
+    END;
+    CREATE TRIGGER embedding_written AFTER INSERT ON embeddings BEGIN
+        INSERT INTO embedding_changes (model, stamp, rows, removals) SELECT NEW.model, 0, 0, random()
+            WHERE NOT EXISTS (SELECT 1 FROM embedding_changes WHERE model = NEW.model);
+        UPDATE embedding_changes SET stamp = random(), rows = rows + 1 WHERE model = NEW.model;
+    END;
+    CREATE TRIGGER embedding_updated AFTER UPDATE ON embeddings BEGIN
+        INSERT INTO embedding_changes (model, stamp, rows, removals) SELECT NEW.model, 0, 0, 0
+            WHERE NOT EXISTS (SELECT 1 FROM embedding_changes WHERE model = NEW.model);
+        UPDATE embedding_changes SET stamp = random(), removals = random(), rows = rows - 1 WHERE model = OLD.model;
+        UPDATE embedding_changes SET stamp = random(), removals = random(), rows = rows + 1 WHERE model = NEW.model;
+    END;
+    CREATE TRIGGER embedding_deleted AFTER DELETE ON embeddings BEGIN
+        UPDATE embedding_changes SET stamp = random(), removals = random(), rows = rows - 1 WHERE model = OLD.model;
     END;
 """,
     ),

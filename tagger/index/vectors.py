@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,17 @@ class LearnedTag:
     precision: float | None  # cross-validated, None with too few examples
     positives: int
     negatives: int
+
+
+@dataclass(frozen=True)
+class EmbeddingState:
+    """A model's row of embedding_changes (migrations 8 and 9), all zero when it has none: `stamp`
+    is renewed by every change, `removals` only by one that takes a row away or changes it (a
+    delete, a replacement, an update), and `rows` moves by one with each row added or taken."""
+
+    stamp: int
+    rows: int
+    removals: int
 
 
 def quantise(vectors: np.ndarray) -> np.ndarray:
@@ -117,8 +129,48 @@ class VectorRows:
     def version(self, model: str) -> int:
         """A new random value whenever an embedding of `model` is added, replaced or removed: one
         row's read (embedding_changes, kept by triggers), where counting them took 0.1 s at a million."""
-        row = self.conn.execute("SELECT stamp FROM embedding_changes WHERE model = ?", (model,)).fetchone()
-        return 0 if row is None else int(row[0])
+        return self.state(model).stamp
+
+    def state(self, model: str) -> EmbeddingState:
+        row = self.conn.execute(
+            "SELECT stamp, rows, removals FROM embedding_changes WHERE model = ?", (model,)
+        ).fetchone()
+        return EmbeddingState(0, 0, 0) if row is None else EmbeddingState(int(row[0]), int(row[1]), int(row[2]))
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads that all see one state of the index, whatever is committed meanwhile (a read
+        transaction; inside the caller's own transaction when there is one)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
+
+    def newest(self, model: str) -> tuple[str, list[str]]:
+        """(the latest written_at of `model`'s embeddings, the sha256s written at exactly that
+        time), ("", []) when there are none: where the similar-images cache's next append starts."""
+        row = self.conn.execute("SELECT MAX(written_at) FROM embeddings WHERE model = ?", (model,)).fetchone()
+        if row is None or row[0] is None:
+            return "", []
+        shas = self.conn.execute(
+            "SELECT sha256 FROM embeddings WHERE model = ? AND written_at = ? ORDER BY sha256", (model, row[0])
+        ).fetchall()
+        return str(row[0]), [r[0] for r in shas]
+
+    def written_since(self, model: str, since: str) -> list[tuple[str, str, bytes]]:
+        """(sha256, written_at, vector) of `model`'s embeddings written at or after `since`, oldest
+        first: a range of the embeddings_by_model index."""
+        rows = self.conn.execute(
+            "SELECT sha256, written_at, vector FROM embeddings WHERE model = ? AND written_at >= ?"
+            " ORDER BY written_at, sha256",
+            (model, since),
+        ).fetchall()
+        return [(str(sha), str(at), bytes(blob)) for sha, at, blob in rows]
 
     def all_vectors(self, model: str, batch: int = 10000) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every embedding of `model` in chunks, (shas, N x D int8, as stored), in one pass in the
