@@ -1,8 +1,8 @@
 """Similar images: cosine similarity of embeddings over a memory-mapped matrix.
 
 The index keeps each embedding as int8 (one scale per vector, which cosine ignores); searches
-read them as one matrix, cached beside the index in `<index>.vectors/` and rebuilt when the
-embeddings change. Up to EXACT_BELOW images every row is scored. Above, a bit code of each
+read them as one matrix, cached beside the index in `<index>.vectors/`, appended to when
+embeddings were only added since, rebuilt when they changed otherwise. Up to EXACT_BELOW images every row is scored. Above, a bit code of each
 embedding (the signs of its difference from the library's mean direction: 160 bytes for
 1280 numbers, an eighth of the matrix) picks a shortlist by Hamming distance with usearch's
 SIMD kernel, and the shortlist is scored exactly: a third of the time of scoring every row
