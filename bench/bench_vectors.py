@@ -121,7 +121,7 @@ print(f"{name}: median {1000 * sorted(times)[4]:.0f} ms, first {1000 * times[0]:
 def similar(images: int, hnsw_sample: int, tmp: Path) -> None:
     from usearch.index import Index, search
 
-    from tagger.similar import VectorMatrix, bit_codes, mean_direction
+    from tagger.similar import VectorMatrix, mean_and_codes
 
     path = tmp / "matrix.i8"
     matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.int8, shape=(images, DIMS))
@@ -132,8 +132,7 @@ def similar(images: int, hnsw_sample: int, tmp: Path) -> None:
     gc.collect()
     mapped = np.load(path, mmap_mode="r")
     started = time.perf_counter()
-    mean = mean_direction(mapped)
-    codes = bit_codes(mapped, mean)
+    mean, codes = mean_and_codes(mapped)
     print(f"similar, top 20 of {images:,} ({mapped.nbytes / 2**30:.2f} GiB int8 matrix): bit codes "
           f"({codes.nbytes / 2**20:.0f} MiB) made in {time.perf_counter() - started:.1f} s")
     np.save(tmp / "lib.codes.npy", codes)

@@ -121,7 +121,7 @@ def onnx_network(
     # afresh (tagger.memory sends every buffer over 1 MB to its own mapping) and the kernel zeroes
     # every page again: a fifth of the scan's CPU went to that. Measured on 200 camera photos:
     # EfficientNet-Lite0 37.8 -> 43.3 images/s for +4 MB of peak, ResNet-18 23.8 -> 24.5 for
-    # +3 MB. It holds the largest batch it has seen, so batches stay within model.batch_size.
+    # +3 MB. It holds the largest batch it has seen: Classifier.max_batch bounds that.
     options.enable_cpu_mem_arena = True
     # Decoder threads share these cores: idle ORT threads must sleep, not spin.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -248,6 +248,9 @@ class Classifier:
         self._head_loader = head
         self._head: Head | None = None
         self.classes = imagenet_classes()
+        # ONNX Runtime's arena keeps the largest batch a session has run: from_config caps each
+        # run at model.batch_size, whatever a caller hands `predict` (refinement, backfill, workers).
+        self.max_batch: int | None = None
 
     @classmethod
     def load(
@@ -291,7 +294,9 @@ class Classifier:
     @classmethod
     def from_config(cls, config: Config) -> Classifier:
         m = config.model
-        return cls.load(m.name, config.weights_dir, m.fallback, m.runtime, m.precision)
+        classifier = cls.load(m.name, config.weights_dir, m.fallback, m.runtime, m.precision)
+        classifier.max_batch = m.batch_size
+        return classifier
 
     @property
     def name(self) -> str:
@@ -315,7 +320,13 @@ class Classifier:
         its embedding (the pooled features, L2-normalised float32), all from one model run.
 
         A small margin is a near tie, which a slightly different decode of the same photo can flip.
+        A batch over `max_batch` is run in parts of that size.
         """
+        size = self.max_batch
+        if size and len(batch) > size:
+            parts = [self.predict(batch[i : i + size], top_k) for i in range(0, len(batch), size)]
+            return ([t for p in parts for t in p[0]], [m for p in parts for m in p[1]],
+                    np.concatenate([p[2] for p in parts]))
         raw, features = self.network(np.ascontiguousarray(batch, dtype=np.float32))
         logits = raw.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)

@@ -91,14 +91,12 @@ def backfill(
             arrays = list(pool.map(load, [(m.sha256, m.path) for m in part]))
             ready = [(m, a) for m, a in zip(part, arrays) if a is not None]
             summary.skipped += len(part) - len(ready)
-            # Run in the scan's batches: the model's memory keeps the largest batch it has run.
-            for first in range(0, len(ready), config.model.batch_size):
-                batch = ready[first : first + config.model.batch_size]
-                _, _, vectors = classifier.predict(np.stack([a for _, a in batch]), 1)
+            if ready:
+                _, _, vectors = classifier.predict(np.stack([a for _, a in ready]), 1)
                 with store.transaction("embeddings"):
-                    for (m, array), vector in zip(batch, vectors):
+                    for (m, array), vector in zip(ready, vectors):
                         rows.save(m.sha256, classifier.name, vector, image_hash(array))
-                summary.computed += len(batch)
+                summary.computed += len(ready)
             if on_progress is not None:
                 on_progress(len(part))
     return summary

@@ -461,11 +461,9 @@ def _collect_refined(tagger: Tagger, summary: ScanSummary, wait: bool) -> None:
     redone = [(item, item.future.result()) for item in ready]
     full = [(item, r) for item, r in redone if isinstance(r, DecodedArray)]
     better: dict[int, tuple[list[Tag], np.ndarray]] = {}
-    size = tagger.config.model.batch_size  # the model's memory holds the largest batch it has run
-    for start in range(0, len(full), size):
-        part = full[start : start + size]
-        again, _, features = tagger.classifier.predict(np.stack([r.array for _, r in part]), tagger.config.model.top_k)
-        better.update({id(item): (tags, f) for (item, _), tags, f in zip(part, again, features)})
+    if full:
+        again, _, features = tagger.classifier.predict(np.stack([r.array for _, r in full]), tagger.config.model.top_k)
+        better = {id(item): (tags, f) for (item, _), tags, f in zip(full, again, features)}
     for item in ready:  # a full decode that failed keeps the draft decode's answer
         tags, f = better.get(id(item), (item.tags, item.features))
         tagger._store(item.pending, tags, f, summary, counted=True)

@@ -55,20 +55,31 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return result
 
 
-def mean_direction(matrix: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """The mean of the unit rows: subtracted before taking signs, so that every bit splits the library."""
+def _lengths(rows: np.ndarray) -> np.ndarray:
+    lengths: np.ndarray = np.maximum(np.linalg.norm(rows, axis=-1), 1e-12)
+    return lengths
+
+
+def mean_and_codes(matrix: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the unit rows (subtracted before taking signs, so that every bit splits the
+    library), then the codes against it: two passes, each row's length found once."""
+    lengths = np.empty(len(matrix), np.float32)
     total = np.zeros(matrix.shape[1] if matrix.ndim == 2 else 0, np.float64)
     for start in range(0, len(matrix), chunk):
-        total += unit(matrix[start : start + chunk]).sum(axis=0)
-    result: np.ndarray = (total / max(len(matrix), 1)).astype(np.float32)
-    return result
+        rows = np.asarray(matrix[start : start + chunk], dtype=np.float32)
+        lengths[start : start + len(rows)] = _lengths(rows)
+        total += (rows / lengths[start : start + len(rows), None]).sum(axis=0)
+    mean = (total / max(len(matrix), 1)).astype(np.float32)
+    return mean, bit_codes(matrix, mean, chunk, lengths)
 
 
-def bit_codes(matrix: np.ndarray, mean: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def bit_codes(matrix: np.ndarray, mean: np.ndarray, chunk: int = 65536, lengths: np.ndarray | None = None) -> np.ndarray:
     """N x ceil(D / 8) packed signs of (unit row - mean): near rows have near codes."""
     codes = np.zeros((len(matrix), (len(mean) + 7) // 8), np.uint8)
     for start in range(0, len(matrix), chunk):
-        codes[start : start + chunk] = np.packbits(unit(matrix[start : start + chunk]) > mean, axis=-1)
+        rows = np.asarray(matrix[start : start + chunk], dtype=np.float32)
+        norms = _lengths(rows) if lengths is None else lengths[start : start + len(rows)]
+        codes[start : start + chunk] = np.packbits(rows / norms[:, None] > mean, axis=-1)
     return codes
 
 
@@ -103,8 +114,13 @@ class VectorMatrix:
                  codes: np.ndarray | None = None) -> None:
         self.shas = shas if isinstance(shas, Shas) else Shas.of(shas)
         self.matrix = matrix
-        self.mean = mean_direction(matrix) if mean is None else mean
-        self.codes = bit_codes(matrix, self.mean) if codes is None and len(shas) > EXACT_BELOW else codes
+        if mean is None:
+            mean, made = mean_and_codes(matrix)
+            codes = made if codes is None else codes
+        elif codes is None and len(shas) > EXACT_BELOW:
+            codes = bit_codes(matrix, mean)
+        self.mean = mean
+        self.codes = codes
 
     @cached_property
     def row(self) -> dict[str, int]:
@@ -146,8 +162,7 @@ class VectorMatrix:
                     shas.extend(chunk_shas)
                     parts.append(chunk)
             matrix = np.concatenate(parts) if parts else np.zeros((0, 0), np.int8)
-            mean = mean_direction(matrix)
-            return cls(shas, matrix, mean, bit_codes(matrix, mean))
+            return cls(shas, matrix, *mean_and_codes(matrix))
 
     def shortlist(self, query: np.ndarray, count: int) -> np.ndarray:
         """Rows (ascending) whose bit codes are nearest the query's: the candidates for exact scoring."""
@@ -267,7 +282,7 @@ def _append(stem: Path, meta: dict[str, Any], state: EmbeddingState, rows: Vecto
 
 
 def _rebuild_cache(folder: Path, stem: Path, start: dict[str, Any], newest: tuple[str, list[str]],
-                   chunks: Iterable[tuple[list[str], np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+                   chunks: Iterable[tuple[list[str], np.ndarray]]) -> tuple[Shas, np.ndarray, np.ndarray, np.ndarray]:
     """The matrix written chunk by chunk as it is read (never twice in memory: 1.2 GB at a million),
     then its codes, mean and names; the meta goes last, and the old one first, so that a cache
     cut short is never taken as current. `start`: the state of the embeddings it is made from
@@ -292,17 +307,17 @@ def _rebuild_cache(folder: Path, stem: Path, start: dict[str, Any], newest: tupl
     else:
         os.replace(out.name, stem.with_suffix(".i8"))
         matrix = np.memmap(stem.with_suffix(".i8"), dtype=np.int8, mode="r", shape=(len(shas), dims))
-    mean = mean_direction(matrix)
-    codes = bit_codes(matrix, mean)
-    for suffix, data in ((".shas", b"".join(bytes.fromhex(s) for s in shas)),
-                         (".mean", mean.astype("<f4").tobytes()), (".b1", codes.tobytes())):
+    mean, codes = mean_and_codes(matrix)
+    named = Shas.of(shas)
+    for suffix, data in ((".shas", named.raw.tobytes()), (".mean", mean.astype("<f4").tobytes()),
+                         (".b1", codes.tobytes())):
         with tempfile.NamedTemporaryFile(dir=folder, delete=False, prefix=".tmp-") as tmp:
             tmp.write(data)
         os.replace(tmp.name, stem.with_suffix(suffix))
     last, at_last = newest
     _write_meta(stem, {**start, "format": CACHE_FORMAT, "dims": dims, "count": len(shas), "last": last,
                        "at_last": at_last})
-    return shas, matrix, mean, codes
+    return named, matrix, mean, codes
 
 
 def similar_to(store: Index, sha256: str, limit: int) -> list[Match]:

@@ -64,3 +64,21 @@ def test_label_file_is_complete() -> None:
     assert all(c.wnid.startswith("n") and len(c.wnid) == 9 for c in classes)
     assert all(c.label_zh and c.label_zh != c.label for c in classes if c.label not in {"iPod"})
     assert classes[0].label == "tench" and classes[0].label_zh == "丁鲷"
+
+
+def test_a_batch_over_max_batch_runs_in_parts(lite0: Classifier, sample_paths: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's arena keeps the largest batch run: a capped classifier never runs a bigger one."""
+    import numpy as np
+
+    arrays = np.stack([preprocess(open_rgb(p, 10**8).image, lite0.spec.preprocess) for p in sample_paths.values()])
+    whole_tags, whole_margins, whole_features = lite0.predict(arrays, 5)
+    runs: list[int] = []
+    network = lite0.network
+    monkeypatch.setattr(lite0, "network", lambda batch: runs.append(len(batch)) or network(batch))
+    monkeypatch.setattr(lite0, "max_batch", 4)
+    tags, margins, features = lite0.predict(arrays, 5)
+    assert runs == [4, len(arrays) - 4]
+    assert [[t.class_id for t in row] for row in tags] == [[t.class_id for t in row] for row in whole_tags]
+    assert margins == pytest.approx(whole_margins, abs=1e-4)
+    assert features.shape == whole_features.shape and np.allclose(features, whole_features, atol=1e-4)
