@@ -239,17 +239,45 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def preprocess(img: Image.Image, spec: Preprocess) -> np.ndarray:
-    """RGB image -> float32 CHW array, exactly as torchvision's Resize/CenterCrop/ToTensor/Normalize."""
+    """RGB image -> float32 CHW array, as torchvision's Resize/CenterCrop/ToTensor/Normalize."""
+    pixels = np.asarray(_resized_crop(img, spec), dtype=np.uint8)
+    array = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    array[...] = pixels.transpose(2, 0, 1)  # one pass: to float32, channels first
+    array /= np.float32(255.0)  # in place, in torchvision's order of operations
+    array -= np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    array /= np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    return array
+
+
+def _resized_crop(img: Image.Image, spec: Preprocess) -> Image.Image:
+    """The centre crop of the image resized to `spec.resize`, resizing only the crop (Pillow's `box`).
+
+    The same filter taps over the same source pixels, without computing the 35-45% of the resized
+    image the crop throws away: 38 ms instead of 63 for a 12-megapixel photo. The box's corners
+    reach Pillow as 32-bit floats, which moves a handful of values by one 8-bit step (a median of 7
+    of 150,528 on camera photos); the top-1 of 206 camera photos did not change. Pillow (13) resizes
+    vertically first when the height shrinks more than twice as much as the width, and rounds
+    between its two passes: where the box would change the order, the whole image is resized.
+    """
     width, height = img.size
+    new_width, new_height, left, top = crop_geometry(width, height, spec)
+    resample = _FILTERS[spec.interpolation]
+    if _vertical_first(img.size, (new_width, new_height)) != _vertical_first(img.size, (spec.crop, spec.crop)):
+        return img.resize((new_width, new_height), resample).crop((left, top, left + spec.crop, top + spec.crop))
+    x_scale, y_scale = width / new_width, height / new_height
+    box = (left * x_scale, top * y_scale, (left + spec.crop) * x_scale, (top + spec.crop) * y_scale)
+    return img.resize((spec.crop, spec.crop), resample, box=box)
+
+
+def crop_geometry(width: int, height: int, spec: Preprocess) -> tuple[int, int, int, int]:
+    """torchvision's Resize(spec.resize) then CenterCrop(spec.crop): the resized size and the crop's corner."""
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = spec.resize, int(spec.resize * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-    resized = img.resize(new_size, _FILTERS[spec.interpolation])
-    top = int(round((resized.height - spec.crop) / 2.0))
-    left = int(round((resized.width - spec.crop) / 2.0))
-    cropped = resized.crop((left, top, left + spec.crop, top + spec.crop))
-    array = np.asarray(cropped, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
-    array = array.transpose(2, 0, 1)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((array - mean) / std)
+    new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+    return new_width, new_height, int(round((new_width - spec.crop) / 2.0)), int(round((new_height - spec.crop) / 2.0))
+
+
+def _vertical_first(size: tuple[int, int], new_size: tuple[int, int]) -> bool:
+    """Pillow's choice of pass order (libImaging/Resample.c), from the sizes alone."""
+    shrink_x, shrink_y = size[0] - new_size[0], size[1] - new_size[1]
+    return shrink_y > 0 and shrink_y > 2 * shrink_x

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from tagger.decode import preprocess
+from tagger.decode import crop_geometry, preprocess
 from tagger.errors import TaggerError
 from tagger.labels import ImageNetClass, imagenet_classes, resolve_tag
 from tagger.weights import Preprocess
@@ -138,11 +138,7 @@ def activation_map(fmap: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def seen_box(width: int, height: int, spec: Preprocess) -> Box:
     """Where preprocess()'s centre crop lies in a width x height photo (its arithmetic, undone)."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(spec.resize * long / short)
-    new_w, new_h = (spec.resize, new_long) if width <= height else (new_long, spec.resize)
-    top = int(round((new_h - spec.crop) / 2.0))
-    left = int(round((new_w - spec.crop) / 2.0))
+    new_w, new_h, left, top = crop_geometry(width, height, spec)
     sx, sy = width / new_w, height / new_h
     return Box(left * sx, top * sy, (left + spec.crop) * sx, (top + spec.crop) * sy)
 
