@@ -264,9 +264,7 @@ def _resized_crop(img: Image.Image, spec: Preprocess) -> Image.Image:
     resample = _FILTERS[spec.interpolation]
     if _vertical_first(img.size, (new_width, new_height)) != _vertical_first(img.size, (spec.crop, spec.crop)):
         return img.resize((new_width, new_height), resample).crop((left, top, left + spec.crop, top + spec.crop))
-    x_scale, y_scale = width / new_width, height / new_height
-    box = (left * x_scale, top * y_scale, (left + spec.crop) * x_scale, (top + spec.crop) * y_scale)
-    return img.resize((spec.crop, spec.crop), resample, box=box)
+    return img.resize((spec.crop, spec.crop), resample, box=crop_box(width, height, spec))
 
 
 def crop_geometry(width: int, height: int, spec: Preprocess) -> tuple[int, int, int, int]:
@@ -275,6 +273,13 @@ def crop_geometry(width: int, height: int, spec: Preprocess) -> tuple[int, int, 
     new_short, new_long = spec.resize, int(spec.resize * long / short)
     new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
     return new_width, new_height, int(round((new_width - spec.crop) / 2.0)), int(round((new_height - spec.crop) / 2.0))
+
+
+def crop_box(width: int, height: int, spec: Preprocess) -> tuple[float, float, float, float]:
+    """Where the centre crop lies in the width x height image: left, top, right, bottom in its pixels."""
+    new_width, new_height, left, top = crop_geometry(width, height, spec)
+    x_scale, y_scale = width / new_width, height / new_height
+    return left * x_scale, top * y_scale, (left + spec.crop) * x_scale, (top + spec.crop) * y_scale
 
 
 def _vertical_first(size: tuple[int, int], new_size: tuple[int, int]) -> bool:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from tagger.decode import crop_geometry, preprocess
+from tagger.decode import crop_box, preprocess
 from tagger.errors import TaggerError
 from tagger.labels import ImageNetClass, imagenet_classes, resolve_tag
 from tagger.weights import Preprocess
@@ -137,10 +137,8 @@ def activation_map(fmap: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def seen_box(width: int, height: int, spec: Preprocess) -> Box:
-    """Where preprocess()'s centre crop lies in a width x height photo (its arithmetic, undone)."""
-    new_w, new_h, left, top = crop_geometry(width, height, spec)
-    sx, sy = width / new_w, height / new_h
-    return Box(left * sx, top * sy, (left + spec.crop) * sx, (top + spec.crop) * sy)
+    """Where preprocess()'s centre crop lies in a width x height photo."""
+    return Box(*crop_box(width, height, spec))
 
 
 def _axis_weights(n_out: int, extent: float, start: float, stop: float, n_cells: int) -> tuple[np.ndarray, np.ndarray]:

@@ -74,6 +74,18 @@ def tagger_cli(config_path: Path, *args: str) -> Any:
     return CliRunner().invoke(cli, ["--config", str(config_path), *args])
 
 
+def retag_interrupted_before_the_sidecars(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retag that updates the index, then is stopped (Ctrl-C) before writing any sidecar."""
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SidecarWriter, "write", crash)
+        with pytest.raises(KeyboardInterrupt), Index.open(load_config(config).index) as store:
+            Retagger(load_config(config), store).retag()
+
+
 def test_rules_merge_cat_breeds_into_one_keyword_at_scan(
     library: Path, write_config: Callable[..., Path], counting: CountingClassifier
 ) -> None:
@@ -538,14 +550,7 @@ def test_a_retag_stopped_before_its_sidecars_is_caught_up_by_the_next(
     cat = library / "chelsea.jpg"
     assert "cat" in sidecar_keywords(cat)
     rules.write_text("rules: [{subtree: domestic cat, rename: kitty}]\n", encoding="utf-8")
-
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(SidecarWriter, "write", crash)
-        with pytest.raises(KeyboardInterrupt), Index.open(load_config(config).index) as store:
-            Retagger(load_config(config), store).retag()
+    retag_interrupted_before_the_sidecars(config, monkeypatch)
     assert "kitty" in stored_keywords(config, cat) and "cat" in sidecar_keywords(cat)  # the crash left them apart
     result = tagger_cli(config, "retag")
     assert "0 images looked at" in result.stdout and "1 files' sidecars rewritten" in result.stdout
@@ -566,14 +571,7 @@ def test_a_correction_rewrites_only_its_own_images_sidecars(
     scan(config, counting)
     cat, coffee = library / "chelsea.jpg", library / "2024" / "coffee.jpg"
     rules.write_text("rules: [{subtree: domestic cat, rename: kitty}]\n", encoding="utf-8")
-
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(SidecarWriter, "write", crash)
-        with pytest.raises(KeyboardInterrupt), Index.open(load_config(config).index) as store:
-            Retagger(load_config(config), store).retag()
+    retag_interrupted_before_the_sidecars(config, monkeypatch)
     before = cat.with_name(cat.name + ".tags.json").stat().st_mtime_ns
     assert tagger_cli(config, "tag", "add", str(coffee), "morning").exit_code == 0
     assert sidecar_keywords(coffee)["morning"] == "user"
