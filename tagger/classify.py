@@ -36,8 +36,9 @@ FeatureMapNetwork = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 Prediction = tuple[list[list[Tag]], list[float], np.ndarray]
 
 # What an ONNX export holds (tagger.torchnet writes it, recorded in its provenance JSON): a cached
-# export of another format lacks an output or the head file, and is made again.
-EXPORT_FORMAT = 2
+# export of another format lacks an output or the head file, or (before 3) an INT8 model's bias
+# correction, and is made again.
+EXPORT_FORMAT = 3
 EXPORT_OUTPUTS = ("logits", "features", "feature_map")
 SCAN_OUTPUTS = ["logits", "features"]  # what a scan asks for: never the feature map
 HEAD_SUFFIX = ".head.npz"  # beside the .onnx file: the classifier layer's weights, for explanations

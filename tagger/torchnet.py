@@ -18,6 +18,7 @@ import torch
 from tagger.classify import EXPORT_FORMAT, EXPORT_OUTPUTS, HEAD_SUFFIX
 from tagger.cpu import INT8_SCHEMES, cpu_info
 from tagger.errors import WeightsError
+from tagger.quantize import quantize_int8
 from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256
 
 
@@ -93,21 +94,6 @@ def load_network(spec: ModelSpec, weights: WeightsFile) -> torch.nn.Module:
     return network.eval()
 
 
-def calibration_batches(spec: ModelSpec) -> list[np.ndarray]:
-    """Shipped CC0 photos (tagger/data/calibration), preprocessed as the model expects."""
-    from importlib import resources
-
-    from tagger.decode import decode_bytes, preprocess
-
-    folder = resources.files("tagger").joinpath("data/calibration")
-    arrays = []
-    for item in sorted(folder.iterdir(), key=lambda i: i.name):
-        if item.name.endswith(".jpg"):
-            image = decode_bytes(item.read_bytes(), 10**8).image
-            arrays.append(preprocess(image, spec.preprocess)[None])
-    return arrays
-
-
 def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> dict[str, object]:
     """Write `out` (and `out`.json, its provenance) atomically; int8 is calibrated on shipped photos."""
     network = load_with_features(spec, weights)
@@ -128,7 +114,7 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
             )
         result = fp32
         if precision.startswith("int8-"):
-            result = _quantize(spec, fp32, Path(tmp), precision.removeprefix("int8-"))
+            result = quantize_int8(spec, fp32, Path(tmp), precision.removeprefix("int8-"))
         head = Path(tmp) / "head.npz"
         weight, bias = network.classifier.weight.detach().numpy(), network.classifier.bias.detach().numpy()
         with head.open("wb") as fh:
@@ -136,6 +122,7 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
         meta: dict[str, object] = {
             "model": spec.name,
             "precision": precision,
+            "bias_corrected": precision.startswith("int8-"),
             "format": EXPORT_FORMAT,
             "outputs": list(EXPORT_OUTPUTS),
             "head_sha256": file_sha256(head),
@@ -150,49 +137,6 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
         meta_tmp.write_text(json.dumps(meta, indent=2))
         meta_tmp.replace(out.with_name(out.name + ".json"))
     return meta
-
-
-def _quantize(spec: ModelSpec, fp32: Path, tmp: Path, scheme: str) -> Path:
-    """Static INT8 in `scheme` (tagger.cpu): per-channel weights, QDQ, percentile calibration.
-
-    Of the variants measured (QOperator/QDQ x MinMax/Entropy/Percentile), only percentile
-    calibration kept top-1 agreement with fp32 on every real test photo: MinMax and Entropy
-    let outlier activations stretch the ranges and flipped a close call (a cat photo).
-    """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    arrays = calibration_batches(spec)
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
-        def __init__(self) -> None:
-            self.items = iter(arrays)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            item = next(self.items, None)
-            return None if item is None else {"input": item}
-
-    activations, weights, reduce_range = INT8_SCHEMES[scheme]
-    prepared, out = tmp / "prepared.onnx", tmp / "int8.onnx"
-    quant_pre_process(str(fp32), str(prepared))
-    quantize_static(
-        str(prepared),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=reduce_range,
-        activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
-        weight_type=QuantType.QUInt8 if weights == "u8" else QuantType.QInt8,
-        calibrate_method=CalibrationMethod.Percentile,
-    )
-    return out
 
 
 def main() -> int:
