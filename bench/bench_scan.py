@@ -188,6 +188,16 @@ def write_config(path: Path, library: Path, index: Path, weights_dir: Path, mode
     return path
 
 
+def int8_against_fp32(model: str, answers: dict[str, dict[str, int]]) -> list[str]:
+    """INT8's own error (the issue's 99% bar): its top-1 against fp32's on the same draft decodes."""
+    fp32, int8 = answers.get("onnx-fp32 draft no-refine"), answers.get("onnx-int8 draft no-refine")
+    if not fp32 or not int8:
+        return []
+    same = sum(int8.get(path) == top for path, top in fp32.items())
+    return [f"{model} int8 against fp32, same draft input, no refinement: {same}/{len(fp32)} "
+            f"({same / len(fp32):.1%}) top-1 equal"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=200)
@@ -236,6 +246,7 @@ def main() -> int:
                                                                   weights_dir, model, {})), *extra])
             _, _, out = run_measured([*me, "--child-ceiling", str(default), str(library), *extra])
             ceilings.append((model, json.loads(out)))
+            answers: dict[str, dict[str, int]] = {}
             for name in args.paths.split(","):
                 overrides = PATHS[name]
                 config = write_config(work / "c.json", library, work / f"{len(rows)}.sqlite", weights_dir, model, overrides)
@@ -254,8 +265,10 @@ def main() -> int:
                         notes.append(f"{model} {name}: top-1 margins of the photos that differ from the "
                                      f"reference: {misses}; photos under 0.01/0.02/0.03: " + "/".join(
                                          str(sum(m < t for m in margins.values())) for t in (0.01, 0.02, 0.03)))
+                answers[name] = ours
                 agree = sum(ours.get(p) == c for p, c in reference.items()) / len(reference)
                 rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec, refined_count(out)))
+            notes += int8_against_fp32(model, answers)
     from tagger.cpu import cpu_info, int8_scheme
 
     print(f"\n{len(files)} photos ({args.count} distinct views at {width}x{height} + 6 originals), "
