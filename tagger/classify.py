@@ -97,7 +97,9 @@ def load_head(onnx_path: Path) -> Head:
 
 def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> None:
     """Run the export in a child process so that torch never enters this one."""
-    log.info("exporting %s (%s) to ONNX once: %s", spec.name, precision, out)
+    # INT8 is calibrated, then bias-corrected layer by layer: 30-45 s here, more on a small CPU.
+    slow = " (calibrating and bias-correcting INT8: about a minute)" if precision == "int8" else ""
+    log.info("exporting %s (%s) to ONNX once%s: %s", spec.name, precision, slow, out)
     cmd = [
         sys.executable, "-m", "tagger.torchnet", "--model", spec.name, "--weights", str(weights.path),
         "--sha256", weights.sha256, "--out", str(out), "--precision", export_precision(precision),
