@@ -21,8 +21,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tagger.index import Index as TaggerIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -221,25 +225,31 @@ def learned_and_duplicates(tmp: Path) -> None:
     print(f"duplicates: hash pass + cosine checks over 100,000 contents {time.perf_counter() - started:.1f} s")
 
 
+def add_embeddings(store: TaggerIndex, shas: list[str], vectors: np.ndarray) -> None:
+    """Contents of model 'm' with these embeddings, straight into the index (no photos), in one transaction."""
+    from tagger.index.vectors import encode
+
+    with store.transaction():
+        store.conn.executemany(
+            "INSERT INTO images (sha256, size, width, height, model, weights_sha256, classified_at) VALUES (?, 1, 1, 1, 'm', 'w', 't')",
+            [(s,) for s in shas],
+        )
+        store.conn.executemany(
+            "INSERT INTO embeddings (sha256, model, dims, vector, image_hash) VALUES (?, 'm', ?, ?, 0)",
+            [(s, DIMS, encode(v)) for s, v in zip(shas, vectors)],
+        )
+
+
 def cache(tmp: Path) -> None:
     from tagger.index import Index
     from tagger.similar import VectorMatrix
-    from tagger.index.vectors import encode
 
     index = tmp / "index.sqlite"
     with Index.open(index) as store:
         vectors = clustered(100_000, 5).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        with store.transaction():
-            shas = [f"{i:064x}" for i in range(len(vectors))]
-            store.conn.executemany(
-                "INSERT INTO images (sha256, size, width, height, model, weights_sha256, classified_at) VALUES (?, 1, 1, 1, 'm', 'w', 't')",
-                [(s,) for s in shas],
-            )
-            store.conn.executemany(
-                "INSERT INTO embeddings (sha256, model, dims, vector, image_hash) VALUES (?, 'm', ?, ?, 0)",
-                [(s, DIMS, encode(v)) for s, v in zip(shas, vectors)],
-            )
+        shas = [f"{i:064x}" for i in range(len(vectors))]
+        add_embeddings(store, shas, vectors)
         started = time.perf_counter()
         VectorMatrix.load(store, "m")
         rebuilt = time.perf_counter() - started
@@ -250,15 +260,7 @@ def cache(tmp: Path) -> None:
         for step in range(3):  # 10 new photos tagged, then a search: the cache appended to
             added = clustered(10, 6 + step).astype(np.float32)
             new_shas = [f"{len(vectors) + 10 * step + i:064x}" for i in range(10)]
-            with store.transaction():
-                store.conn.executemany(
-                    "INSERT INTO images (sha256, size, width, height, model, weights_sha256, classified_at) VALUES (?, 1, 1, 1, 'm', 'w', 't')",
-                    [(s,) for s in new_shas],
-                )
-                store.conn.executemany(
-                    "INSERT INTO embeddings (sha256, model, dims, vector, image_hash) VALUES (?, 'm', ?, ?, 0)",
-                    [(s, DIMS, encode(v)) for s, v in zip(new_shas, added)],
-                )
+            add_embeddings(store, new_shas, added)
             started = time.perf_counter()
             assert len(VectorMatrix.load(store, "m")) == len(vectors) + 10 * (step + 1)
             appended.append(time.perf_counter() - started)
