@@ -71,7 +71,11 @@ def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
 
 
 def read_sidecar(image: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(sidecar_path(image).read_text(encoding="utf-8"))
+    """The sidecar's JSON; ValueError for one that is not JSON, however it is malformed."""
+    try:
+        data: dict[str, Any] = json.loads(sidecar_path(image).read_text(encoding="utf-8"))
+    except RecursionError:  # thousands of nested brackets: another program's file, or a hostile one
+        raise ValueError(f"{sidecar_path(image)}: JSON nested too deeply") from None
     return data
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +119,9 @@ def find_weights(spec: ModelSpec, weights_dir: Path) -> WeightsFile:
 
 def fetch(spec: ModelSpec, weights_dir: Path, url: str | None = None, timeout: float = 30.0) -> WeightsFile:
     """Download, check the hash, then move into place: never a half-written weights file."""
+    import urllib.error  # here, not at the top: it pulls in http and email, a sixth of every command's start
+    import urllib.request
+
     url = url or spec.url
     if url is None:
         raise WeightsError(f"{spec.name} has nothing to download: {spec.source}")

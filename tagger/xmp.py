@@ -38,8 +38,6 @@ from typing import Literal, TypeGuard, TypeVar, cast, get_args
 from xml.dom.minidom import Comment, Document, Element, Node, ProcessingInstruction, Text
 from xml.parsers.expat import ExpatError
 
-import defusedxml.minidom
-
 from tagger.errors import TaggerError
 from tagger.fileio import mode_of, write_atomic
 
@@ -186,6 +184,10 @@ class _Packet:
     """An XMP packet edited in place, so that whatever tagger does not manage stays as it was."""
 
     def __init__(self, data: bytes | None) -> None:
+        # Imported here: defusedxml's SAX side imports urllib.request, http and email, 15 ms of the
+        # start of every command, most of which never reads an XMP file.
+        import defusedxml.minidom
+
         try:
             document: Document = defusedxml.minidom.parseString(
                 EMPTY_PACKET.encode() if data is None else data, forbid_dtd=True

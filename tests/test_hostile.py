@@ -520,6 +520,8 @@ def test_viewer_never_opens_a_special_file(odd_viewer: tuple[Any, dict[str, Path
             ["3 unknown keys", "'modle'", "'model.top_kk'", "'web.hots'"],
         ),
         ("decode: {max_file_mb: 0}\n", ["decode.max_file_mb", "between 1"]),
+        ("model: " + "[" * 400 + "]" * 400 + "\n", ["not valid YAML: nested too deeply"]),
+        ("model: " + "[" * 5000 + "]" * 5000 + "\n", ["not valid YAML: "]),  # libyaml stops at 1000 levels
     ],
 )
 def test_config_mistakes_are_one_line_naming_the_file(tmp_path: Path, text: str, words: list[str]) -> None:

@@ -96,3 +96,16 @@ def test_sidecar_keeps_its_images_permissions_under_a_tight_umask(tmp_path: Path
         os.umask(previous)
     for path in written:
         assert path.stat().st_mode & 0o777 == image_mode, path
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "{\"a\": " * 50_000, "not json", "\udcff"])
+def test_a_hostile_sidecar_is_a_value_error_and_never_removed_as_ours(tmp_path: Path, text: str) -> None:
+    """Another program's file (or a hostile one) at a sidecar's name: nested 100,000 deep it made
+    json.loads raise RecursionError, which no caller expected."""
+    from tagger.sidecar import remove_own_sidecar
+
+    image = tmp_path / "IMG_1.jpg"
+    sidecar_path(image).write_text(text, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(ValueError):
+        read_sidecar(image)
+    assert remove_own_sidecar(image) is False and sidecar_path(image).exists()

@@ -101,6 +101,9 @@ def test_fuzzed_input_on_every_route_is_never_a_500(app: Flask, token_app: Flask
                         f"classify top_k={value!r}")
         no_server_error(client.post(f"/image/{coffee}/keywords", data={"add": value, "csrf": value}), "form")
         no_server_error(client.post(f"/api/images/{coffee}/keywords", json={"add": value}), "keywords")
+        if i == 0:  # nested deeper than Python's recursion limit: malformed JSON, not a crash
+            deep = client.post(f"/api/images/{coffee}/keywords", data="[" * 100_000, content_type="application/json")
+            assert deep.status_code == 400, deep.data
         login = signed_out.post("/login", data={"token": TOKEN, "next": value})
         no_server_error(login, f"login next={value!r}")
         assert login.status_code == 303 and login.headers["Location"].startswith("/")

@@ -92,6 +92,13 @@ class _NamesJSONProvider(DefaultJSONProvider):
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         return super().dumps(obj, **kwargs).encode("utf-8", "backslashreplace").decode("utf-8")
 
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """A body nested a few thousand brackets deep is malformed JSON (a 400), not a RecursionError (a 500)."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
 
 def _readable(value: Any) -> Any:
     """Every value a template prints: a name with undecodable bytes shows them as \\xff."""
