@@ -181,6 +181,41 @@ def looks_like_an_image(head: bytes) -> bool:
     return head[4:8] == b"ftyp"  # HEIC, HEIF, AVIF: an ISO media file; the decoder decides
 
 
+def read_small(path: Path, max_bytes: int) -> bytes:
+    """The whole of a small file that another program may have put there (a sidecar, an XMP file,
+    a config): OSError saying why not, FileNotFoundError when there is none.
+
+    Checked to be a regular file before it is opened, and opened without blocking: a FIFO at a
+    sidecar's name made the scan wait forever for a writer, and a device is never opened.
+    """
+    refusal = _not_small(os.stat(path), max_bytes)
+    if refusal:
+        raise OSError(errno.EINVAL, refusal)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        refusal = _not_small(os.fstat(fd), max_bytes)  # swapped since the stat
+        if refusal:
+            raise OSError(errno.EINVAL, refusal)
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, max_bytes + 1 - total):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise OSError(errno.EFBIG, f"over {max_bytes / MB:,.0f} MB: it grew while being read")
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _not_small(info: os.stat_result, max_bytes: int) -> str | None:
+    if not stat.S_ISREG(info.st_mode):
+        return f"not a regular file: {file_kind(info.st_mode)}"
+    if info.st_size > max_bytes:
+        return f"too large: {info.st_size / MB:,.1f} MB, where at most {max_bytes / MB:,.0f} MB is read"
+    return None
+
+
 def read_limited(path: Path | str, max_bytes: int, folders: Folders | None = None) -> bytes:
     """The whole of a regular file, at most `max_bytes`; DecodeError names why not.
 

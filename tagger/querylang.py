@@ -33,6 +33,9 @@ _RELATIVE = re.compile(r"-([0-9]{1,7})([dwmy])")
 _ABSOLUTE = re.compile(r"([0-9]{4})(?:-([0-9]{1,2})(?:-([0-9]{1,2}))?)?")
 _DATE_HINT = "dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
 _UNIT_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
+# Each term is a condition of the index's WHERE clause: a thousand of them went past SQLite's
+# expression depth (1000) and failed as a server error, where a person needs a reason.
+MAX_TERMS = 100
 
 
 class QueryError(TaggerError):
@@ -75,6 +78,8 @@ def parse(text: str, now: datetime | None = None) -> Query:
         words = shlex.split(text)
     except ValueError as exc:
         raise QueryError(f"cannot read query {text!r}: {exc}") from None
+    if len(words) > MAX_TERMS:
+        raise QueryError(f"too many terms in the query ({len(words)}); at most {MAX_TERMS}")
     tags: list[str] = []
     not_tags: list[str] = []
     classes: list[str] = []

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from tagger import __version__
-from tagger.fileio import json_text, mode_of, utc_text, write_atomic
+from tagger.fileio import MB, json_text, mode_of, read_small, utc_text, write_atomic
 from tagger.labels import Tag
 
 SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
 SUFFIX = ".tags.json"
+MAX_SIDECAR_BYTES = MB  # ours are a few kB: a bigger file at the name is another program's
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
 def read_sidecar(image: Path) -> dict[str, Any]:
     """The sidecar's JSON; ValueError for one that is not JSON, however it is malformed."""
     try:
-        data: dict[str, Any] = json.loads(sidecar_path(image).read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(read_small(sidecar_path(image), MAX_SIDECAR_BYTES).decode("utf-8"))
     except RecursionError:  # thousands of nested brackets: another program's file, or a hostile one
         raise ValueError(f"{sidecar_path(image)}: JSON nested too deeply") from None
     return data

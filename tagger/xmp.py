@@ -39,8 +39,9 @@ from xml.dom.minidom import Comment, Document, Element, Node, ProcessingInstruct
 from xml.parsers.expat import ExpatError
 
 from tagger.errors import TaggerError
-from tagger.fileio import mode_of, write_atomic
+from tagger.fileio import MB, mode_of, read_small, write_atomic
 
+MAX_XMP_BYTES = 16 * MB  # darktable's history makes XMP files of some hundred kB; no packet is 16 MB
 XmpStyle = Literal["append", "replace"]  # IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One)
 XMP_STYLES: tuple[XmpStyle, ...] = get_args(XmpStyle)
 
@@ -173,7 +174,7 @@ def read_keywords(image: Path, style: str = "append") -> dict[str, list[str]]:
 
 def _read(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        return read_small(path, MAX_XMP_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:

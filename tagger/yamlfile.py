@@ -12,8 +12,10 @@ from typing import Any
 import yaml
 
 from tagger.errors import ConfigError
+from tagger.fileio import MB, read_small
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_YAML_BYTES = 8 * MB  # the shipped rules are 17 kB
 
 
 # libyaml's parser when PyYAML was built with it: the shipped rules parse in 6 ms instead of 45,
@@ -54,10 +56,12 @@ def read_yaml(source: Path, kind: str, missing_hint: str) -> Any:
 
 def read_text(source: Path, kind: str, missing_hint: str) -> str:
     try:
-        return source.read_text(encoding="utf-8")
+        return read_small(source, MAX_YAML_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{source}: {kind} file not found ({missing_hint})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read {kind} file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: cannot read {kind} file: {exc}") from None
 
 

@@ -200,6 +200,55 @@ def test_rescan_removes_sidecars_of_deleted_files_and_stats_say_what_is_kept(
     assert "no longer in any file: 1" in stats
 
 
+@pytest.fixture
+def no_blocking() -> Iterator[None]:
+    """Reading a FIFO without O_NONBLOCK waits for a writer forever: fail in 30 s instead of hanging."""
+
+    def blocked(signum: int, frame: Any) -> None:
+        raise TimeoutError("blocked for 30 s: a FIFO was opened to read")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_fifos_at_xmp_sidecar_and_config_names_are_refused_without_blocking(
+    tmp_path: Path, photo: Path, write_config: Callable[..., Path], use_model: CountingClassifier, no_blocking: None
+) -> None:
+    """Another program's FIFO where tagger reads a small file of its own kind: the scan hung on it."""
+    lib = tmp_path / "library"
+    lib.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(photo, lib / name)
+    os.mkfifo(lib / "a.jpg.xmp")
+    config = write_config(xmp={"enabled": True})
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--config", str(config), "scan"])
+    assert result.exit_code == 0, result.output
+    assert f"{lib / 'a.jpg.xmp'}: cannot read: not a regular file: a FIFO (named pipe)" in result.output
+    assert (lib / "b.jpg.xmp").is_file() and sidecar_path(lib / "a.jpg").is_file()
+
+    sidecar_path(lib / "b.jpg").unlink()
+    os.mkfifo(sidecar_path(lib / "b.jpg"))  # at a deleted image's sidecar name: not tagger's to remove
+    (lib / "b.jpg").unlink()
+    result = runner.invoke(cli, ["--config", str(config), "scan"])
+    assert result.exit_code == 0 and "1 removed from the index" in result.stdout
+    assert sidecar_path(lib / "b.jpg").exists()
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    result = runner.invoke(cli, ["--config", str(fifo), "stats"])
+    assert result.exit_code != 0 and f"{fifo}: cannot read config file: not a regular file: a FIFO" in result.output
+
+    index = tmp_path / "fifo.sqlite"
+    os.mkfifo(index)  # SQLite would wait for its header forever
+    for command in (["stats"], ["query", "cat"], ["scan"]):
+        result = runner.invoke(cli, ["--config", str(write_config(index=str(index))), *command])
+        assert result.exit_code != 0 and f"{index}: the index is not a regular file but a FIFO" in result.output
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
 def test_scan_stops_on_a_signal_after_the_batch_with_a_summary(
     tmp_path: Path,

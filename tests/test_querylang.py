@@ -96,6 +96,7 @@ def test_empty_query() -> None:
         ("score:nan", ["number from 0 to 1"]),
         ("score:١", ["number from 0 to 1"]),
         ("score:1e-1", ["number from 0 to 1"]),
+        (" ".join(f"folder:f{i}" for i in range(101)), ["too many terms in the query (101); at most 100"]),
     ],
 )
 def test_refusals_name_the_term(text: str, words: list[str]) -> None:
@@ -103,3 +104,7 @@ def test_refusals_name_the_term(text: str, words: list[str]) -> None:
         parse(text, NOW)
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_hundred_terms_are_read() -> None:
+    assert len(parse(" ".join(f"folder:f{i}" for i in range(100)), NOW).folders) == 100

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
 from tagger.errors import DiskError, StoreBusy, StoreError
-from tagger.fileio import utc_text
+from tagger.fileio import file_kind, utc_text
 from tagger.index.schema import LATEST, MIGRATIONS
 
 # SQLite's result codes for "the disk is full" and "the disk failed a read or write" (and its extended codes).
@@ -57,6 +58,13 @@ class Database:
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> Self:
         """The writer creates and migrates; readers open `mode=ro` and never block the writer."""
+        try:
+            info = path.stat()
+        except OSError:
+            pass  # none yet (or unreadable): the writer creates it, SQLite says what else is wrong
+        else:
+            if not stat.S_ISREG(info.st_mode):  # SQLite would wait forever reading a FIFO's header
+                raise StoreError(f"{path}: the index is not a regular file but {file_kind(info.st_mode)}")
         try:
             if readonly:
                 if not path.exists():

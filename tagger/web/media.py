@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from tagger.errors import DecodeError
 from tagger.fileio import shown
 from tagger.index import ImageDetail
+from tagger.sidecar import MAX_SIDECAR_BYTES
 from tagger.web.context import indexed_file, store, viewer
 from tagger.web.thumbs import PREVIEW_SIZE
 
@@ -26,7 +27,6 @@ blueprint = Blueprint("media", __name__)
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 IMMUTABLE = "private, max-age=31536000, immutable"  # named by content: a new photo gets a new URL
-MAX_SIDECAR_BYTES = 1024 * 1024
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
