@@ -102,8 +102,10 @@ CLUSTER_HELP = "Classify on the Dask cluster of this scheduler (tcp://HOST:PORT 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
+@click.option("--prune", is_flag=True, help="Also forget the files of a folder that is empty now (without it, an "
+              "empty folder whose files are in the index is taken for an unmounted share and left alone).")
 @pass_ctx
-def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
+def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None, prune: bool) -> None:
     """Tag every image under PATHS (default: the configured folders).
 
     Writes a sidecar next to each image and a row in the index. Bad files are
@@ -127,7 +129,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None) -> None:
             with Index.open(config.index) as store, _progress() as on_progress:
                 tagger = Tagger(config, classifier, store)
                 try:
-                    tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary)
+                    tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary, prune=prune)
                 finally:
                     tagger.close()
             backfill_after_scan(config, classifier, stopped)  # an index from before embeddings

@@ -20,7 +20,7 @@ from types import FrameType
 from tagger import __version__
 from tagger.classify import Classifier
 from tagger.config import Config, load_config, with_scheduler
-from tagger.fileio import json_text, write_atomic, write_problem
+from tagger.fileio import is_empty_folder, json_text, write_atomic, write_problem
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.indexlock import IndexLocked, index_lock
 from tagger.embeddings import backfill
@@ -211,6 +211,9 @@ class Daemon:
                 log.info("moved %s -> %s (%d files keep their tags)", src, dst, moved)
             elif not tagger.move(src, dst):
                 tagger.tag_files([dst], self.summary)
+        elif work.kind in ("delete", "delete_tree") and is_empty_folder(root := self._root_of(work.paths[0])):
+            # A polled share that is unmounted shows every file deleted; its rows wait for its return.
+            log.warning("%s: the folder is empty (an unmounted share?): deletions under it are not applied", root)
         elif work.kind == "delete":
             tagger.forget(list(work.paths))
         elif work.kind == "delete_tree":

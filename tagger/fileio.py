@@ -181,6 +181,26 @@ def looks_like_an_image(head: bytes) -> bool:
     return head[4:8] == b"ftyp"  # HEIC, HEIF, AVIF: an ISO media file; the decoder decides
 
 
+def is_gone(path: Path | str) -> bool:
+    """Whether nothing is at `path`, for certain. One that cannot be reached (permission denied,
+    an I/O error, a stale network handle) is not gone: its index rows and sidecar stay."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def is_empty_folder(folder: Path) -> bool:
+    """Nothing in it, or nothing that can be read now: what an unmounted share's mount point shows."""
+    try:
+        return not any(folder.iterdir())
+    except OSError:
+        return True
+
+
 def read_small(path: Path, max_bytes: int) -> bytes:
     """The whole of a small file that another program may have put there (a sidecar, an XMP file,
     a config): OSError saying why not, FileNotFoundError when there is none.

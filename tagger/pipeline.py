@@ -26,7 +26,7 @@ from tagger.duplicates import image_hash
 from tagger.embeddings import Look, save_embedding
 from tagger.decode import DecodedArray, decode_array, draft_size
 from tagger.errors import ConfigError, DecodeError, DiskError
-from tagger.fileio import Folders, is_image_name, read_limited, skipped_folder
+from tagger.fileio import Folders, is_empty_folder, is_gone, is_image_name, read_limited, shown, skipped_folder
 from tagger.keywords import keyword_rows
 from tagger.learn import LearnedModels
 from tagger.retag import Retagger
@@ -73,8 +73,8 @@ class ScanSummary:
     def where(self, scheduler: str) -> str:
         """The summary's line saying where the work went: per cluster worker, and here."""
         workers = ", ".join(f"{name} {count}" for name, count in sorted(self.by_worker.items()))
-        shown = f" ({workers})" if workers else ""
-        return f"where: {sum(self.by_worker.values())} classified on the cluster {scheduler}{shown}, {self.classified_here} here"
+        listed = f" ({workers})" if workers else ""
+        return f"where: {sum(self.by_worker.values())} classified on the cluster {scheduler}{listed}, {self.classified_here} here"
 
 
 @dataclass
@@ -120,17 +120,22 @@ class _Pending:
     reduced: bool
 
 
-def iter_images(root: Path) -> Iterator[Path]:
+def iter_images(root: Path, unlisted: list[tuple[Path, str]] | None = None) -> Iterator[Path]:
     """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
 
     Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
     it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
-    folders are not entered.
+    folders are not entered. A folder that cannot be listed goes into `unlisted` with the reason.
     """
     if not root.is_dir():
         yield root
         return
-    for folder, dirs, files in os.walk(root):
+
+    def cannot_list(exc: OSError) -> None:
+        if unlisted is not None:
+            unlisted.append((Path(exc.filename or root), exc.strerror or str(exc)))
+
+    for folder, dirs, files in os.walk(root, onerror=cannot_list):
         dirs[:] = sorted(d for d in dirs if not skipped_folder(d))
         for name in sorted(files):
             path = Path(folder, name)
@@ -183,12 +188,14 @@ class Tagger:
         defer_recent: Callable[[Path], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
         summary: ScanSummary | None = None,
+        prune: bool = False,
     ) -> ScanSummary:
         """Tag what is new or changed under `roots` and drop index rows of files that are gone.
 
         With `defer_recent` (the daemon), files written in the last `watch.stable_seconds`
         may still be growing: they are handed over instead of tagged half-written. `summary`
         is filled as the scan goes (so what was done is known when it stops on an error).
+        `prune` also drops the rows of a folder that is empty now (see gone_under).
         """
         started = time.monotonic()
         summary = summary if summary is not None else ScanSummary()
@@ -197,7 +204,10 @@ class Tagger:
             log.info("rewrote the sidecars of %d files that an interrupted retag left", caught_up)
         roots = [r.resolve() for r in roots]
         self.folders = Folders([*self.config.folders, *roots])
-        found = [p for root in roots for p in iter_images(root)]
+        unlisted: list[tuple[Path, str]] = []
+        found = [p for root in roots for p in iter_images(root, unlisted)]
+        for folder, reason in unlisted:
+            log.warning("%s: cannot list this folder (%s); its files stay in the index as they were", shown(folder), reason)
         paths = found
         if defer_recent is not None:
             recent = _recently_written(found, self.config.watch.stable_seconds)
@@ -226,8 +236,7 @@ class Tagger:
         seen = {str(p) for p in found}
         for root in roots:
             if root.is_dir():
-                gone = [p for p in self.store.paths_under(str(root)) if p not in seen and not os.path.lexists(p)]
-                summary.removed += self.forget([Path(p) for p in gone])
+                summary.removed += self.forget(gone_under(self.store, root, seen, [f for f, _ in unlisted], prune))
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -345,7 +354,7 @@ class Tagger:
 
         An XMP sidecar stays: other tools and the user write to it too.
         """
-        gone = [p for p in paths if not os.path.lexists(p)]
+        gone = [p for p in paths if is_gone(p)]
         if not gone:
             return 0
         with self.store.transaction("the removal of deleted files"):
@@ -355,7 +364,7 @@ class Tagger:
         return len(gone)
 
     def forget_tree(self, folder: Path) -> int:
-        if folder.exists():
+        if not is_gone(folder):
             return 0
         with self.store.transaction():
             return self.store.delete_tree(str(folder))
@@ -490,6 +499,24 @@ def refine_budget(summary: ScanSummary, batch: int) -> int:
     On a cluster each batch gets the budget left when it is sent, so batches out at the same
     time may together use up to `cluster.in_flight` times that: still bounded."""
     return 1 + int(REFINE_SHARE * (summary.classified + batch)) - summary.refined
+
+
+def gone_under(store: Index, root: Path, seen: set[str], unlisted: list[Path], prune: bool) -> list[Path]:
+    """The indexed files under `root` that the scan did not find and that are really gone.
+
+    Not those in a folder that could not be listed. Not, without `prune`, those of a root that
+    is empty now: an unmounted share leaves its empty mount point, and dropping the whole
+    library then cost a re-read of every file when it came back.
+    """
+    missing = [Path(p) for p in store.paths_under(str(root)) if p not in seen]
+    missing = [p for p in missing if not any(p.is_relative_to(folder) for folder in unlisted)]
+    if missing and not prune and is_empty_folder(root):
+        log.warning(
+            "%s: the folder is empty, but the index holds %d files in it: taken for an unmounted share, "
+            "nothing is removed (if they were deleted: tagger scan --prune)", shown(root), len(missing)
+        )
+        return []
+    return missing
 
 
 def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float, allowed: int) -> list[int]:

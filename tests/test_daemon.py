@@ -243,6 +243,29 @@ def test_polling_mode_sees_new_files(start_daemon: Callable[..., Running], sampl
     wait_until(lambda: top_label(photo) == "espresso", timeout=10)
 
 
+def test_an_unmounted_polled_share_keeps_its_rows(
+    start_daemon: Callable[..., Running], sample_jpegs: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Polling sees every file of an unmounted share deleted at once; its rows wait for its return."""
+    r = start_daemon(watch={"mode": "polling"})
+    for src in sample_jpegs[:3]:
+        shutil.copy(src, r.library / src.name)
+    wait_until(lambda: sum(1 for s in indexed(r.index).values() if s == "tagged") == 3, timeout=30)
+    r.idle()
+    mounted = tmp_path / "share-contents"
+    with caplog.at_level(logging.WARNING):
+        r.library.rename(mounted)
+        r.library.mkdir()  # the empty mount point
+        wait_until(lambda: "deletions under it are not applied" in caplog.text, timeout=30)
+    r.idle()
+    assert len(indexed(r.index)) == 3
+    r.library.rmdir()
+    mounted.rename(r.library)  # back: nothing to do
+    time.sleep(2 * FAST_WATCH["poll_interval"])
+    r.idle()
+    assert len(indexed(r.index)) == 3 and all(sidecar_path(r.library / s.name).exists() for s in sample_jpegs[:3])
+
+
 def test_watch_limit_falls_back_to_polling(
     start_daemon: Callable[..., Running],
     sample_jpegs: list[Path],

@@ -200,6 +200,66 @@ def test_rescan_removes_sidecars_of_deleted_files_and_stats_say_what_is_kept(
     assert "no longer in any file: 1" in stats
 
 
+def test_an_unmounted_share_or_an_unreadable_folder_keeps_its_rows(
+    tmp_path: Path, photo: Path, write_config: Callable[..., Path], use_model: CountingClassifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A network share that is not mounted leaves an empty mount point; a folder may fail to list
+    (permission, I/O error, stale handle). Neither means its files were deleted."""
+    lib = tmp_path / "library"
+    (lib / "sub").mkdir(parents=True)
+    for path in (lib / "a.jpg", lib / "sub" / "b.jpg", lib / "sub" / "c.jpg"):
+        shutil.copy(photo, path)
+    config = str(write_config())
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--config", config, "scan"]).exit_code == 0
+    indexed = set(index_rows(tmp_path / "index.sqlite"))
+    assert len(indexed) == 3
+
+    real_scandir = os.scandir
+
+    def unlistable(path: Any = ".") -> Any:
+        if os.fspath(path) == str(lib / "sub"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "scandir", unlistable)
+        result = runner.invoke(cli, ["--config", config, "scan"])
+    assert result.exit_code == 0 and "0 removed from the index" in result.output
+    assert f"{lib / 'sub'}: cannot list this folder (Permission denied); its files stay in the index" in result.output
+    assert set(index_rows(tmp_path / "index.sqlite")) == indexed
+
+    away = tmp_path / "away"
+    shutil.move(lib, away)
+    lib.mkdir()  # the empty mount point of a share that is not mounted
+    result = runner.invoke(cli, ["--config", config, "scan"])
+    assert result.exit_code == 0 and "0 removed from the index" in result.output
+    assert "the folder is empty, but the index holds 3 files in it: taken for an unmounted share" in result.output
+    assert set(index_rows(tmp_path / "index.sqlite")) == indexed
+    lib.rmdir()
+    shutil.move(away, lib)  # mounted again: nothing to do
+    result = runner.invoke(cli, ["--config", config, "scan"])
+    assert "0 classified" in result.output and "0 from the index" in result.output and "3 unchanged" in result.output
+    for path in list(lib.iterdir()):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = runner.invoke(cli, ["--config", config, "scan", "--prune"])  # they really were deleted
+    assert result.exit_code == 0 and "3 removed from the index" in result.output
+    assert index_rows(tmp_path / "index.sqlite") == {}
+
+
+def test_only_a_path_that_is_certainly_absent_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    assert fileio_module.is_gone(tmp_path / "none") and fileio_module.is_gone(tmp_path / "file" / "below")
+    assert not fileio_module.is_gone(tmp_path / "file")
+
+    def stale(path: Any, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ESTALE, "Stale file handle", os.fspath(path))
+
+    monkeypatch.setattr(os, "lstat", stale)
+    assert not fileio_module.is_gone(tmp_path / "none")
+
+
 @pytest.fixture
 def no_blocking() -> Iterator[None]:
     """Reading a FIFO without O_NONBLOCK waits for a writer forever: fail in 30 s instead of hanging."""
