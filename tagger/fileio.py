@@ -28,7 +28,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import Any
@@ -147,6 +147,46 @@ class Folders:
         if not stat.S_ISREG(info.st_mode):
             raise DecodeError(f"not a regular file: {file_kind(info.st_mode)}")
         return real, info
+
+
+def iter_images(root: Path, unlisted: list[tuple[Path, str]] | None = None) -> Iterator[Path]:
+    """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
+
+    Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
+    it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
+    folders are not entered. A folder that cannot be listed goes into `unlisted` with the reason.
+    Folders first to last as os.walk goes, but from a list rather than by recursion: on Python
+    3.11 os.walk raised RecursionError in a library with a chain of 1,000 nested folders.
+    """
+    if not root.is_dir():
+        yield root
+        return
+    pending = [root]  # folders still to list, the next one last
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = [(entry.name, _is_folder(entry)) for entry in listing]
+        except OSError as exc:
+            if unlisted is not None:
+                unlisted.append((folder, exc.strerror or str(exc)))
+            continue
+        for name in sorted(name for name, is_folder in entries if is_folder is False):
+            path = folder / name
+            if not name.startswith(".") and is_image_name(path):  # never a sidecar: .json, .xmp
+                yield path
+        folders = sorted(name for name, is_folder in entries if is_folder is True and not skipped_folder(name))
+        pending.extend(folder / name for name in reversed(folders))
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool | None:
+    """True for a folder to enter, None for a symlink to one (listed with neither), False otherwise."""
+    try:
+        if not entry.is_dir():
+            return False
+        return None if entry.is_symlink() else True
+    except OSError:
+        return False
 
 
 def file_kind(mode: int) -> str:

@@ -26,12 +26,12 @@ from tagger.duplicates import image_hash
 from tagger.embeddings import Look, save_embedding
 from tagger.decode import DecodedArray, decode_array, draft_size
 from tagger.errors import ConfigError, DecodeError, DiskError
-from tagger.fileio import Folders, is_empty_folder, is_gone, is_image_name, read_limited, shown, skipped_folder
+from tagger.fileio import Folders, is_empty_folder, is_gone, iter_images, read_limited, shown
 from tagger.keywords import keyword_rows
 from tagger.learn import LearnedModels
 from tagger.retag import Retagger
 from tagger.rules import Rules
-from tagger.sidecar import ImageFacts, is_sidecar, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
+from tagger.sidecar import ImageFacts, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
 from tagger.index import Index
 from tagger.weights import Preprocess
 from tagger.xmp import xmp_path
@@ -118,29 +118,6 @@ class _Pending:
     array: np.ndarray
     data: bytes
     reduced: bool
-
-
-def iter_images(root: Path, unlisted: list[tuple[Path, str]] | None = None) -> Iterator[Path]:
-    """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
-
-    Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
-    it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
-    folders are not entered. A folder that cannot be listed goes into `unlisted` with the reason.
-    """
-    if not root.is_dir():
-        yield root
-        return
-
-    def cannot_list(exc: OSError) -> None:
-        if unlisted is not None:
-            unlisted.append((Path(exc.filename or root), exc.strerror or str(exc)))
-
-    for folder, dirs, files in os.walk(root, onerror=cannot_list):
-        dirs[:] = sorted(d for d in dirs if not skipped_folder(d))
-        for name in sorted(files):
-            path = Path(folder, name)
-            if not name.startswith(".") and is_image_name(path) and not is_sidecar(path):
-                yield path
 
 
 class Tagger:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ NETWORK_FILESYSTEMS = frozenset(
         "fuse.cephfs", "fuse.juicefs", "fuse.gvfsd-fuse", "fuse.smbnetfs", "fuse.curlftpfs",
     }
 )
+# watchdog lists a watched tree with os.walk (inotify) or its own recursive snapshot (polling), one
+# Python frame per folder level; Python 3.11 stops at 1000 and the watch failed with RecursionError
+# on a chain of 1,000 nested folders. A path Linux opens is at most 4096 bytes: 2048 levels.
+WALK_RECURSION = 6000
 TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".temp", "~", ".swp")
 
 
@@ -167,6 +172,7 @@ class Watcher:
         self._observers: dict[str, BaseObserver] = {}
         self._watches: dict[Path, _Watch] = {}
         self._overflow = _OverflowListener(self)
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), WALK_RECURSION))
         logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
 

@@ -248,6 +248,42 @@ def test_an_unmounted_share_or_an_unreadable_folder_keeps_its_rows(
     assert index_rows(tmp_path / "index.sqlite") == {}
 
 
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_a_chain_of_1100_nested_folders_is_scanned_and_watched(
+    tmp_path: Path, photo: Path, write_config: Callable[..., Path], use_model: CountingClassifier, mode: str
+) -> None:
+    """Python 3.11's os.walk recursed once per level: RecursionError in the scan and in watchdog."""
+    from tagger.config import WatchConfig
+    from tagger.watch import Watcher
+    from tagger.workqueue import WorkQueue
+
+    lib = tmp_path / "library"
+    chain = [lib]
+    for _ in range(1100):
+        chain.append(chain[-1] / "d")
+    for folder in chain:  # not mkdir(parents=True): it recurses too
+        folder.mkdir()
+    shutil.copy(photo, lib / "top.jpg")
+    shutil.copy(photo, chain[-1] / "bottom.jpg")
+    try:
+        result = CliRunner().invoke(cli, ["--config", str(write_config()), "scan"])
+        assert result.exit_code == 0 and result.output.startswith("2 images:"), result.output
+        queue = WorkQueue(0.3, 10, 0.5, 1000)
+        watcher = Watcher(queue, WatchConfig(mode=mode, poll_interval=0.3))
+        try:
+            watcher.watch([lib])
+            shutil.copy(photo, lib / "new.jpg")
+            work = queue.next_work(16, timeout=10)
+            assert work is not None and work.paths == (lib / "new.jpg",)
+        finally:
+            watcher.stop()
+    finally:  # shutil.rmtree (pytest's clean-up) recurses once per level as well
+        for path in chain[-1].iterdir():  # the photo and its sidecar
+            path.unlink()
+        for folder in reversed(chain[1:]):
+            folder.rmdir()
+
+
 def test_only_a_path_that_is_certainly_absent_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "file").write_bytes(b"x")
     assert fileio_module.is_gone(tmp_path / "none") and fileio_module.is_gone(tmp_path / "file" / "below")
@@ -629,7 +665,6 @@ def test_viewer_never_opens_a_special_file(odd_viewer: tuple[Any, dict[str, Path
             ["3 unknown keys", "'modle'", "'model.top_kk'", "'web.hots'"],
         ),
         ("decode: {max_file_mb: 0}\n", ["decode.max_file_mb", "between 1"]),
-        ("model: " + "[" * 400 + "]" * 400 + "\n", ["not valid YAML: nested too deeply"]),
         ("model: " + "[" * 5000 + "]" * 5000 + "\n", ["not valid YAML: "]),  # libyaml stops at 1000 levels
     ],
 )
@@ -642,6 +677,21 @@ def test_config_mistakes_are_one_line_naming_the_file(tmp_path: Path, text: str,
     assert "\n" not in message and message.startswith(f"{path}: ") and "<unicode string>" not in message
     for word in words:
         assert word in message
+
+
+def test_yaml_nested_past_pythons_recursion_limit_is_a_config_error(tmp_path: Path) -> None:
+    """400 brackets are within libyaml's limit, but its constructor recursed past Python's default
+    1000 frames: a RecursionError escaped. (tagger.watch raises the limit for watchdog, so it is
+    set back to the default here.)"""
+    path = tmp_path / "deep.yaml"
+    path.write_text("model: " + "[" * 400 + "]" * 400 + "\n")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        with pytest.raises(ConfigError, match="not valid YAML: nested too deeply"):
+            load_config(path, require_folders=False)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_max_file_mb_is_read_from_the_config(tmp_path: Path) -> None:
