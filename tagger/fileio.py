@@ -28,7 +28,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import Any
@@ -251,21 +251,7 @@ def read_small(path: Path, max_bytes: int) -> bytes:
     refusal = _not_small(os.stat(path), max_bytes)
     if refusal:
         raise OSError(errno.EINVAL, refusal)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    try:
-        refusal = _not_small(os.fstat(fd), max_bytes)  # swapped since the stat
-        if refusal:
-            raise OSError(errno.EINVAL, refusal)
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, max_bytes + 1 - total):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_bytes:
-                raise OSError(errno.EFBIG, f"over {max_bytes / MB:,.0f} MB: it grew while being read")
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
+    return _read_regular(path, max_bytes)
 
 
 def _not_small(info: os.stat_result, max_bytes: int) -> str | None:
@@ -288,36 +274,55 @@ def read_limited(path: Path | str, max_bytes: int, folders: Folders | None = Non
     if info.st_size > max_bytes:
         raise DecodeError(too_large(info.st_size, max_bytes))
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        return _read_regular(real, max_bytes, _no_image)
+    except _Refused as exc:
+        grew = exc.errno == errno.EFBIG
+        raise DecodeError(too_large(max_bytes + 1, max_bytes) + "; it grew while being read" if grew else exc.strerror) from None
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+class _Refused(OSError):
+    """What _read_regular found wrong with an opened file (errno and reason), as against the OS's own errors."""
+
+
+def _read_regular(
+    path: Path | str, max_bytes: int, refuse_head: Callable[[int, bytes], str | None] | None = None
+) -> bytes:
+    """The bytes of a file the caller has stat'ed, opened without blocking and checked again with
+    fstat (a FIFO swapped in meanwhile never blocks), read in chunks up to `max_bytes`.
+
+    `refuse_head(size, first 16 bytes)` may refuse a big file before the rest is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):  # swapped for something else since the stat
-            raise DecodeError(f"not a regular file: {file_kind(opened.st_mode)}")
+            raise _Refused(errno.EINVAL, f"not a regular file: {file_kind(opened.st_mode)}")
         chunks: list[bytes] = []
         total = 0
-        if opened.st_size > SNIFF_ABOVE:
+        if refuse_head is not None and opened.st_size > SNIFF_ABOVE:
             head = os.read(fd, 16)
-            if not looks_like_an_image(head):
-                raise DecodeError(
-                    f"not an image: {opened.st_size / MB:,.0f} MB whose first bytes are no image format's (not read)"
-                )
+            refusal = refuse_head(opened.st_size, head)
+            if refusal:
+                raise _Refused(errno.EINVAL, refusal)
             chunks.append(head)
             total = len(head)
-        while True:
-            chunk = os.read(fd, min(READ_CHUNK, max_bytes + 1 - total))
-            if not chunk:
-                break
+        while chunk := os.read(fd, min(READ_CHUNK, max_bytes + 1 - total)):
             chunks.append(chunk)
             total += len(chunk)
             if total > max_bytes:
-                raise DecodeError(too_large(total, max_bytes) + "; it grew while being read")
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+                raise _Refused(errno.EFBIG, f"over {max_bytes / MB:,.0f} MB: it grew while being read")
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def _no_image(size: int, head: bytes) -> str | None:
+    """Why a file over SNIFF_ABOVE is not read: its first bytes are no image format's."""
+    if looks_like_an_image(head):
+        return None
+    return f"not an image: {size / MB:,.0f} MB whose first bytes are no image format's (not read)"
 
 
 def shown(path: Path | str) -> str:

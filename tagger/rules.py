@@ -278,11 +278,10 @@ class _RulesFile:
         self.source = source
         self.classes = imagenet_classes()
         self.tree = wordnet()
-        self.above = [self.tree.ancestors(c.wnid) for c in self.classes]
         # Looked up once per rule target: scanning the 1000 classes for each made rules a third of every start.
         self.below: dict[str, list[int]] = {}  # wnid -> the class ids in its subtree, ascending
-        for class_id, above in enumerate(self.above):
-            for wnid in above:
+        for class_id, c in enumerate(self.classes):
+            for wnid in self.tree.ancestors(c.wnid):
                 self.below.setdefault(wnid, []).append(class_id)
         self.named: dict[str, list[ImageNetClass]] = {}  # wnid or English label -> classes, in id order
         self.folded: dict[str, list[ImageNetClass]] = {}  # casefolded label -> classes
