@@ -20,9 +20,17 @@ WORKDIR /opt/tagger
 # CPU-only PyTorch first (PyPI's default wheel carries CUDA, gigabytes that a CPU never uses).
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
 
-COPY setup.cfg pyproject.toml README.md ./
+COPY setup.cfg setup.py pyproject.toml README.md ./
 COPY tagger ./tagger
-RUN pip install ./[cluster] \
+# A C compiler for tagger's one extension (tagger/_resample.c: a photo's model input in half the
+# time, the same pixels), removed again in the same layer.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install ./[cluster] \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -P -c "import tagger._resample" \
     && mkdir -p /opt/tagger/weights \
     && printf 'folders: [/photos]\nindex: /var/lib/tagger/tagger.sqlite\nweights_dir: /opt/tagger/weights\n' > /tmp/build.yaml \
     && mkdir -p /photos \

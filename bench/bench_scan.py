@@ -31,6 +31,9 @@ PATHS = {  # name -> config overrides of a `tagger scan` run
     "onnx-fp32 full-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": False}},
     "onnx-fp32 draft no-refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_margin": 0}},
     "onnx-fp32 draft+refine (default)": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
+    # The default as it was before tagger.fastjpeg: the same pixels, made by Pillow alone.
+    "default, Pillow alone for JPEG": {"model": {"runtime": "onnx"}, "decode": {"draft": True},
+                                       "env": {"TAGGER_FASTJPEG": "0"}},
     "onnx-int8 draft no-refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_margin": 0}},
     "onnx-int8 draft+refine": {"model": {"precision": "int8"}, "decode": {"draft": True}},
 }
@@ -56,7 +59,7 @@ def child_ceiling(config_path: Path, folder: Path, prefix: str | None) -> None:
         MODELS["resnet18"] = dataclasses.replace(MODELS["resnet18"], sha256_prefix=prefix)
     from tagger.classify import Classifier
     from tagger.config import load_config
-    from tagger.decode import decode_bytes, draft_size, preprocess
+    from tagger.decode import decode_array, draft_size
 
     config = load_config(config_path)
     classifier = Classifier.from_config(config)
@@ -65,7 +68,7 @@ def child_ceiling(config_path: Path, folder: Path, prefix: str | None) -> None:
     blobs = [p.read_bytes() for p in sorted(folder.rglob("*.jpg"))]
 
     def decode(data: bytes) -> np.ndarray:
-        return preprocess(decode_bytes(data, 10**9, draft).image, spec)
+        return decode_array(data, 10**9, spec, draft).array
 
     threads = os.cpu_count() or 1
     with ThreadPoolExecutor(threads) as pool:
@@ -104,14 +107,14 @@ def trust_resnet(weights_dir: Path) -> str:
     return file_sha256(path)[:8]
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, str]:
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MB and stdout of one child.
 
     The peak is the child's own VmHWM, which it prints as it exits: getrusage's ru_maxrss
     would also count the pages this (large) parent process had when it forked the child.
     """
     started = time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     seconds = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{result.stderr}")
@@ -183,7 +186,8 @@ def write_config(path: Path, library: Path, index: Path, weights_dir: Path, mode
         "decode": {},
     }
     for key, value in overrides.items():
-        data[key].update(value)
+        if key != "env":
+            data[key].update(value)
     path.write_text(json.dumps(data))
     return path
 
@@ -251,10 +255,11 @@ def main() -> int:
                 overrides = PATHS[name]
                 config = write_config(work / "c.json", library, work / f"{len(rows)}.sqlite", weights_dir, model, overrides)
                 warm = write_config(work / "w.json", empty, work / "warm.sqlite", weights_dir, model, overrides)
-                run_measured([*me, "--child-scan", str(warm), *extra])  # makes the ONNX export outside the timing
-                start_sec, _, _ = run_measured([*me, "--child-scan", str(warm), *extra])
+                env = overrides.get("env")
+                run_measured([*me, "--child-scan", str(warm), *extra], env)  # makes the ONNX export outside the timing
+                start_sec, _, _ = run_measured([*me, "--child-scan", str(warm), *extra], env)
                 print(f"{model}: {name} ...", file=sys.stderr)
-                sec, mb, out = run_measured([*me, "--child-scan", str(config), *extra])
+                sec, mb, out = run_measured([*me, "--child-scan", str(config), *extra], env)
                 with sqlite3.connect(work / f"{len(rows)}.sqlite") as conn:
                     ours = dict(conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0").fetchall())
                     if "no-refine" in name:
@@ -270,9 +275,11 @@ def main() -> int:
                 rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec, refined_count(out)))
             notes += int8_against_fp32(model, answers)
     from tagger.cpu import cpu_info, int8_scheme
+    from tagger.fastjpeg import describe
 
     print(f"\n{len(files)} photos ({args.count} distinct views at {width}x{height} + 6 originals), "
-          f"{os.cpu_count()} cores, CPU {cpu_info().describe()}, int8 scheme here: {int8_scheme()}")
+          f"{os.cpu_count()} cores, CPU {cpu_info().describe()}, int8 scheme here: {int8_scheme()}, "
+          f"JPEG path: {describe()}")
     print(f"{'model':19s} {'path':33s} {'images/s':>9s} {'ratio':>7s} {'peak MB':>8s} {'top-1 agree':>12s} "
           f"{'start s':>8s} {'refined':>8s}")
     for model, name, rate, ratio, mb, agree, start, refined in rows:

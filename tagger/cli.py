@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tagger import __version__
+from tagger import __version__, fastjpeg
 from tagger.cli_model import MODEL_COMMANDS
 from tagger.cli_vectors import COMMANDS, backfill_after_scan
 from tagger.config import Config, check_scheduler_address, load_config, with_scheduler
@@ -463,6 +463,7 @@ def weights(ctx: click.Context) -> None:
                 click.echo(f"{label}: BROKEN: {exc}")
         click.echo(f"  source: {spec.source}")
     click.echo(f"CPU: {cpu_info().describe()}; model.precision int8 would use the {int8_scheme()} scheme here")
+    click.echo(f"JPEG decoding and resizing: {fastjpeg.describe()}")
 
 
 @weights.command("fetch")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
+from tagger import fastjpeg
 from tagger.errors import DecodeError
 from tagger.fileio import DEFAULT_MAX_FILE_MB, MB, read_limited
 from tagger.weights import Preprocess
@@ -110,16 +112,65 @@ def decode_bytes(
     return DecodedImage(rgb, width, height, fmt)
 
 
-def decode_array(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None = None) -> DecodedArray:
+def decode_array(
+    data: bytes, max_pixels: int, spec: Preprocess, draft: int | None = None, scratch: fastjpeg.Scratch | None = None
+) -> DecodedArray:
     """decode_bytes, then preprocess: the model's input, made before the decoded pixels are let go.
 
     No copy of the decoded image is made (a full 12-megapixel decode is 36 MB), so decoder
-    threads doing full decodes side by side stay within the scan's memory budget.
+    threads doing full decodes side by side stay within the scan's memory budget. A colour JPEG
+    takes the faster path of tagger.fastjpeg (the same bits); `scratch` lends it a reusable buffer.
     """
+
+    def fast(img: Image.Image) -> tuple[tuple[np.ndarray, int], bool] | None:
+        return _fast_input(data, img, spec, draft, scratch)
+
     (array, short), width, height, _ = _decode(
-        data, max_pixels, draft, lambda rgb, _: (preprocess(rgb, spec), min(rgb.size))
+        data, max_pixels, draft, lambda rgb, _: (preprocess(rgb, spec), min(rgb.size)), fast=fast
     )
     return DecodedArray(array, width, height, short < min(width, height))
+
+
+def _fast_input(
+    data: bytes, img: Image.Image, spec: Preprocess, draft: int | None, scratch: fastjpeg.Scratch | None
+) -> tuple[tuple[np.ndarray, int], bool] | None:
+    """A colour JPEG's model input and decoded short side, and whether EXIF turned it, by
+    tagger.fastjpeg; None where that path does not give Pillow's exact pixels (the caller uses Pillow)."""
+    if not fastjpeg.AVAILABLE or img.format != "JPEG" or img.mode != "RGB":
+        return None
+    scale = _draft_scale(img.size, draft)
+    width, height = -(-img.size[0] // scale), -(-img.size[1] // scale)
+    orientation = _orientation(img)
+    turned = orientation in (5, 6, 7, 8)
+    shown = (height, width) if turned else (width, height)
+    new_width, new_height, _, _ = crop_geometry(*shown, spec)
+    box = crop_box(*shown, spec)
+    if _vertical_first(shown, (spec.crop, spec.crop)) or _vertical_first(shown, (new_width, new_height)):
+        return None  # Pillow resizes this one vertically first, which tagger._resample does not do
+    if not _both_passes(shown, box, spec.crop):
+        return None
+    with scratch.borrow(width * height * 4) if scratch is not None else nullcontext(None) as buffer:
+        pixels = fastjpeg.decode_rgbx(data, img.size[0], img.size[1], scale, buffer)
+        if pixels is None:
+            return None
+        crop = fastjpeg.resize_rgbx(_oriented_array(pixels, orientation), box, spec.crop, spec.interpolation == "bicubic")
+    return (normalised(crop, spec), min(shown)), turned
+
+
+def _draft_scale(size: tuple[int, int], draft: int | None) -> int:
+    """The 1/s scale Pillow's JpegImageFile.draft picks for a request of draft x draft pixels."""
+    if not draft:
+        return 1
+    fits = min(size[0] // draft, size[1] // draft)
+    return next((s for s in (8, 4, 2, 1) if fits >= s), 1)
+
+
+def _both_passes(size: tuple[int, int], box: tuple[float, float, float, float], crop: int) -> bool:
+    """Pillow skips a pass whose box is the whole axis at the same size: tagger._resample always does both."""
+    edges = [float(np.float32(v)) for v in box]  # Pillow receives the box as 32-bit floats
+    across = crop != size[0] or edges[0] != 0 or edges[2] != crop
+    down = crop != size[1] or edges[1] != 0 or edges[3] != crop
+    return across and down
 
 
 def _detached(rgb: Image.Image, img: Image.Image) -> Image.Image:
@@ -133,8 +184,13 @@ def _decode(
     draft: int | None,
     use: Callable[[Image.Image, Image.Image], T],
     limit_key: str = "decode.max_pixels",
+    fast: Callable[[Image.Image], tuple[T, bool] | None] | None = None,
 ) -> tuple[T, int, int, str]:
-    """Open, check, decode and orient; `use(rgb, opened)` runs while the file is still open."""
+    """Open, check, decode and orient; `use(rgb, opened)` runs while the file is still open.
+
+    `fast(opened)`, tried first, may make the result itself from the undecoded file: the result
+    and whether the image was turned, or None to go on with Pillow.
+    """
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
@@ -149,6 +205,10 @@ def _decode(
                         f"{max_pixels:,} ({limit_key}; a decompression bomb?)"
                     )
                 img.seek(0)  # GIF, TIFF, WebP: the first frame
+                made = fast(img) if fast is not None else None
+                if made is not None:
+                    result, turned = made
+                    return result, *((height, width) if turned else (width, height)), fmt
                 if draft and fmt == "JPEG":
                     img.draft("RGB", (draft, draft))
                 img.load()
@@ -168,19 +228,38 @@ def _decode(
 
 
 def _oriented(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation: a new image when turned, `img` itself when upright.
+    """Apply the EXIF orientation: a new image when turned, `img` itself when upright."""
+    method = _ORIENTATION.get(_orientation(img))
+    return img.transpose(method) if method is not None else img
 
-    Only the pixels are kept, so the tag is read and applied here rather than with
-    ImageOps.exif_transpose, which also rewrites the EXIF block: one malformed tag elsewhere in it
-    made that raise struct.error or AttributeError (the image was lost) or TypeError (the rotation
-    was dropped). An unreadable EXIF block leaves the pixels as stored.
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation, 1 (upright) when absent or unreadable.
+
+    Only the tag is read, rather than using ImageOps.exif_transpose, which also rewrites the EXIF
+    block: one malformed tag elsewhere in it made that raise struct.error or AttributeError (the
+    image was lost) or TypeError (the rotation was dropped). An unreadable EXIF block leaves the
+    pixels as stored.
     """
     try:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # noqa: BLE001 - metadata only; the pixels are already decoded
-        orientation = 1
-    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
-    return img.transpose(method) if method is not None else img
+        return 1
+    return orientation if isinstance(orientation, int) and not isinstance(orientation, bool) and orientation in _ORIENTATION else 1
+
+
+def _oriented_array(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pillow's transpose for an EXIF orientation, on a height x width x channels array (a view)."""
+    turned = {
+        2: pixels[:, ::-1],
+        3: pixels[::-1, ::-1],
+        4: pixels[::-1],
+        5: pixels.transpose(1, 0, 2),
+        6: pixels.transpose(1, 0, 2)[:, ::-1],
+        7: pixels[::-1, ::-1].transpose(1, 0, 2),
+        8: pixels.transpose(1, 0, 2)[::-1],
+    }
+    return turned.get(orientation, pixels) if orientation != 1 else pixels
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -240,7 +319,11 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 def preprocess(img: Image.Image, spec: Preprocess) -> np.ndarray:
     """RGB image -> float32 CHW array, as torchvision's Resize/CenterCrop/ToTensor/Normalize."""
-    pixels = np.asarray(_resized_crop(img, spec), dtype=np.uint8)
+    return normalised(np.asarray(_resized_crop(img, spec), dtype=np.uint8), spec)
+
+
+def normalised(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """The resized crop's 8-bit RGB pixels (height x width x 3) -> the model's float32 CHW input."""
     array = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
     array[...] = pixels.transpose(2, 0, 1)  # one pass: to float32, channels first
     array /= np.float32(255.0)  # in place, in torchvision's order of operations

@@ -25,6 +25,7 @@ from tagger.config import Config
 from tagger.duplicates import image_hash
 from tagger.embeddings import Look, save_embedding
 from tagger.decode import DecodedArray, decode_array, draft_size
+from tagger.fastjpeg import Scratch
 from tagger.errors import ConfigError, DecodeError, DiskError
 from tagger.fileio import Folders, is_empty_folder, is_gone, iter_images, read_limited, shown
 from tagger.keywords import keyword_rows
@@ -137,6 +138,7 @@ class Tagger:
         self._decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="tagger-decode")
         # Full decodes of near ties, one at a time: each holds a whole photo (48 MB at 12 MP).
         self._refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-refine")
+        self._refine_buffer = Scratch()  # reused by those full decodes, given back after each scan or batch
         self._refining: deque[_Refining] = deque()
         # Batches decoded ahead of the model: two images per decoder thread, at least one batch.
         self._depth = max(1, -(-2 * decoders // config.model.batch_size))
@@ -269,7 +271,7 @@ class Tagger:
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
         for i, (done, tags, features) in enumerate(zip(pending, tags_of, features_of)):
             if i in near:  # decoded in full beside the next batches, recorded when done
-                future = self._refiner.submit(_decode, done.data, max_pixels, spec, None)
+                future = self._refiner.submit(_decode, done.data, max_pixels, spec, None, self._refine_buffer)
                 self._refining.append(_Refining(done, tags, features, future))
                 summary.refined += 1  # counted now, as classified: the next batches' budget sees both
                 summary.classified += 1
@@ -457,6 +459,7 @@ def _collect_refined(tagger: Tagger, summary: ScanSummary, wait: bool) -> None:
 def _drain_refined(tagger: Tagger, summary: ScanSummary) -> None:
     while tagger._refining:
         _collect_refined(tagger, summary, wait=True)
+    tagger._refine_buffer.release()
 
 
 def _decode_all(tagger: Tagger, reads: Sequence[_Read]) -> list[_InFlight]:
@@ -549,9 +552,11 @@ def _read_and_hash(path: Path, max_bytes: int, folders: Folders) -> tuple[bytes,
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> DecodedArray | DecodeError:
+def _decode(
+    data: bytes, max_pixels: int, spec: Preprocess, draft: int | None, scratch: Scratch | None = None
+) -> DecodedArray | DecodeError:
     try:
-        return decode_array(data, max_pixels, spec, draft)
+        return decode_array(data, max_pixels, spec, draft, scratch)
     except DecodeError as exc:
         return exc
     except Exception as exc:  # a decoder bug on one hostile file must not stop the scan
