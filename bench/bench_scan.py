@@ -32,7 +32,7 @@ PATHS = {  # name -> config overrides of a `tagger scan` run
     "onnx-fp32 draft no-refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_margin": 0}},
     "onnx-fp32 draft+refine (default)": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
     # The default as it was before tagger.fastjpeg: the same pixels, made by Pillow alone.
-    "default, Pillow alone for JPEG": {"model": {"runtime": "onnx"}, "decode": {"draft": True},
+    "default via Pillow alone (before)": {"model": {"runtime": "onnx"}, "decode": {"draft": True},
                                        "env": {"TAGGER_FASTJPEG": "0"}},
     "onnx-int8 draft no-refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_margin": 0}},
     "onnx-int8 draft+refine": {"model": {"precision": "int8"}, "decode": {"draft": True}},

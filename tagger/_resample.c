@@ -106,19 +106,77 @@ static inline void sums_scalar(const uint8_t *p, const int32_t *k, int n, int32_
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define HAVE_AVX2_PATH 1
-/* Two taps per step: the 8 bytes of two RGBX pixels widened to 8 int32 lanes, times {w0 x4, w1 x4}. */
-__attribute__((target("avx2"))) static void sums_avx2(const uint8_t *p, const int32_t *k, int n, int32_t s[4]) {
-    __m256i acc = _mm256_setzero_si256();
-    int x = 0;
-    for (; x + 1 < n; x += 2) {
-        __m256i px = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + x * 4)));
-        __m256i w = _mm256_set_m128i(_mm_set1_epi32(k[x + 1]), _mm_set1_epi32(k[x]));
-        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, w));
+/*
+ * Each 22-bit weight w is split as w = hi * 2048 + lo (0 <= lo < 2048), so that both halves fit
+ * 16 bits and pmaddwd can do 16 multiply-adds at once: sum(p * w) = 2048 * sum(p * hi) + sum(p * lo)
+ * exactly, as every partial sum stays far inside 32 bits (8-bit pixels, at most a few hundred taps).
+ * `split` holds, per output pixel and group of 4 taps, 16 lanes {w0 w1} x4 then {w2 w3} x4.
+ */
+typedef struct {
+    int groups;       /* groups of 4 taps per output pixel (the rest is done one tap at a time) */
+    int16_t *hi, *lo; /* out_w * groups * 16 lanes each */
+} Split;
+
+static int split_make(Split *sp, const Taps *t, int out_w) {
+    sp->groups = (t->size + 3) / 4;
+    sp->hi = aligned_alloc(32, sizeof(int16_t) * 16 * ((size_t)out_w * sp->groups + 1));
+    sp->lo = aligned_alloc(32, sizeof(int16_t) * 16 * ((size_t)out_w * sp->groups + 1));
+    if (!sp->hi || !sp->lo) return 0;
+    for (int i = 0; i < out_w; i++) {
+        const int32_t *k = t->weight + (size_t)i * t->size;
+        for (int g = 0; g < sp->groups; g++) {
+            int16_t *hi = sp->hi + ((size_t)i * sp->groups + g) * 16, *lo = sp->lo + ((size_t)i * sp->groups + g) * 16;
+            for (int lane = 0; lane < 16; lane++) {
+                int tap = 4 * g + (lane >= 8 ? 2 : 0) + (lane & 1);
+                int32_t w = tap < t->count[i] ? k[tap] : 0; /* zero past the last tap: padding */
+                hi[lane] = (int16_t)(w >> 11);
+                lo[lane] = (int16_t)(w & 2047);
+            }
+        }
     }
-    __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    _mm_storeu_si128((__m128i *)s, sum);
-    if (x < n)
+    return 1;
+}
+
+static void split_free(Split *sp) {
+    free(sp->hi);
+    free(sp->lo);
+}
+
+/* Four taps per step: 4 RGBX pixels regrouped to {R0 R1 G0 G1 B0 B1 X0 X1 | R2 R3 ...}, widened
+ * to 16 bits and multiply-added against the split weights. `vector_taps` is n rounded up to 4
+ * where the row has the pixels to read (their weights are zero), else down. */
+__attribute__((target("avx2"))) static inline void sums_avx2(const uint8_t *p, const int32_t *k, int n, int vector_taps,
+                                                             const int16_t *hi, const int16_t *lo, int32_t s[4]) {
+    const __m128i order = _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+    __m256i acc_hi = _mm256_setzero_si256(), acc_lo = _mm256_setzero_si256();
+    int x = 0;
+    for (; x < vector_taps; x += 4, hi += 16, lo += 16) {
+        __m128i bytes = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + x * 4)), order);
+        __m256i px = _mm256_cvtepu8_epi16(bytes);
+        acc_hi = _mm256_add_epi32(acc_hi, _mm256_madd_epi16(px, _mm256_load_si256((const __m256i *)hi)));
+        acc_lo = _mm256_add_epi32(acc_lo, _mm256_madd_epi16(px, _mm256_load_si256((const __m256i *)lo)));
+    }
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc_hi), _mm256_extracti128_si256(acc_hi, 1));
+    __m128i l = _mm_add_epi32(_mm256_castsi256_si128(acc_lo), _mm256_extracti128_si256(acc_lo, 1));
+    _mm_storeu_si128((__m128i *)s, _mm_add_epi32(_mm_slli_epi32(h, 11), l));
+    for (; x < n; x++)
         for (int c = 0; c < 4; c++) s[c] += p[x * 4 + c] * k[x];
+}
+
+__attribute__((target("avx2"))) static void rows_avx2(const uint8_t *src, Py_ssize_t stride, int width, int row0,
+                                                      int rows, const Taps *t, const Split *sp, int out_w, uint8_t *dst) {
+    for (int y = 0; y < rows; y++) {
+        const uint8_t *line = src + (Py_ssize_t)(row0 + y) * stride;
+        uint8_t *out = dst + (size_t)y * out_w * 4;
+        for (int i = 0; i < out_w; i++) {
+            int n = t->count[i], first = t->first[i], padded = (n + 3) & ~3;
+            int32_t s[4];
+            size_t at = (size_t)i * sp->groups * 16;
+            sums_avx2(line + (size_t)first * 4, t->weight + (size_t)i * t->size, n,
+                      first + padded <= width ? padded : n & ~3, sp->hi + at, sp->lo + at, s);
+            for (int c = 0; c < 4; c++) out[i * 4 + c] = clip8(HALF + s[c]);
+        }
+    }
 }
 #endif
 
@@ -131,45 +189,96 @@ static int simd_available(void) {
 }
 
 /* Rows [row0, row0 + rows) of the RGBX source, resampled across to out_w RGBX pixels each. */
-static void horizontal(const uint8_t *src, Py_ssize_t stride, int row0, int rows, const Taps *t, int out_w,
-                       uint8_t *dst, int simd) {
+static int horizontal(const uint8_t *src, int width, int row0, int rows, const Taps *t, int out_w, uint8_t *dst,
+                      int simd) {
+    Py_ssize_t stride = (Py_ssize_t)width * 4;
+#ifdef HAVE_AVX2_PATH
+    if (simd) {
+        Split sp = {0, NULL, NULL};
+        int made = split_make(&sp, t, out_w);
+        if (made) rows_avx2(src, stride, width, row0, rows, t, &sp, out_w, dst);
+        split_free(&sp);
+        return made;
+    }
+#endif
     for (int y = 0; y < rows; y++) {
         const uint8_t *line = src + (Py_ssize_t)(row0 + y) * stride;
         uint8_t *out = dst + (size_t)y * out_w * 4;
         for (int i = 0; i < out_w; i++) {
-            const int32_t *k = t->weight + (size_t)i * t->size;
-            const uint8_t *p = line + (size_t)t->first[i] * 4;
             int32_t s[4];
-#ifdef HAVE_AVX2_PATH
-            if (simd)
-                sums_avx2(p, k, t->count[i], s);
-            else
-#endif
-                sums_scalar(p, k, t->count[i], s);
+            sums_scalar(line + (size_t)t->first[i] * 4, t->weight + (size_t)i * t->size, t->count[i], s);
             for (int c = 0; c < 4; c++) out[i * 4 + c] = clip8(HALF + s[c]);
         }
     }
     (void)simd;
+    return 1;
 }
 
-/* Columns resampled down to out_h rows, from the horizontal pass's rows; RGB out (X dropped). */
-static void vertical(const uint8_t *src, int width, const Taps *t, int out_h, int row0, int32_t *acc, uint8_t *dst) {
+#ifdef HAVE_AVX2_PATH
+/* One output row: two source rows per step, their bytes interleaved {a0 b0 a1 b1 ...}, widened to
+ * 16 bits and multiply-added against {hi_a hi_b} and {lo_a lo_b} (the split weights, as across). */
+__attribute__((target("avx2"))) static void row_avx2(const uint8_t *src, int n, const int32_t *k, int count,
+                                                     int32_t *acc_hi, int32_t *acc_lo) {
+    int r = 0;
+    for (int j = 0; j < n; j++) acc_hi[j] = acc_lo[j] = 0;
+    for (; r + 2 <= count; r += 2) {
+        const uint8_t *a = src + (size_t)r * n, *b = a + n;
+        int32_t wa = k[r], wb = k[r + 1];
+        __m256i hi = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(wb >> 11) << 16) | (uint16_t)(wa >> 11)));
+        __m256i lo = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(wb & 2047) << 16) | (uint16_t)(wa & 2047)));
+        int j = 0;
+        for (; j + 16 <= n; j += 16) {
+            __m128i va = _mm_loadu_si128((const __m128i *)(a + j)), vb = _mm_loadu_si128((const __m128i *)(b + j));
+            __m256i first = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(va, vb));
+            __m256i second = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(va, vb));
+            __m256i *h = (__m256i *)(acc_hi + j), *l = (__m256i *)(acc_lo + j);
+            _mm256_storeu_si256(h, _mm256_add_epi32(_mm256_loadu_si256(h), _mm256_madd_epi16(first, hi)));
+            _mm256_storeu_si256(h + 1, _mm256_add_epi32(_mm256_loadu_si256(h + 1), _mm256_madd_epi16(second, hi)));
+            _mm256_storeu_si256(l, _mm256_add_epi32(_mm256_loadu_si256(l), _mm256_madd_epi16(first, lo)));
+            _mm256_storeu_si256(l + 1, _mm256_add_epi32(_mm256_loadu_si256(l + 1), _mm256_madd_epi16(second, lo)));
+        }
+        for (; j < n; j++) {
+            acc_hi[j] += a[j] * (wa >> 11) + b[j] * (wb >> 11);
+            acc_lo[j] += a[j] * (wa & 2047) + b[j] * (wb & 2047);
+        }
+    }
+    for (; r < count; r++) {
+        const uint8_t *a = src + (size_t)r * n;
+        for (int j = 0; j < n; j++) {
+            acc_hi[j] += a[j] * (k[r] >> 11);
+            acc_lo[j] += a[j] * (k[r] & 2047);
+        }
+    }
+    for (int j = 0; j < n; j++) acc_hi[j] = (int32_t)((uint32_t)acc_hi[j] << 11) + acc_lo[j];
+}
+#endif
+
+/* Columns resampled down to out_h rows, from the horizontal pass's rows; RGB out (X dropped).
+ * `acc` has room for 2 * width * 4 sums. */
+static void vertical(const uint8_t *src, int width, const Taps *t, int out_h, int row0, int32_t *acc, uint8_t *dst,
+                     int simd) {
     int n = width * 4;
     for (int y = 0; y < out_h; y++) {
         const int32_t *k = t->weight + (size_t)y * t->size;
-        for (int j = 0; j < n; j++) acc[j] = HALF;
-        for (int r = 0; r < t->count[y]; r++) {
-            const uint8_t *line = src + (size_t)(t->first[y] - row0 + r) * n;
-            int32_t w = k[r];
-            for (int j = 0; j < n; j++) acc[j] += line[j] * w;
+        const uint8_t *rows = src + (size_t)(t->first[y] - row0) * n;
+#ifdef HAVE_AVX2_PATH
+        if (simd)
+            row_avx2(rows, n, k, t->count[y], acc, acc + n);
+        else
+#endif
+        {
+            for (int j = 0; j < n; j++) acc[j] = 0;
+            for (int r = 0; r < t->count[y]; r++)
+                for (int j = 0; j < n; j++) acc[j] += rows[(size_t)r * n + j] * k[r];
         }
         uint8_t *out = dst + (size_t)y * width * 3;
         for (int i = 0; i < width; i++) {
-            out[i * 3 + 0] = clip8(acc[i * 4 + 0]);
-            out[i * 3 + 1] = clip8(acc[i * 4 + 1]);
-            out[i * 3 + 2] = clip8(acc[i * 4 + 2]);
+            out[i * 3 + 0] = clip8(HALF + acc[i * 4 + 0]);
+            out[i * 3 + 1] = clip8(HALF + acc[i * 4 + 1]);
+            out[i * 3 + 2] = clip8(HALF + acc[i * 4 + 2]);
         }
     }
+    (void)simd;
 }
 
 static PyObject *resize_rgbx(PyObject *self, PyObject *args) {
@@ -205,10 +314,9 @@ static PyObject *resize_rgbx(PyObject *self, PyObject *args) {
             int row0 = down.first[0];
             int rows = down.first[out_h - 1] + down.count[out_h - 1] - row0;
             temp = malloc((size_t)rows * out_w * 4);
-            acc = malloc(sizeof(int32_t) * out_w * 4);
-            if (temp && acc) {
-                horizontal(view.buf, (Py_ssize_t)width * 4, row0, rows, &across, out_w, temp, simd);
-                vertical(temp, out_w, &down, out_h, row0, acc, (uint8_t *)PyBytes_AS_STRING(result));
+            acc = malloc(sizeof(int32_t) * out_w * 8);
+            if (temp && acc && horizontal(view.buf, width, row0, rows, &across, out_w, temp, simd)) {
+                vertical(temp, out_w, &down, out_h, row0, acc, (uint8_t *)PyBytes_AS_STRING(result), simd);
                 ok = 1;
             }
             taps_free(&across);
