@@ -9,7 +9,9 @@ scheme is exact there; VNNI (AVX512-VNNI, AVX-VNNI) accumulates in 32 bits and c
 """
 from __future__ import annotations
 
+import os
 import platform
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -75,3 +77,27 @@ def int8_scheme(cpu: CpuInfo | None = None) -> Int8Scheme:
     if cpu.vnni or cpu.machine in ("aarch64", "arm64"):
         return "u8s8"
     return "u8s8r7"
+
+
+# How far below the model's thread the scan's helper threads run (nice steps, relative).
+HELPER_NICE_STEP = 10
+
+
+def yield_to_model(step: int = HELPER_NICE_STEP) -> bool:
+    """Run the calling thread `step` nice levels below the rest of the process (Linux: per thread).
+
+    A scan's model runs its layers split over every core and waits for the slowest part. When a
+    decoder thread holds a core, that part waits for the scheduler, and the other core idles.
+    With the readers, decoders and the near-tie refiner below the model, the model's threads get
+    a core as soon as they wake, and the helpers fill every gap: measured on 206 camera photos,
+    8 runs each, 3.58 -> 3.27 s median without refinement, 3.80 -> 3.57 s with it. Relative, so a
+    service already at Nice=10 keeps the same order; only raising the value, which needs no
+    privilege. False where the platform cannot (the threads then share the CPU equally).
+    """
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + step))
+    except (AttributeError, OSError):
+        return False
+    return True

@@ -22,6 +22,7 @@ from tagger.classify import Classifier
 from tagger.labels import Tag
 from tagger.memory import return_big_buffers
 from tagger.config import Config
+from tagger.cpu import yield_to_model
 from tagger.duplicates import image_hash
 from tagger.embeddings import Look, save_embedding
 from tagger.decode import DecodedArray, decode_array, draft_size
@@ -132,12 +133,13 @@ class Tagger:
         self.retagger.check_settings()
         self.learned = LearnedModels(store, classifier.name)  # applied to each new image's embedding
         self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
-        self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-read")
+        # Helper threads run below the model's (tagger.cpu.yield_to_model): it gets a core at once.
+        self._readers = ThreadPoolExecutor(1, "tagger-read", yield_to_model)
         return_big_buffers()  # decoded photos are big and short-lived: see tagger/memory.py
         decoders = max(1, min(4, os.cpu_count() or 1))
-        self._decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="tagger-decode")
+        self._decoders = ThreadPoolExecutor(decoders, "tagger-decode", yield_to_model)
         # Full decodes of near ties, one at a time: each holds a whole photo (48 MB at 12 MP).
-        self._refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-refine")
+        self._refiner = ThreadPoolExecutor(1, "tagger-refine", yield_to_model)
         self._refine_buffer = Scratch()  # reused by those full decodes, given back after each scan or batch
         self._refining: deque[_Refining] = deque()
         # Batches decoded ahead of the model: two images per decoder thread, at least one batch.

@@ -175,3 +175,28 @@ def test_sidecars_can_be_switched_off(
     scan(write_config(sidecar={"enabled": False}), counting)
     assert not list(library.rglob("*.tags.json"))
     assert rows(tmp_path / "index.sqlite", "SELECT COUNT(*) FROM files WHERE status = 'tagged'") == [(6,)]
+
+
+def test_helper_threads_run_below_the_model(
+    library: Path, write_config: Callable[..., Path], lite0: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers and decoders yield the CPU to the model's threads (tagger.cpu.yield_to_model)."""
+    import os
+    import threading
+
+    import tagger.pipeline as pipeline
+
+    seen: dict[str, int] = {}
+    real = pipeline.decode_array
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen[threading.current_thread().name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode_array", spy)
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    summary = scan(write_config([library]), lite0)
+    assert summary.classified == 6  # the shipped photos; broken.jpg and empty.png fail
+    assert seen and all(name.startswith("tagger-decode") for name in seen)
+    assert all(nice == min(19, main + 10) for nice in seen.values()), (main, seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # the caller's own is untouched
