@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -208,6 +209,8 @@ def main() -> int:
     parser.add_argument("--size", default="4000x3000")
     parser.add_argument("--models", default="resnet18,efficientnet-lite0")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated names from: " + ", ".join(PATHS))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time the naive path and each scan this many times; the median is reported")
     parser.add_argument("--child-scan", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-naive", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-ceiling", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -242,8 +245,9 @@ def main() -> int:
             trust = trust_resnet(weights_dir) if model == "resnet18" else None
             extra = ["--trust", trust] if trust else []
             print(f"{model}: naive baseline ...", file=sys.stderr)
-            n_sec, n_mb, out = run_measured([*me, "--child-naive", model, str(weights_dir), str(library), *extra])
-            reference = json.loads(out)
+            naive = [run_measured([*me, "--child-naive", model, str(weights_dir), str(library), *extra])
+                     for _ in range(args.repeat)]
+            n_sec, n_mb, reference = median([r[0] for r in naive]), max(r[1] for r in naive), json.loads(naive[0][2])
             rows.append((model, "naive (reference)", len(files) / n_sec, 1.0, n_mb, 1.0, None, None))
             default = write_config(work / "d.json", library, work / "d.sqlite", weights_dir, model, {})
             run_measured([*me, "--child-scan", str(write_config(work / "w.json", empty, work / "w.sqlite",
@@ -260,6 +264,10 @@ def main() -> int:
                 start_sec, _, _ = run_measured([*me, "--child-scan", str(warm), *extra], env)
                 print(f"{model}: {name} ...", file=sys.stderr)
                 sec, mb, out = run_measured([*me, "--child-scan", str(config), *extra], env)
+                again = [run_measured([*me, "--child-scan", str(write_config(
+                    work / "r.json", library, work / f"{len(rows)}-{k}.sqlite", weights_dir, model, overrides)), *extra], env)
+                    for k in range(1, args.repeat)]
+                sec, mb = median([sec, *(r[0] for r in again)]), max([mb, *(r[1] for r in again)])
                 with sqlite3.connect(work / f"{len(rows)}.sqlite") as conn:
                     ours = dict(conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0").fetchall())
                     if "no-refine" in name:
@@ -278,6 +286,7 @@ def main() -> int:
     from tagger.fastjpeg import describe
 
     print(f"\n{len(files)} photos ({args.count} distinct views at {width}x{height} + 6 originals), "
+          f"median of {args.repeat} run(s) per path, "
           f"{os.cpu_count()} cores, CPU {cpu_info().describe()}, int8 scheme here: {int8_scheme()}, "
           f"JPEG path: {describe()}")
     print(f"{'model':19s} {'path':33s} {'images/s':>9s} {'ratio':>7s} {'peak MB':>8s} {'top-1 agree':>12s} "
@@ -288,6 +297,11 @@ def main() -> int:
         print(f"{model:19s} {name:33s} {rate:9.2f} {ratio:6.2f}x {mb:8.0f} {agree:11.1%} {start_text} {refined_text:>8s}")
     print("start s: a whole `tagger scan` of an empty folder (process start, imports, model load)")
     print("refined: share of the photos decoded again in full because of a near tie")
+    speeds = {(m, n): r for m, n, r, *_ in rows}
+    for model in args.models.split(","):
+        plain, refined = speeds.get((model, "onnx-fp32 draft no-refine")), speeds.get((model, "onnx-fp32 draft+refine (default)"))
+        if plain and refined:
+            notes.append(f"{model}: refinement costs {1 - refined / plain:.1%} of the speed (default against no-refine)")
     for note in notes:
         print(note)
     for model, ceiling in ceilings:
