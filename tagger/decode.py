@@ -36,6 +36,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # off so that a configured limit above Pillow's default is honoured.
 Image.MAX_IMAGE_PIXELS = None
 
+# Pillow's names for a JPEG: MPO is one with more pictures after the first (a camera's large
+# preview, a second view), which many cameras write; its first picture is decoded like any JPEG.
+_JPEG = ("JPEG", "MPO")
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _WHITE = (255, 255, 255)
 # EXIF Orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
@@ -136,7 +139,7 @@ def _fast_input(
 ) -> tuple[tuple[np.ndarray, int], bool] | None:
     """A colour JPEG's model input and decoded short side, and whether EXIF turned it, by
     tagger.fastjpeg; None where that path does not give Pillow's exact pixels (the caller uses Pillow)."""
-    if not fastjpeg.AVAILABLE or img.format != "JPEG" or img.mode != "RGB":
+    if not fastjpeg.AVAILABLE or img.format not in _JPEG or img.mode != "RGB":
         return None
     scale = _draft_scale(img.size, draft)
     width, height = -(-img.size[0] // scale), -(-img.size[1] // scale)
@@ -209,7 +212,7 @@ def _decode(
                 if made is not None:
                     result, turned = made
                     return result, *((height, width) if turned else (width, height)), fmt
-                if draft and fmt == "JPEG":
+                if draft and fmt in _JPEG:
                     img.draft("RGB", (draft, draft))
                 img.load()
                 rgb = to_rgb(_oriented(img))

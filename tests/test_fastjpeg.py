@@ -124,6 +124,14 @@ def jpeg(size: tuple[int, int], seed: int = 0, mode: str = "RGB", **save: object
     return out.getvalue()
 
 
+def mpo(data: bytes) -> bytes:
+    """The same picture as an MPO: a JPEG followed by a second picture (cameras write a large preview)."""
+    out = io.BytesIO()
+    preview = Image.new("RGB", (160, 120), (90, 140, 200))
+    Image.open(io.BytesIO(data)).save(out, "MPO", save_all=True, append_images=[preview], quality=92)
+    return out.getvalue()
+
+
 def with_orientation(data: bytes, orientation: int) -> bytes:
     img = Image.open(io.BytesIO(data))
     exif = Image.Exif()
@@ -145,6 +153,7 @@ def test_jpeg_variants_give_pillows_model_input(monkeypatch: pytest.MonkeyPatch,
         "tiny": jpeg((3, 2), seed=3),
         "portrait": jpeg((1500, 2600), seed=4),
         "wide": jpeg((4000, 300), seed=5),
+        "mpo": mpo(jpeg((1600, 1200), seed=7)),
     }
     base = jpeg((1300, 800), seed=6)
     for orientation in range(1, 9):
@@ -158,6 +167,18 @@ def test_jpeg_variants_give_pillows_model_input(monkeypatch: pytest.MonkeyPatch,
         size = (-(-fast.width // scale), -(-fast.height // scale))
         pillow_order += decode._vertical_first(size, (224, 224))  # e.g. the portrait at 1/2: Pillow's path
     assert pillow_order < len(variants) // 2 and len(taken) == 2 * (len(variants) - pillow_order) and all(taken)
+
+
+def test_an_mpo_is_decoded_like_its_first_picture(monkeypatch: pytest.MonkeyPatch, taken: list[bool]) -> None:
+    """Many cameras write MPO (a JPEG, then a preview): it used to be decoded in full, never drafted."""
+    both = mpo(jpeg((2400, 1800), seed=14, quality=92))
+    assert Image.open(io.BytesIO(both)).format == "MPO"
+    for draft in (None, 512):
+        fast, slow = both_ways(monkeypatch, both, LITE0, draft)
+        assert_same(fast, slow, f"mpo draft={draft}")
+        assert fast.reduced == slow.reduced == (draft is not None)  # drafted, by both paths
+        assert (fast.width, fast.height) == (2400, 1800)  # the first picture, not the preview
+    assert taken and all(taken)
 
 
 def test_other_jpegs_and_tall_panoramas_take_pillows_path(monkeypatch: pytest.MonkeyPatch, taken: list[bool]) -> None:
