@@ -6,8 +6,9 @@
  * output as a fixed-point sum of 8-bit pixels times 22-bit integer weights, one channel at a time
  * in scalar loops. Here the same weights are made the same way (double precision, the same
  * expressions in the same order, then rounded to integers), and the same integer sums are
- * formed with SIMD lanes over the four bytes of RGBX pixels and two taps at a time. Integer
- * addition is exact in any order, so the results are the same bits.
+ * formed in AVX2 lanes, 16 multiply-adds at a time (each weight split into two 16-bit halves, see
+ * Split), or in a plain C loop on a CPU without AVX2. Integer addition is exact in any order, so
+ * the results are the same bits either way.
  *
  * Only the horizontal-then-vertical pass order is done here; tagger.decode decides when Pillow
  * would choose it and uses Pillow itself otherwise.
@@ -21,7 +22,6 @@
 
 #define PRECISION_BITS (32 - 8 - 2)
 #define HALF (1 << (PRECISION_BITS - 1))
-
 
 typedef double (*filter_fn)(double);
 
