@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml scripts/install.sh
+$(STAMP): setup.cfg setup.py pyproject.toml scripts/install.sh tagger/_resample.c
 	scripts/install.sh $(VENV)
 	touch $(STAMP)
 
