@@ -40,6 +40,7 @@ ARM64_DEBS = [
     "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libsqlite3-0", "libstdc++6", "libgcc-s1", "libuuid1",
     "libncursesw6", "libtinfo6", "libreadline8", "libcrypt1", "libdb5.3", "libgdbm6", "libnsl2", "libtirpc3",
     "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3", "libkrb5support0", "libcom-err2", "libkeyutils1",
+    "libpython3.11-dev",  # headers, to cross-build tagger._resample for ARM64
 ]
 
 
@@ -54,7 +55,9 @@ def child(out: Path, photos: list[Path], models: list[Path], unfused: bool) -> N
     spec = MODELS[MODEL].preprocess
     draft = np.stack([decode_array(p.read_bytes(), 10**9, spec, draft_size(spec, True)).array for p in photos])
     full = np.stack([decode_array(p.read_bytes(), 10**9, spec, None).array for p in photos[:FULL_DECODES]])
-    results = {"draft": draft, "full": full}
+    from tagger.fastjpeg import describe
+
+    results = {"draft": draft, "full": full, "jpeg_path": np.array(describe())}
     for model in models:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
@@ -80,7 +83,10 @@ def setup_arm64(root: Path) -> None:
     for deb in debs.glob("*.deb"):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "sysroot")], check=True)
     wheels = root / "wheels"
-    pins = [f"onnxruntime=={onnxruntime.__version__}", f"numpy=={np.__version__}", f"pillow=={PIL.__version__}"]
+    import simplejpeg
+
+    pins = [f"onnxruntime=={onnxruntime.__version__}", f"numpy=={np.__version__}", f"pillow=={PIL.__version__}",
+            f"simplejpeg=={simplejpeg.__version__}"]
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--implementation", "cp",
          "--python-version", "3.11", "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64",
@@ -92,7 +98,21 @@ def setup_arm64(root: Path) -> None:
     for wheel in wheels.glob("*.whl"):
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(root / "site")
+    build_resample_arm64(root)
     print(f"arm64 Python and wheels in {root}")
+
+
+def build_resample_arm64(root: Path) -> None:
+    """tagger._resample for ARM64 (NEON), beside the x86 one in tagger/, with Debian's cross compiler
+    (gcc-aarch64-linux-gnu); without it, the ARM64 runs decode with Pillow alone and say so."""
+    include = root / "sysroot" / "usr" / "include"
+    out = ROOT / "tagger" / "_resample.cpython-311-aarch64-linux-gnu.so"
+    command = ["aarch64-linux-gnu-gcc", "-O3", "-shared", "-fPIC", f"-I{include / 'python3.11'}", f"-I{include}",
+               str(ROOT / "tagger" / "_resample.c"), "-o", str(out)]
+    try:
+        subprocess.run(command, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"tagger._resample not built for ARM64 ({exc}): its runs use Pillow alone")
 
 
 def emulated_runs(arm64: Path | None, work: Path) -> dict[str, list[str]]:
@@ -137,6 +157,7 @@ def report(name: str, got: dict[str, np.ndarray], native: dict[str, np.ndarray],
     same_draft = np.array_equal(got["draft"], native["draft"])
     same_full = np.array_equal(got["full"], native["full"])
     print(f"{name}:")
+    print(f"  JPEG path: {got['jpeg_path']}")
     print(f"  preprocessing bit-identical to this machine: draft {same_draft}, full decode {same_full}"
           f" (max |difference| {float(np.abs(got['draft'] - native['draft']).max()):.2g})")
     print(f"  fp32 top-1 = this machine's on {(got['fp32'].argmax(1) == fp32_top).mean():.1%} of {len(fp32_top)}"
