@@ -6,7 +6,8 @@ path (Pillow's decode, then Pillow's resize). Two C pieces make the same bits fa
   keeps internally, with the same IDCT and upsampling Pillow asks for, at the same 1/s scale
   as Pillow's draft mode, into a buffer that can be reused (no fresh 48 MB to fault in).
 - `tagger._resample` (built at install) resizes with Pillow's integer weights and sums, 16 at a
-  time in AVX2 lanes where the CPU has them (a plain C loop elsewhere, still exact).
+  time in AVX2 lanes where the CPU has them, in NEON lanes on ARM64, and in a plain C loop on
+  an x86 without AVX2 (still exact).
 Measured on 4000x3000 photos, decode to model input: in full 87-89 -> 30 ms, at 1/4 (the scan's
 draft) 16.5-17.2 -> 14.0 ms. Either piece missing (no compiler at install, another platform)
 leaves `AVAILABLE` False, and tagger.decode uses Pillow alone, as before.
