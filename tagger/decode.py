@@ -142,18 +142,17 @@ def _fast_input(
     if not fastjpeg.AVAILABLE or img.format not in _JPEG or img.mode != "RGB":
         return None
     scale = _draft_scale(img.size, draft)
-    width, height = -(-img.size[0] // scale), -(-img.size[1] // scale)
+    width, height = -(-img.size[0] // scale), -(-img.size[1] // scale)  # as Pillow's draft sizes it
     orientation = _orientation(img)
     turned = orientation in (5, 6, 7, 8)
     shown = (height, width) if turned else (width, height)
-    new_width, new_height, _, _ = crop_geometry(*shown, spec)
-    box = crop_box(*shown, spec)
-    if _vertical_first(shown, (spec.crop, spec.crop)) or _vertical_first(shown, (new_width, new_height)):
+    box = _crop_box_if_same_order(shown, spec)
+    if box is None or _vertical_first(shown, (spec.crop, spec.crop)):
         return None  # Pillow resizes this one vertically first, which tagger._resample does not do
     if not _both_passes(shown, box, spec.crop):
         return None
     with scratch.borrow(width * height * 4) if scratch is not None else nullcontext(None) as buffer:
-        pixels = fastjpeg.decode_rgbx(data, img.size[0], img.size[1], scale, buffer)
+        pixels = fastjpeg.decode_rgbx(data, width, height, buffer)
         if pixels is None:
             return None
         crop = fastjpeg.resize_rgbx(_oriented_array(pixels, orientation), box, spec.crop, spec.interpolation == "bicubic")
@@ -253,16 +252,18 @@ def _orientation(img: Image.Image) -> int:
 
 def _oriented_array(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Pillow's transpose for an EXIF orientation, on a height x width x channels array (a view)."""
-    turned = {
-        2: pixels[:, ::-1],
-        3: pixels[::-1, ::-1],
-        4: pixels[::-1],
-        5: pixels.transpose(1, 0, 2),
-        6: pixels.transpose(1, 0, 2)[:, ::-1],
-        7: pixels[::-1, ::-1].transpose(1, 0, 2),
-        8: pixels.transpose(1, 0, 2)[::-1],
-    }
-    return turned.get(orientation, pixels) if orientation != 1 else pixels
+    if orientation in (5, 6, 8):  # TRANSPOSE, then ROTATE_270 and ROTATE_90 flip one axis of it
+        turned = pixels.transpose(1, 0, 2)
+        return turned[:, ::-1] if orientation == 6 else turned[::-1] if orientation == 8 else turned
+    if orientation == 7:  # TRANSVERSE
+        return pixels[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 2:  # FLIP_LEFT_RIGHT
+        return pixels[:, ::-1]
+    if orientation == 3:  # ROTATE_180
+        return pixels[::-1, ::-1]
+    if orientation == 4:  # FLIP_TOP_BOTTOM
+        return pixels[::-1]
+    return pixels
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -345,12 +346,20 @@ def _resized_crop(img: Image.Image, spec: Preprocess) -> Image.Image:
     vertically first when the height shrinks more than twice as much as the width, and rounds
     between its two passes: where the box would change the order, the whole image is resized.
     """
-    width, height = img.size
-    new_width, new_height, left, top = crop_geometry(width, height, spec)
     resample = _FILTERS[spec.interpolation]
-    if _vertical_first(img.size, (new_width, new_height)) != _vertical_first(img.size, (spec.crop, spec.crop)):
+    box = _crop_box_if_same_order(img.size, spec)
+    if box is None:
+        new_width, new_height, left, top = crop_geometry(*img.size, spec)
         return img.resize((new_width, new_height), resample).crop((left, top, left + spec.crop, top + spec.crop))
-    return img.resize((spec.crop, spec.crop), resample, box=crop_box(width, height, spec))
+    return img.resize((spec.crop, spec.crop), resample, box=box)
+
+
+def _crop_box_if_same_order(size: tuple[int, int], spec: Preprocess) -> tuple[float, float, float, float] | None:
+    """crop_box, where resizing only the crop keeps Pillow's pass order of the whole resize; else None."""
+    new_width, new_height, _, _ = crop_geometry(*size, spec)
+    if _vertical_first(size, (new_width, new_height)) != _vertical_first(size, (spec.crop, spec.crop)):
+        return None
+    return crop_box(*size, spec)
 
 
 def crop_geometry(width: int, height: int, spec: Preprocess) -> tuple[int, int, int, int]:

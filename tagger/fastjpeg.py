@@ -66,19 +66,19 @@ class Scratch:
             self._buffer = None
 
 
-def decode_rgbx(data: bytes, width: int, height: int, scale: int, buffer: np.ndarray | None = None) -> np.ndarray | None:
-    """The JPEG's pixels at 1/scale (1, 2, 4 or 8, as Pillow's draft), RGBX, height x width x 4.
+def decode_rgbx(data: bytes, width: int, height: int, buffer: np.ndarray | None = None) -> np.ndarray | None:
+    """The JPEG's pixels at width x height, a size its DCT scaling gives (the full size, or Pillow's
+    draft size at 1/2, 1/4 or 1/8), RGBX, height x width x 4.
 
     With `buffer`, the pixels are a view of it. None when libjpeg-turbo reports anything (corrupt
     data, an unexpected size): the caller then decodes with Pillow, whose error message or
     tolerance is the one users already know.
     """
-    want_w, want_h = -(-width // scale), -(-height // scale)
     try:
-        pixels = simplejpeg.decode_jpeg(data, "RGBX", min_width=want_w, min_height=want_h, buffer=buffer, strict=True)
+        pixels = simplejpeg.decode_jpeg(data, "RGBX", min_width=width, min_height=height, buffer=buffer, strict=True)
     except (ValueError, TypeError, OSError):
         return None
-    return pixels if pixels.shape == (want_h, want_w, 4) else None
+    return pixels if pixels.shape == (height, width, 4) else None
 
 
 def resize_rgbx(

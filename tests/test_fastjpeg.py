@@ -16,10 +16,9 @@ from PIL import Image
 from tagger import decode, fastjpeg
 from tagger.cpu import cpu_info
 from tagger.errors import DecodeError
-from tagger.weights import Preprocess
+from tagger.weights import IMAGENET_PREPROCESS, LITE_PREPROCESS, Preprocess
 
-LITE0 = Preprocess(resize=256, crop=224, interpolation="bicubic", mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
-RESNET = Preprocess(resize=256, crop=224, interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+LITE0, RESNET = LITE_PREPROCESS, IMAGENET_PREPROCESS
 
 
 def test_the_fast_path_is_built() -> None:
