@@ -147,6 +147,12 @@ def refined_count(scan_output: str) -> int | None:
     return int(match.group(1)) if match else 0
 
 
+def checked_count(scan_output: str) -> int | None:
+    """How many of INT8's close calls the scan ran again in fp32, from its summary line."""
+    match = re.search(r"\((\d+) close calls of INT8 run again in fp32", scan_output)
+    return int(match.group(1)) if match else 0
+
+
 def child_naive(model: str, weights_dir: Path, folder: Path, prefix: str | None) -> None:
     """The baseline, printed as JSON {path: top-1 class id}."""
     import torch
@@ -248,7 +254,7 @@ def main() -> int:
             naive = [run_measured([*me, "--child-naive", model, str(weights_dir), str(library), *extra])
                      for _ in range(args.repeat)]
             n_sec, n_mb, reference = median([r[0] for r in naive]), max(r[1] for r in naive), json.loads(naive[0][2])
-            rows.append((model, "naive (reference)", len(files) / n_sec, 1.0, n_mb, 1.0, None, None))
+            rows.append((model, "naive (reference)", len(files) / n_sec, 1.0, n_mb, 1.0, None, None, None))
             default = write_config(work / "d.json", library, work / "d.sqlite", weights_dir, model, {})
             run_measured([*me, "--child-scan", str(write_config(work / "w.json", empty, work / "w.sqlite",
                                                                   weights_dir, model, {})), *extra])
@@ -280,7 +286,8 @@ def main() -> int:
                                          str(sum(m < t for m in margins.values())) for t in (0.01, 0.02, 0.03)))
                 answers[name] = ours
                 agree = sum(ours.get(p) == c for p, c in reference.items()) / len(reference)
-                rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec, refined_count(out)))
+                rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec, refined_count(out),
+                             checked_count(out) if "int8" in name else None))
             notes += int8_against_fp32(model, answers)
     from tagger.cpu import cpu_info, int8_scheme
     from tagger.fastjpeg import describe
@@ -290,13 +297,16 @@ def main() -> int:
           f"{os.cpu_count()} cores, CPU {cpu_info().describe()}, int8 scheme here: {int8_scheme()}, "
           f"JPEG path: {describe()}")
     print(f"{'model':19s} {'path':33s} {'images/s':>9s} {'ratio':>7s} {'peak MB':>8s} {'top-1 agree':>12s} "
-          f"{'start s':>8s} {'refined':>8s}")
-    for model, name, rate, ratio, mb, agree, start, refined in rows:
+          f"{'start s':>8s} {'refined':>8s} {'checked':>8s}")
+    for model, name, rate, ratio, mb, agree, start, refined, checked in rows:
         start_text = f"{start:8.2f}" if start is not None else f"{'':8s}"
         refined_text = f"{refined / len(files):7.1%}" if refined is not None else ""
-        print(f"{model:19s} {name:33s} {rate:9.2f} {ratio:6.2f}x {mb:8.0f} {agree:11.1%} {start_text} {refined_text:>8s}")
+        checked_text = f"{checked / len(files):7.1%}" if checked is not None else ""
+        print(f"{model:19s} {name:33s} {rate:9.2f} {ratio:6.2f}x {mb:8.0f} {agree:11.1%} {start_text} "
+              f"{refined_text:>8s} {checked_text:>8s}")
     print("start s: a whole `tagger scan` of an empty folder (process start, imports, model load)")
     print("refined: share of the photos decoded again in full because of a near tie")
+    print("checked: share of the photos INT8 found too close to call and ran again in fp32")
     speeds = {(m, n): r for m, n, r, *_ in rows}
     for model in args.models.split(","):
         plain, refined = speeds.get((model, "onnx-fp32 draft no-refine")), speeds.get((model, "onnx-fp32 draft+refine (default)"))
@@ -307,7 +317,7 @@ def main() -> int:
     for model, ceiling in ceilings:
         print(f"{model}: ceiling (no I/O, no index) draft decode alone {ceiling['decode']:.1f}/s, model alone "
               f"{ceiling['inference']:.1f}/s, both together {ceiling['both']:.1f}/s")
-        for _, name, rate, _, _, _, start, _ in (r for r in rows if r[0] == model and r[6] is not None):
+        for _, name, rate, _, _, _, start, _, _ in (r for r in rows if r[0] == model and r[6] is not None):
             # The ceiling has no process start: the scan's rate without its own start is the fair match.
             steady = len(files) / (len(files) / rate - start) if len(files) / rate > start else float("nan")
             print(f"  {name}: {rate / ceiling['both']:.0%} of it end to end, {steady / ceiling['both']:.0%} "

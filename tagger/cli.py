@@ -132,6 +132,7 @@ def scan(ctx: _Context, paths: tuple[Path, ...], scheduler: str | None, prune: b
                     tagger.scan(roots, on_progress, cancelled=lambda: bool(stopped), summary=summary, prune=prune)
                 finally:
                     tagger.close()
+                    summary.checked = classifier.checked  # this process's classifier: this scan's close calls
             backfill_after_scan(config, classifier, stopped)  # an index from before embeddings
         except DiskError:
             if summary.files:  # what was done before the disk filled up
@@ -165,7 +166,8 @@ def _print_summary(summary: ScanSummary, model: str, config: Config) -> None:
     rate = summary.classified / summary.seconds if summary.seconds else 0.0
     click.echo(
         f"{summary.files} images: {summary.classified} classified by {model}"
-        f"{f' ({summary.refined} near ties decoded again in full)' if summary.refined else ''}, "
+        f"{f' ({summary.refined} near ties decoded again in full)' if summary.refined else ''}"
+        f"{f' ({summary.checked} close calls of INT8 run again in fp32)' if summary.checked else ''}, "
         f"{summary.reused} from the index (same content), {summary.unchanged} unchanged, "
         f"{summary.failed} failed, {summary.removed} removed from the index; "
         f"{summary.seconds:.1f} s ({rate:.1f} images/s)"

@@ -60,6 +60,7 @@ class ScanSummary:
     removed: int = 0
     sidecar_errors: int = 0
     refined: int = 0  # near ties decoded fully and classified again
+    checked: int = 0  # INT8's close calls run again in fp32 (tagger.classify.CheckedNetwork; set by the CLI)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     by_worker: dict[str, int] = field(default_factory=dict)  # images classified on each cluster worker

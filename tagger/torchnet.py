@@ -18,7 +18,7 @@ import torch
 from tagger.classify import EXPORT_FORMAT, EXPORT_OUTPUTS, HEAD_SUFFIX
 from tagger.cpu import INT8_SCHEMES, cpu_info
 from tagger.errors import WeightsError
-from tagger.quantize import quantize_int8
+from tagger.quantize import check_margin, mirrored_calibration, quantize_int8
 from tagger.weights import MODELS, ModelSpec, WeightsFile, file_sha256
 
 
@@ -112,9 +112,10 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
                 opset_version=17,
                 dynamo=False,
             )
-        result = fp32
+        result, margin = fp32, None
         if precision.startswith("int8-"):
             result = quantize_int8(spec, fp32, Path(tmp), precision.removeprefix("int8-"))
+            margin = check_margin(fp32, result, mirrored_calibration(spec))
         head = Path(tmp) / "head.npz"
         weight, bias = network.classifier.weight.detach().numpy(), network.classifier.bias.detach().numpy()
         with head.open("wb") as fh:
@@ -123,6 +124,7 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
             "model": spec.name,
             "precision": precision,
             "bias_corrected": precision.startswith("int8-"),
+            "weights_rounded": "gptq" if precision.startswith("int8-") else None,
             "format": EXPORT_FORMAT,
             "outputs": list(EXPORT_OUTPUTS),
             "head_sha256": file_sha256(head),
@@ -131,6 +133,8 @@ def export_onnx(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str
             "onnx_sha256": file_sha256(result),
             "torch": torch.__version__,
         }
+        if margin is not None:
+            meta["check_margin"] = margin
         result.replace(out)
         head.replace(out.with_name(out.name + HEAD_SUFFIX))
         meta_tmp = Path(tmp) / "meta.json"

@@ -81,11 +81,11 @@ def variants(sample_paths: dict[str, Path]) -> list[Image.Image]:
 def test_int8_is_close_to_fp32_and_stays_opt_in(
     lite0_int8: Classifier, lite0: Classifier, sample_paths: dict[str, Path]
 ) -> None:
-    """INT8 stays opt-in: on the benchmark's distinct photos its top-1 matched fp32 on 94% (README).
+    """INT8 stays opt-in; its close calls are run again in fp32, so its top-1 is fp32's.
 
-    On these 18 images, bias-corrected, the u8s8 scheme (VNNI, ARM64) matched 17 and the 7-bit
-    u8s8r7 scheme (x86 without VNNI) 18 (18 and 16 uncorrected: too few photos to rank them);
-    saturating kernels matched 14-15.
+    On these 18 images the u8s8 scheme (VNNI, ARM64) without that check matched 17 and u8s8r7
+    (x86 without VNNI) 18; saturating kernels 14-15. With it, u8s8 matched 18 of 18, 5 of them
+    run again. On the benchmark's 206 distinct photos: 93% without, 100% with (README).
     """
     from tagger.config import DEFAULT_CONFIG, load_config
 
@@ -96,7 +96,8 @@ def test_int8_is_close_to_fp32_and_stays_opt_in(
     fast = [tags[0].class_id for tags in lite0_int8.tag_batch(batch, 1)]
     reference = [tags[0].class_id for tags in lite0.tag_batch(batch, 1)]
     agreement = sum(a == b for a, b in zip(fast, reference)) / len(reference)
-    assert agreement >= 0.85, f"int8 top-1 agreement {agreement:.1%} on {cpu_info().describe()}"
+    print(f"int8 top-1 = fp32 on {agreement:.1%} of {len(reference)}; {lite0_int8.checked} close calls run again in fp32")
+    assert agreement >= 17 / 18, f"int8 top-1 agreement {agreement:.1%} on {cpu_info().describe()}"
 
 
 def test_int8_kernels_compute_the_quantized_model_on_this_cpu(
@@ -253,13 +254,16 @@ def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: 
     shutil.copy(fp32, fake)
     shutil.copy(fp32.with_name(fp32.name + classify.HEAD_SUFFIX), fake.with_name(fake.name + classify.HEAD_SUFFIX))
     meta = json.loads(fp32.with_name(fp32.name + ".json").read_text())
-    meta["precision"] = f"int8-{other_scheme}"
+    meta["precision"], meta["check_margin"] = f"int8-{other_scheme}", 0.25
     tmp_meta = fake.with_name(fake.name + ".json")
     tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
     assert not classify._cached_export_is_current(fake, lite0.weights, "int8")
     meta["precision"] = f"int8-{int8_scheme()}"
     tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
     assert classify._cached_export_is_current(fake, lite0.weights, "int8")
+    del meta["check_margin"]  # an INT8 export without its close-call margin is made again
+    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
+    assert not classify._cached_export_is_current(fake, lite0.weights, "int8")
 
 
 
