@@ -35,7 +35,7 @@ class ModelConfig:
     min_score: float = 0.05
     batch_size: int = 2
     runtime: Runtime = "auto"  # auto (ONNX Runtime where installed), onnx or torch
-    precision: Precision = "fp32"  # fp32, or int8 (ONNX Runtime only; faster, but see README for its agreement)
+    precision: Precision = "fp32"  # fp32, or int8 (ONNX Runtime only; close calls again in fp32; see README)
 
 
 @dataclass(frozen=True)
