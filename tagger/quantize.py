@@ -255,7 +255,10 @@ def round_weights(prepared: Path, quantized: Path, batch: np.ndarray, reduce_ran
             scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float64)
             weight = numpy_helper.to_array(floats[by_name[node.name].input[1]]).astype(np.float64)
             rows = weight.reshape(len(weight), 1, -1) if energy.ndim == 3 else weight.reshape(len(weight), -1)
-            codes = gptq(rows, energy, scale, -high, high).reshape(old.shape).astype(old.dtype)
+            try:
+                codes = gptq(rows, energy, scale, -high, high).reshape(old.shape).astype(old.dtype)
+            except np.linalg.LinAlgError:  # not invertible even damped: this layer keeps nearest rounding
+                continue
             initializers[codes_name].CopyFrom(numpy_helper.from_array(codes, codes_name))
     onnx.save(model, str(quantized))
 

@@ -100,6 +100,13 @@ def test_int8_is_close_to_fp32_and_stays_opt_in(
     assert agreement >= 17 / 18, f"int8 top-1 agreement {agreement:.1%} on {cpu_info().describe()}"
 
 
+def test_an_int8_classifier_explains_with_fp32(lite0_int8: Classifier, lite0: Classifier, sample_paths: dict[str, Path]) -> None:
+    """A heatmap is looked at, not counted: INT8's classifier makes it with the fp32 model it keeps for close calls."""
+    batch = np.stack([preprocess(open_rgb(path, 10**9).image, lite0.spec.preprocess) for path in sample_paths.values()])
+    assert lite0_int8.with_map is not None and lite0.with_map is not None
+    np.testing.assert_allclose(lite0_int8.with_map(batch)[1], lite0.with_map(batch)[1], rtol=1e-5, atol=1e-5)
+
+
 def test_int8_kernels_compute_the_quantized_model_on_this_cpu(
     lite0_int8: Classifier, weights_dir: Path, sample_paths: dict[str, Path]
 ) -> None:
