@@ -88,9 +88,10 @@ def yield_to_model(step: int = HELPER_NICE_STEP) -> bool:
 
     A scan's model runs its layers split over every core and waits for the slowest part. When a
     decoder thread holds a core, that part waits for the scheduler, and the other core idles.
-    With the readers, decoders and the near-tie refiner below the model, the model's threads get
-    a core as soon as they wake, and the helpers fill every gap: measured on 206 camera photos,
-    8 runs each, 3.58 -> 3.27 s median without refinement, 3.80 -> 3.57 s with it. Relative, so a
+    With the readers and decoders below the model, the model's threads get a core as soon as they
+    wake, and the helpers fill every gap: measured on 206 camera photos, 8 runs each, 3.58 ->
+    3.27 s median without refinement, 3.80 -> 3.57 s with it (the near-tie refiner then niced
+    too; it no longer is, since the scan waits for that single thread). Relative, so a
     service already at Nice=10 keeps the same order; only raising the value, which needs no
     privilege. False where the platform cannot (the threads then share the CPU equally).
     """
