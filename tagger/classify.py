@@ -256,8 +256,11 @@ class CheckedNetwork:
         logits, features = self.fast(batch)
         best_two = np.partition(logits, -2, axis=1)[:, -2:].astype(np.float64)
         lead = best_two[:, 1] - best_two[:, 0]
-        best = 1 / np.exp(logits - best_two[:, 1:]).sum(axis=1, dtype=np.float64)  # INT8's top probability
-        close = np.flatnonzero((lead < self.margin) | (-best * np.expm1(self.margin - lead) < self.near_tie))
+        near = lead < self.margin
+        if self.near_tie > 0:  # a scan that refines: also the probability margins INT8 could misplace
+            best = 1 / np.exp(logits - best_two[:, 1:]).sum(axis=1, dtype=np.float64)  # INT8's top probability
+            near |= -best * np.expm1(self.margin - lead) < self.near_tie
+        close = np.flatnonzero(near)
         if close.size:
             logits, features = np.array(logits), np.array(features)
             logits[close], features[close] = self.exact(np.ascontiguousarray(batch[close]))

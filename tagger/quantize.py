@@ -247,7 +247,10 @@ def round_weights(prepared: Path, quantized: Path, batch: np.ndarray, reduce_ran
     dequantizers = {node.output[0]: node for node in model.graph.node if node.op_type == "DequantizeLinear"}
     layers = [node for node in model.graph.node
               if node.op_type in CORRECTED_OPS and node.input[1] in dequantizers and node.name in by_name]
-    high = 64 if reduce_range else 127  # ONNX Runtime's symmetric ranges: 7 bits (-64..64) or 8 (-127..127)
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+    # The range the quantizer itself used: symmetric, 7 bits (-64..64) or 8 (-127..127).
+    low, high = (int(v) for v in get_qmin_qmax_for_qType(onnx.TensorProto.INT8, reduce_range, symmetric=True))
     for group in _groups(layers, floats, by_name):
         for node, energy in zip(group, input_energies(reference, [by_name[node.name] for node in group], batch)):
             codes_name, scale_name = dequantizers[node.input[1]].input[:2]
@@ -256,7 +259,7 @@ def round_weights(prepared: Path, quantized: Path, batch: np.ndarray, reduce_ran
             weight = numpy_helper.to_array(floats[by_name[node.name].input[1]]).astype(np.float64)
             rows = weight.reshape(len(weight), 1, -1) if energy.ndim == 3 else weight.reshape(len(weight), -1)
             try:
-                codes = gptq(rows, energy, scale, -high, high).reshape(old.shape).astype(old.dtype)
+                codes = gptq(rows, energy, scale, low, high).reshape(old.shape).astype(old.dtype)
             except np.linalg.LinAlgError:  # not invertible even damped: this layer keeps nearest rounding
                 continue
             initializers[codes_name].CopyFrom(numpy_helper.from_array(codes, codes_name))
