@@ -22,7 +22,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 t
 
 COPY setup.cfg setup.py pyproject.toml README.md ./
 COPY tagger ./tagger
-# A C compiler for tagger's one extension (tagger/_resample.c: a photo's model input in half the
+# A C compiler for tagger's one extension (tagger/engine/_resample.c: a photo's model input in half the
 # time, the same pixels), removed again in the same layer.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -30,7 +30,7 @@ RUN apt-get update \
     && pip install ./[cluster] \
     && apt-get purge -y --auto-remove gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
-    && python -P -c "import tagger._resample" \
+    && python -P -c "import tagger.engine._resample" \
     && mkdir -p /opt/tagger/weights \
     && printf 'folders: [/photos]\nindex: /var/lib/tagger/tagger.sqlite\nweights_dir: /opt/tagger/weights\n' > /tmp/build.yaml \
     && mkdir -p /photos \

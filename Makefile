@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg setup.py pyproject.toml scripts/install.sh tagger/_resample.c
+$(STAMP): setup.cfg setup.py pyproject.toml scripts/install.sh tagger/engine/_resample.c
 	scripts/install.sh $(VENV)
 	touch $(STAMP)
 

@@ -40,8 +40,8 @@ BIN = Path(sys.executable).parent
 
 def stub_classify(job: Any) -> Any:
     """STUB: answers at once, the same tags for every image (defined here: Dask ships it by value)."""
-    from tagger.labels import Tag
-    from tagger.worker import Classified, JobResult
+    from tagger.engine.labels import Tag
+    from tagger.cluster.worker import Classified, JobResult
 
     tags = (Tag(967, "n07920052", "espresso", "意式浓缩咖啡", 0.9), Tag(968, "n07930864", "cup", "茶杯", 0.05))
     return JobResult("stub", tuple(Classified(4000, 3000, tags) for _ in job.blobs), 0)
@@ -80,9 +80,9 @@ def fresh(folder: Path) -> None:
 
 
 def payloads(config_path: Path, library: list[Path]) -> None:
-    from tagger.classify import Classifier
+    from tagger.engine.classify import Classifier
     from tagger.config import load_config
-    from tagger.decode import decode_array, draft_size
+    from tagger.engine.decode import decode_array, draft_size
 
     config = load_config(config_path)
     spec = Classifier.from_config(config).spec.preprocess
@@ -196,9 +196,9 @@ def main() -> None:
 def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> None:
     import dataclasses
 
-    from tagger.classify import Classifier
+    from tagger.engine.classify import Classifier
     from tagger.config import load_config
-    from tagger.pipeline import Tagger
+    from tagger.library.scan import Tagger
     from tagger.index import Index
 
     config = load_config(config_path)
@@ -244,10 +244,10 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
 def index_growth(count: int) -> None:
     import numpy as np
 
-    from tagger.keywords import keyword_rows
-    from tagger.labels import Tag, imagenet_classes
-    from tagger.rules import Rules
-    from tagger.sidecar import ImageFacts
+    from tagger.tags.keywords import keyword_rows
+    from tagger.engine.labels import Tag, imagenet_classes
+    from tagger.tags.rules import Rules
+    from tagger.library.jsonsidecar import ImageFacts
     from tagger.index import Index
 
     rng = np.random.default_rng(1)

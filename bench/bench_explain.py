@@ -48,9 +48,9 @@ def main() -> int:
 
     import onnx
 
-    from tagger import explain as cam
-    from tagger.classify import Classifier, onnx_cache_path, onnx_network
-    from tagger.decode import decode_bytes, draft_size, preprocess
+    from tagger.engine import explain as cam
+    from tagger.engine.classify import Classifier, onnx_cache_path, onnx_network
+    from tagger.engine.decode import decode_bytes, draft_size, preprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = Classifier.load("efficientnet-lite0", Path(tmp), runtime="onnx")

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from realsets import COPY_KINDS, make_set  # noqa: E402
 from sample_photos import distinct_views  # noqa: E402
 
-from tagger.classify import Classifier  # noqa: E402
-from tagger.decode import decode_array, draft_size  # noqa: E402
-from tagger.duplicates import image_hash, is_copy  # noqa: E402
-from tagger.learn import THRESHOLD, Model, train  # noqa: E402
+from tagger.engine.classify import Classifier  # noqa: E402
+from tagger.engine.decode import decode_array, draft_size  # noqa: E402
+from tagger.vectors.duplicates import image_hash, is_copy  # noqa: E402
+from tagger.vectors.learned import THRESHOLD, Model, train  # noqa: E402
 from tagger.index.vectors import quantise  # noqa: E402
 
 

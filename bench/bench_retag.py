@@ -36,9 +36,9 @@ from bench_web import build_index  # noqa: E402
 
 from tagger.config import Config, ModelConfig, SidecarConfig  # noqa: E402
 from tagger import retag  # noqa: E402
-from tagger.keywords import keyword_rows  # noqa: E402
-from tagger.retag import RetagSummary, Retagger  # noqa: E402
-from tagger.rules import DEFAULT_RULES  # noqa: E402
+from tagger.tags.keywords import keyword_rows  # noqa: E402
+from tagger.library.keywording import RetagSummary, Retagger  # noqa: E402
+from tagger.tags.rules import DEFAULT_RULES  # noqa: E402
 from tagger.index import Index  # noqa: E402
 
 EXTRA_RULES = {
@@ -53,7 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-by-one baseline (minutes)")
-    parser.add_argument("--bulk-share", type=float, help="override tagger.retag.BULK_SHARE (in place vs bulk)")
+    parser.add_argument("--bulk-share", type=float, help="override tagger.library.keywording.BULK_SHARE (in place vs bulk)")
     args = parser.parse_args()
     if args.bulk_share is not None:
         retag.BULK_SHARE = args.bulk_share

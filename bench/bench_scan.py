@@ -32,7 +32,7 @@ PATHS = {  # name -> config overrides of a `tagger scan` run
     "onnx-fp32 full-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": False}},
     "onnx-fp32 draft no-refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_margin": 0}},
     "onnx-fp32 draft+refine (default)": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
-    # The default as it was before tagger.fastjpeg: the same pixels, made by Pillow alone.
+    # The default as it was before tagger.engine.fastjpeg: the same pixels, made by Pillow alone.
     "default via Pillow alone (before)": {"model": {"runtime": "onnx"}, "decode": {"draft": True},
                                        "env": {"TAGGER_FASTJPEG": "0"}},
     "onnx-int8 draft no-refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_margin": 0}},
@@ -55,12 +55,12 @@ def child_ceiling(config_path: Path, folder: Path, prefix: str | None) -> None:
     import numpy as np
 
     if prefix:
-        from tagger.weights import MODELS
+        from tagger.engine.weights import MODELS
 
         MODELS["resnet18"] = dataclasses.replace(MODELS["resnet18"], sha256_prefix=prefix)
-    from tagger.classify import Classifier
+    from tagger.engine.classify import Classifier
     from tagger.config import load_config
-    from tagger.decode import decode_array, draft_size
+    from tagger.engine.decode import decode_array, draft_size
 
     config = load_config(config_path)
     classifier = Classifier.from_config(config)
@@ -99,7 +99,7 @@ def trust_resnet(weights_dir: Path) -> str:
     import torch
     from torchvision.models import resnet18
 
-    from tagger.weights import file_sha256
+    from tagger.engine.weights import file_sha256
 
     path = weights_dir / "resnet18-f37072fd.pth"
     if not path.exists():
@@ -133,7 +133,7 @@ def report_peak_memory() -> None:
 def child_scan(config: Path, prefix: str | None) -> None:
     """`tagger scan` in this process, trusting the bench's random ResNet-18 when asked."""
     if prefix:
-        from tagger.weights import MODELS
+        from tagger.engine.weights import MODELS
 
         MODELS["resnet18"] = dataclasses.replace(MODELS["resnet18"], sha256_prefix=prefix)
     from tagger.cli import cli
@@ -159,8 +159,8 @@ def child_naive(model: str, weights_dir: Path, folder: Path, prefix: str | None)
     from PIL import Image
     from torchvision import transforms
 
-    from tagger.torchnet import load_network
-    from tagger.weights import MODELS, find_weights
+    from tagger.engine.torchnet import load_network
+    from tagger.engine.weights import MODELS, find_weights
 
     spec = MODELS[model]
     if prefix:
@@ -290,7 +290,7 @@ def main() -> int:
                              checked_count(out) if "int8" in name else None))
             notes += int8_against_fp32(model, answers)
     from tagger.cpu import cpu_info, int8_scheme
-    from tagger.fastjpeg import describe
+    from tagger.engine.fastjpeg import describe
 
     print(f"\n{len(files)} photos ({args.count} distinct views at {width}x{height} + 6 originals), "
           f"median of {args.repeat} run(s) per path, "

@@ -57,8 +57,8 @@ def scan_cost(tmp: Path) -> None:
     import onnxruntime  # noqa: F401
     import torch
 
-    from tagger.torchnet import load_network, load_with_features
-    from tagger.weights import MODELS, find_weights
+    from tagger.engine.torchnet import load_network, load_with_features
+    from tagger.engine.weights import MODELS, find_weights
 
     spec = MODELS["efficientnet-lite0"]
     weights = find_weights(spec, tmp)
@@ -99,7 +99,7 @@ import re, sys, time
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, sys.argv[3])
-from tagger.similar import VectorMatrix
+from tagger.vectors.similar import VectorMatrix
 
 def status(key):
     return int(re.search(key + r":\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) // 1024
@@ -125,7 +125,7 @@ print(f"{name}: median {1000 * sorted(times)[4]:.0f} ms, first {1000 * times[0]:
 def similar(images: int, hnsw_sample: int, tmp: Path) -> None:
     from usearch.index import Index, search
 
-    from tagger.similar import VectorMatrix, mean_and_codes
+    from tagger.vectors.similar import VectorMatrix, mean_and_codes
 
     path = tmp / "matrix.i8"
     matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.int8, shape=(images, DIMS))
@@ -204,9 +204,9 @@ def similar(images: int, hnsw_sample: int, tmp: Path) -> None:
 
 
 def learned_and_duplicates(tmp: Path) -> None:
-    from tagger.duplicates import copy_pairs
-    from tagger.learn import score_library, train
-    from tagger.similar import VectorMatrix
+    from tagger.vectors.duplicates import copy_pairs
+    from tagger.vectors.learned import score_library, train
+    from tagger.vectors.similar import VectorMatrix
 
     library = clustered(100_000, 99).astype(np.float32)
     library /= np.linalg.norm(library, axis=1, keepdims=True)
@@ -242,7 +242,7 @@ def add_embeddings(store: TaggerIndex, shas: list[str], vectors: np.ndarray) -> 
 
 def cache(tmp: Path) -> None:
     from tagger.index import Index
-    from tagger.similar import VectorMatrix
+    from tagger.vectors.similar import VectorMatrix
 
     index = tmp / "index.sqlite"
     with Index.open(index) as store:

@@ -40,7 +40,7 @@ ARM64_DEBS = [
     "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libsqlite3-0", "libstdc++6", "libgcc-s1", "libuuid1",
     "libncursesw6", "libtinfo6", "libreadline8", "libcrypt1", "libdb5.3", "libgdbm6", "libnsl2", "libtirpc3",
     "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3", "libkrb5support0", "libcom-err2", "libkeyutils1",
-    "libpython3.11-dev",  # headers, to cross-build tagger._resample for ARM64
+    "libpython3.11-dev",  # headers, to cross-build tagger.engine._resample for ARM64
 ]
 
 
@@ -49,13 +49,13 @@ def child(out: Path, photos: list[Path], models: list[Path], unfused: bool) -> N
     sys.path.insert(0, str(ROOT))
     import onnxruntime as ort
 
-    from tagger.decode import decode_array, draft_size
-    from tagger.weights import MODELS
+    from tagger.engine.decode import decode_array, draft_size
+    from tagger.engine.weights import MODELS
 
     spec = MODELS[MODEL].preprocess
     draft = np.stack([decode_array(p.read_bytes(), 10**9, spec, draft_size(spec, True)).array for p in photos])
     full = np.stack([decode_array(p.read_bytes(), 10**9, spec, None).array for p in photos[:FULL_DECODES]])
-    from tagger.fastjpeg import describe
+    from tagger.engine.fastjpeg import describe
 
     results = {"draft": draft, "full": full, "jpeg_path": np.array(describe())}
     for model in models:
@@ -103,7 +103,7 @@ def setup_arm64(root: Path) -> None:
 
 
 def build_resample_arm64(root: Path) -> None:
-    """tagger._resample for ARM64 (NEON), beside the x86 one in tagger/, with Debian's cross compiler
+    """tagger.engine._resample for ARM64 (NEON), beside the x86 one in tagger/, with Debian's cross compiler
     (gcc-aarch64-linux-gnu); without it, the ARM64 runs decode with Pillow alone and say so."""
     include = root / "sysroot" / "usr" / "include"
     out = ROOT / "tagger" / "_resample.cpython-311-aarch64-linux-gnu.so"
@@ -112,7 +112,7 @@ def build_resample_arm64(root: Path) -> None:
     try:
         subprocess.run(command, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"tagger._resample not built for ARM64 ({exc}): its runs use Pillow alone")
+        print(f"tagger.engine._resample not built for ARM64 ({exc}): its runs use Pillow alone")
 
 
 def emulated_runs(arm64: Path | None, work: Path) -> dict[str, list[str]]:
@@ -135,8 +135,8 @@ def export_models(work: Path) -> list[Path]:
     sys.path.insert(0, str(ROOT))
     import shutil
 
-    from tagger.classify import Classifier, onnx_cache_path
-    from tagger.quantize import quantize_int8
+    from tagger.engine.classify import Classifier, onnx_cache_path
+    from tagger.engine.quantize import quantize_int8
 
     weights_dir = work / "weights"
     classifier = Classifier.load(MODEL, weights_dir, runtime="onnx")

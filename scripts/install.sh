@@ -26,8 +26,8 @@ fi
 # An editable install leaves the package uncompiled; where PYTHONDONTWRITEBYTECODE is set (containers,
 # CI), every command then compiled it again: 90 ms of a 0.5 s start.
 "$PY" -m compileall -q tagger
-if ! "$PY" -P -c "import tagger._resample" 2>/dev/null; then
-    echo "install: tagger._resample was not built (no C compiler?); JPEGs go through Pillow alone: the same tags, slower" >&2
+if ! "$PY" -P -c "import tagger.engine._resample" 2>/dev/null; then
+    echo "install: tagger.engine._resample was not built (no C compiler?); JPEGs go through Pillow alone: the same tags, slower" >&2
 fi
 if ! "$VENV/bin/tagger" -q weights fetch resnet18 --if-missing --timeout 5 >/dev/null 2>&1; then
     echo "install: ResNet-18 weights not reachable (offline?); tagger uses EfficientNet-Lite0 until weights/resnet18-f37072fd.pth is there (tagger weights fetch resnet18)" >&2

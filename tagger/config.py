@@ -15,10 +15,10 @@ from typing import Any, Literal, get_args
 
 from tagger.errors import ConfigError
 from tagger.fileio import DEFAULT_MAX_FILE_MB, MB
-from tagger.rules import Rules
-from tagger.weights import MODELS
+from tagger.tags.rules import Rules
+from tagger.engine.weights import MODELS
 from tagger.yamlfile import read_yaml
-from tagger.xmp import XmpStyle
+from tagger.library.xmp import XmpStyle
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
 MODEL_NAMES = tuple(MODELS)

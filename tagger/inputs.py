@@ -4,7 +4,7 @@ Python's own conversions are generous: `str.isdigit()` takes '²', `int()` takes
 Arabic-Indic digits, `float()` takes 'nan', '1e3' and 'infinity'. What is accepted here and
 fails later is a crash, so each kind of value is read in one place, by what the rest of
 tagger can use, and a refusal names the parameter. Dates live with the query language
-(tagger.querylang), cursors with the viewer's pages (tagger.web.query); both check their
+(tagger.tags.querylang), cursors with the viewer's pages (tagger.web.query); both check their
 numbers here.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from sample_photos import distinct_views, sample_sources, write_samples  # noqa: E402
 
-from tagger.classify import Classifier  # noqa: E402
+from tagger.engine.classify import Classifier  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tagger.classify import Classifier
+from tagger.engine.classify import Classifier
 
 from test_web import scanned_config
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tagger.classify import Classifier
-from tagger.decode import open_rgb, preprocess
-from tagger.labels import imagenet_classes
+from tagger.engine.classify import Classifier
+from tagger.engine.decode import open_rgb, preprocess
+from tagger.engine.labels import imagenet_classes
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tagger.classify import Classifier
+from tagger.engine.classify import Classifier
 from tagger.config import ClusterConfig, load_config
 from tagger.errors import ConfigError
-from tagger.pipeline import ScanSummary, Tagger
+from tagger.library.scan import ScanSummary, Tagger
 from tagger.index import Index
 
 BIN = Path(sys.executable).parent
@@ -213,9 +213,9 @@ def test_without_a_cluster_dask_is_never_imported(tmp_path: Path, sample_jpegs: 
     config = worker_config(tmp_path, weights_dir)
     config.write_text(config.read_text().replace("folders: []", f"folders: [{lib}]"))
     code = (
-        "import sys\nfrom tagger.cli import cli\nimport tagger.daemon\n"
+        "import sys\nfrom tagger.cli import cli\nimport tagger.daemon.service\n"
         "try:\n    cli(['--config', sys.argv[1], 'scan'], prog_name='tagger')\nexcept SystemExit as e:\n    assert not e.code\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed') or m in ('tagger.cluster', 'tagger.worker'))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed') or m in ('tagger.cluster.coordinator', 'tagger.cluster.worker'))\n"
         "print('dask modules:', loaded, file=sys.stderr)\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=WAIT)
@@ -269,7 +269,7 @@ def test_unreachable_scheduler_means_classified_here_with_one_warning(
     with caplog.at_level(logging.WARNING, logger="tagger"):
         summary = scan(config, lite0)
     assert summary.classified == summary.classified_here == len(sample_jpegs) and summary.by_worker == {}
-    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("tagger.cluster")]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("tagger.cluster.coordinator")]
     assert len(warnings) == 1 and "cannot reach the scheduler" in warnings[0], warnings
 
 
@@ -401,7 +401,7 @@ def test_the_daemon_tags_on_the_cluster_at_start_and_live(
     import json
     import threading
 
-    from tagger.daemon import Daemon, status_path
+    from tagger.daemon.service import Daemon, status_path
 
     lib = make_library(tmp_path / "library", sample_jpegs, 1, salt=2)
     watch = {"stable_seconds": 0.3, "delete_grace_seconds": 0.5, "poll_interval": 0.5, "open_timeout": 10}
@@ -430,8 +430,8 @@ def test_a_worker_with_other_weights_refuses_with_a_clear_message(
     lite0: Classifier, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Last on this cluster: both of its workers leave. A coordinator with other weights meets them."""
-    from tagger.cluster import Cluster, JobSettings
-    from tagger.worker import EXIT_REFUSED, ModelIdentity
+    from tagger.cluster.coordinator import Cluster, JobSettings
+    from tagger.cluster.worker import EXIT_REFUSED, ModelIdentity
 
     other = ModelIdentity("efficientnet-lite0", "0" * 64, "fp32")
     link: Cluster[int] = Cluster(ClusterConfig(scheduler=cluster.address), JobSettings(other, 5, 10**8, True, 0.01))

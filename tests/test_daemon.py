@@ -25,8 +25,8 @@ import yaml
 from PIL import Image
 
 from tagger.config import load_config
-from tagger.daemon import Daemon
-from tagger.sidecar import sidecar_path
+from tagger.daemon.service import Daemon
+from tagger.library.jsonsidecar import sidecar_path
 
 from conftest import CountingClassifier
 
@@ -291,8 +291,8 @@ def test_watch_limit_falls_back_to_polling(
 def test_inotify_overflow_turns_into_a_reconcile(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The kernel dropped events: watchdog says so only in its log; we reconcile and say how to fix it."""
     from tagger.config import WatchConfig
-    from tagger.watch import Watcher
-    from tagger.workqueue import WorkQueue
+    from tagger.daemon.watch import Watcher
+    from tagger.daemon.workqueue import WorkQueue
 
     queue = WorkQueue(0.3, 10, 0.5, 1000)
     watcher = Watcher(queue, WatchConfig(mode="inotify"))
@@ -311,8 +311,8 @@ def test_inotify_overflow_turns_into_a_reconcile(tmp_path: Path, caplog: pytest.
 
 def test_a_dead_polling_thread_is_restarted(tmp_path: Path, sample_jpegs: list[Path]) -> None:
     from tagger.config import WatchConfig
-    from tagger.watch import Watcher
-    from tagger.workqueue import WorkQueue
+    from tagger.daemon.watch import Watcher
+    from tagger.daemon.workqueue import WorkQueue
 
     queue = WorkQueue(0.3, 10, 0.5, 1000)
     watcher = Watcher(queue, WatchConfig(mode="polling", poll_interval=0.2))
@@ -456,7 +456,7 @@ def test_a_busy_index_makes_the_daemon_wait_not_fail(
     other = sqlite3.connect(r.index, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        with caplog.at_level(logging.WARNING, logger="tagger.daemon"):
+        with caplog.at_level(logging.WARNING, logger="tagger.daemon.service"):
             shutil.copy(sample_jpegs[0], r.library / "while-busy.jpg")
             wait_until(lambda: "the index is busy" in caplog.text, timeout=30)
         assert r.thread.is_alive() and str(r.library / "while-busy.jpg") not in indexed(r.index)

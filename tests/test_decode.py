@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from tagger.config import DecodeConfig
-from tagger.decode import (
+from tagger.engine.decode import (
     HEIF_SUPPORTED,
     DecodedImage,
     decode_bytes,
@@ -26,7 +26,7 @@ from tagger.decode import (
 )
 from tagger.errors import DecodeError
 from tagger.fileio import is_image_name
-from tagger.weights import IMAGENET_PREPROCESS, LITE_PREPROCESS, Preprocess
+from tagger.engine.weights import IMAGENET_PREPROCESS, LITE_PREPROCESS, Preprocess
 
 LIMIT = 100_000_000
 RED, GREEN, BLUE, YELLOW, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 255, 255)
@@ -138,7 +138,7 @@ def test_each_format_decodes_to_rgb_of_right_size_and_colours(
 
 def heic_encoder_or_skip() -> None:
     """HEIC needs libheif's HEVC encoder to write the test file; decoding needs only the decoder."""
-    assert HEIF_SUPPORTED, "pillow_heif is installed but tagger.decode did not register it"
+    assert HEIF_SUPPORTED, "pillow_heif is installed but tagger.engine.decode did not register it"
     if not pillow_heif.libheif_info().get("HEIF"):
         pytest.skip(f"pillow_heif {pillow_heif.__version__} was built without a HEVC encoder: cannot write a .heic")
 

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tagger import explain as cam
-from tagger.classify import EXPORT_FORMAT, Classifier, _cached_export_is_current, onnx_cache_path
+from tagger.engine import explain as cam
+from tagger.engine.classify import EXPORT_FORMAT, Classifier, _cached_export_is_current, onnx_cache_path
 from tagger.cli import cli
-from tagger.decode import preprocess
-from tagger.weights import LITE_PREPROCESS
+from tagger.engine.decode import preprocess
+from tagger.engine.weights import LITE_PREPROCESS
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -89,7 +89,7 @@ def test_a_learned_tags_weights_give_its_map(lite0: Classifier, sample_paths: di
     espresso = cam.explain(lite0, photo, "espresso")
     assert learned.class_id is None and learned.as_dict()["label"] == "my espresso"
     np.testing.assert_allclose(learned.heat(48, 32), espresso.heat(48, 32), atol=1e-6)
-    stored = cam.explain_learned(view, "mine", learned_weights, -1.0)  # as tagger.learn scores it
+    stored = cam.explain_learned(view, "mine", learned_weights, -1.0)  # as tagger.vectors.learned scores it
     unit = view.pooled / np.linalg.norm(view.pooled)
     assert stored.label == "learned/mine" and stored.score == pytest.approx(1 / (1 + np.exp(1.0 - unit @ learned_weights)))
     with pytest.raises(cam.ExplainError, match="has 3 weights"):
@@ -161,7 +161,7 @@ def test_agrees_with_grad_cam(lite0: Classifier, lite0_torch: Classifier, sample
     the correlation with tagger's map (ONNX Runtime) over the 224 x 224 crop is reported and must be high."""
     import torch
 
-    from tagger.torchnet import load_with_features
+    from tagger.engine.torchnet import load_with_features
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -261,7 +261,7 @@ def test_feature_outputs_leave_the_logits_unchanged(name: str, channels: int) ->
     """Both architectures (untrained weights: ResNet-18's real file is not needed for this)."""
     import torch
 
-    from tagger.torchnet import WithFeatures, build_network
+    from tagger.engine.torchnet import WithFeatures, build_network
 
     torch.manual_seed(0)
     network = build_network(name).eval()

@@ -1,4 +1,4 @@
-"""The fast JPEG path (tagger.fastjpeg) gives the model exactly Pillow's pixels, or steps aside.
+"""The fast JPEG path (tagger.engine.fastjpeg) gives the model exactly Pillow's pixels, or steps aside.
 
 Near ties flip on one 8-bit step, so "close" is not enough: every comparison here is bit for bit,
 against Pillow doing the same work, on random images, real photos and JPEG variants.
@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagger import decode, fastjpeg
+from tagger.engine import decode
+
+from tagger.engine import fastjpeg
 from tagger.cpu import cpu_info
 from tagger.errors import DecodeError
-from tagger.weights import IMAGENET_PREPROCESS, LITE_PREPROCESS, Preprocess
+from tagger.engine.weights import IMAGENET_PREPROCESS, LITE_PREPROCESS, Preprocess
 
 LITE0, RESNET = LITE_PREPROCESS, IMAGENET_PREPROCESS
 
 
 def test_the_fast_path_is_built() -> None:
     """CI installs with a C compiler: the extension and simplejpeg must be there, not silently absent."""
-    import tagger._resample as resample
+    import tagger.engine._resample as resample
 
     assert fastjpeg.AVAILABLE
     print(f"CPU seen: {cpu_info().describe()}; resize SIMD path: {resample.simd()}")
@@ -31,7 +33,7 @@ def test_the_fast_path_is_built() -> None:
 
 @pytest.mark.parametrize("simd", [0, -1], ids=["plain-c", "simd-if-any"])
 def test_resize_is_pillows_bit_for_bit(simd: int) -> None:
-    import tagger._resample as resample
+    import tagger.engine._resample as resample
 
     rng = np.random.default_rng(7)
     compared = 0
@@ -39,7 +41,7 @@ def test_resize_is_pillows_bit_for_bit(simd: int) -> None:
         w, h = int(rng.integers(1, 300)), int(rng.integers(1, 300))
         ow, oh = int(rng.integers(1, 260)), int(rng.integers(1, 260))
         if decode._vertical_first((w, h), (ow, oh)):
-            continue  # Pillow's other pass order: tagger.decode never sends these here
+            continue  # Pillow's other pass order: tagger.engine.decode never sends these here
         x0, y0 = float(rng.uniform(0, w / 2)), float(rng.uniform(0, h / 2))
         box = (x0, y0, float(rng.uniform(x0 + 0.01, w)), float(rng.uniform(y0 + 0.01, h)))
         if rng.random() < 0.25:
@@ -58,7 +60,7 @@ def test_resize_is_pillows_bit_for_bit(simd: int) -> None:
 
 
 def test_resize_refuses_bad_arguments() -> None:
-    import tagger._resample as resample
+    import tagger.engine._resample as resample
 
     pixels = np.zeros((4, 4, 4), np.uint8)
     for args in [(pixels, 4, 5, (0, 0, 4, 4), 2, 2, 1), (pixels, 4, 4, (0, 0, 5, 4), 2, 2, 1),

@@ -24,14 +24,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tagger import daemon as daemon_module
+from tagger.daemon import service as daemon_module
 from tagger import fileio as fileio_module
-from tagger.classify import Classifier
+from tagger.engine.classify import Classifier
 from tagger.cli import cli
 from tagger.config import load_config
 from tagger.errors import ConfigError
-from tagger.indexlock import index_lock
-from tagger.sidecar import sidecar_path
+from tagger.library.lock import index_lock
+from tagger.library.jsonsidecar import sidecar_path
 from tagger.index import Index
 from tagger.web import create_app
 
@@ -254,8 +254,8 @@ def test_a_chain_of_1100_nested_folders_is_scanned_and_watched(
 ) -> None:
     """Python 3.11's os.walk recursed once per level: RecursionError in the scan and in watchdog."""
     from tagger.config import WatchConfig
-    from tagger.watch import Watcher
-    from tagger.workqueue import WorkQueue
+    from tagger.daemon.watch import Watcher
+    from tagger.daemon.workqueue import WorkQueue
 
     lib = tmp_path / "library"
     chain = [lib]
@@ -495,7 +495,7 @@ def test_a_daemon_started_on_a_really_full_disk_waits_for_space(
     filler = fill(tiny_disk)
     d = daemon_module.Daemon(config, None, classifier=counting)  # type: ignore[arg-type]
     thread = daemon_module.threading.Thread(target=d.run, name="tagger-daemon")
-    with caplog.at_level(logging.ERROR, logger="tagger.daemon"):
+    with caplog.at_level(logging.ERROR, logger="tagger.daemon.service"):
         thread.start()
         try:
             wait_until(lambda: "is full" in caplog.text)
@@ -542,7 +542,7 @@ def test_the_daemon_waits_out_a_full_disk_and_goes_on(
     full = [True]
     _disk_full_on_save(monkeypatch, full)
     r = start_daemon()
-    with caplog.at_level(logging.ERROR, logger="tagger.daemon"):
+    with caplog.at_level(logging.ERROR, logger="tagger.daemon.service"):
         shutil.copy(photo, r.library / "a.jpg")
         wait_until(lambda: "is full" in caplog.text)
     assert caplog.text.count("is full") == 1  # said once, then retried quietly
@@ -592,7 +592,7 @@ def test_a_daemon_waits_for_a_running_scan(
 ) -> None:
     config = load_config(write_config())
     d = daemon_module.Daemon(config, None, classifier=counting)  # type: ignore[arg-type]
-    with caplog.at_level(logging.WARNING, logger="tagger.indexlock"):
+    with caplog.at_level(logging.WARNING, logger="tagger.library.lock"):
         with index_lock(config.index, "scan"):
             thread = daemon_module.threading.Thread(target=d.run, name="tagger-daemon")
             thread.start()
@@ -681,7 +681,7 @@ def test_config_mistakes_are_one_line_naming_the_file(tmp_path: Path, text: str,
 
 def test_yaml_nested_past_pythons_recursion_limit_is_a_config_error(tmp_path: Path) -> None:
     """400 brackets are within libyaml's limit, but its constructor recursed past Python's default
-    1000 frames: a RecursionError escaped. (tagger.watch raises the limit for watchdog, so it is
+    1000 frames: a RecursionError escaped. (tagger.daemon.watch raises the limit for watchdog, so it is
     set back to the default here.)"""
     path = tmp_path / "deep.yaml"
     path.write_text("model: " + "[" * 400 + "]" * 400 + "\n")

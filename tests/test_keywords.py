@@ -20,16 +20,16 @@ from flask.testing import FlaskClient
 
 from tagger.cli import cli
 from tagger.config import Config, ModelConfig, SidecarConfig, load_config
-from tagger.keywords import keyword_rows
-from tagger.retag import Retagger
-from tagger.sidecars import SidecarWriter
-from tagger.labels import Tag, imagenet_classes
-from tagger.pipeline import Tagger
-from tagger.sidecar import ImageFacts, read_sidecar
+from tagger.tags.keywords import keyword_rows
+from tagger.library.keywording import Retagger
+from tagger.library.sidecars import SidecarWriter
+from tagger.engine.labels import Tag, imagenet_classes
+from tagger.library.scan import Tagger
+from tagger.library.jsonsidecar import ImageFacts, read_sidecar
 from tagger.index import MIGRATIONS, Index
-from tagger.terms import KeywordRow, Search
-from tagger.watch import is_candidate
-from tagger.xmp import read_keywords
+from tagger.tags.terms import KeywordRow, Search
+from tagger.daemon.watch import is_candidate
+from tagger.library.xmp import read_keywords
 
 from conftest import CountingClassifier
 from test_scan import scan
@@ -412,7 +412,7 @@ def test_retag_after_any_change_equals_tagging_from_scratch(
 ) -> None:
     """Whatever the path (bulk SQL or content by content, only the touched contents), the
     stored keywords and search terms are what the rules make of the raw tags from scratch."""
-    monkeypatch.setattr("tagger.retag.BULK_SHARE", bulk_share)
+    monkeypatch.setattr("tagger.library.keywording.BULK_SHARE", bulk_share)
     rng = random.Random(7)
     classes = imagenet_classes()
     pool = [281, 282, 283, 284, 285, 151, 162, 207, 208, 967, 504, 817]  # cats, dogs, espresso, cup, car
@@ -447,7 +447,7 @@ def test_retag_after_any_change_equals_tagging_from_scratch(
 
 
 def test_retag_looks_only_at_contents_a_changed_rule_touches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tagger.retag.BULK_SHARE", 0.5)  # a quarter of this small index is "few"
+    monkeypatch.setattr("tagger.library.keywording.BULK_SHARE", 0.5)  # a quarter of this small index is "few"
     classes = imagenet_classes()
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text("rules: [{class: tabby, threshold: 0.3}]\n", encoding="utf-8")

@@ -25,7 +25,7 @@ def test_migrations_are_numbered_in_order_and_named() -> None:
 
 
 def test_keywords_rules_and_query_language_do_not_import_the_index() -> None:
-    for name in ("terms.py", "keywords.py", "querylang.py", "rules.py"):
+    for name in ("tags/terms.py", "tags/keywords.py", "tags/querylang.py", "tags/rules.py"):
         tree = ast.parse((PACKAGE / name).read_text(encoding="utf-8"))
         imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in imported if m.startswith(("tagger.index", "sqlite3"))], name

@@ -143,7 +143,7 @@ def test_a_threshold_alone_needs_an_existing_tag(taught: Path) -> None:
 def test_new_images_and_cross_validation_use_the_tags_threshold(views_library: Path, taught: Path) -> None:
     from tagger.index import Index
     from tagger.index.vectors import VectorRows
-    from tagger.learn import LearnedModels, cross_validated_precision
+    from tagger.vectors.learned import LearnedModels, cross_validated_precision
 
     other_cat = str(cat_views(views_library)[1])
     score = match_scores(taught)[other_cat]

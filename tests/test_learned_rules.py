@@ -18,11 +18,11 @@ from PIL import Image
 
 from tagger.cli import cli
 from tagger.errors import ConfigError
-from tagger.keywords import keyword_rows
-from tagger.labels import Tag, imagenet_classes
-from tagger.rules import Rules
-from tagger.searchterms import search_terms
-from tagger.terms import Correction, KeywordRow
+from tagger.tags.keywords import keyword_rows
+from tagger.engine.labels import Tag, imagenet_classes
+from tagger.tags.rules import Rules
+from tagger.tags.searchterms import search_terms
+from tagger.tags.terms import Correction, KeywordRow
 
 
 CATEGORIES = "categories: {animal: 动物, pet: 宠物}\n"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagger.classify import CheckedNetwork, Classifier, onnx_cache_path
+from tagger.engine.classify import CheckedNetwork, Classifier, onnx_cache_path
 from tagger.cpu import cpu_info, int8_scheme
-from tagger.decode import open_rgb, preprocess
-from tagger.quantize import calibration_batches, correct_biases, gptq, quantize_int8, round_weights
+from tagger.engine.decode import open_rgb, preprocess
+from tagger.engine.quantize import calibration_batches, correct_biases, gptq, quantize_int8, round_weights
 
 
 def held_out(views: list[Path]) -> list[Path]:

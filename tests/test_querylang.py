@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tagger.querylang import Query, QueryError, TimeRange, parse
+from tagger.tags.querylang import Query, QueryError, TimeRange, parse
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from tagger.errors import ConfigError
-from tagger.keywords import changed_bands, class_keywords
-from tagger.labels import Tag, imagenet_classes
-from tagger.rules import DEFAULT_RULES, Keyword, Rules, wordnet
-from tagger.terms import ClassKeyword
+from tagger.tags.keywords import changed_bands, class_keywords
+from tagger.engine.labels import Tag, imagenet_classes
+from tagger.tags.rules import DEFAULT_RULES, Keyword, Rules, wordnet
+from tagger.tags.terms import ClassKeyword
 
 ROOT = Path(__file__).resolve().parent.parent
 DOGS = range(151, 269)

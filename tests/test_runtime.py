@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagger.classify import Classifier, onnx_cache_path
+from tagger.engine.classify import Classifier, onnx_cache_path
 from tagger.cpu import cpu_info, int8_scheme
-from tagger.decode import decode_bytes, open_rgb, preprocess
+from tagger.engine.decode import decode_bytes, open_rgb, preprocess
 
 
 def photo_arrays(classifier: Classifier, paths: list[Path]) -> np.ndarray:
@@ -137,7 +137,7 @@ def test_draft_decoding_agrees_with_full_decoding(lite0: Classifier, sample_path
     """Every test photo as shipped, and real-size JPEGs of each, keep the full decode's top-1."""
     import io
 
-    from tagger.decode import draft_size
+    from tagger.engine.decode import draft_size
 
     limit = draft_size(lite0.spec.preprocess, True)
     assert limit is not None
@@ -194,10 +194,10 @@ def test_near_ties_are_decoded_again_in_full(
     scan without draft decoding stores, image for image; at 0 nothing is decoded twice; and a
     model unsure of everything gets at most a tenth of the photos (and one) decoded twice.
     """
-    from tagger import pipeline
+    from tagger.library import scan as pipeline
 
     from tagger.config import load_config
-    from tagger.pipeline import Tagger
+    from tagger.library.scan import Tagger
     from tagger.index import Index
 
     library = tmp_path / "lib"
@@ -239,7 +239,7 @@ def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: 
     import json
     import shutil
 
-    from tagger import classify
+    from tagger.engine import classify
     from tagger.cpu import CpuInfo
 
     print(f"CPU seen: {cpu_info().describe()}; int8 scheme: {int8_scheme()}")
@@ -281,7 +281,7 @@ def test_the_optimised_model_is_made_once_for_this_cpu_and_gives_the_same_logits
     named for this CPU's vector width, re-made when tampered with, and never required."""
     import onnxruntime as ort
 
-    from tagger.classify import onnx_network, optimised_model
+    from tagger.engine.classify import onnx_network, optimised_model
 
     path = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "fp32")
     made = optimised_model(path)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tagger.config import load_config
-from tagger.pipeline import ScanSummary, Tagger
-from tagger.sidecar import read_sidecar, sidecar_path
+from tagger.library.scan import ScanSummary, Tagger
+from tagger.library.jsonsidecar import read_sidecar, sidecar_path
 from tagger.index import MIGRATIONS, Index
 
 from conftest import CountingClassifier
@@ -45,7 +45,7 @@ def test_scan_skips_the_folders_the_watcher_skips(
 ) -> None:
     """Bug: `tagger scan` tagged NAS recycle bins, snapshots and lost+found, which the watcher ignores."""
     from tagger.fileio import SKIPPED_FOLDERS
-    from tagger.watch import is_candidate
+    from tagger.daemon.watch import is_candidate
 
     library = tmp_path / "library"
     skipped = ["#recycle", "#snapshot", "lost+found", "@eaDir", ".stfolder", ".stversions", "__pycache__", ".hidden"]
@@ -184,7 +184,7 @@ def test_helper_threads_run_below_the_model(
     import os
     import threading
 
-    import tagger.pipeline as pipeline
+    import tagger.library.scan as pipeline
 
     seen: dict[str, int] = {}
     real = pipeline.decode_array

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tagger.systemd import JournalFormatter, Notifier
+from tagger.daemon.systemd import JournalFormatter, Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "tagger.service"

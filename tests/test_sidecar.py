@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tagger.labels import Tag
-from tagger.sidecar import ImageFacts, read_sidecar, sidecar_document, sidecar_path, write_sidecar
+from tagger.engine.labels import Tag
+from tagger.library.jsonsidecar import ImageFacts, read_sidecar, sidecar_document, sidecar_path, write_sidecar
 
 TAGS = [Tag(967, "n07920052", "espresso", "意式浓缩咖啡", 0.95), Tag(968, "n07930864", "cup", "茶杯", 0.01)]
 FACTS = ImageFacts("ab" * 32, 1234, 400, 300)
@@ -56,7 +56,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, monk
 WRITER = """
 import sys, itertools
 from pathlib import Path
-from tagger.sidecar import write_sidecar
+from tagger.library.jsonsidecar import write_sidecar
 image = Path(sys.argv[1])
 print("ready", flush=True)
 for i in itertools.count():
@@ -84,7 +84,7 @@ def test_kill_9_mid_write_never_leaves_a_broken_sidecar(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("image_mode", [0o640, 0o644, 0o600])
 def test_sidecar_keeps_its_images_permissions_under_a_tight_umask(tmp_path: Path, image_mode: int) -> None:
-    from tagger.xmp import write_xmp
+    from tagger.library.xmp import write_xmp
 
     image = tmp_path / "a.jpg"
     image.write_bytes(b"x")
@@ -102,7 +102,7 @@ def test_sidecar_keeps_its_images_permissions_under_a_tight_umask(tmp_path: Path
 def test_a_hostile_sidecar_is_a_value_error_and_never_removed_as_ours(tmp_path: Path, text: str) -> None:
     """Another program's file (or a hostile one) at a sidecar's name: nested 100,000 deep it made
     json.loads raise RecursionError, which no caller expected."""
-    from tagger.sidecar import remove_own_sidecar
+    from tagger.library.jsonsidecar import remove_own_sidecar
 
     image = tmp_path / "IMG_1.jpg"
     sidecar_path(image).write_text(text, encoding="utf-8", errors="surrogateescape")

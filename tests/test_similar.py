@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagger import similar
+from tagger.vectors import similar
 from tagger.index import Index
 from tagger.index.vectors import encode, quantise
-from tagger.similar import VectorMatrix
+from tagger.vectors.similar import VectorMatrix
 
 
 def clustered(count: int, dims: int, seed: int, centers: int = 300) -> np.ndarray:

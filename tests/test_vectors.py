@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tagger.classify import Classifier, _cached_export_is_current, onnx_cache_path
+from tagger.engine.classify import Classifier, _cached_export_is_current, onnx_cache_path
 from tagger.cli import cli
-from tagger.decode import open_rgb, preprocess
+from tagger.engine.decode import open_rgb, preprocess
 from tagger.index import Index
 from tagger.index.vectors import VectorRows
 
@@ -96,7 +96,7 @@ def test_similar_puts_the_same_subject_first(
     views_library: Path, write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, search: str
 ) -> None:
     if search == "shortlist":  # a large library's way, on real embeddings: 12 of 40 by their bit codes
-        from tagger import similar
+        from tagger.vectors import similar
 
         monkeypatch.setattr(similar, "EXACT_BELOW", 0)
         monkeypatch.setattr(similar, "SHORTLIST", 12)

@@ -24,11 +24,11 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
 from tagger.index import search as search_module
-from tagger.classify import Classifier
+from tagger.engine.classify import Classifier
 from tagger.config import Config, load_config
-from tagger.labels import Tag
-from tagger.pipeline import Tagger
-from tagger.sidecar import ImageFacts
+from tagger.engine.labels import Tag
+from tagger.library.scan import Tagger
+from tagger.library.jsonsidecar import ImageFacts
 from tagger.index import Listing, Index
 from tagger.web import create_app
 

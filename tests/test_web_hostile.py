@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from tagger.classify import Classifier
+from tagger.engine.classify import Classifier
 from tagger.web.guard import FREE_GUESSES, SignInThrottle, local_target, session_value
 
 from test_web import TOKEN, Library, library, make_app, upload, url_path  # noqa: F401 - library is a fixture

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from tagger.classify import Classifier
+from tagger.engine.classify import Classifier
 from tagger.errors import WeightsError, WeightsMissingError
-from tagger.weights import MODELS, fetch, file_sha256, find_weights, verify
+from tagger.engine.weights import MODELS, fetch, file_sha256, find_weights, verify
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tagger.config import WatchConfig
-from tagger.watch import choose_mode, filesystem_type, is_candidate
-from tagger.workqueue import SETTLE_SECONDS, WorkQueue
+from tagger.daemon.watch import choose_mode, filesystem_type, is_candidate
+from tagger.daemon.workqueue import SETTLE_SECONDS, WorkQueue
 
 
 def make_queue(**kw: float) -> WorkQueue:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tagger.errors import TaggerError
-from tagger.xmp import XmpError, merge_keywords, read_keywords, write_xmp, xmp_path
+from tagger.library.xmp import XmpError, merge_keywords, read_keywords, write_xmp, xmp_path
 
 Exiftool = Callable[..., dict[str, Any]]
 Keywords = dict[str, list[str]]

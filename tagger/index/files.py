@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from tagger.fileio import utc_text
 from tagger.index.db import Database, fs
 from tagger.index.records import CachedImage, FileRecord, ImageDetail
-from tagger.labels import Tag
-from tagger.sidecar import ImageFacts
+from tagger.engine.labels import Tag
+from tagger.library.jsonsidecar import ImageFacts
 
 
 class FileRows(Database):

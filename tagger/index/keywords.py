@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from tagger.fileio import utc_text
 from tagger.index.db import Database
-from tagger.terms import Action, Correction, KeywordRow
+from tagger.tags.terms import Action, Correction, KeywordRow
 
 
 class KeywordRows(Database):

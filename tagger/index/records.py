@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tagger.labels import Tag
-from tagger.sidecar import ImageFacts
-from tagger.terms import Correction, KeywordRow
+from tagger.engine.labels import Tag
+from tagger.library.jsonsidecar import ImageFacts
+from tagger.tags.terms import Correction, KeywordRow
 
 Status = Literal["tagged", "failed"]  # files.status
 SortKey = tuple[float | int | str, str]  # (the sort column's value, path) of a file in a listing

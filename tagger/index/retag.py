@@ -7,8 +7,8 @@ from typing import Any
 
 from tagger.index.db import Database
 from tagger.index.records import StoredContent
-from tagger.labels import Tag
-from tagger.terms import ClassKeyword, Correction, KeywordRow, keyword_terms
+from tagger.engine.labels import Tag
+from tagger.tags.terms import ClassKeyword, Correction, KeywordRow, keyword_terms
 
 
 class Retagging(Database):

@@ -258,7 +258,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 """,
     ),
     # What changed since the similar-images cache was made, so that additions are appended to
-    # it instead of rebuilding it (tagger.similar): `rows` counts the model's embeddings and
+    # it instead of rebuilding it (tagger.vectors.similar): `rows` counts the model's embeddings and
     # `removals`, a random value like the stamp, is renewed by whatever takes a row away or
     # changes one (a delete, a replacement, an update), never by adding a new content. The row
     # is added to AFTER the insert (an insert ignored or refused counts nothing); a replaced

@@ -1,6 +1,6 @@
 """The index's one search engine: which files match, in which order, one keyset page at a time.
 
-A `Search` (tagger.terms: keyword words, scores, folders, dates) is what the CLI
+A `Search` (tagger.tags.terms: keyword words, scores, folders, dates) is what the CLI
 (`tagger query`), the viewer and the API all search by; a `Listing` is the plain listing
 without search words (browse a folder, newest first). Both page by a cursor (the sort
 key and path of the last file shown), never by OFFSET.
@@ -13,8 +13,8 @@ from typing import Literal
 
 from tagger.index.db import Database, _folder_range, _marks, fs
 from tagger.index.records import GridItem, SortKey, TaggedFile
-from tagger.labels import Tag
-from tagger.terms import Search
+from tagger.engine.labels import Tag
+from tagger.tags.terms import Search
 
 Sort = Literal["newest", "oldest", "score", "name"]
 

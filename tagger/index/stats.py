@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tagger.index.db import Database
 from tagger.index.records import Failure, Stats, TagCount
-from tagger.labels import imagenet_classes
+from tagger.engine.labels import imagenet_classes
 
 
 class StatsReads(Database):

@@ -19,7 +19,7 @@ from tagger.fileio import utc_text
 # Stored as int8, each vector scaled by its own largest magnitude (1,280 bytes for Lite0's 1280
 # numbers; cosine similarity ignores the scale, and on real photos the top 10 similar images
 # are the same as with float32: bench/bench_quality.py), with a 64-bit perceptual hash of the
-# model's input (tagger.duplicates) beside it.
+# model's input (tagger.vectors.duplicates) beside it.
 VECTOR_DTYPE = np.dtype(np.int8)
 
 

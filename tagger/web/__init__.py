@@ -32,7 +32,7 @@ from tagger.web.context import (
 from tagger.web.files import FsPathConverter
 
 if TYPE_CHECKING:
-    from tagger.classify import Classifier
+    from tagger.engine.classify import Classifier
 
 log = logging.getLogger(__name__)
 

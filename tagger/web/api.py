@@ -9,8 +9,8 @@ from typing import Literal, get_args
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, Forbidden, RequestEntityTooLarge, ServiceUnavailable, UnprocessableEntity
 
-from tagger import explain as cam
-from tagger.decode import declared_pixels
+from tagger.engine import explain as cam
+from tagger.engine.decode import declared_pixels
 from tagger.errors import DecodeError, WeightsError
 from tagger.fileio import read_limited, shown, utc_text
 from tagger.index import GridItem, ImageDetail

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tagger.config import Config
-from tagger.decode import decode_bytes, draft_size, preprocess
+from tagger.engine.decode import decode_bytes, draft_size, preprocess
 from tagger.errors import DecodeError
-from tagger.labels import Tag
+from tagger.engine.labels import Tag
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from tagger.index.vectors import LearnedTag
 
-    from tagger.classify import Classifier
-    from tagger.explain import Explanation
+    from tagger.engine.classify import Classifier
+    from tagger.engine.explain import Explanation
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Checker:
     def _model(self) -> Classifier:
         """Loaded on the first check (with the config's fallback and runtime), then kept; call with the lock held."""
         if self._classifier is None:
-            from tagger.classify import Classifier
+            from tagger.engine.classify import Classifier
 
             self._classifier = Classifier.from_config(self.config)
         return self._classifier
@@ -86,7 +86,7 @@ class Checker:
         """The map of `term` (an ImageNet class, or learned/NAME; default: the top guess) in an
         indexed photo decoded as a scan decodes it, and that decoded photo; raises DecodeError or
         ExplainError. `learned(model)` gives that model's learned tags."""
-        from tagger.explain import LEARNED_PREFIX, ExplainError, explain, explain_learned, look_at
+        from tagger.engine.explain import LEARNED_PREFIX, ExplainError, explain, explain_learned, look_at
 
         with self._lock:
             classifier = self._model()

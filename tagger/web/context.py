@@ -22,12 +22,12 @@ from werkzeug.exceptions import (
 )
 
 from tagger.config import Config
-from tagger.corrections import correct
+from tagger.library.corrections import correct
 from tagger.errors import StoreError, TaggerError
 from tagger.index import LATEST, ImageDetail, Index
-from tagger.retag import Retagger
-from tagger.rules import Rules
-from tagger.terms import Action, KeywordRow
+from tagger.library.keywording import Retagger
+from tagger.tags.rules import Rules
+from tagger.tags.terms import Action, KeywordRow
 from tagger.web.check import Checker
 from tagger.web.files import Library
 from tagger.web.guard import SignInThrottle, allowed_hosts, host_name, session_value
@@ -35,7 +35,7 @@ from tagger.web.tagcounts import TagCounts
 from tagger.web.thumbs import Thumbnails
 
 if TYPE_CHECKING:
-    from tagger.classify import Classifier
+    from tagger.engine.classify import Classifier
 
 TOKEN_COOKIE = "tagger_token"
 CSRF_COOKIE = "tagger_csrf"

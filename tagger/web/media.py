@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from tagger.errors import DecodeError
 from tagger.fileio import shown
 from tagger.index import ImageDetail
-from tagger.sidecar import MAX_SIDECAR_BYTES
+from tagger.library.jsonsidecar import MAX_SIDECAR_BYTES
 from tagger.web.context import indexed_file, store, viewer
 from tagger.web.thumbs import PREVIEW_SIZE
 

@@ -14,12 +14,12 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tagger import __version__
 from tagger.errors import StoreError
-from tagger.explain import LEARNED_PREFIX, seen_box
+from tagger.engine.explain import LEARNED_PREFIX, seen_box
 from tagger.fileio import url_text
 from tagger.index import SORTS, GridItem, ImageDetail
 from tagger.index.vectors import VectorRows
-from tagger.labels import Tag
-from tagger.terms import KeywordRow
+from tagger.engine.labels import Tag
+from tagger.tags.terms import KeywordRow
 from tagger.web.api import CHECK_TOP_K, check_uploads, received_uploads
 from tagger.web.check import CheckResult
 from tagger.web.context import (
@@ -39,7 +39,7 @@ from tagger.web.context import (
 from tagger.web.files import exif_facts
 from tagger.web.guard import local_target, session_value
 from tagger.web.media import sidecar_text
-from tagger.weights import MODELS
+from tagger.engine.weights import MODELS
 from tagger.web.query import TERM_SEPARATORS, Query, default_sort, fetch_page, parse_query, term_for
 
 blueprint = Blueprint("pages", __name__)

@@ -2,7 +2,7 @@
 
     /?q=tag:cat score:0.5..&tag=咖啡&min_score=0.3&folder=/srv/photos/2024&sort=score&after=CURSOR
 
-One vocabulary: `q` is the query language (tagger.querylang), and each `tag` means what
+One vocabulary: `q` is the query language (tagger.tags.querylang), and each `tag` means what
 `tag:` means in `q` (keywords). `tag` may repeat, and one value may hold several terms
 separated by commas; every term must match. The model's raw guesses are searched by
 `class:` terms; a query of `class:` terms alone is browsed in any sort order. The cursor
@@ -28,12 +28,12 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from tagger.fileio import json_text, url_text
 from tagger.index import SORTS, GridItem, Index, Listing, Sort, SortKey
 from tagger.inputs import InputError, score, storable
-from tagger.labels import imagenet_classes
-from tagger.querylang import QueryError, parse
-from tagger.querylang import Query as Parsed
-from tagger.rules import Rules
-from tagger.searchterms import UnknownTag, resolve_query
-from tagger.terms import Search
+from tagger.engine.labels import imagenet_classes
+from tagger.tags.querylang import QueryError, parse
+from tagger.tags.querylang import Query as Parsed
+from tagger.tags.rules import Rules
+from tagger.tags.searchterms import UnknownTag, resolve_query
+from tagger.tags.terms import Search
 from tagger.web.files import Library
 
 TERM_SEPARATORS = re.compile(r"[,，、]")
@@ -50,7 +50,7 @@ class Query:
     min_score_given: bool  # the user chose a minimum score (else the default for the mode applies)
     after: SortKey | None = None
     problems: tuple[str, ...] = field(default=())  # shown on the page; a 400 in the API
-    text: str = ""  # q: the query language (tagger.querylang), as typed
+    text: str = ""  # q: the query language (tagger.tags.querylang), as typed
     search: Search | None = None  # q and tags resolved: best matches first, paged by a cursor of sort "q"
 
     def args(self, **changes: Any) -> dict[str, Any]:

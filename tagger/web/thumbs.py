@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tagger.decode import decode_bytes
+from tagger.engine.decode import decode_bytes
 from tagger.fileio import read_limited
 from tagger.fileio import write_atomic
 

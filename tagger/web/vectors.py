@@ -11,12 +11,12 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 from werkzeug.exceptions import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from werkzeug.wrappers import Response as BaseResponse
 
-from tagger.duplicates import find_duplicates
+from tagger.vectors.duplicates import find_duplicates
 from tagger.errors import StoreError, TaggerError
 from tagger.index import Index
-from tagger.learn import Learned, learn, rekeyword, set_threshold, unlearn
-from tagger.retag import Retagger
-from tagger.similar import similar_to
+from tagger.vectors.learned import Learned, learn, rekeyword, set_threshold, unlearn
+from tagger.library.keywording import Retagger
+from tagger.vectors.similar import similar_to
 from tagger.index.vectors import VectorRows
 from tagger.web.api import int_arg
 from tagger.web.context import CSRF_FIELD, csrf_token, indexed_file, same_site_post, store, viewer

@@ -1,0 +1,245 @@
+"""`tagger worker ADDRESS`: a Dask worker that classifies image bytes for a coordinator.
+
+The model is loaded once per process, before the worker joins the scheduler, and every task
+names the model and weights the coordinator runs: a worker with other weights refuses instead
+of tagging a library with a second model. Workers see neither the photos' storage nor the
+index: bytes in, tags out. Imported only with the cluster extra installed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+from distributed import Worker, WorkerPlugin, get_worker
+
+from tagger.engine.classify import Classifier
+from tagger.config import ClusterConfig
+from tagger.engine.decode import DecodedArray, decode_array, draft_size
+from tagger.errors import DecodeError, TaggerError
+from tagger.engine.labels import Tag
+from tagger.vectors.duplicates import image_hash
+from tagger.library.scan import near_ties
+from tagger.engine.weights import Preprocess
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "tagger-model"
+EXIT_REFUSED = 2  # systemd's RestartPreventExitStatus: a mismatch is not fixed by a restart
+RECONNECT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What must be equal on the coordinator and every worker for their tags to be the same."""
+
+    name: str
+    weights_sha256: str
+    precision: str  # fp32 or int8: an INT8 model can give another top-1
+
+    @classmethod
+    def of(cls, classifier: Classifier) -> ModelIdentity:
+        return cls(classifier.name, classifier.weights.sha256, "int8" if "int8" in classifier.runtime else "fp32")
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.precision} (weights sha256 {self.weights_sha256[:16]}...)"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One batch: the coordinator's model and decode settings travel with the bytes, so a worker
+    decodes exactly as the coordinator would have."""
+
+    model: ModelIdentity
+    blobs: tuple[bytes, ...]
+    top_k: int
+    max_pixels: int
+    draft: bool
+    refine_margin: float
+    refine_allowed: int  # near ties decoded again in full at most (tagger.library.scan.near_ties)
+
+
+@dataclass(frozen=True)
+class Classified:
+    width: int
+    height: int
+    tags: tuple[Tag, ...]
+    embedding: np.ndarray  # the pooled features, from the same model run (tagger.vectors.embeddings)
+    image_hash: int  # of the model's input (tagger.vectors.duplicates.image_hash)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    worker: str  # the worker's name: host-pid
+    items: tuple[Classified | str, ...]  # the tags of each image, or why it could not be decoded
+    refined: int  # near ties decoded again in full
+
+
+class ModelMismatch(TaggerError):
+    """This worker runs another model or other weights than the coordinator."""
+
+
+def mismatch_message(worker: ModelIdentity, coordinator: ModelIdentity) -> str:
+    return (
+        f"this worker runs {worker}, the coordinator {coordinator}: refused, so that one library is not "
+        "tagged by two models; install the same weights and model settings on both (`tagger weights`)"
+    )
+
+
+class TaggerModel(WorkerPlugin):  # type: ignore[misc]  # Dask's types are skipped (pyproject.toml)
+    """Holds the model loaded once for the worker's life; `refused` says why it left."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+        self.identity = ModelIdentity.of(classifier)
+        self.refused: str | None = None
+
+
+def classify_job(job: Job) -> JobResult:
+    """The task every worker runs: decode (draft where it can), classify, decode near ties in full."""
+    worker = get_worker()
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, TaggerModel):
+        raise ModelMismatch(f"{worker.name} is a Dask worker without tagger's model: start it with `tagger worker`")
+    if plugin.identity != job.model:
+        message = mismatch_message(plugin.identity, job.model)
+        log.error("%s", message)
+        raise ModelMismatch(f"worker {worker.name}: {message}")
+    classifier = plugin.classifier
+    spec = classifier.spec.preprocess
+    draft = draft_size(spec, job.draft)
+    decoded: list[DecodedArray | str] = [_decode(blob, job.max_pixels, spec, draft) for blob in job.blobs]
+    good = [(i, d) for i, d in enumerate(decoded) if isinstance(d, DecodedArray)]
+    seen: dict[int, tuple[list[Tag], np.ndarray, int]] = {}
+    refined = 0
+    if good:
+        results, margins, features = classifier.predict(np.stack([d.array for _, d in good]), job.top_k)
+        near = near_ties([d.reduced for _, d in good], margins, job.refine_margin, job.refine_allowed)
+        again = [(k, _decode(job.blobs[good[k][0]], job.max_pixels, spec, None)) for k in near]
+        again_ok = [(k, d) for k, d in again if isinstance(d, DecodedArray)]
+        if again_ok:
+            redone, _, refeatures = classifier.predict(np.stack([d.array for _, d in again_ok]), job.top_k)
+            for (k, _), new, vector in zip(again_ok, redone, refeatures):
+                results[k], features[k] = new, vector
+            refined = len(again_ok)
+        seen = {i: (r, f, image_hash(d.array)) for (i, d), r, f in zip(good, results, features)}
+    items = tuple(
+        d if isinstance(d, str) else Classified(d.width, d.height, tuple(seen[i][0]), seen[i][1], seen[i][2])
+        for i, d in enumerate(decoded)
+    )
+    return JobResult(str(worker.name), items, refined)
+
+
+def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> DecodedArray | str:
+    try:
+        return decode_array(data, max_pixels, spec, draft)
+    except DecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # a decoder bug on one hostile file must not fail the batch
+        return f"cannot decode: {type(exc).__name__}: {exc}"
+
+
+async def check_model(coordinator: ModelIdentity, dask_worker: Worker) -> ModelIdentity | None:
+    """Run on each worker by a coordinator that sees it for the first time (`Client.run`).
+
+    A worker with another model records why and leaves the cluster; `run_worker` then exits
+    with EXIT_REFUSED and the message. Returns the worker's identity, or None if it is no tagger worker.
+    """
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, TaggerModel):
+        return None
+    if plugin.identity != coordinator:
+        plugin.refused = mismatch_message(plugin.identity, coordinator)
+        asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(dask_worker.close(reason="refused")))
+    return plugin.identity
+
+
+def security(cluster: ClusterConfig, role: str) -> object | None:
+    """Dask's TLS settings for a `client` (the coordinator) or a `worker`; None for tcp://."""
+    if not cluster.uses_tls:
+        return None
+    from distributed.security import Security
+
+    settings: object = Security(
+        require_encryption=True,
+        tls_ca_file=cluster.tls_ca,
+        **{f"tls_{role}_cert": cluster.tls_cert, f"tls_{role}_key": cluster.tls_key},
+    )
+    return settings
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_worker(classifier: Classifier, address: str, cluster: ClusterConfig, nthreads: int, host: str | None) -> int:
+    """Serve tasks until SIGTERM/SIGINT; rejoin when the scheduler comes back. The exit code."""
+    return asyncio.run(_serve(classifier, address, cluster, nthreads, host))
+
+
+async def _serve(classifier: Classifier, address: str, cluster: ClusterConfig, nthreads: int, host: str | None) -> int:
+    import dask
+
+    # The worker's HTTP port (on the address it listens on) answers /health only: no metrics, no
+    # profiles, no statics for whoever can reach it.
+    dask.config.set({"distributed.worker.http.routes": ["distributed.http.health"]})
+    plugin = TaggerModel(classifier)
+    stopping = asyncio.Event()
+    current: list[Worker] = []
+
+    def stop() -> None:
+        stopping.set()
+        for worker in current:
+            asyncio.ensure_future(worker.close(reason="stopped"))
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    warned = False
+    while not stopping.is_set():
+        worker = Worker(
+            address,
+            name=worker_name(),
+            nthreads=nthreads,
+            plugins=(plugin,),
+            security=security(cluster, "worker"),
+            host=host,
+            dashboard=False,
+            death_timeout=None,
+        )
+        current[:] = [worker]
+        try:
+            await worker
+        except (OSError, asyncio.TimeoutError) as exc:
+            if not warned:
+                log.warning("scheduler %s unreachable (%s); trying again every %.0f s", address, exc, RECONNECT_SECONDS)
+                warned = True
+            await worker.close(reason="unreachable")
+            await _sleep_unless(stopping, RECONNECT_SECONDS)
+            continue
+        if warned or not current:
+            log.info("joined %s again", address)
+        else:
+            log.info("worker %s joined %s with %s; waiting for batches", worker.name, address, plugin.identity)
+        warned = False
+        await worker.finished()
+        if plugin.refused is not None:
+            log.error("%s", plugin.refused)
+            return EXIT_REFUSED
+        if not stopping.is_set():
+            log.warning("scheduler %s gone; joining it again when it is back", address)
+            await _sleep_unless(stopping, 1.0)
+    return 0
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

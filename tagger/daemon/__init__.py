@@ -1,0 +1,1 @@
+"""`tagger run`: the long-running service, its folder watch, work queue and systemd link."""

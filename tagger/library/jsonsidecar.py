@@ -1,0 +1,92 @@
+"""`<image>.tags.json` next to each image, written atomically.
+
+A sidecar travels with the photo to other tools and backups, so it must never be seen
+half-written: temp file in the same folder, fsync, rename over the old one.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tagger import __version__
+from tagger.fileio import MB, json_text, mode_of, read_small, utc_text, write_atomic
+from tagger.engine.labels import Tag
+
+SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
+SUFFIX = ".tags.json"
+MAX_SIDECAR_BYTES = MB  # ours are a few kB: a bigger file at the name is another program's
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    sha256: str
+    size: int
+    width: int
+    height: int
+
+
+def sidecar_path(image: Path) -> Path:
+    return image.with_name(image.name + SUFFIX)
+
+
+def is_sidecar(path: Path) -> bool:
+    return path.name.endswith(SUFFIX)
+
+
+def sidecar_document(
+    image: Path,
+    facts: ImageFacts,
+    model: str,
+    weights_sha256: str,
+    tags: Sequence[Tag],
+    keywords: Sequence[dict[str, object]] = (),
+) -> dict[str, Any]:
+    """`tags` are the model's raw top-k guesses, all of them, as stored; `keywords` what the rules,
+    thresholds and the user's corrections made of them. So a sidecar changes only when its
+    keywords do, and `tagger retag` rewrites exactly those."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": f"tagger {__version__}",
+        "image": {
+            "file": image.name,
+            "sha256": facts.sha256,
+            "size": facts.size,
+            "width": facts.width,
+            "height": facts.height,
+        },
+        "model": {"name": model, "weights_sha256": weights_sha256},
+        "tagged_at": utc_text(),
+        "tags": [t.as_dict() for t in tags],
+        "keywords": list(keywords),
+    }
+
+
+def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
+    path = sidecar_path(image)
+    text = json_text(document, indent=2) + "\n"
+    write_atomic(path, text.encode("utf-8"), mode_of(image))
+    return path
+
+
+def read_sidecar(image: Path) -> dict[str, Any]:
+    """The sidecar's JSON; ValueError for one that is not JSON, however it is malformed."""
+    try:
+        data: dict[str, Any] = json.loads(read_small(sidecar_path(image), MAX_SIDECAR_BYTES).decode("utf-8"))
+    except RecursionError:  # thousands of nested brackets: another program's file, or a hostile one
+        raise ValueError(f"{sidecar_path(image)}: JSON nested too deeply") from None
+    return data
+
+
+def remove_own_sidecar(image: Path) -> bool:
+    """Delete the sidecar of a deleted image, but only one that tagger wrote."""
+    try:
+        generator = read_sidecar(image).get("generator", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not str(generator).startswith("tagger"):
+        return False
+    sidecar_path(image).unlink(missing_ok=True)
+    return True
