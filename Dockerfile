@@ -1,7 +1,7 @@
 # tagger: CPU-only image running the daemon (tagger run).
 #   docker build -t tagger .
 #   docker run -d --name tagger -v /path/to/photos:/photos -v tagger-index:/var/lib/tagger tagger
-# As a worker of a Dask cluster (README, "On a Dask cluster"; no photos, no index; the TLS files in
+# As a worker of a Dask cluster (docs/guides/cluster.md; no photos, no index; the TLS files in
 # a volume and the cluster: section of a config that names them):
 #   docker run -d --name tagger-worker --network host -v /etc/tagger:/etc/tagger:ro tagger \
 #       tagger worker tls://192.168.1.10:8786

@@ -41,7 +41,7 @@ BIN = Path(sys.executable).parent
 def stub_classify(job: Any) -> Any:
     """STUB: answers at once, the same tags for every image (defined here: Dask ships it by value)."""
     from tagger.engine.labels import Tag
-    from tagger.cluster.worker import Classified, JobResult
+    from tagger.cluster.protocol import Classified, JobResult
 
     tags = (Tag(967, "n07920052", "espresso", "意式浓缩咖啡", 0.9), Tag(968, "n07930864", "cup", "茶杯", 0.05))
     return JobResult("stub", tuple(Classified(4000, 3000, tags) for _ in job.blobs), 0)
@@ -85,7 +85,7 @@ def payloads(config_path: Path, library: list[Path]) -> None:
     from tagger.engine.decode import decode_array, draft_size
 
     config = load_config(config_path)
-    spec = Classifier.from_config(config).spec.preprocess
+    spec = Classifier.from_settings(config.model_choice()).spec.preprocess
     draft = draft_size(spec, True)
     read_s = decode_s = 0.0
     bytes_sent = arrays_sent = 0
@@ -198,24 +198,27 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
 
     from tagger.engine.classify import Classifier
     from tagger.config import load_config
+    from tagger.cluster.backend import ClusterBackend
+    from tagger.cluster.choice import scan_backend
+    from tagger.library.recorder import Recorder
     from tagger.library.scan import Tagger
     from tagger.index import Index
 
     config = load_config(config_path)
     config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, scheduler=address))
-    classifier = Classifier.from_config(config)
+    classifier = Classifier.from_settings(config.model_choice())
     print("3. the coordinator's ceiling: STUB WORKERS (2 workers answering at once; sidecars + index written)")
     writing = [0.0]
-    record = Tagger._record
+    record = Recorder.record
 
-    def timed_record(self: Tagger, *args: Any, **kwargs: Any) -> bool:
+    def timed_record(self: Recorder, *args: Any, **kwargs: Any) -> bool:
         started = time.monotonic()
         try:
             return record(self, *args, **kwargs)
         finally:
             writing[0] += time.monotonic() - started
 
-    Tagger._record = timed_record  # type: ignore[method-assign]
+    Recorder.record = timed_record  # type: ignore[method-assign]
     runs = [(f, True) for f in (2, 8, 32)] + [(8, False)]
     for in_flight, sidecars in runs:
         cfg = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, in_flight=in_flight),
@@ -226,9 +229,9 @@ def stub_ceiling(config_path: Path, address: str, lib: Path, rounds: int) -> Non
         for _ in range(rounds):
             fresh(lib)
             with Index.open(cfg.index) as store:
-                tagger = Tagger(cfg, classifier, store)
-                assert tagger.on_cluster is not None
-                tagger.on_cluster.cluster.task = stub_classify
+                tagger = Tagger(cfg, classifier, store, scan_backend(cfg.cluster))
+                assert isinstance(tagger.backend, ClusterBackend)
+                tagger.backend.cluster.task = stub_classify
                 started_cpu, started = time.process_time(), time.monotonic()
                 summary = tagger.scan([lib])
                 seconds += time.monotonic() - started
@@ -247,7 +250,7 @@ def index_growth(count: int) -> None:
     from tagger.tags.keywords import keyword_rows
     from tagger.engine.labels import Tag, imagenet_classes
     from tagger.tags.rules import Rules
-    from tagger.library.jsonsidecar import ImageFacts
+    from tagger.index.records import ImageFacts
     from tagger.index import Index
 
     rng = np.random.default_rng(1)

@@ -49,7 +49,8 @@ def main() -> int:
     import onnx
 
     from tagger.engine import explain as cam
-    from tagger.engine.classify import Classifier, onnx_cache_path, onnx_network
+    from tagger.engine.classify import Classifier, onnx_network
+    from tagger.engine.export import onnx_cache_path
     from tagger.engine.decode import decode_bytes, draft_size, preprocess
 
     with tempfile.TemporaryDirectory() as tmp:

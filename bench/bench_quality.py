@@ -30,7 +30,8 @@ from sample_photos import distinct_views  # noqa: E402
 
 from tagger.engine.classify import Classifier  # noqa: E402
 from tagger.engine.decode import decode_array, draft_size  # noqa: E402
-from tagger.vectors.duplicates import image_hash, is_copy  # noqa: E402
+from tagger.engine.features import image_hash, unit  # noqa: E402
+from tagger.vectors.duplicates import is_copy  # noqa: E402
 from tagger.vectors.learned import THRESHOLD, Model, train  # noqa: E402
 from tagger.index.vectors import quantise  # noqa: E402
 
@@ -78,8 +79,8 @@ def similar(classifier: Classifier, tmp: Path) -> None:
     }
     reference = None
     for name, v in variants.items():
-        unit = v / np.linalg.norm(v, axis=1, keepdims=True)
-        sims = unit @ unit.T
+        rows = unit(v)
+        sims = rows @ rows.T
         np.fill_diagonal(sims, -np.inf)
         order = np.argsort(-sims, axis=1)
         same = np.mean([[subjects[j] == subjects[i] for j in order[i, :3]] for i in range(len(pictures))])

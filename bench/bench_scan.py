@@ -63,7 +63,7 @@ def child_ceiling(config_path: Path, folder: Path, prefix: str | None) -> None:
     from tagger.engine.decode import decode_array, draft_size
 
     config = load_config(config_path)
-    classifier = Classifier.from_config(config)
+    classifier = Classifier.from_settings(config.model_choice())
     spec = classifier.spec.preprocess
     draft = draft_size(spec, True)
     blobs = [p.read_bytes() for p in sorted(folder.rglob("*.jpg"))]

@@ -208,8 +208,9 @@ def learned_and_duplicates(tmp: Path) -> None:
     from tagger.vectors.learned import score_library, train
     from tagger.vectors.similar import VectorMatrix
 
-    library = clustered(100_000, 99).astype(np.float32)
-    library /= np.linalg.norm(library, axis=1, keepdims=True)
+    from tagger.engine.features import unit
+
+    library = unit(clustered(100_000, 99))
     positives, background = library[:10], library[1000:2000]
     import sklearn.linear_model  # noqa: F401
 
@@ -246,8 +247,9 @@ def cache(tmp: Path) -> None:
 
     index = tmp / "index.sqlite"
     with Index.open(index) as store:
-        vectors = clustered(100_000, 5).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        from tagger.engine.features import unit
+
+        vectors = unit(clustered(100_000, 5))
         shas = [f"{i:064x}" for i in range(len(vectors))]
         add_embeddings(store, shas, vectors)
         started = time.perf_counter()

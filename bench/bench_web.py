@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from tagger.config import Config, WebConfig  # noqa: E402
 from tagger.engine.labels import Tag, imagenet_classes  # noqa: E402
-from tagger.library.jsonsidecar import ImageFacts  # noqa: E402
+from tagger.index.records import ImageFacts  # noqa: E402
 from tagger.index import Index  # noqa: E402
 from tagger.web import create_app  # noqa: E402
 from tagger.web.query import encode_cursor  # noqa: E402

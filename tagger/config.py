@@ -10,21 +10,25 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from tagger.errors import ConfigError
 from tagger.fileio import DEFAULT_MAX_FILE_MB, MB
 from tagger.tags.rules import Rules
-from tagger.engine.weights import MODELS
+from tagger.engine.weights import MODELS, ModelChoice
 from tagger.yamlfile import read_yaml
-from tagger.library.xmp import XmpStyle
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
 MODEL_NAMES = tuple(MODELS)
 Runtime = Literal["auto", "onnx", "torch"]  # auto: ONNX Runtime where installed
 Precision = Literal["fp32", "int8"]  # int8: ONNX Runtime only
 WatchMode = Literal["auto", "inotify", "polling"]  # auto: per folder, from its filesystem type
+
+
+# Where an XMP sidecar goes: IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One).
+XmpStyle = Literal["append", "replace"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,19 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     rules: Path | None = None  # None: the rules shipped inside the package
     source: Path | None = None
+    # The rules file as load_config read it at start; kept by dataclasses.replace, so it is read once.
+    loaded_rules: Rules | None = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def rule_set(self) -> Rules:
+        """The rules, loaded once and handed on: a config made in code loads its file on first use."""
+        return self.loaded_rules if self.loaded_rules is not None else Rules.load(self.rules)
+
+    def model_choice(self) -> ModelChoice:
+        """What the model floor needs of this config to load its classifier."""
+        m, d = self.model, self.decode
+        near_tie = d.refine_margin if d.draft else 0.0
+        return ModelChoice(m.name, self.weights_dir, m.fallback, m.runtime, m.precision, m.batch_size, near_tie)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -210,7 +227,6 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
     rules = None
     if raw.get("rules") is not None:
         rules = _resolve(base, _string(raw, "rules", "", source))
-    Rules.load(rules)  # a bad rules file refuses to start, naming the file, rule and key
     return Config(
         folders=folders,
         index=_resolve(base, _string(raw, "index", "tagger.sqlite", source)),
@@ -224,6 +240,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         cluster=cluster,
         rules=rules,
         source=source,
+        loaded_rules=Rules.load(rules),  # a bad rules file refuses to start, naming the file, rule and key
     )
 
 

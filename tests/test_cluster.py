@@ -24,8 +24,11 @@ import yaml
 
 from tagger.engine.classify import Classifier
 from tagger.config import ClusterConfig, load_config
+from tagger.cluster.choice import scan_backend
 from tagger.errors import ConfigError
-from tagger.library.scan import ScanSummary, Tagger
+from tagger.library.recorder import Recorder
+from tagger.library.summary import ScanSummary
+from tagger.library.scan import Tagger
 from tagger.index import Index
 
 BIN = Path(sys.executable).parent
@@ -185,7 +188,7 @@ def top1(index: Path) -> dict[str, str]:
 def scan(config: Path, classifier: Classifier, *, tagger_out: list[Tagger] | None = None, **kwargs: Any) -> ScanSummary:
     cfg = load_config(config)
     with Index.open(cfg.index) as store:
-        tagger = Tagger(cfg, classifier, store)
+        tagger = Tagger(cfg, classifier, store, scan_backend(cfg.cluster))
         try:
             return tagger.scan(list(cfg.folders), **kwargs)
         finally:
@@ -314,13 +317,13 @@ def test_a_worker_killed_mid_run_loses_nothing_and_tags_nothing_twice(
     lib = make_library(tmp_path / "library", sample_jpegs, 4)
     count = len(list(lib.glob("*.jpg")))
     recorded: dict[str, int] = {}
-    original = Tagger._record
+    original = Recorder.record
 
-    def counting_record(self: Tagger, path: Path, *args: Any, **kwargs: Any) -> bool:
+    def counting_record(self: Recorder, path: Path, *args: Any, **kwargs: Any) -> bool:
         recorded[str(path)] = recorded.get(str(path), 0) + 1
         return original(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(Tagger, "_record", counting_record)
+    monkeypatch.setattr(Recorder, "record", counting_record)
     victim = cluster.workers[0]
     killed: list[int] = []
 
@@ -376,7 +379,7 @@ def test_scheduler_gone_carries_on_here_then_uses_the_cluster_once_it_is_back(
             cluster.kill_scheduler()
 
     with caplog.at_level(logging.INFO, logger="tagger"), Index.open(config.index) as store:
-        tagger = Tagger(config, lite0, store)
+        tagger = Tagger(config, lite0, store, scan_backend(config.cluster))
         try:
             first = tagger.scan([lib], on_progress=kill_the_scheduler)
             assert first.classified == count and first.classified_here > 0
@@ -430,8 +433,9 @@ def test_a_worker_with_other_weights_refuses_with_a_clear_message(
     lite0: Classifier, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Last on this cluster: both of its workers leave. A coordinator with other weights meets them."""
-    from tagger.cluster.coordinator import Cluster, JobSettings
-    from tagger.cluster.worker import EXIT_REFUSED, ModelIdentity
+    from tagger.cluster.coordinator import Cluster
+    from tagger.cluster.protocol import JobSettings, ModelIdentity
+    from tagger.cluster.worker import EXIT_REFUSED
 
     other = ModelIdentity("efficientnet-lite0", "0" * 64, "fp32")
     link: Cluster[int] = Cluster(ClusterConfig(scheduler=cluster.address), JobSettings(other, 5, 10**8, True, 0.01))

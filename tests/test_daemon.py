@@ -292,7 +292,7 @@ def test_inotify_overflow_turns_into_a_reconcile(tmp_path: Path, caplog: pytest.
     """The kernel dropped events: watchdog says so only in its log; we reconcile and say how to fix it."""
     from tagger.config import WatchConfig
     from tagger.daemon.watch import Watcher
-    from tagger.daemon.workqueue import WorkQueue
+    from tagger.daemon.workqueue import Reconcile, WorkQueue
 
     queue = WorkQueue(0.3, 10, 0.5, 1000)
     watcher = Watcher(queue, WatchConfig(mode="inotify"))
@@ -304,7 +304,7 @@ def test_inotify_overflow_turns_into_a_reconcile(tmp_path: Path, caplog: pytest.
             )
         assert "fs.inotify.max_queued_events" in caplog.text
         work = queue.next_work(16, timeout=1)
-        assert work is not None and work.kind == "reconcile" and work.paths == (tmp_path,)
+        assert work is not None and work == Reconcile(tmp_path)
     finally:
         watcher.stop()
 
@@ -312,7 +312,7 @@ def test_inotify_overflow_turns_into_a_reconcile(tmp_path: Path, caplog: pytest.
 def test_a_dead_polling_thread_is_restarted(tmp_path: Path, sample_jpegs: list[Path]) -> None:
     from tagger.config import WatchConfig
     from tagger.daemon.watch import Watcher
-    from tagger.daemon.workqueue import WorkQueue
+    from tagger.daemon.workqueue import Reconcile, TagFiles, WorkQueue
 
     queue = WorkQueue(0.3, 10, 0.5, 1000)
     watcher = Watcher(queue, WatchConfig(mode="polling", poll_interval=0.2))
@@ -323,11 +323,11 @@ def test_a_dead_polling_thread_is_restarted(tmp_path: Path, sample_jpegs: list[P
         emitter.join(5)
         watcher.supervise()
         reconcile = queue.next_work(16, timeout=1)
-        assert reconcile is not None and reconcile.kind == "reconcile"
+        assert reconcile is not None and isinstance(reconcile, Reconcile)
         assert all(e.is_alive() for e in watcher._observers["polling"].emitters)
         shutil.copy(sample_jpegs[0], tmp_path / "after.jpg")
         work = queue.next_work(16, timeout=5)
-        assert work is not None and work.kind == "tag" and work.paths == (tmp_path / "after.jpg",)
+        assert work is not None and isinstance(work, TagFiles) and work.paths == (tmp_path / "after.jpg",)
     finally:
         watcher.stop()
 

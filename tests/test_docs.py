@@ -162,3 +162,32 @@ def test_slugs_follow_github() -> None:
     assert _slug("tagger weights fetch") == "tagger-weights-fetch"
     assert _slug("Re-tagging speed") == "re-tagging-speed"
     assert _slug("2026-11-30, night: after the faster start") == "2026-11-30-night-after-the-faster-start"
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under `heading` up to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = text.index(heading + "\n")
+    end = re.search(rf"^#{{1,{len(level)}}} ", text[start + len(heading) :], re.M)
+    return text[start : start + len(heading) + (end.start() if end else len(text))]
+
+
+def test_the_readme_layout_and_the_architecture_page_match_the_tree() -> None:
+    """Every package and top-level module is in the README's layout; every module of every stage is
+    on the architecture page, and every module named there exists."""
+    package = ROOT / "tagger"
+    layout = _section(README.read_text(encoding="utf-8"), "## Layout")
+    for sub in sorted(p for p in package.iterdir() if (p / "__init__.py").is_file()):
+        assert f"{sub.name}/" in layout, sub.name
+    for module in sorted(package.glob("*.py")):
+        if module.name not in ("__init__.py", "__main__.py"):
+            assert module.name in layout, module.name
+    modules = _section((DOCS / "architecture.md").read_text(encoding="utf-8"), "## Modules")
+    named = set(re.findall(r"\b(\w+\.(?:py|c))\b", modules))
+    on_disk = {p.name for folder in ("tagger", "scripts", "bench") for p in (ROOT / folder).rglob("*.[pc]*")}
+    assert named <= on_disk, sorted(named - on_disk)
+    stage_modules = {
+        p.name for p in package.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py") and p.parent.name != "web"
+    }
+    assert stage_modules <= named, sorted(stage_modules - named)

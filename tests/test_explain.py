@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tagger.engine import explain as cam
-from tagger.engine.classify import EXPORT_FORMAT, Classifier, _cached_export_is_current, onnx_cache_path
+from tagger.engine.classify import Classifier
+from tagger.engine.export import EXPORT_FORMAT, cached_export_is_current, onnx_cache_path
 from tagger.cli import cli
 from tagger.engine.decode import preprocess
 from tagger.engine.weights import LITE_PREPROCESS
@@ -145,15 +146,15 @@ def test_an_old_export_is_made_again(lite0: Classifier, weights_dir: Path, tmp_p
     copy = tmp_path / path.name
     for suffix in ("", ".json", ".head.npz"):
         shutil.copy(path.with_name(path.name + suffix), copy.with_name(copy.name + suffix))
-    assert _cached_export_is_current(copy, lite0.weights, "fp32")
+    assert cached_export_is_current(copy, lite0.weights, "fp32")
     meta_path = copy.with_name(copy.name + ".json")
     meta = json.loads(meta_path.read_text())
     assert meta["format"] == EXPORT_FORMAT and meta["outputs"] == ["logits", "features", "feature_map"]
     meta_path.write_text(json.dumps({**meta, "format": EXPORT_FORMAT - 1}))
-    assert not _cached_export_is_current(copy, lite0.weights, "fp32")
+    assert not cached_export_is_current(copy, lite0.weights, "fp32")
     meta_path.write_text(json.dumps(meta))
     copy.with_name(copy.name + ".head.npz").write_bytes(b"changed")
-    assert not _cached_export_is_current(copy, lite0.weights, "fp32")
+    assert not cached_export_is_current(copy, lite0.weights, "fp32")
 
 
 def test_agrees_with_grad_cam(lite0: Classifier, lite0_torch: Classifier, sample_paths: dict[str, Path]) -> None:

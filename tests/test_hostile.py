@@ -105,7 +105,7 @@ def photo(sample_jpegs: list[Path]) -> Path:
 @pytest.fixture
 def use_model(monkeypatch: pytest.MonkeyPatch, counting: CountingClassifier) -> CountingClassifier:
     """`tagger` commands get the session's loaded model (and it counts model runs)."""
-    monkeypatch.setattr(Classifier, "from_config", classmethod(lambda cls, config: counting))
+    monkeypatch.setattr(Classifier, "from_settings", classmethod(lambda cls, choice: counting))
     return counting
 
 
@@ -367,7 +367,7 @@ def test_scan_stops_on_a_signal_after_the_batch_with_a_summary(
             return super().predict(batch, top_k)
 
     model = SignalledOnce(counting.inner)
-    monkeypatch.setattr(Classifier, "from_config", classmethod(lambda cls, config: model))
+    monkeypatch.setattr(Classifier, "from_settings", classmethod(lambda cls, choice: model))
     config = write_config(model={"batch_size": 2})
     result = CliRunner().invoke(cli, ["--config", str(config), "scan"])
     assert result.exit_code == code, result.output

@@ -1,6 +1,7 @@
 """Keywords from rules, `tagger retag`, user corrections, XMP sidecars and the query language."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -25,7 +26,8 @@ from tagger.library.keywording import Retagger
 from tagger.library.sidecars import SidecarWriter
 from tagger.engine.labels import Tag, imagenet_classes
 from tagger.library.scan import Tagger
-from tagger.library.jsonsidecar import ImageFacts, read_sidecar
+from tagger.index.records import ImageFacts
+from tagger.library.jsonsidecar import read_sidecar
 from tagger.index import MIGRATIONS, Index
 from tagger.tags.terms import KeywordRow, Search
 from tagger.daemon.watch import is_candidate
@@ -462,6 +464,7 @@ def test_retag_looks_only_at_contents_a_changed_rule_touches(tmp_path: Path, mon
         assert Retagger(config, store).retag().contents == 100  # no stored table yet: everything
         assert Retagger(config, store).retag().contents == 0
         rules_file.write_text("rules: [{class: tabby, threshold: 0.4}]\n", encoding="utf-8")
+        config = dataclasses.replace(config)  # a config reads its rules once: a new one sees the change
         summary = Retagger(config, store).retag()
         assert (summary.contents, summary.changed) == (25, 25)  # only the tabbies scored 0.3-0.4
         assert store.conn.execute("SELECT COUNT(*) FROM keywords WHERE keyword = 'tabby'").fetchone()[0] == 25

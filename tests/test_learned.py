@@ -142,7 +142,6 @@ def test_a_threshold_alone_needs_an_existing_tag(taught: Path) -> None:
 
 def test_new_images_and_cross_validation_use_the_tags_threshold(views_library: Path, taught: Path) -> None:
     from tagger.index import Index
-    from tagger.index.vectors import VectorRows
     from tagger.vectors.learned import LearnedModels, cross_validated_precision
 
     other_cat = str(cat_views(views_library)[1])
@@ -150,7 +149,7 @@ def test_new_images_and_cross_validation_use_the_tags_threshold(views_library: P
     with Index.open(taught.parent / "index.sqlite", readonly=True) as store:
         record = store.file_record(other_cat)
         assert record is not None and record.sha256 is not None
-        found = VectorRows(store.conn).vector(record.sha256)
+        found = store.vectors.vector(record.sha256)
         assert found is not None
         model, vector = found
         scorer = LearnedModels(store, model)

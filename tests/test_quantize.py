@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagger.engine.classify import CheckedNetwork, Classifier, onnx_cache_path
+from tagger.engine.classify import CheckedNetwork, Classifier
+
+from tagger.engine.export import onnx_cache_path
 from tagger.cpu import cpu_info, int8_scheme
 from tagger.engine.decode import open_rgb, preprocess
 from tagger.engine.quantize import calibration_batches, correct_biases, gptq, quantize_int8, round_weights

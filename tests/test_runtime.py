@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tagger.engine.classify import Classifier, onnx_cache_path
+from tagger.engine.classify import Classifier
+
+from tagger.engine.export import onnx_cache_path
 from tagger.cpu import cpu_info, int8_scheme
 from tagger.engine.decode import decode_bytes, open_rgb, preprocess
 
@@ -85,7 +87,7 @@ def test_int8_is_close_to_fp32_and_stays_opt_in(
 
     On these 18 images the u8s8 scheme (VNNI, ARM64) without that check matched 17 and u8s8r7
     (x86 without VNNI) 18; saturating kernels 14-15. With it, u8s8 matched 18 of 18, 5 of them
-    run again. On the benchmark's 206 distinct photos: 93% without, 100% with (README).
+    run again. On the benchmark's 206 distinct photos: 93% without, 100% with (docs/performance.md).
     """
     from tagger.config import DEFAULT_CONFIG, load_config
 
@@ -194,7 +196,7 @@ def test_near_ties_are_decoded_again_in_full(
     scan without draft decoding stores, image for image; at 0 nothing is decoded twice; and a
     model unsure of everything gets at most a tenth of the photos (and one) decoded twice.
     """
-    from tagger.library import scan as pipeline
+    from tagger.library import backend
 
     from tagger.config import load_config
     from tagger.library.scan import Tagger
@@ -220,8 +222,8 @@ def test_near_ties_are_decoded_again_in_full(
         return summary.refined, _top_tags(config.index)
 
     capped, _ = scan("capped", {"draft": True, "refine_margin": 1.0})
-    assert capped == 1 + int(pipeline.REFINE_SHARE * len(photos))
-    monkeypatch.setattr(pipeline, "REFINE_SHARE", 1.0)
+    assert capped == 1 + int(backend.REFINE_SHARE * len(photos))
+    monkeypatch.setattr(backend, "REFINE_SHARE", 1.0)
     refined_all, everything_refined = scan("all", {"draft": True, "refine_margin": 1.0})
     _, full = scan("full", {"draft": False})
     refined_none, draft_only = scan("none", {"draft": True, "refine_margin": 0})
@@ -239,7 +241,7 @@ def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: 
     import json
     import shutil
 
-    from tagger.engine import classify
+    from tagger.engine import export
     from tagger.cpu import CpuInfo
 
     print(f"CPU seen: {cpu_info().describe()}; int8 scheme: {int8_scheme()}")
@@ -259,18 +261,18 @@ def test_int8_scheme_fits_the_cpu_and_names_the_cache(weights_dir: Path, lite0: 
     fp32 = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "fp32")
     fake = here.with_name("copied.onnx")
     shutil.copy(fp32, fake)
-    shutil.copy(fp32.with_name(fp32.name + classify.HEAD_SUFFIX), fake.with_name(fake.name + classify.HEAD_SUFFIX))
+    shutil.copy(fp32.with_name(fp32.name + export.HEAD_SUFFIX), fake.with_name(fake.name + export.HEAD_SUFFIX))
     meta = json.loads(fp32.with_name(fp32.name + ".json").read_text())
     meta["precision"], meta["check_margin"] = f"int8-{other_scheme}", 0.25
     tmp_meta = fake.with_name(fake.name + ".json")
-    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
-    assert not classify._cached_export_is_current(fake, lite0.weights, "int8")
+    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": export.file_sha256(fake)}))
+    assert not export.cached_export_is_current(fake, lite0.weights, "int8")
     meta["precision"] = f"int8-{int8_scheme()}"
-    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
-    assert classify._cached_export_is_current(fake, lite0.weights, "int8")
+    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": export.file_sha256(fake)}))
+    assert export.cached_export_is_current(fake, lite0.weights, "int8")
     del meta["check_margin"]  # an INT8 export without its close-call margin is made again
-    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": classify.file_sha256(fake)}))
-    assert not classify._cached_export_is_current(fake, lite0.weights, "int8")
+    tmp_meta.write_text(json.dumps({**meta, "onnx_sha256": export.file_sha256(fake)}))
+    assert not export.cached_export_is_current(fake, lite0.weights, "int8")
 
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tagger.config import load_config
-from tagger.library.scan import ScanSummary, Tagger
+from tagger.library.summary import ScanSummary
+from tagger.library.scan import Tagger
 from tagger.library.jsonsidecar import read_sidecar, sidecar_path
 from tagger.index import MIGRATIONS, Index
 
@@ -184,16 +185,16 @@ def test_helper_threads_run_below_the_model(
     import os
     import threading
 
-    import tagger.library.scan as pipeline
+    import tagger.library.backend as backend
 
     seen: dict[str, int] = {}
-    real = pipeline.decode_array
+    real = backend.decode_or_error
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen[threading.current_thread().name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "decode_array", spy)
+    monkeypatch.setattr(backend, "decode_or_error", spy)
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     summary = scan(write_config([library]), lite0)
     assert summary.classified == 6  # the shipped photos; broken.jpg and empty.png fail

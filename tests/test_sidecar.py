@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tagger.engine.labels import Tag
-from tagger.library.jsonsidecar import ImageFacts, read_sidecar, sidecar_document, sidecar_path, write_sidecar
+from tagger.index.records import ImageFacts
+from tagger.library.jsonsidecar import read_sidecar, sidecar_document, sidecar_path, write_sidecar
 
 TAGS = [Tag(967, "n07920052", "espresso", "意式浓缩咖啡", 0.95), Tag(968, "n07930864", "cup", "茶杯", 0.01)]
 FACTS = ImageFacts("ab" * 32, 1234, 400, 300)

@@ -86,12 +86,11 @@ def test_cache_holds_codes_and_an_old_layout_is_rebuilt(tmp_path: Path, monkeypa
 
 
 def test_every_change_to_the_embeddings_changes_the_version(tmp_path: Path) -> None:
-    from tagger.index.vectors import VectorRows
 
     index = tmp_path / "index.sqlite"
     _store_vectors(index, clustered(3, 8, 5))
     with Index.open(index) as store:
-        rows = VectorRows(store.conn)
+        rows = store.vectors
         seen = [rows.version("m")]
 
         def changed() -> bool:
@@ -142,13 +141,12 @@ def _back_to_migration_7(index: Path) -> None:
 
 
 def test_an_index_from_before_the_stamps_gets_them(tmp_path: Path) -> None:
-    from tagger.index.vectors import VectorRows
 
     index = tmp_path / "index.sqlite"
     _store_vectors(index, clustered(4, 8, 8))
     _back_to_migration_7(index)
     with Index.open(index) as store:
-        rows = VectorRows(store.conn)
+        rows = store.vectors
         before = rows.version("m")
         assert before != 0 and rows.version("nothing") == 0
         assert rows.state("m").rows == 4
@@ -162,30 +160,28 @@ def test_migration_9_counts_the_embeddings_already_there(tmp_path: Path) -> None
 
     from tagger.index.db import _statements
     from tagger.index.schema import MIGRATIONS
-    from tagger.index.vectors import VectorRows
 
     index = tmp_path / "index.sqlite"
     _store_vectors(index, clustered(5, 8, 9))
     with Index.open(index) as store, store.transaction():
-        VectorRows(store.conn).save(f"{4:064x}", "other", np.ones(8, np.float32), 0)
+        store.vectors.save(f"{4:064x}", "other", np.ones(8, np.float32), 0)
     _back_to_migration_7(index)
     with sqlite3.connect(index) as conn:  # an index of migration 8, with its triggers
         for statement in _statements(MIGRATIONS[7].sql):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (8, 't')")
     with Index.open(index) as store:
-        rows = VectorRows(store.conn)
+        rows = store.vectors
         assert (rows.state("m").rows, rows.state("other").rows) == (4, 1)
         assert rows.state("m").removals != 0 and rows.state("nothing").rows == 0
 
 
 def test_only_removals_renew_the_removal_stamp_and_rows_is_the_count(tmp_path: Path) -> None:
-    from tagger.index.vectors import VectorRows
 
     index = tmp_path / "index.sqlite"
     _store_vectors(index, clustered(3, 8, 10))
     with Index.open(index) as store:
-        rows = VectorRows(store.conn)
+        rows = store.vectors
 
         def count(model: str) -> int:
             return int(store.conn.execute("SELECT COUNT(*) FROM embeddings WHERE model = ?", (model,)).fetchone()[0])
@@ -260,11 +256,10 @@ def _rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def _same_as_rebuilt(store: Index, loaded: VectorMatrix) -> None:
     """The rows of a full rebuild, and the same search results (the codes' shortlist holding all)."""
-    from tagger.index.vectors import VectorRows
 
     shas: list[str] = []
     parts = []
-    for chunk_shas, chunk in VectorRows(store.conn).all_vectors("m"):
+    for chunk_shas, chunk in store.vectors.all_vectors("m"):
         shas.extend(chunk_shas)
         parts.append(chunk)
     fresh = VectorMatrix(shas, np.concatenate(parts))
@@ -320,7 +315,6 @@ def test_additions_in_the_same_millisecond_are_each_appended_once(library: Path,
 
 @pytest.mark.parametrize("change", ["delete", "replace", "update", "earlier", "delete and add"])
 def test_anything_but_additions_rebuilds(library: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
-    from tagger.index.vectors import VectorRows
 
     calls = _rebuilds(monkeypatch)
     with Index.open(library) as store:
@@ -331,7 +325,7 @@ def test_anything_but_additions_rebuilds(library: Path, monkeypatch: pytest.Monk
             _add(store, 1000, clustered(1, 64, 14))
         if change == "replace":  # the same content's embedding written again: INSERT OR REPLACE
             with store.transaction():
-                VectorRows(store.conn).save(f"{7:064x}", "m", clustered(1, 64, 15)[0], 0)
+                store.vectors.save(f"{7:064x}", "m", clustered(1, 64, 15)[0], 0)
         if change == "update":
             with store.transaction():
                 store.conn.execute("UPDATE embeddings SET vector = ? WHERE sha256 = ?",

@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tagger.engine.classify import Classifier, _cached_export_is_current, onnx_cache_path
+from tagger.engine.classify import Classifier
+
+from tagger.engine.export import cached_export_is_current, onnx_cache_path
 from tagger.cli import cli
 from tagger.engine.decode import open_rgb, preprocess
 from tagger.index import Index
@@ -50,11 +52,11 @@ def test_an_export_without_features_is_made_again(lite0: Classifier, weights_dir
     meta_path = path.with_name(path.name + ".json")
     meta = json.loads(meta_path.read_text())
     outputs = meta["outputs"]
-    assert "features" in outputs and _cached_export_is_current(path, lite0.weights, "fp32")
+    assert "features" in outputs and cached_export_is_current(path, lite0.weights, "fp32")
     del meta["outputs"]  # as written before embeddings existed
     meta_path.write_text(json.dumps(meta))
     try:
-        assert not _cached_export_is_current(path, lite0.weights, "fp32")
+        assert not cached_export_is_current(path, lite0.weights, "fp32")
     finally:
         meta["outputs"] = outputs
         meta_path.write_text(json.dumps(meta))

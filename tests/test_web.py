@@ -28,7 +28,7 @@ from tagger.engine.classify import Classifier
 from tagger.config import Config, load_config
 from tagger.engine.labels import Tag
 from tagger.library.scan import Tagger
-from tagger.library.jsonsidecar import ImageFacts
+from tagger.index.records import ImageFacts
 from tagger.index import Listing, Index
 from tagger.web import create_app
 

@@ -9,7 +9,7 @@ import pytest
 
 from tagger.config import WatchConfig
 from tagger.daemon.watch import choose_mode, filesystem_type, is_candidate
-from tagger.daemon.workqueue import SETTLE_SECONDS, WorkQueue
+from tagger.daemon.workqueue import SETTLE_SECONDS, Delete, Move, Reconcile, TagFiles, WorkQueue
 
 
 def make_queue(**kw: float) -> WorkQueue:
@@ -31,7 +31,7 @@ def test_ten_changes_in_a_second_are_one_entry(tmp_path: Path) -> None:
     for _ in range(10):
         q.changed(f, tmp_path)
     work = q.next_work(16, timeout=2)
-    assert work is not None and work.kind == "tag" and work.paths == (f,)
+    assert work is not None and isinstance(work, TagFiles) and work.paths == (f,)
     assert q.next_work(16, timeout=0.2) is None
 
 
@@ -93,13 +93,13 @@ def test_delete_waits_for_grace_and_a_return_cancels_it(tmp_path: Path) -> None:
     q.deleted(f)
     q.changed(f, tmp_path)  # moved back in before the grace period ended
     work = q.next_work(16, timeout=1.5)
-    assert work is not None and work.kind == "tag"
+    assert work is not None and isinstance(work, TagFiles)
     assert q.next_work(16, timeout=0.8) is None
     g = tmp_path / "gone.jpg"
     q.deleted(g)
     started = time.monotonic()
     work = q.next_work(16, timeout=2)
-    assert work is not None and work.kind == "delete" and work.paths == (g,)
+    assert work is not None and isinstance(work, Delete) and work.paths == (g,)
     assert time.monotonic() - started >= 0.45
 
 
@@ -109,9 +109,9 @@ def test_pending_entry_follows_a_rename(tmp_path: Path) -> None:
     q.changed(src, tmp_path)
     q.moved(src, dst)
     first = q.next_work(16, timeout=1)
-    assert first is not None and first.kind == "move" and first.paths == (src,) and first.dst == dst
+    assert first is not None and first == Move(src, dst)
     second = q.next_work(16, timeout=2)
-    assert second is not None and second.kind == "tag" and second.paths == (dst,)
+    assert second is not None and isinstance(second, TagFiles) and second.paths == (dst,)
 
 
 def test_full_queue_turns_into_a_reconcile_with_bounded_memory(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_full_queue_turns_into_a_reconcile_with_bounded_memory(tmp_path: Path) -
     assert len(q) == 101  # 100 files + one reconcile of the folder
     assert q.overflowed == 9_900
     work = q.next_work(16, timeout=1)
-    assert work is not None and work.kind == "reconcile" and work.paths == (tmp_path,)
+    assert work is not None and work == Reconcile(tmp_path)
 
 
 def test_stop_wakes_a_waiting_worker(tmp_path: Path) -> None:

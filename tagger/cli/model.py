@@ -1,6 +1,6 @@
 """`tagger classify` and `tagger explain`: the model on images named on the command line; nothing is written.
 
-Given to `tagger.cli`'s group (MODEL_COMMANDS), whose `invoke` turns errors into messages and exit codes.
+Given to `tagger.cli`'s group (COMMANDS), whose `invoke` turns errors into messages and exit codes.
 """
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tagger.cli.context import Context, pass_ctx
 from tagger.errors import DecodeError, TaggerError
 from tagger.fileio import json_text, shown
 
 if TYPE_CHECKING:
-    from tagger.cli import _Context
     from tagger.index.vectors import LearnedTag
 
-pass_ctx = click.pass_obj  # the group's _Context (tagger.cli)
 
 
 @click.command()
@@ -24,13 +23,13 @@ pass_ctx = click.pass_obj  # the group's _Context (tagger.cli)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of text.")
 @click.option("--top-k", type=click.IntRange(1, 1000), help="How many tags per image (default: model.top_k).")
 @pass_ctx
-def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int | None) -> None:
+def classify(ctx: Context, images: tuple[Path, ...], as_json: bool, top_k: int | None) -> None:
     """Print the tags of IMAGES; writes nothing (no sidecar, no index)."""
     from tagger.engine.classify import Classifier
     from tagger.engine.decode import draft_size, open_rgb, preprocess
 
     config = ctx.config(require_folders=False)
-    classifier = Classifier.from_config(config)
+    classifier = Classifier.from_settings(config.model_choice())
     k = top_k or config.model.top_k
     results: list[dict[str, Any]] = []
     for path in images:
@@ -57,14 +56,14 @@ def classify(ctx: _Context, images: tuple[Path, ...], as_json: bool, top_k: int 
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the photo with the heatmap as PNG.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"label", "class_id", "score", "map"}: rows over the image.')
 @pass_ctx
-def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_json: bool) -> None:
+def explain(ctx: Context, image: Path, term: str | None, out: Path | None, as_json: bool) -> None:
     """Show where in IMAGE the model saw a tag: a class activation map over the photo."""
     from tagger.engine import explain as cam
     from tagger.engine.classify import Classifier
     from tagger.engine.decode import draft_size, open_rgb
 
     config = ctx.config(require_folders=False)
-    classifier = Classifier.from_config(config)
+    classifier = Classifier.from_settings(config.model_choice())
     draft = draft_size(classifier.spec.preprocess, config.decode.draft)  # as a scan decodes
     try:
         decoded = open_rgb(image, config.decode.max_pixels, draft, config.decode.max_file_bytes)
@@ -92,12 +91,11 @@ def explain(ctx: _Context, image: Path, term: str | None, out: Path | None, as_j
     click.echo(f"{shown(image)}: {e.label} ({e.label_zh}, class {e.class_id}) {e.score:.1%}{where}")
 
 
-def _learned_tags(ctx: _Context, model: str) -> list[LearnedTag]:
+def _learned_tags(ctx: Context, model: str) -> list[LearnedTag]:
     from tagger.index import Index
-    from tagger.index.vectors import VectorRows
 
     with Index.open(ctx.config(require_folders=False).index, readonly=True) as index:
-        return VectorRows(index.conn).learned(model)
+        return index.vectors.learned(model)
 
 
-MODEL_COMMANDS = [classify, explain]
+COMMANDS = [classify, explain]

@@ -7,19 +7,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
+from tagger.cli.context import Context, pass_ctx, progress
 from tagger.errors import StoreError, TaggerError
 from tagger.fileio import json_text, shown
 
 if TYPE_CHECKING:
-    from tagger.cli import _Context
-    from tagger.config import Config
     from tagger.index import Index
 
-pass_ctx = click.pass_obj  # the group's _Context (tagger.cli)
 
 
 def _indexed_sha(store: Index, image: Path) -> str:
@@ -43,19 +41,18 @@ def _write_paths(paths: list[str]) -> None:
 
 @click.command()
 @pass_ctx
-def embed(ctx: _Context) -> None:
+def embed(ctx: Context) -> None:
     """Compute the embeddings that images indexed before them lack (`tagger scan` does it too)."""
     from tagger.engine.classify import Classifier
-    from tagger.cli import _progress as progress
-    from tagger.vectors.embeddings import backfill
-    from tagger.library.lock import index_lock
     from tagger.index import Index
+    from tagger.library.lock import index_lock
+    from tagger.vectors.embeddings import backfill
 
     config = ctx.config(require_folders=False)
     if not config.index.exists():
         raise StoreError(f"{config.index}: no index yet (run `tagger scan` first)")
     with index_lock(config.index, "scan"):
-        classifier = Classifier.from_config(config)
+        classifier = Classifier.from_settings(config.model_choice())
         with Index.open(config.index) as store, progress() as on_progress:
             result = backfill(config, classifier, store, on_progress=on_progress)
     click.echo(
@@ -70,16 +67,15 @@ def embed(ctx: _Context) -> None:
 @click.option("--format", "fmt", type=click.Choice(["paths", "json"]), default="paths", show_default=True,
               help="paths: one per line; json: path, sha256 and similarity of each.")
 @pass_ctx
-def similar(ctx: _Context, image: Path, limit: int, fmt: str) -> None:
+def similar(ctx: Context, image: Path, limit: int, fmt: str) -> None:
     """List the images most like IMAGE (an indexed file), best first; its own copies are left out."""
-    from tagger.vectors.similar import similar_to
     from tagger.index import Index
-    from tagger.index.vectors import VectorRows
+    from tagger.vectors.similar import similar_to
 
     config = ctx.config(require_folders=False)
     with Index.open(config.index, readonly=True) as store:
         matches = similar_to(store, _indexed_sha(store, image), limit)
-        paths = VectorRows(store.conn).paths_of([m.sha256 for m in matches])
+        paths = store.vectors.paths_of([m.sha256 for m in matches])
     found = [(p, m) for m in matches for p in paths.get(m.sha256, [])][:limit]
     if fmt == "json":
         click.echo(json_text([{"path": p, "sha256": m.sha256, "score": round(m.score, 4)} for p, m in found], indent=2))
@@ -92,14 +88,14 @@ def similar(ctx: _Context, image: Path, limit: int, fmt: str) -> None:
               help="text: a block per group, the largest copy marked *; json: a list of groups, each a list of "
               "paths, the largest copy first.")
 @pass_ctx
-def duplicates(ctx: _Context, fmt: str) -> None:
+def duplicates(ctx: Context, fmt: str) -> None:
     """List groups of copies of the same picture: resized, recompressed, slightly cropped, re-exported.
 
     Other shots of the same scene are not copies. In each group the largest copy (pixels,
     then bytes) comes first.
     """
-    from tagger.vectors.duplicates import find_duplicates
     from tagger.index import Index
+    from tagger.vectors.duplicates import find_duplicates
 
     config = ctx.config(require_folders=False)
     with Index.open(config.index, readonly=True) as store:
@@ -139,7 +135,7 @@ def _threshold_option(_ctx: click.Context, _param: click.Parameter, value: float
               "[default: the tag's own, 0.5 for a new one]. Alone: changes an existing tag's.")
 @pass_ctx
 def learn(
-    ctx: _Context, name: str, images: tuple[Path, ...], rejected: tuple[Path, ...], show: int, threshold: float | None
+    ctx: Context, name: str, images: tuple[Path, ...], rejected: tuple[Path, ...], show: int, threshold: float | None
 ) -> None:
     """Teach the keyword NAME from example IMAGES (and counter-examples given with --not).
 
@@ -150,9 +146,9 @@ def learn(
     existing tag stricter (lower: looser), re-applied to the whole library.
     """
     from tagger.index import Index
-    from tagger.vectors.learned import learn as teach
-    from tagger.vectors.learned import rekeyword, set_threshold
     from tagger.library.keywording import Retagger
+    from tagger.vectors.learned import learn as teach
+    from tagger.vectors.learned import set_threshold
 
     config = ctx.config(require_folders=False)
     if not images and not rejected and threshold is None:
@@ -164,7 +160,7 @@ def learn(
             result = teach(store, name, positive, negative, threshold)
         else:  # a threshold alone: the tag must exist already
             result = set_threshold(store, name, threshold)
-        rekeyword(Retagger(config, store), result.changed)
+        Retagger(config, store).rekeyword(result.changed, "the keywords of a learned tag")
         paths = _paths_of(store, [sha for sha, _ in result.proposals[:show]])
     tag = result.tag
     precision = "n/a (fewer than 2 examples)" if tag.precision is None else f"{tag.precision:.0%}"
@@ -183,21 +179,19 @@ def learn(
 
 
 def _paths_of(store: Index, shas: list[str]) -> dict[str, list[str]]:
-    from tagger.index.vectors import VectorRows
 
-    return VectorRows(store.conn).paths_of(shas)
+    return store.vectors.paths_of(shas)
 
 
 @click.command()
 @pass_ctx
-def learned(ctx: _Context) -> None:
+def learned(ctx: Context) -> None:
     """List the learned tags: examples, counter-examples, matches, threshold, cross-validated precision."""
     from tagger.index import Index
-    from tagger.index.vectors import VectorRows
 
     config = ctx.config(require_folders=False)
     with Index.open(config.index, readonly=True) as store:
-        rows = VectorRows(store.conn)
+        rows = store.vectors
         tags = rows.learned()
         counts = {t.name: len(rows.matches_of(t.name)) for t in tags}
     if not tags:
@@ -214,39 +208,21 @@ def learned(ctx: _Context) -> None:
 @click.command()
 @click.argument("name")
 @pass_ctx
-def unlearn(ctx: _Context, name: str) -> None:
+def unlearn(ctx: Context, name: str) -> None:
     """Forget the learned tag NAME: its examples, its model and its matches.
 
     The keyword NAME (learned/NAME) leaves every image it was on, in the index and the sidecars.
     A keyword NAME you added yourself (`tagger tag add`) stays.
     """
     from tagger.index import Index
-    from tagger.vectors.learned import rekeyword
-    from tagger.vectors.learned import unlearn as forget
     from tagger.library.keywording import Retagger
+    from tagger.vectors.learned import unlearn as forget
 
     config = ctx.config(require_folders=False)
     with Index.open(config.index) as store:
         matched = forget(store, name)
-        rekeyword(Retagger(config, store), matched)
+        Retagger(config, store).rekeyword(matched, "the keywords of a learned tag")
     click.echo(f"forgot the learned tag {name.strip()!r}: its keyword left {counted(len(matched), 'image')}")
-
-
-def backfill_after_scan(config: Config, classifier: Any, stopped: list[int]) -> None:
-    """Embeddings an older index lacks, computed once after a scan that was not stopped, with a progress bar."""
-    from tagger.cli import _progress
-    from tagger.vectors.embeddings import backfill
-    from tagger.index import Index
-
-    if stopped:
-        return
-    with Index.open(config.index) as store, _progress() as on_progress:
-        result = backfill(config, classifier, store, on_progress=on_progress, cancelled=lambda: bool(stopped))
-    if result.missing:
-        click.echo(
-            f"embeddings: {result.computed} computed for images indexed before them"
-            f"{f', {result.skipped} skipped (file changed or unreadable)' if result.skipped else ''}"
-        )
 
 
 COMMANDS = [embed, similar, duplicates, learn, learned, unlearn]

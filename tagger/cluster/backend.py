@@ -1,77 +1,88 @@
-"""The pipeline's cluster path: batches out through the cluster's window, tags written back here.
+"""The scan backend of a Dask cluster: batches out through the cluster's window, tags written back here.
 
-The Tagger stays the one writer: this only decides what goes out and hands what comes back
-(or what the cluster could not take) to the Tagger's own recording and local classifying.
-Imported only when a scheduler is configured.
+The scan's Recorder stays the one writer: this only decides what goes out and hands what comes
+back (or what the cluster could not take, classified here by a LocalBackend) to it.
+Imported only when a scheduler is configured (tagger.cluster.choice).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tagger.cluster.coordinator import Cluster
-from tagger.library.jsonsidecar import ImageFacts
-from tagger.cluster.worker import JobResult
+from tagger.cluster.protocol import JobResult, JobSettings, ModelIdentity
+from tagger.config import Config
+from tagger.engine.classify import Classifier
+from tagger.index.records import ImageFacts
+from tagger.library.backend import Cancelled, LocalBackend, Progress, batches, refine_budget
+from tagger.library.reader import Read, Reader
+from tagger.library.recorder import Recorder
+from tagger.library.summary import ScanSummary
 
-if TYPE_CHECKING:
-    from tagger.library.scan import ScanSummary, Tagger, _Read
+
+def job_settings(config: Config, classifier: Classifier) -> JobSettings:
+    m, d = config.model, config.decode
+    return JobSettings(ModelIdentity.of(classifier), m.top_k, d.max_pixels, d.draft, d.refine_margin)
 
 
-class OnCluster:
-    """Sends a Tagger's batches to a Dask cluster and writes the results back as they come."""
+class ClusterBackend:
+    """Sends a scan's batches to a Dask cluster and records the results as they come back."""
 
-    def __init__(self, tagger: Tagger, cluster: Cluster[list[_Read]]) -> None:
-        self.tagger = tagger
-        self.cluster = cluster
+    def __init__(self, config: Config, classifier: Classifier, reader: Reader, recorder: Recorder) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.reader = reader
+        self.recorder = recorder
+        self.here = LocalBackend(config, classifier, reader, recorder)  # what the cluster cannot take
+        self.cluster: Cluster[Sequence[Read]] = Cluster(config.cluster, job_settings(config, classifier))
 
-    def tag(
-        self,
-        paths: Sequence[Path],
-        summary: ScanSummary,
-        on_progress: Callable[[int], None] | None,
-        cancelled: Callable[[], bool] | None,
-    ) -> None:
+    def reconfigure(self, config: Config) -> None:
+        """Batches sent from now on carry the new top_k and decode settings."""
+        self.config = config
+        self.here.reconfigure(config)
+        self.cluster.settings = job_settings(config, self.classifier)
+
+    def close(self) -> None:
+        self.cluster.close()
+        self.here.close()
+
+    def tag(self, paths: Sequence[Path], summary: ScanSummary, on_progress: Progress, cancelled: Cancelled) -> None:
         """At most `cluster.in_flight` batches out at once, each written here as it comes back;
         what the cluster cannot take is classified here."""
-        from tagger.library.scan import _chunks, _decode_all, refine_budget
-
-        tagger, cluster = self.tagger, self.cluster
-        for batch in _chunks(paths, tagger.config.cluster.batch_size):
+        cluster = self.cluster
+        for batch in batches(paths, self.config.cluster.batch_size):
             if cancelled is not None and cancelled():
                 break
-            reads = tagger._read_new(batch, summary)
+            reads = self.reader.read_new(batch, summary)
             if on_progress and len(batch) > len(reads):
                 on_progress(len(batch) - len(reads))
             if reads and not cluster.submit(reads, [r.data for r in reads], refine_budget(summary, len(reads))):
-                tagger._finish(_decode_all(tagger, reads), summary)
+                self.here.classify(reads, summary)
                 if on_progress:
                     on_progress(len(reads))
             self._write_back(summary, on_progress, block=cluster.full)
         while cluster.busy:  # even when stopping: already read, so record it
             self._write_back(summary, on_progress, block=True)
+        self.here.drain(summary)
 
-    def _write_back(self, summary: ScanSummary, on_progress: Callable[[int], None] | None, block: bool) -> None:
-        from tagger.library.scan import _decode_all
-
+    def _write_back(self, summary: ScanSummary, on_progress: Progress, block: bool) -> None:
         for reads, result in self.cluster.done(block):
             if result is None:
-                self.tagger._finish(_decode_all(self.tagger, reads), summary)
+                self.here.classify(reads, summary)
             else:
                 self._record(reads, result, summary)
             if on_progress:
                 on_progress(len(reads))
 
-    def _record(self, reads: Sequence[_Read], result: JobResult, summary: ScanSummary) -> None:
-        tagger = self.tagger
-        weights_sha256 = tagger.classifier.weights.sha256  # the worker checked that its weights are these
+    def _record(self, reads: Sequence[Read], result: JobResult, summary: ScanSummary) -> None:
+        weights_sha256 = self.classifier.weights.sha256  # the worker checked that its weights are these
         for read, item in zip(reads, result.items):
             if isinstance(item, str):
-                tagger._fail(read.path, read.sha256, len(read.data), read.mtime_ns, item, summary)
+                self.recorder.fail(read.path, read.sha256, len(read.data), read.mtime_ns, item, summary)
                 continue
             facts = ImageFacts(read.sha256, len(read.data), item.width, item.height)
             look = (item.embedding, item.image_hash)
-            if not tagger._record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, look):
+            if not self.recorder.record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, look):
                 summary.sidecar_errors += 1
             summary.classified += 1
             summary.by_worker[result.worker] = summary.by_worker.get(result.worker, 0) + 1

@@ -12,14 +12,14 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from distributed import Client, Future
 from distributed.utils import LoopRunner
 
 from tagger.config import ClusterConfig
-from tagger.cluster.worker import Job, JobResult, ModelIdentity, ModelMismatch, check_model, classify_job, security
+from tagger.cluster.protocol import Job, JobResult, JobSettings, ModelIdentity, ModelMismatch
+from tagger.cluster.worker import check_model, classify_job, security
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +28,6 @@ Task = Callable[[Job], JobResult]
 
 POLL_SECONDS = 0.5  # how often a blocked wait looks at the connection and the workers
 TICK_SECONDS = 0.005  # how often it looks for a finished batch
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """The coordinator's decode and model settings, sent with every batch."""
-
-    model: ModelIdentity
-    top_k: int
-    max_pixels: int
-    draft: bool
-    refine_margin: float
-
-    def job(self, blobs: list[bytes], refine_allowed: int) -> Job:
-        return Job(self.model, tuple(blobs), self.top_k, self.max_pixels, self.draft, self.refine_margin, refine_allowed)
 
 
 class Cluster(Generic[Batch]):

@@ -12,75 +12,27 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from distributed import Worker, WorkerPlugin, get_worker
 
 from tagger.engine.classify import Classifier
-from tagger.config import ClusterConfig
-from tagger.engine.decode import DecodedArray, decode_array, draft_size
-from tagger.errors import DecodeError, TaggerError
+from tagger.engine.decode import DecodedArray, decode_or_error, draft_size, near_ties
+from tagger.errors import DecodeError
 from tagger.engine.labels import Tag
-from tagger.vectors.duplicates import image_hash
-from tagger.library.scan import near_ties
+from tagger.engine.features import image_hash
 from tagger.engine.weights import Preprocess
+from tagger.cluster.protocol import Classified, Job, JobResult, ModelIdentity, ModelMismatch
+
+if TYPE_CHECKING:
+    from tagger.config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "tagger-model"
 EXIT_REFUSED = 2  # systemd's RestartPreventExitStatus: a mismatch is not fixed by a restart
 RECONNECT_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What must be equal on the coordinator and every worker for their tags to be the same."""
-
-    name: str
-    weights_sha256: str
-    precision: str  # fp32 or int8: an INT8 model can give another top-1
-
-    @classmethod
-    def of(cls, classifier: Classifier) -> ModelIdentity:
-        return cls(classifier.name, classifier.weights.sha256, "int8" if "int8" in classifier.runtime else "fp32")
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.precision} (weights sha256 {self.weights_sha256[:16]}...)"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One batch: the coordinator's model and decode settings travel with the bytes, so a worker
-    decodes exactly as the coordinator would have."""
-
-    model: ModelIdentity
-    blobs: tuple[bytes, ...]
-    top_k: int
-    max_pixels: int
-    draft: bool
-    refine_margin: float
-    refine_allowed: int  # near ties decoded again in full at most (tagger.library.scan.near_ties)
-
-
-@dataclass(frozen=True)
-class Classified:
-    width: int
-    height: int
-    tags: tuple[Tag, ...]
-    embedding: np.ndarray  # the pooled features, from the same model run (tagger.vectors.embeddings)
-    image_hash: int  # of the model's input (tagger.vectors.duplicates.image_hash)
-
-
-@dataclass(frozen=True)
-class JobResult:
-    worker: str  # the worker's name: host-pid
-    items: tuple[Classified | str, ...]  # the tags of each image, or why it could not be decoded
-    refined: int  # near ties decoded again in full
-
-
-class ModelMismatch(TaggerError):
-    """This worker runs another model or other weights than the coordinator."""
 
 
 def mismatch_message(worker: ModelIdentity, coordinator: ModelIdentity) -> str:
@@ -114,14 +66,14 @@ def classify_job(job: Job) -> JobResult:
     classifier = plugin.classifier
     spec = classifier.spec.preprocess
     draft = draft_size(spec, job.draft)
-    decoded: list[DecodedArray | str] = [_decode(blob, job.max_pixels, spec, draft) for blob in job.blobs]
+    decoded: list[DecodedArray | str] = [_decoded(blob, job.max_pixels, spec, draft) for blob in job.blobs]
     good = [(i, d) for i, d in enumerate(decoded) if isinstance(d, DecodedArray)]
     seen: dict[int, tuple[list[Tag], np.ndarray, int]] = {}
     refined = 0
     if good:
         results, margins, features = classifier.predict(np.stack([d.array for _, d in good]), job.top_k)
         near = near_ties([d.reduced for _, d in good], margins, job.refine_margin, job.refine_allowed)
-        again = [(k, _decode(job.blobs[good[k][0]], job.max_pixels, spec, None)) for k in near]
+        again = [(k, _decoded(job.blobs[good[k][0]], job.max_pixels, spec, None)) for k in near]
         again_ok = [(k, d) for k, d in again if isinstance(d, DecodedArray)]
         if again_ok:
             redone, _, refeatures = classifier.predict(np.stack([d.array for _, d in again_ok]), job.top_k)
@@ -136,13 +88,9 @@ def classify_job(job: Job) -> JobResult:
     return JobResult(str(worker.name), items, refined)
 
 
-def _decode(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> DecodedArray | str:
-    try:
-        return decode_array(data, max_pixels, spec, draft)
-    except DecodeError as exc:
-        return str(exc)
-    except Exception as exc:  # a decoder bug on one hostile file must not fail the batch
-        return f"cannot decode: {type(exc).__name__}: {exc}"
+def _decoded(data: bytes, max_pixels: int, spec: Preprocess, draft: int | None) -> DecodedArray | str:
+    result = decode_or_error(data, max_pixels, spec, draft)
+    return str(result) if isinstance(result, DecodeError) else result
 
 
 async def check_model(coordinator: ModelIdentity, dask_worker: Worker) -> ModelIdentity | None:

@@ -24,12 +24,13 @@ from tagger.fileio import is_empty_folder, json_text, write_atomic, write_proble
 from tagger.errors import DiskError, StoreBusy, TaggerError
 from tagger.library.lock import IndexLocked, index_lock
 from tagger.vectors.embeddings import backfill
-from tagger.library.scan import ScanSummary, Tagger
-from tagger.tags.rules import Rules
+from tagger.cluster.choice import scan_backend
+from tagger.library.scan import Tagger
+from tagger.library.summary import ScanSummary
 from tagger.index import Index
 from tagger.daemon.systemd import Notifier
 from tagger.daemon.watch import Watcher
-from tagger.daemon.workqueue import Work, WorkQueue
+from tagger.daemon.workqueue import Delete, DeleteTree, Move, Reconcile, TagFiles, Work, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,12 @@ class Daemon:
             raise
 
     def _run_locked(self) -> int:
-        classifier = self.classifier or Classifier.from_config(self.config)
+        classifier = self.classifier or Classifier.from_settings(self.config.model_choice())
         store = self._open_store()
         if store is None:
             return 0
         with store:
-            tagger = Tagger(self.config, classifier, store)
+            tagger = Tagger(self.config, classifier, store, scan_backend(self.config.cluster))
             watcher = Watcher(self.queue, self.config.watch)
             try:
                 self._serve(tagger, watcher)
@@ -202,24 +203,27 @@ class Daemon:
             self.notifier.ping()
 
     def _do(self, work: Work, tagger: Tagger) -> None:
-        if work.kind == "tag":
-            tagger.tag_files(list(work.paths), self.summary)
-        elif work.kind == "move" and work.dst is not None:
-            src, dst = work.paths[0], work.dst
-            if dst.is_dir():
+        if isinstance(work, (Delete, DeleteTree)):
+            first = work.paths[0] if isinstance(work, Delete) else work.folder
+            if is_empty_folder(root := self._root_of(first)):
+                # A polled share that is unmounted shows every file deleted; its rows wait for its return.
+                log.warning("%s: the folder is empty (an unmounted share?): deletions under it are not applied", root)
+                return
+        match work:
+            case TagFiles(paths):
+                tagger.tag_files(list(paths), self.summary)
+            case Move(src, dst) if dst.is_dir():
                 moved = tagger.move_tree(src, dst)
                 log.info("moved %s -> %s (%d files keep their tags)", src, dst, moved)
-            elif not tagger.move(src, dst):
-                tagger.tag_files([dst], self.summary)
-        elif work.kind in ("delete", "delete_tree") and is_empty_folder(root := self._root_of(work.paths[0])):
-            # A polled share that is unmounted shows every file deleted; its rows wait for its return.
-            log.warning("%s: the folder is empty (an unmounted share?): deletions under it are not applied", root)
-        elif work.kind == "delete":
-            tagger.forget(list(work.paths))
-        elif work.kind == "delete_tree":
-            tagger.forget_tree(work.paths[0])
-        elif work.kind == "reconcile":
-            self._reconcile(work.paths[0], tagger)
+            case Move(src, dst):
+                if not tagger.move(src, dst):
+                    tagger.tag_files([dst], self.summary)
+            case Delete(paths):
+                tagger.forget(list(paths))
+            case DeleteTree(folder):
+                tagger.forget_tree(folder)
+            case Reconcile(folder):
+                self._reconcile(folder, tagger)
 
     def _reconcile(self, folder: Path, tagger: Tagger) -> None:
         if not folder.is_dir():
@@ -232,12 +236,7 @@ class Daemon:
             defer_recent=lambda path: self.queue.changed(path, root),
             cancelled=self._stop.is_set,
         )
-        self.summary.classified += result.classified
-        self.summary.reused += result.reused
-        self.summary.refined += result.refined
-        self.summary.failed += result.failed
-        for worker, count in result.by_worker.items():
-            self.summary.by_worker[worker] = self.summary.by_worker.get(worker, 0) + count
+        self.summary.add(result)
         if result.classified or result.reused or result.failed or result.removed:
             log.info(
                 "reconciled %s: %d classified, %d from the index, %d failed, %d removed",
@@ -257,7 +256,6 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
-            rules = Rules.load(new.rules)
         except TaggerError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self._status_line())
@@ -270,7 +268,7 @@ class Daemon:
         new = dataclasses.replace(new, cluster=self.config.cluster)  # and --cluster stays
         added = [f for f in new.folders if f not in self.config.folders]
         self.config = new
-        tagger.reconfigure(new, rules)
+        tagger.reconfigure(new)
         watcher.config = new.watch
         self.queue.configure(new.watch.stable_seconds, new.watch.open_timeout, new.watch.delete_grace_seconds)
         watcher.watch(new.folders)

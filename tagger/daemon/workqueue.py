@@ -15,18 +15,49 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 SETTLE_SECONDS = 0.3  # after a close event: long enough for a writer that reopens at once
 
-WorkKind = Literal["tag", "move", "delete", "delete_tree", "reconcile"]
+
+
+# One class per kind of work, as watchdog has one per kind of event: the daemon matches on them.
+@dataclass(frozen=True)
+class TagFiles:
+    """Files written and left alone long enough: tag them (a batch)."""
+
+    paths: tuple[Path, ...]
 
 
 @dataclass(frozen=True)
-class Work:
-    kind: WorkKind
-    paths: tuple[Path, ...] = ()
-    dst: Path | None = None  # for "move": paths[0] -> dst
+class Move:
+    """A file or folder renamed inside the library: its tags follow it."""
+
+    src: Path
+    dst: Path
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Files gone for the grace period: forget them."""
+
+    paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class DeleteTree:
+    """A folder gone for the grace period: forget everything under it."""
+
+    folder: Path
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """A folder to compare with the index (at start, after an overflow, hourly): a scan of it."""
+
+    folder: Path
+
+
+Work = TagFiles | Move | Delete | DeleteTree | Reconcile
 
 
 @dataclass
@@ -95,7 +126,7 @@ class WorkQueue:
             self._deletes.pop(dst, None)
             for old in [p for p in self._pending if p == src or (is_dir and src in p.parents)]:
                 self._pending[dst / old.relative_to(src) if is_dir else dst] = self._pending.pop(old)
-            self._moves.append(Work("move", (src,), dst))
+            self._moves.append(Move(src, dst))
             self._lock.notify()
 
     def reconcile(self, folder: Path) -> None:
@@ -161,18 +192,18 @@ class WorkQueue:
         if self._reconcile:
             folder = next(iter(self._reconcile))
             del self._reconcile[folder]
-            return Work("reconcile", (folder,))
+            return Reconcile(folder)
         now = self._clock()
         due_deletes = [(p, is_dir) for p, (due, is_dir) in self._deletes.items() if due <= now]
         if due_deletes:
             path, is_dir = due_deletes[0]
             if is_dir:
                 del self._deletes[path]
-                return Work("delete_tree", (path,))
+                return DeleteTree(path)
             files = [p for p, d in due_deletes if not d]
             for p in files:
                 del self._deletes[p]
-            return Work("delete", tuple(files))
+            return Delete(tuple(files))
         ready: list[Path] = []
         for path, entry in list(self._pending.items()):
             if entry.due > now:
@@ -182,7 +213,7 @@ class WorkQueue:
                 ready.append(path)
                 if len(ready) >= max_batch:
                     break
-        return Work("tag", tuple(ready)) if ready else None
+        return TagFiles(tuple(ready)) if ready else None
 
     def _finished(self, path: Path, entry: _Pending, now: float) -> bool:
         """One stat: has the file been left alone long enough to be complete?"""

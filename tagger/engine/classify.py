@@ -14,16 +14,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tagger.config import Config
-from tagger.cpu import cpu_info, int8_scheme
+from tagger.cpu import cpu_info
 from tagger.errors import WeightsError, WeightsMissingError
+from tagger.engine.export import Head, export_precision, exported, load_head
+from tagger.engine.features import unit
 from tagger.engine.labels import Tag, imagenet_classes
-from tagger.engine.weights import MODELS, ModelSpec, WeightsFile, file_sha256, find_weights
+from tagger.engine.weights import MODELS, ModelChoice, ModelSpec, WeightsFile, file_sha256, find_weights
 
 log = logging.getLogger(__name__)
 
@@ -35,82 +35,8 @@ FeatureMapNetwork = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # Per image of a batch: its top-k tags, its margin (best minus second-best probability), its embedding (a row).
 Prediction = tuple[list[list[Tag]], list[float], np.ndarray]
 
-# What an ONNX export holds (tagger.engine.torchnet writes it, recorded in its provenance JSON): a cached
-# export of another format lacks an output or the head file, or (before 3) an INT8 model's bias
-# correction, or (before 4) its GPTQ rounding and close-call margin, and is made again.
-EXPORT_FORMAT = 4
-EXPORT_OUTPUTS = ("logits", "features", "feature_map")
 SCAN_OUTPUTS = ["logits", "features"]  # what a scan asks for: never the feature map
-HEAD_SUFFIX = ".head.npz"  # beside the .onnx file: the classifier layer's weights, for explanations
 
-
-@dataclass(frozen=True)
-class Head:
-    """The classifier layer: logits = weight @ pooled features + bias."""
-
-    weight: np.ndarray  # classes x C, float32
-    bias: np.ndarray  # classes
-
-
-def export_precision(precision: str) -> str:
-    """The exported model's kind: fp32, or int8 in the scheme exact on this CPU (int8-u8s8r7...).
-
-    It is part of the cache file's name, so a model quantised for a VNNI CPU and copied to
-    an AVX2-only one is never used there: that machine looks for, and makes, its own.
-    """
-    return f"int8-{int8_scheme()}" if precision == "int8" else precision
-
-
-def onnx_cache_path(spec: ModelSpec, weights: WeightsFile, weights_dir: Path, precision: str) -> Path:
-    return weights_dir / "onnx" / f"{Path(spec.filename).stem}.{export_precision(precision)}.onnx"
-
-
-def _cached_export_is_current(path: Path, weights: WeightsFile, precision: str) -> bool:
-    try:
-        meta = json.loads(path.with_name(path.name + ".json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        meta.get("source_sha256") == weights.sha256
-        and meta.get("precision") == export_precision(precision)
-        and meta.get("format") == EXPORT_FORMAT
-        and meta.get("outputs") == list(EXPORT_OUTPUTS)
-        and path.is_file()
-        and meta.get("onnx_sha256") == file_sha256(path)
-        and _head_path(path).is_file()
-        and meta.get("head_sha256") == file_sha256(_head_path(path))
-        and (precision != "int8" or isinstance(meta.get("check_margin"), float))
-    )
-
-
-def _head_path(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.name + HEAD_SUFFIX)
-
-
-def load_head(onnx_path: Path) -> Head:
-    """The classifier weights an export wrote beside its model (checked with it by its hash)."""
-    try:
-        with np.load(_head_path(onnx_path)) as data:
-            return Head(np.asarray(data["weight"], np.float32), np.asarray(data["bias"], np.float32))
-    except (OSError, ValueError, KeyError) as exc:
-        raise WeightsError(f"{_head_path(onnx_path)}: unreadable classifier weights: {exc}") from None
-
-
-def _export(spec: ModelSpec, weights: WeightsFile, out: Path, precision: str) -> None:
-    """Run the export in a child process so that torch never enters this one."""
-    # INT8 is calibrated, GPTQ-rounded, then bias-corrected layer by layer: here 50-60 s for
-    # EfficientNet-Lite0, about 2 minutes for ResNet-18 (peak 2 GB, 1.8 of it ONNX Runtime's
-    # calibration), more on a small CPU.
-    slow = " (calibrating and correcting INT8: one to a few minutes)" if precision == "int8" else ""
-    log.info("exporting %s (%s) to ONNX once%s: %s", spec.name, precision, slow, out)
-    cmd = [
-        sys.executable, "-m", "tagger.engine.torchnet", "--model", spec.name, "--weights", str(weights.path),
-        "--sha256", weights.sha256, "--out", str(out), "--precision", export_precision(precision),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise WeightsError(f"cannot export {spec.name} to ONNX: {reason}")
 
 
 def onnx_network(
@@ -197,15 +123,6 @@ def optimised_model(path: Path, source_sha256: str | None = None) -> Path | None
     return out
 
 
-def _exported(spec: ModelSpec, weights: WeightsFile, weights_dir: Path, precision: str) -> tuple[Path, dict[str, object]]:
-    """The export of `weights` in `precision`, made now if the cached one is missing or stale; its provenance."""
-    path = onnx_cache_path(spec, weights, weights_dir, precision)
-    if not _cached_export_is_current(path, weights, precision):
-        _export(spec, weights, path, precision)
-    meta: dict[str, object] = json.loads(path.with_name(path.name + ".json").read_text())
-    return path, meta
-
-
 def _onnx_model(
     spec: ModelSpec, weights: WeightsFile, weights_dir: Path, precision: str
 ) -> tuple[Network, FeatureMapNetwork, Path]:
@@ -214,11 +131,11 @@ def _onnx_model(
     INT8 comes with the fp32 model, which runs its close calls again (CheckedNetwork) and
     makes its explanations: a heatmap is looked at, not counted, and fp32's is the exact one.
     """
-    path, meta = _exported(spec, weights, weights_dir, "fp32")
+    path, meta = exported(spec, weights, weights_dir, "fp32")
     network, with_map = onnx_network(path, source_sha256=_verified(meta))
     if precision != "int8":
         return network, with_map, path
-    fast_path, fast_meta = _exported(spec, weights, weights_dir, precision)
+    fast_path, fast_meta = exported(spec, weights, weights_dir, precision)
     margin = fast_meta.get("check_margin")
     if not isinstance(margin, float):
         raise WeightsError(f"{fast_path}: its provenance lacks the close-call margin")
@@ -297,14 +214,6 @@ def _onnx_available() -> bool:
     return True
 
 
-def normalised(features: np.ndarray) -> np.ndarray:
-    """Unit length, so that a dot product is the cosine similarity."""
-    vectors = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
-    return unit
-
-
 class Classifier:
     """One loaded model; `tag_batch` is the only thing the pipeline calls."""
 
@@ -325,7 +234,7 @@ class Classifier:
         self._head_loader = head
         self._head: Head | None = None
         self.classes = imagenet_classes()
-        # ONNX Runtime's arena keeps the largest batch a session has run: from_config caps each
+        # ONNX Runtime's arena keeps the largest batch a session has run: from_settings caps each
         # run at model.batch_size, whatever a caller hands `predict` (refinement, backfill, workers).
         self.max_batch: int | None = None
 
@@ -365,12 +274,12 @@ class Classifier:
         return cls(spec, weights, network, "torch", with_map, lambda: head)
 
     @classmethod
-    def from_config(cls, config: Config) -> Classifier:
-        m = config.model
-        classifier = cls.load(m.name, config.weights_dir, m.fallback, m.runtime, m.precision)
-        classifier.max_batch = m.batch_size
-        if isinstance(classifier.network, CheckedNetwork) and config.decode.draft:
-            classifier.network.near_tie = config.decode.refine_margin
+    def from_settings(cls, choice: ModelChoice) -> Classifier:
+        """The classifier a config names (Config.model_choice), with its batch bound and near-tie margin."""
+        classifier = cls.load(choice.name, choice.weights_dir, choice.fallback, choice.runtime, choice.precision)
+        classifier.max_batch = choice.max_batch
+        if isinstance(classifier.network, CheckedNetwork):
+            classifier.network.near_tie = choice.near_tie
         return classifier
 
     @property
@@ -416,7 +325,7 @@ class Classifier:
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         margins = [float(row[i[0]] - row[i[1]]) for row, i in zip(probabilities, top)]
         tags = [[self._tag(int(i), float(row[i])) for i in indices[:top_k]] for row, indices in zip(probabilities, top)]
-        return tags, margins, normalised(features)
+        return tags, margins, unit(features.reshape(len(features), -1))
 
     def _tag(self, class_id: int, score: float) -> Tag:
         c = self.classes[class_id]

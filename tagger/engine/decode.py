@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +132,26 @@ def decode_array(
         data, max_pixels, draft, lambda rgb, _: (preprocess(rgb, spec), min(rgb.size)), fast=fast
     )
     return DecodedArray(array, width, height, short < min(width, height))
+
+
+def decode_or_error(
+    data: bytes, max_pixels: int, spec: Preprocess, draft: int | None, scratch: fastjpeg.Scratch | None = None
+) -> DecodedArray | DecodeError:
+    """decode_array for a batch (in a scan's threads or on a cluster worker): the error is returned,
+    never raised, and a decoder bug on one hostile file becomes that file's error, not the batch's."""
+    try:
+        return decode_array(data, max_pixels, spec, draft, scratch)
+    except DecodeError as exc:
+        return exc
+    except Exception as exc:
+        return DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")
+
+
+def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float, allowed: int) -> list[int]:
+    """Which images of a batch to decode again in full (in a scan and on cluster workers alike): reduced
+    decodes whose best two guesses were within `decode.refine_margin`, at most `allowed` of them."""
+    near = [i for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold]
+    return near[: max(0, allowed)]
 
 
 def _fast_input(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tagger.engine.classify import EXPORT_FORMAT, EXPORT_OUTPUTS, HEAD_SUFFIX
+from tagger.engine.export import EXPORT_FORMAT, EXPORT_OUTPUTS, HEAD_SUFFIX
 from tagger.cpu import INT8_SCHEMES, cpu_info
 from tagger.errors import WeightsError
 from tagger.engine.quantize import check_margin, mirrored_calibration, quantize_int8

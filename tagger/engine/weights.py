@@ -62,6 +62,19 @@ MODELS: dict[str, ModelSpec] = {
 
 
 @dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load and how: what a config says (tagger.config makes one), in the model floor's terms."""
+
+    name: str
+    weights_dir: Path
+    fallback: str | None = None
+    runtime: str = "torch"  # auto, onnx or torch
+    precision: str = "fp32"  # fp32 or int8
+    max_batch: int | None = None  # each model run holds at most this many images (model.batch_size)
+    near_tie: float = 0.0  # the scan's refine margin where drafts are refined; INT8 checks what it could misplace
+
+
+@dataclass(frozen=True)
 class WeightsFile:
     path: Path
     sha256: str

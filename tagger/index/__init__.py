@@ -36,6 +36,7 @@ from tagger.index.retag import Retagging
 from tagger.index.schema import LATEST, MIGRATIONS, Migration
 from tagger.index.search import SORTS, Listing, SearchEngine, Sort
 from tagger.index.stats import StatsReads
+from tagger.index.vectors import VectorRows
 
 __all__ = [
     "CachedImage", "Database", "Failure", "FileRecord", "GridItem", "ImageDetail", "Index", "LATEST", "Listing",
@@ -46,3 +47,8 @@ __all__ = [
 
 class Index(FileRows, KeywordRows, Retagging, SearchEngine, StatsReads):
     """The whole index over one connection: each part's methods, for the callers that need several."""
+
+    @property
+    def vectors(self) -> VectorRows:
+        """Embeddings and learned tags, over this index's connection."""
+        return VectorRows(self.conn)

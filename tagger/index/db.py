@@ -188,11 +188,11 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
 
 
-def _marks(values: Sequence[object]) -> str:
+def marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
-def _folder_range(folder: str) -> list[str | bytes]:
+def folder_range(folder: str) -> list[str | bytes]:
     """[low, high) of the paths inside `folder`: a range on the path key (bind each through CAST(? AS TEXT))."""
     prefix = folder.rstrip("/") + "/"
     return [fs(prefix), fs(prefix[:-1] + "0")]

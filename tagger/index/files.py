@@ -8,7 +8,7 @@ from tagger.fileio import utc_text
 from tagger.index.db import Database, fs
 from tagger.index.records import CachedImage, FileRecord, ImageDetail
 from tagger.engine.labels import Tag
-from tagger.library.jsonsidecar import ImageFacts
+from tagger.index.records import ImageFacts
 
 
 class FileRows(Database):

@@ -5,11 +5,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tagger.engine.labels import Tag
-from tagger.library.jsonsidecar import ImageFacts
 from tagger.tags.terms import Correction, KeywordRow
 
 Status = Literal["tagged", "failed"]  # files.status
 SortKey = tuple[float | int | str, str]  # (the sort column's value, path) of a file in a listing
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a scan learns of one content besides its tags: its hash, byte size and pixel size."""
+
+    sha256: str
+    size: int
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from tagger.index.db import Database, _folder_range, _marks, fs
+from tagger.index.db import Database, folder_range, marks, fs
 from tagger.index.records import GridItem, SortKey, TaggedFile
 from tagger.engine.labels import Tag
 from tagger.tags.terms import Search
@@ -124,7 +124,7 @@ class SearchEngine(Database):
             in_folder = self._count_upto(
                 """SELECT 1 FROM files INDEXED BY files_tagged_by_path
                    WHERE status = 'tagged' AND path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)""",
-                _folder_range(listing.folder),
+                folder_range(listing.folder),
                 FOLDER_KEYS_FIRST,
             )
             if in_folder < FEW_ROWS:
@@ -133,7 +133,7 @@ class SearchEngine(Database):
             return _Plan(by_class, merge_classes=first if len(first) > 1 else ())
         if listing.sort == "score":
             return _Plan("tags t INDEXED BY tags_top_by_score CROSS JOIN files f")
-        matches = f"SELECT 1 FROM tags WHERE class_id IN ({_marks(first)}) AND score >= ?"
+        matches = f"SELECT 1 FROM tags WHERE class_id IN ({marks(first)}) AND score >= ?"
         if first and self._count_upto(matches, [*first, listing.min_score], FEW_ROWS) < FEW_ROWS:
             return _Plan(by_class)
         if in_folder < FOLDER_KEYS_FIRST and listing.sort != "name":
@@ -275,7 +275,7 @@ class SearchEngine(Database):
             return True
         row = self.conn.execute(
             f"""SELECT MAX(score) FROM keyword_terms
-                WHERE sha256 = ? AND term IN ({_marks(group)}) AND score BETWEEN ? AND ?""",
+                WHERE sha256 = ? AND term IN ({marks(group)}) AND score BETWEEN ? AND ?""",
             (sha, *group, search.score_min, search.score_max),
         ).fetchone()
         return row[0] is not None and row[0] > score
@@ -288,7 +288,7 @@ class SearchEngine(Database):
             chunk = shas[start : start + 500]
             for sha, *fields in self.conn.execute(
                 f"""SELECT sha256, class_id, wnid, label, label_zh, score FROM tags
-                    WHERE sha256 IN ({_marks(chunk)}) AND score >= ? ORDER BY sha256, rank""",
+                    WHERE sha256 IN ({marks(chunk)}) AND score >= ? ORDER BY sha256, rank""",
                 (*chunk, min_score),
             ):
                 tags[sha].append(Tag(*fields))
@@ -306,7 +306,7 @@ def _file_filter(listing: Listing, only: str | None) -> tuple[list[str], list[ob
     terms, params = ["f.status = 'tagged'"], list[object]()
     if listing.folder is not None:
         terms.append("f.path >= CAST(? AS TEXT) AND f.path < CAST(? AS TEXT)")
-        params += _folder_range(listing.folder)
+        params += folder_range(listing.folder)
     if only is not None:
         terms.append("f.path = CAST(? AS TEXT)")
         params.append(fs(only))
@@ -331,18 +331,18 @@ def _tag_filter(
     if not listing.groups:
         return [*terms, "t.rank = 0"], params
     first, *rest = listing.groups
-    terms.append(f"t.class_id IN ({_marks(first)})")
+    terms.append(f"t.class_id IN ({marks(first)})")
     params += first
     if len(first) > 1:  # several classes of the group may match one image: keep its best (lowest rank)
         terms.append(
             f"""NOT EXISTS (SELECT 1 FROM tags b INDEXED BY sqlite_autoindex_tags_1
-                WHERE b.sha256 = t.sha256 AND b.rank < t.rank AND b.class_id IN ({_marks(first)}))"""
+                WHERE b.sha256 = t.sha256 AND b.rank < t.rank AND b.class_id IN ({marks(first)}))"""
         )
         params += first
     for group in rest:
         terms.append(
             f"""EXISTS (SELECT 1 FROM tags x INDEXED BY sqlite_autoindex_tags_1
-                WHERE x.sha256 = f.sha256 AND x.class_id IN ({_marks(group)}) AND x.score >= ?)"""
+                WHERE x.sha256 = f.sha256 AND x.class_id IN ({marks(group)}) AND x.score >= ?)"""
         )
         params += [*group, listing.min_score]
     return terms, params
@@ -354,13 +354,13 @@ def _search_filter(search: Search) -> tuple[list[str], list[object]]:
     params: list[object] = []
     matches = "SELECT 1 FROM keyword_terms k WHERE k.sha256 = f.sha256 AND k.term IN ({})"
     for group in search.groups[1:]:
-        terms.append(f"EXISTS ({matches.format(_marks(group))} AND k.score BETWEEN ? AND ?)")
+        terms.append(f"EXISTS ({matches.format(marks(group))} AND k.score BETWEEN ? AND ?)")
         params += [*group, search.score_min, search.score_max]
     for group in search.not_groups:
-        terms.append(f"NOT EXISTS ({matches.format(_marks(group))})")
+        terms.append(f"NOT EXISTS ({matches.format(marks(group))})")
         params += group
     for classes in search.classes:
-        terms.append(f"EXISTS (SELECT 1 FROM tags x WHERE x.sha256 = f.sha256 AND x.class_id IN ({_marks(classes)}))")
+        terms.append(f"EXISTS (SELECT 1 FROM tags x WHERE x.sha256 = f.sha256 AND x.class_id IN ({marks(classes)}))")
         params += classes
     if not search.groups and (search.score_min > 0.0 or search.score_max < 1.0):
         terms.append("EXISTS (SELECT 1 FROM keywords k WHERE k.sha256 = f.sha256 AND k.score BETWEEN ? AND ?)")
@@ -369,7 +369,7 @@ def _search_filter(search: Search) -> tuple[list[str], list[object]]:
         for folder in folders:
             if folder.startswith("/"):
                 terms.append(f"{negate}(f.path >= CAST(? AS TEXT) AND f.path < CAST(? AS TEXT))")
-                params += _folder_range(folder)
+                params += folder_range(folder)
             else:
                 terms.append(f"{negate}(instr(f.path, CAST(? AS TEXT)) > 0)")
                 params.append(fs("/" + folder.strip("/") + "/"))

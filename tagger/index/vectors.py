@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from tagger.engine.features import unit
+
 from tagger.fileio import utc_text
 
 # Stored as int8, each vector scaled by its own largest magnitude (1,280 bytes for Lite0's 1280
@@ -68,9 +70,7 @@ def encode(vector: np.ndarray) -> bytes:
 
 def decode(blob: bytes) -> np.ndarray:
     """A stored embedding as a float32 unit vector."""
-    vector = np.frombuffer(blob, dtype=VECTOR_DTYPE).astype(np.float32)
-    unit: np.ndarray = vector / max(float(np.linalg.norm(vector)), 1e-12)
-    return unit
+    return unit(np.frombuffer(blob, dtype=VECTOR_DTYPE))
 
 
 class VectorRows:

@@ -26,12 +26,10 @@ def correct(retagger: Retagger, path: Path, keywords: Sequence[str], action: Act
     if not words:
         raise TaggerError("no keyword given")
     sha256 = record.sha256
-    with index.transaction(f"the correction of {path}"):
+
+    def save() -> None:
         for word in words:
             index.save_correction(sha256, word, action)
-        changed = [c.sha256 for c in index.contents([sha256]) if retagger.redo(c)]
-        if changed and retagger.sidecars.enabled:
-            index.mark_sidecars_pending(changed)  # cleared as this content's files are written
-    if changed:
-        retagger.sidecars.rewrite(index, changed)
+
+    retagger.rekeyword([sha256], f"the correction of {path}", first=save)
     return sha256

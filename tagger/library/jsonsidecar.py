@@ -7,25 +7,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tagger import __version__
 from tagger.fileio import MB, json_text, mode_of, read_small, utc_text, write_atomic
 from tagger.engine.labels import Tag
+from tagger.index.records import ImageFacts
 
 SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
 SUFFIX = ".tags.json"
 MAX_SIDECAR_BYTES = MB  # ours are a few kB: a bigger file at the name is another program's
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    sha256: str
-    size: int
-    width: int
-    height: int
 
 
 def sidecar_path(image: Path) -> Path:

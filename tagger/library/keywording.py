@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 from tagger.config import Config
 from tagger.index import Index, StoredContent
-from tagger.index.vectors import VectorRows
 from tagger.tags.keywords import changed_bands, class_keywords, keyword_rows
-from tagger.tags.rules import Rules
 from tagger.library.sidecars import SidecarWriter
 from tagger.tags.terms import ClassKeyword
 
@@ -41,10 +39,10 @@ class RetagSummary:
 class Retagger:
     """The rules of a config against the keywords stored in one index."""
 
-    def __init__(self, config: Config, index: Index, rules: Rules | None = None) -> None:
+    def __init__(self, config: Config, index: Index) -> None:
         self.config = config
         self.index = index
-        self.rules = rules or Rules.load(config.rules)
+        self.rules = config.rule_set
         self.sidecars = SidecarWriter(config)
 
     def table(self) -> list[ClassKeyword]:
@@ -103,7 +101,7 @@ class Retagger:
             bulk_above = int(BULK_SHARE * total)
             log.info("re-tagging from the stored raw tags (%d images in the index, no model run)", total)
             with self.index.transaction():
-                learned = VectorRows(self.index.conn).learned_contents()
+                learned = self.index.vectors.learned_contents()
                 if learned_only:
                     redone = self.index.contents(learned)
                     summary.contents = len(redone)
@@ -119,10 +117,28 @@ class Retagger:
         summary.seconds = time.monotonic() - started
         return summary
 
+    def rekeyword(self, shas: Sequence[str], what: str, first: Callable[[], None] | None = None) -> list[str]:
+        """Remake the keywords of these contents (after a correction or a learned tag changed), then
+        rewrite the sidecars of those that changed; which changed.
+
+        `first` runs in the same transaction (a correction's own row). The sidecars are marked
+        owed inside it and cleared as each is written, so a crash between leaves them to the next
+        retag, scan or daemon start.
+        """
+        with self.index.transaction(what):
+            if first is not None:
+                first()
+            changed = [c.sha256 for c in self.index.contents(shas) if self.redo(c)]
+            if changed and self.sidecars.enabled:
+                self.index.mark_sidecars_pending(changed)
+        if changed:
+            self.sidecars.rewrite(self.index, changed)
+        return changed
+
     def redo(self, content: StoredContent) -> bool:
         """One content through rules, learned tags and corrections, saved; whether that differs
         from `content.keywords`. Call inside a transaction."""
-        learned = VectorRows(self.index.conn).learned_of(content.sha256)
+        learned = self.index.vectors.learned_of(content.sha256)
         rows = keyword_rows(self.rules, content.tags, self.config.model.min_score, content.corrections, learned)
         if set(rows) != set(self.index.keywords(content.sha256)):
             self.index.save_keywords(content.sha256, rows)

@@ -14,7 +14,8 @@ from tagger.fileio import write_problem
 from tagger.index import Index
 from tagger.tags.keywords import machine_keywords
 from tagger.engine.labels import Tag
-from tagger.library.jsonsidecar import ImageFacts, sidecar_document, write_sidecar
+from tagger.index.records import ImageFacts
+from tagger.library.jsonsidecar import sidecar_document, write_sidecar
 from tagger.tags.terms import KeywordRow
 from tagger.library.xmp import XmpError, write_xmp
 

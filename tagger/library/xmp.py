@@ -34,15 +34,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeGuard, TypeVar, cast, get_args
+from typing import TypeGuard, TypeVar, cast, get_args
 from xml.dom.minidom import Comment, Document, Element, Node, ProcessingInstruction, Text
 from xml.parsers.expat import ExpatError
 
+from tagger.config import XmpStyle
 from tagger.errors import TaggerError
 from tagger.fileio import MB, mode_of, read_small, write_atomic
 
 MAX_XMP_BYTES = 16 * MB  # darktable's history makes XMP files of some hundred kB; no packet is 16 MB
-XmpStyle = Literal["append", "replace"]  # IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One)
 XMP_STYLES: tuple[XmpStyle, ...] = get_args(XmpStyle)
 
 X_NS = "adobe:ns:meta/"

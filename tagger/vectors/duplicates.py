@@ -13,40 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
+from tagger.engine.features import unit
+
 from tagger.vectors.similar import VectorMatrix
 from tagger.index import Index
-from tagger.index.vectors import VectorRows, quantise
+from tagger.index.vectors import quantise
 
 NEAR_BITS, NEAR_COSINE = 10, 0.6
 CROP_BITS, CROP_COSINE = 16, 0.9
 ROWS, COLS = 256, 4096  # hashes compared at once: a tile of 1 M distances (8 MB), not a row of N
-
-
-@lru_cache(maxsize=4)
-def _dct_matrix(n: int) -> np.ndarray:
-    k = np.arange(n)[:, None]
-    matrix: np.ndarray = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2 / n)
-    matrix[0] /= np.sqrt(2)
-    return matrix
-
-
-def image_hash(array: np.ndarray) -> int:
-    """64 bits of the model's input (C x H x W): signs of the 8 x 8 lowest DCT frequencies of its
-    32 x 32 grey version, against their median (the constant term left out). As a signed int64.
-    About half a millisecond an image (sums in float32: a scale does not change the bits)."""
-    grey = np.asarray(array, dtype=np.float32).sum(axis=0)
-    h, w = grey.shape[0] // 32, grey.shape[1] // 32
-    small = grey[: 32 * h, : 32 * w].reshape(32, h, -1).sum(axis=1).reshape(32, 32, w).sum(axis=2)
-    dct = _dct_matrix(32)[:8]
-    low = (dct @ small.astype(np.float64) @ dct.T).ravel()
-    bits = low > np.median(low[1:])
-    bits[0] = False
-    value = int(np.packbits(bits).view(">u8")[0])
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def is_copy(bits: int, cosine: float) -> bool:
@@ -99,8 +77,7 @@ def copy_pairs(hashes: np.ndarray, vectors: np.ndarray) -> list[tuple[int, int]]
     i, j = near_hashes(hashes, CROP_BITS)
     if not len(i):
         return []
-    v = quantise(vectors).astype(np.float32)
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    v = unit(quantise(vectors))
     cosines = np.einsum("ij,ij->i", v[i], v[j])
     bits = np.bitwise_count(h[i] ^ h[j])
     return [(a, b) for a, b, d, c in zip(i.tolist(), j.tolist(), bits.tolist(), cosines.tolist()) if is_copy(int(d), float(c))]
@@ -133,7 +110,7 @@ def largest_first(copies: list[Copy]) -> list[Copy]:
 
 def find_duplicates(store: Index) -> list[list[Copy]]:
     """Groups of copies, each largest first: near-duplicates, and files with the same bytes."""
-    rows = VectorRows(store.conn)
+    rows = store.vectors
     model = rows.main_model()
     content_groups: list[list[str]] = []
     if model is not None:

@@ -18,16 +18,15 @@ import numpy as np
 from tagger.engine.classify import Classifier
 from tagger.config import Config
 from tagger.engine.decode import decode_array, draft_size
-from tagger.vectors.duplicates import image_hash
+from tagger.engine.features import image_hash
 from tagger.errors import DecodeError
 from tagger.fileio import Folders, read_limited
 from tagger.index import Index
-from tagger.index.vectors import VectorRows
 
 log = logging.getLogger(__name__)
 
 # A model run's view of one image: its features (the embedding) and the perceptual hash of
-# the model's input (tagger.vectors.duplicates.image_hash), made where the input was (scan or worker).
+# the model's input (tagger.engine.features.image_hash), made where the input was (scan or worker).
 Look = tuple[np.ndarray, int]
 
 
@@ -36,7 +35,7 @@ def save_embedding(
 ) -> None:
     """Inside the transaction that saves the content's tags; `hashed` is the model input's image
     hash, `learned` the learned tags its embedding matches."""
-    rows = VectorRows(store.conn)
+    rows = store.vectors
     rows.save(sha256, model, embedding, hashed)
     rows.save_matches(sha256, learned)
 
@@ -57,7 +56,7 @@ def backfill(
     cancelled: Callable[[], bool] | None = None,
 ) -> BackfillSummary:
     """Compute the embeddings that contents classified by this model lack (an index from before them)."""
-    rows = VectorRows(store.conn)
+    rows = store.vectors
     missing = rows.missing(classifier.name)
     summary = BackfillSummary(missing=len(missing))
     if not missing:

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagger.engine.features import unit
+
 from tagger.errors import TaggerError
 from tagger.vectors.similar import VectorMatrix
 from tagger.index import Index
-from tagger.library.keywording import Retagger
-from tagger.index.vectors import LearnedTag, VectorRows
+from tagger.index.vectors import LearnedTag
 
 BACKGROUND = 1000  # library images sampled as "probably not", beside the rejected examples
 BACKGROUND_WEIGHT = 0.5  # all of them together weigh this many times the positive examples
@@ -97,9 +98,7 @@ def cross_validated_precision(
 def unit_rows(matrix: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, float32 unit vectors) chunk by chunk from the int8 search matrix."""
     for start in range(0, len(matrix), CHUNK):
-        chunk = np.asarray(matrix[start : start + CHUNK], dtype=np.float32)
-        chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
-        yield start, chunk
+        yield start, unit(matrix[start : start + CHUNK])
 
 
 def score_library(vectors: VectorMatrix, model: Model) -> np.ndarray:
@@ -136,7 +135,7 @@ def learn(
     name = check_name(name)
     if threshold is not None:
         threshold = check_threshold(threshold)  # before anything is written
-    rows = VectorRows(store.conn)
+    rows = store.vectors
     with store.transaction(f"the examples of {name!r}"):
         rows.add_examples(name, negative, positive=False)
         rows.add_examples(name, positive, positive=True)
@@ -150,7 +149,7 @@ def set_threshold(store: Index, name: str, threshold: float) -> Learned:
     """
     threshold = check_threshold(threshold)
     name = check_name(name)
-    if VectorRows(store.conn).learned_tag(name) is None:
+    if store.vectors.learned_tag(name) is None:
         raise LearnError(f"no learned tag {name!r}: teach it first (tagger learn {name} IMAGE...)")
     return retrain(store, name, threshold)
 
@@ -159,7 +158,7 @@ def unlearn(store: Index, name: str) -> list[str]:
     """Forget a learned tag: its model, examples and matches. The contents it had matched, whose
     keywords (and sidecars) the caller redoes. Call outside a transaction."""
     name = check_name(name)
-    rows = VectorRows(store.conn)
+    rows = store.vectors
     with store.transaction(f"forgetting the learned tag {name!r}"):
         matched = sorted(rows.matches_of(name))
         if not rows.forget(name):
@@ -169,7 +168,7 @@ def unlearn(store: Index, name: str) -> list[str]:
 
 def retrain(store: Index, name: str, threshold: float | None = None) -> Learned:
     """Train `name` on all of its examples and store its matches at `threshold` (None: the tag's own)."""
-    rows = VectorRows(store.conn)
+    rows = store.vectors
     if threshold is None:
         stored = rows.learned_tag(name)
         threshold = THRESHOLD if stored is None else stored.threshold
@@ -195,8 +194,7 @@ def retrain(store: Index, name: str, threshold: float | None = None) -> Learned:
         negatives = np.stack([vectors[s] for s in neg_shas]).astype(np.float32)
     background = np.zeros((0, positives.shape[1]), np.float32)
     if candidates:
-        background = np.asarray(library.matrix[sorted(candidates)], dtype=np.float32)
-        background /= np.maximum(np.linalg.norm(background, axis=1, keepdims=True), 1e-12)
+        background = unit(library.matrix[sorted(candidates)])
     started = time.perf_counter()
     model = train(positives, negatives, background)
     train_seconds = time.perf_counter() - started
@@ -235,18 +233,17 @@ class LearnedModels:
 
     def stored(self, sha256: str) -> list[tuple[str, float]]:
         """The learned tags found for a content already in the index (a copy, a re-scan)."""
-        return VectorRows(self.store.conn).learned_of(sha256)
+        return self.store.vectors.learned_of(sha256)
 
     def scores(self, embedding: np.ndarray) -> list[tuple[str, float]]:
         """(name, probability) of each learned tag this image matches."""
-        rows = VectorRows(self.store.conn)
+        rows = self.store.vectors
         version = rows.learned_version()
         if version != self._version:
             self._tags, self._version = rows.learned(self.model), version
         if not self._tags:
             return []
-        vector = np.asarray(embedding, dtype=np.float32)
-        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        vector = unit(embedding)
         found = []
         for tag in self._tags:
             if len(tag.weights) != len(vector):
@@ -255,14 +252,3 @@ class LearnedModels:
             if probability >= tag.threshold:
                 found.append((tag.name, probability))
         return found
-
-
-def rekeyword(retagger: Retagger, shas: Sequence[str]) -> None:
-    """The keywords of contents whose learned tags changed, then their sidecars, as a correction does."""
-    index = retagger.index
-    with index.transaction("the keywords of a learned tag"):
-        changed = [c.sha256 for c in index.contents(shas) if retagger.redo(c)]
-        if changed and retagger.sidecars.enabled:
-            index.mark_sidecars_pending(changed)  # cleared as their files are written
-    if changed:
-        retagger.sidecars.rewrite(index, changed)

@@ -24,6 +24,8 @@ from typing import Any, overload
 
 import numpy as np
 
+from tagger.engine.features import row_lengths, unit
+
 from tagger.errors import TaggerError
 from tagger.index import Index
 from tagger.index.vectors import EmbeddingState, VectorRows, quantise
@@ -44,20 +46,8 @@ def cosine(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Cosine similarity of `query` with every row (for small sets; big ones go through `nearest`)."""
     m = np.asarray(matrix, dtype=np.float32)
     q = np.asarray(query, dtype=np.float32)
-    norms = np.maximum(np.linalg.norm(m, axis=1) * np.linalg.norm(q), 1e-12)
-    result: np.ndarray = (m @ q) / norms
+    result: np.ndarray = unit(m) @ unit(q)
     return result
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    v = np.asarray(vectors, dtype=np.float32)
-    result: np.ndarray = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    return result
-
-
-def _lengths(rows: np.ndarray) -> np.ndarray:
-    lengths: np.ndarray = np.maximum(np.linalg.norm(rows, axis=-1), 1e-12)
-    return lengths
 
 
 def mean_and_codes(matrix: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +57,7 @@ def mean_and_codes(matrix: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, 
     total = np.zeros(matrix.shape[1] if matrix.ndim == 2 else 0, np.float64)
     for start in range(0, len(matrix), chunk):
         rows = np.asarray(matrix[start : start + chunk], dtype=np.float32)
-        lengths[start : start + len(rows)] = _lengths(rows)
+        lengths[start : start + len(rows)] = row_lengths(rows)
         total += (rows / lengths[start : start + len(rows), None]).sum(axis=0)
     mean = (total / max(len(matrix), 1)).astype(np.float32)
     return mean, bit_codes(matrix, mean, chunk, lengths)
@@ -78,7 +68,7 @@ def bit_codes(matrix: np.ndarray, mean: np.ndarray, chunk: int = 65536, lengths:
     codes = np.zeros((len(matrix), (len(mean) + 7) // 8), np.uint8)
     for start in range(0, len(matrix), chunk):
         rows = np.asarray(matrix[start : start + chunk], dtype=np.float32)
-        norms = _lengths(rows) if lengths is None else lengths[start : start + len(rows)]
+        norms = row_lengths(rows) if lengths is None else lengths[start : start + len(rows)]
         codes[start : start + chunk] = np.packbits(rows / norms[:, None] > mean, axis=-1)
     return codes
 
@@ -134,7 +124,7 @@ class VectorMatrix:
     def load(cls, store: Index, model: str) -> VectorMatrix:
         """The cached matrix when it is current; else grown by the embeddings added since it was
         written when nothing else changed (_append), else rebuilt from the index."""
-        rows = VectorRows(store.conn)
+        rows = store.vectors
         stem = Path(str(store.path) + ".vectors") / model
         meta = _read_meta(stem)
         if meta is not None and meta.get("version") == rows.version(model):
@@ -322,7 +312,7 @@ def _rebuild_cache(folder: Path, stem: Path, start: dict[str, Any], newest: tupl
 
 def similar_to(store: Index, sha256: str, limit: int) -> list[Match]:
     """Contents most like `sha256` (itself left out), best first, among those of the same model."""
-    found = VectorRows(store.conn).vector(sha256)
+    found = store.vectors.vector(sha256)
     if found is None:
         raise TaggerError("this image has no embedding yet (run `tagger scan` to compute it)")
     model, query = found

@@ -14,7 +14,6 @@ from tagger.engine.decode import declared_pixels
 from tagger.errors import DecodeError, WeightsError
 from tagger.fileio import read_limited, shown, utc_text
 from tagger.index import GridItem, ImageDetail
-from tagger.index.vectors import VectorRows
 from tagger.inputs import InputError, whole_number
 from tagger.web.check import CheckResult
 from tagger.web.context import (
@@ -104,7 +103,7 @@ def explain(raw: str) -> Response:
     source = viewer().library.readable(detail.path)
     try:
         data = read_limited(source, config.decode.max_file_bytes)
-        explanation, photo = viewer().checker.explain(data, term, VectorRows(store().conn).learned)
+        explanation, photo = viewer().checker.explain(data, term, store().vectors.learned)
     except (DecodeError, OSError) as exc:
         raise UnprocessableEntity(f"{shown(detail.path)}: {exc}") from None
     except cam.ExplainError as exc:

@@ -63,7 +63,7 @@ class Checker:
         if self._classifier is None:
             from tagger.engine.classify import Classifier
 
-            self._classifier = Classifier.from_config(self.config)
+            self._classifier = Classifier.from_settings(self.config.model_choice())
         return self._classifier
 
     def check(self, name: str, data: bytes, top_k: int) -> CheckResult:

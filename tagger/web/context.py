@@ -26,7 +26,6 @@ from tagger.library.corrections import correct
 from tagger.errors import StoreError, TaggerError
 from tagger.index import LATEST, ImageDetail, Index
 from tagger.library.keywording import Retagger
-from tagger.tags.rules import Rules
 from tagger.tags.terms import Action, KeywordRow
 from tagger.web.check import Checker
 from tagger.web.files import Library
@@ -54,7 +53,7 @@ class Viewer:
         self.thumbnails = Thumbnails(Path(f"{config.index}.thumbs"), config.decode.max_pixels, config.decode.max_file_bytes)
         self.tag_counts = TagCounts(config.index, config.model.min_score)
         self.checker = Checker(config, classifier)
-        self.rules = Rules.load(config.rules)
+        self.rules = config.rule_set
         self.hosts = allowed_hosts(config.web.host, config.web.allowed_hosts)
         self.throttle = SignInThrottle()
         self._local = threading.local()
@@ -85,7 +84,7 @@ class Viewer:
         """The viewer's one writable connection, opened (and the schema checked) at the first
         correction and kept; call holding `write_lock`."""
         if self._writer is None:
-            self._writer = Retagger(self.config, Index.open(self.config.index), self.rules)
+            self._writer = Retagger(self.config, Index.open(self.config.index))
         return self._writer
 
     def close(self) -> None:

@@ -17,7 +17,6 @@ from tagger.errors import StoreError
 from tagger.engine.explain import LEARNED_PREFIX, seen_box
 from tagger.fileio import url_text
 from tagger.index import SORTS, GridItem, ImageDetail
-from tagger.index.vectors import VectorRows
 from tagger.engine.labels import Tag
 from tagger.tags.terms import KeywordRow
 from tagger.web.api import CHECK_TOP_K, check_uploads, received_uploads
@@ -118,7 +117,7 @@ def _explained_keywords(tags: Sequence[Tag], keywords: Sequence[KeywordRow], sha
     terms = {k.name: str(max(k.class_ids, key=lambda i: next(t.score for t in tags if t.class_id == i)))
              for k in rules.apply(tags, viewer().config.model.min_score)}
     shown = {k.keyword for k in keywords if k.source == "model"}
-    learned = VectorRows(store().conn).learned_of(sha256) if sha256 and shown else []
+    learned = store().vectors.learned_of(sha256) if sha256 and shown else []
     for name, _ in sorted(learned, key=lambda m: m[1]):
         display = rules.learned_display(name)
         if display is not None and display.name in shown:

@@ -14,10 +14,9 @@ from werkzeug.wrappers import Response as BaseResponse
 from tagger.vectors.duplicates import find_duplicates
 from tagger.errors import StoreError, TaggerError
 from tagger.index import Index
-from tagger.vectors.learned import Learned, learn, rekeyword, set_threshold, unlearn
+from tagger.vectors.learned import Learned, learn, set_threshold, unlearn
 from tagger.library.keywording import Retagger
 from tagger.vectors.similar import similar_to
-from tagger.index.vectors import VectorRows
 from tagger.web.api import int_arg
 from tagger.web.context import CSRF_FIELD, csrf_token, indexed_file, same_site_post, store, viewer
 
@@ -35,7 +34,7 @@ def similar_items(sha256: str | None, limit: int) -> list[dict[str, object]]:
         matches = similar_to(store(), sha256, limit)
     except TaggerError:
         return []  # no embedding yet: nothing to compare
-    paths = VectorRows(store().conn).paths_of([m.sha256 for m in matches])
+    paths = store().vectors.paths_of([m.sha256 for m in matches])
     found = []
     for m in matches:
         for path in paths.get(m.sha256, [])[:1]:  # one file per content: copies would crowd the strip
@@ -121,7 +120,7 @@ def _relearn(retagger: Retagger, change: Callable[[Index], Learned]) -> Learned:
         raise
     except TaggerError as exc:
         raise BadRequest(str(exc)) from None
-    rekeyword(retagger, result.changed)
+    retagger.rekeyword(result.changed, "the keywords of a learned tag")
     return result
 
 
@@ -129,7 +128,7 @@ def _relearn(retagger: Retagger, change: Callable[[Index], Learned]) -> Learned:
 def learned_page(name: str) -> str:
     """A learned tag: its examples and its proposals (matches not yet examples), best first,
     each with "yes" and "no" buttons that add it as an example or a counter-example."""
-    rows = VectorRows(store().conn)
+    rows = store().vectors
     tag = rows.learned_tag(name)
     if tag is None:
         raise NotFound(f"no learned tag {name!r}: teach it from an image page or with `tagger learn`")
@@ -163,7 +162,7 @@ def threshold(name: str) -> BaseResponse:
         raise BadRequest("give the threshold as a number between 0 and 1, such as 0.7") from None
     with viewer().write_lock:
         retagger = writer(f"tagger learn {name} --threshold T")
-        if VectorRows(retagger.index.conn).learned_tag(name) is None:
+        if retagger.index.vectors.learned_tag(name) is None:
             raise NotFound(f"no learned tag {name!r}")
         result = _relearn(retagger, lambda index: set_threshold(index, name, value))
     return redirect(url_for(".learned_page", name=result.tag.name), code=303)
@@ -176,7 +175,7 @@ def forget(name: str) -> BaseResponse:
     require_same_site_post()
     with viewer().write_lock:
         retagger = writer(f"tagger unlearn {name}")
-        if VectorRows(retagger.index.conn).learned_tag(name) is None:
+        if retagger.index.vectors.learned_tag(name) is None:
             raise NotFound(f"no learned tag {name!r}")
-        rekeyword(retagger, unlearn(retagger.index, name))
+        retagger.rekeyword(unlearn(retagger.index, name), "the keywords of a learned tag")
     return redirect(url_for("pages.grid"), code=303)

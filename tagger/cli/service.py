@@ -1,0 +1,126 @@
+"""The long-running commands and their checks: run, worker, serve, health, status."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from tagger.cli.context import CLUSTER_HELP, Context, pass_ctx
+from tagger.config import check_scheduler_address, with_scheduler
+from tagger.errors import TaggerError
+from tagger.fileio import json_text
+
+log = logging.getLogger("tagger")
+
+
+@click.command()
+@click.option("--cluster", "scheduler", metavar="ADDRESS", help=CLUSTER_HELP)
+@pass_ctx
+def run(ctx: Context, scheduler: str | None) -> None:
+    """Run the daemon: tag what changed since last time, then watch the folders live.
+
+    SIGTERM or SIGINT finish the current batch and exit 0; SIGHUP reloads the config.
+    Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
+    """
+    from tagger.daemon.service import run_daemon
+
+    path = Path(ctx.config_file) if ctx.config_file else None
+    if scheduler is not None:
+        check_scheduler_address(scheduler, "--cluster")
+    sys.exit(run_daemon(path, scheduler))
+
+
+@click.command()
+@click.argument("address")
+@click.option("--host", help="Address to listen on for the scheduler and the coordinator (default: the one that reaches the scheduler).")
+@click.option("--nthreads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Batches classified at once (each uses every core: 1 is fastest on one machine).")
+@pass_ctx
+def worker(ctx: Context, address: str, host: str | None, nthreads: int) -> None:
+    """Classify batches for `tagger scan`/`run --cluster` as a worker of the Dask scheduler at ADDRESS.
+
+    Loads the configured model once, then serves until SIGTERM/SIGINT, rejoining the scheduler
+    whenever it restarts. Refused (exit 2) when the coordinator runs another model or other weights.
+    Needs no photos and no index. Dask workers run what the scheduler sends: see README, "Who can connect".
+    """
+    from tagger.engine.classify import Classifier
+
+    check_scheduler_address(address, "ADDRESS")
+    config = with_scheduler(ctx.config(require_folders=False), address)
+    try:
+        from tagger.cluster.worker import run_worker
+    except ImportError as exc:
+        raise TaggerError(f"tagger worker needs the cluster extra ({exc}): pip install 'tagger[cluster]'") from None
+    sys.exit(run_worker(Classifier.from_settings(config.model_choice()), address, config.cluster, nthreads, host))
+
+
+@click.command()
+@click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: web.port, 8765; 0 picks a free one).")
+@pass_ctx
+def serve(ctx: Context, host: str | None, port: int | None) -> None:
+    """Serve the web viewer and JSON API (browse, search, check an image) until stopped.
+
+    Runs under waitress, a production WSGI server. The index is only read; a schema left
+    by an older tagger is upgraded first.
+    """
+    import dataclasses
+
+    from tagger.index import LATEST, Index
+    from tagger.web import create_app
+    from tagger.web.guard import LOOPBACK_NAMES, WILDCARD_ADDRESSES
+    from tagger.web.server import ViewerServer
+
+    config = ctx.config(require_folders=False)
+    web = dataclasses.replace(config.web, host=host or config.web.host, port=config.web.port if port is None else port)
+    config = dataclasses.replace(config, web=web)
+    if config.index.exists():
+        with Index.open(config.index, readonly=True) as current:
+            outdated = current.schema_version() < LATEST
+        if outdated:
+            Index.open(config.index).close()  # applies the pending migrations; from then on only reads
+    else:
+        log.warning("%s: no index yet: pages stay empty until `tagger scan` or `tagger run` makes it", config.index)
+    if web.token is None and web.host not in LOOPBACK_NAMES:
+        log.warning("listening on %s without web.token: anyone who can reach it can browse the library", web.host)
+    if web.host.strip("[]") in WILDCARD_ADDRESSES and not web.allowed_hosts:
+        log.warning(
+            "listening on every address, but only localhost names are answered: list the names and addresses "
+            "you browse to in web.allowed_hosts"
+        )
+    app = create_app(config)
+    try:
+        server = ViewerServer(app, web)
+    except OSError as exc:
+        raise TaggerError(f"cannot listen on {web.host}:{web.port}: {exc.strerror or exc}") from None
+    shown = f"[{web.host}]" if ":" in web.host else web.host
+    click.echo(f"tagger: serving {config.index} at http://{shown}:{server.effective_port}/ (Ctrl-C stops)")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        app.extensions["tagger"].close()
+
+
+@click.command()
+@pass_ctx
+def health(ctx: Context) -> None:
+    """Exit 0 if `tagger run` is alive and reporting (for HEALTHCHECK and monitoring)."""
+    from tagger.daemon.service import read_status
+
+    status = read_status(ctx.config(require_folders=False).index)
+    click.echo(f"ok: pid {status['pid']}, queue {status['queue']}")
+
+
+@click.command()
+@pass_ctx
+def status(ctx: Context) -> None:
+    """Show what the running daemon is doing: queue, counts, folders and how each is watched."""
+    from tagger.daemon.service import read_status
+
+    info = read_status(ctx.config(require_folders=False).index)
+    click.echo(json_text(info, indent=2))

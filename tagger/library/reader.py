@@ -1,0 +1,95 @@
+"""A scan's first step: which files changed, their bytes read and hashed, contents already known reused.
+
+What is left needs a model run. Reader threads only read and hash; the index is touched from the
+scan's own thread alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tagger.config import Config
+from tagger.cpu import yield_to_model
+from tagger.errors import DecodeError
+from tagger.fileio import Folders, read_limited
+from tagger.index import Index
+from tagger.library.recorder import Recorder
+from tagger.library.summary import ScanSummary
+
+
+@dataclass(frozen=True)
+class Read:
+    """A file read and hashed whose content is not in the index yet."""
+
+    path: Path
+    mtime_ns: int
+    data: bytes
+    sha256: str
+
+
+class Reader:
+    """Reads a batch of paths for one model; records what needs no model run through `recorder`."""
+
+    def __init__(self, config: Config, store: Index, recorder: Recorder, model: str) -> None:
+        self.config = config
+        self.store = store
+        self.recorder = recorder
+        self.model = model
+        self.folders = Folders(config.folders)  # what a symlink may lead to (tagger.fileio)
+        # Below the model's priority (tagger.cpu.yield_to_model): the model gets a core at once.
+        self._threads = ThreadPoolExecutor(1, "tagger-read", yield_to_model)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+
+    def read_new(self, paths: Sequence[Path], summary: ScanSummary) -> list[Read]:
+        """Cheap checks, read + hash, reuse from the index: what is left needs a model run."""
+        changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
+        fresh: list[Read] = []
+        limit, folders = self.config.decode.max_file_bytes, self.folders
+        reads = self._threads.map(lambda p: _read_and_hash(p, limit, folders), [p for p, _ in changed])
+        for (path, stat), read in zip(changed, reads):
+            if isinstance(read, DecodeError):
+                self.recorder.fail(path, None, stat.st_size, stat.st_mtime_ns, str(read), summary)
+                continue
+            data, sha256 = read
+            cached = self.store.cached_image(sha256, self.model)
+            if cached is None:
+                fresh.append(Read(path, stat.st_mtime_ns, data, sha256))
+                continue
+            if not self.recorder.record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, None):
+                summary.sidecar_errors += 1
+            summary.reused += 1
+        return fresh
+
+    def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
+        """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            if path.is_symlink():
+                self.recorder.fail(path, None, 0, 0, "a broken symlink (its target is not there)", summary)
+            else:  # deleted since it was listed or announced: nothing to tag
+                self.recorder.forget([path])
+            return None
+        except OSError as exc:
+            self.recorder.fail(path, None, 0, 0, f"cannot read file: {exc.strerror or exc}", summary)
+            return None
+        record = self.store.file_record(str(path))
+        if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
+            if record.status == "failed" or (record.model == self.model and self.recorder.sidecars_current(path)):
+                summary.unchanged += 1
+                return None
+        return stat
+
+
+def _read_and_hash(path: Path, max_bytes: int, folders: Folders) -> tuple[bytes, str] | DecodeError:
+    try:
+        data = read_limited(path, max_bytes, folders)
+    except DecodeError as exc:
+        return exc
+    return data, hashlib.sha256(data).hexdigest()

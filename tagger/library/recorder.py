@@ -1,0 +1,157 @@
+"""The one writer of a user's library: sidecars first, then the index, for every file a scan touches.
+
+Whatever classifies (here or on a cluster) hands its results to `record`; files that cannot be
+tagged go to `fail`; moves and deletions keep sidecars and index rows together.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tagger.config import Config
+from tagger.engine.labels import Tag
+from tagger.errors import DiskError
+from tagger.fileio import is_gone
+from tagger.index import Index
+from tagger.index.records import ImageFacts
+from tagger.library.jsonsidecar import read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
+from tagger.library.keywording import Retagger
+from tagger.library.summary import ScanSummary
+from tagger.library.xmp import xmp_path
+from tagger.tags.keywords import keyword_rows
+from tagger.vectors.embeddings import Look, save_embedding
+from tagger.vectors.learned import LearnedModels
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Sidecars and index rows of one model's tags, under one config."""
+
+    def __init__(self, config: Config, store: Index, model: str) -> None:
+        self.config = config
+        self.store = store
+        self.model = model
+        self.retagger = Retagger(config, store)
+        self.retagger.check_settings()
+        self.learned = LearnedModels(store, model)  # applied to each new image's embedding
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: new files get the new rules and thresholds at once."""
+        self.config = config
+        self.retagger = Retagger(config, self.store)
+        self.retagger.check_settings()
+
+    def record(
+        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, look: Look | None
+    ) -> bool:
+        """Sidecars first, then the index: a crash in between is repaired by the next scan.
+
+        Keywords: rules on the raw tags, learned tags (of `look`'s features, else those stored), then
+        the user's corrections. False when a sidecar could not be written (the reason is kept in the index).
+        """
+        rules, min_score = self.retagger.rules, self.config.model.min_score
+        learned = self.learned.stored(facts.sha256) if look is None else self.learned.scores(look[0])
+        keywords = keyword_rows(rules, tags, min_score, self.store.corrections(facts.sha256), learned)
+        sidecar, note = self.retagger.sidecars.write(path, facts, self.model, weights_sha256, tags, keywords)
+        try:
+            with self.store.transaction(f"the tags of {path}"):
+                if look is not None:  # a model run: its tags, embedding and learned tags
+                    self.store.save_image(facts, self.model, weights_sha256, tags)
+                    save_embedding(self.store, facts.sha256, self.model, *look, learned)
+                self.store.save_keywords(facts.sha256, keywords)
+                self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
+        except DiskError:
+            if sidecar is not None:  # no sidecar without its index row: the next scan writes both
+                Path(sidecar).unlink(missing_ok=True)
+            raise
+        return note is None
+
+    def fail(self, path: Path, sha256: str | None, size: int, mtime_ns: int, reason: str, summary: ScanSummary) -> None:
+        """A file that cannot be tagged: said in the log, kept in the index with its reason."""
+        log.warning("%s: %s", path, reason)
+        with self.store.transaction(f"the failure of {path}"):
+            self.store.save_failure(str(path), sha256, size, mtime_ns, reason)
+        summary.failed += 1
+        summary.failures.append((str(path), reason))
+
+    def sidecars_current(self, path: Path) -> bool:
+        """Every sidecar the config asks for is there (else an unchanged file is written again)."""
+        xmp = self.config.xmp
+        return (not self.config.sidecar.enabled or sidecar_path(path).exists()) and (
+            not xmp.enabled or xmp_path(path, xmp.style).exists()
+        )
+
+    def move(self, src: Path, dst: Path) -> bool:
+        """A renamed or moved file keeps its tags: index row and sidecar follow, no model run.
+
+        False when `src` was never indexed (the caller tags `dst` as new instead).
+        """
+        if self.store.file_record(str(src)) is None:
+            return False
+        sidecar = self._move_sidecar(src, dst)  # first: a crash now leaves no orphan sidecar behind
+        self._move_xmp(src, dst)
+        with self.store.transaction():
+            self.store.move_file(str(src), str(dst))
+            self.store.set_sidecar(str(dst), sidecar)
+        return True
+
+    def move_tree(self, src: Path, dst: Path) -> int:
+        """A renamed folder: its sidecars moved with it; only index rows change."""
+        with self.store.transaction():
+            return self.store.move_tree(str(src), str(dst))
+
+    def forget(self, paths: Sequence[Path]) -> int:
+        """Deleted files (a scan's, or the daemon's after the grace period): index rows and our
+        orphan JSON sidecars go; how many were gone.
+
+        An XMP sidecar stays: other tools and the user write to it too.
+        """
+        gone = [p for p in paths if is_gone(p)]
+        if not gone:
+            return 0
+        with self.store.transaction("the removal of deleted files"):
+            self.store.delete_files([str(p) for p in gone])
+        for path in gone:
+            remove_own_sidecar(path)
+        return len(gone)
+
+    def forget_tree(self, folder: Path) -> int:
+        if not is_gone(folder):
+            return 0
+        with self.store.transaction():
+            return self.store.delete_tree(str(folder))
+
+    def _move_sidecar(self, src: Path, dst: Path) -> str | None:
+        """Rewrite the sidecar under the new name; None when there is none to move."""
+        old = sidecar_path(src)
+        if not self.config.sidecar.enabled or not old.exists():
+            return None
+        try:
+            document = read_sidecar(src)
+            document["image"]["file"] = dst.name
+            new = str(write_sidecar(dst, document))
+            old.unlink()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: sidecar not moved to %s: %s (it is rewritten at the next scan)", old, dst, exc)
+            return None
+        return new
+
+    def _move_xmp(self, src: Path, dst: Path) -> None:
+        """The XMP sidecar follows its image; one already at the new name is merged into instead."""
+        if not self.config.xmp.enabled:
+            return
+        old, new = xmp_path(src, self.config.xmp.style), xmp_path(dst, self.config.xmp.style)
+        if not old.exists() or old == new:
+            return
+        if new.exists():
+            record = self.store.file_record(str(src))
+            if record is not None and record.sha256 is not None:
+                self.retagger.sidecars.write_xmp(dst, self.store.keywords(record.sha256))
+            return
+        try:
+            os.replace(old, new)
+        except OSError as exc:
+            log.warning("%s: XMP sidecar not moved to %s: %s", old, new, exc.strerror or exc)
