@@ -39,7 +39,7 @@ class ModelConfig:
     min_score: float = 0.05
     batch_size: int = 2
     runtime: Runtime = "auto"  # auto (ONNX Runtime where installed), onnx or torch
-    precision: Precision = "fp32"  # fp32, or int8 (ONNX Runtime only; close calls again in fp32; see README)
+    precision: Precision = "fp32"  # fp32, or int8 (ONNX Runtime only; close calls again in fp32; see docs/performance.md)
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class DecodeConfig:
     max_pixels: int = 100_000_000
     draft: bool = True  # JPEGs decoded at reduced scale (1/2..1/8), still above the model's input size
     # A draft-decoded image whose best two guesses are closer than this is decoded fully and
-    # classified again (0 switches it off). Measured by bench/bench_scan.py: see the README.
+    # classified again (0 switches it off). Measured by bench/bench_scan.py: see docs/performance.md.
     refine_margin: float = 0.005
     max_file_mb: int = DEFAULT_MAX_FILE_MB  # bytes read per file at most: a bigger file is refused unread
 

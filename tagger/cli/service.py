@@ -43,7 +43,7 @@ def worker(ctx: Context, address: str, host: str | None, nthreads: int) -> None:
 
     Loads the configured model once, then serves until SIGTERM/SIGINT, rejoining the scheduler
     whenever it restarts. Refused (exit 2) when the coordinator runs another model or other weights.
-    Needs no photos and no index. Dask workers run what the scheduler sends: see README, "Who can connect".
+    Needs no photos and no index. Dask workers run what the scheduler sends: see docs/security.md.
     """
     from tagger.engine.classify import Classifier
 
