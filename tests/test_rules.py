@@ -9,8 +9,8 @@ import pytest
 from tagger.errors import ConfigError
 from tagger.tags.keywords import changed_bands, class_keywords
 from tagger.engine.labels import Tag, imagenet_classes
-from tagger.tags.rules import DEFAULT_RULES, Keyword, Rules, wordnet
-from tagger.tags.terms import ClassKeyword
+from tagger.tags.rules import DEFAULT_RULES, Rules, wordnet
+from tagger.tags.terms import ClassKeyword, KeywordRow
 
 ROOT = Path(__file__).resolve().parent.parent
 DOGS = range(151, 269)
@@ -41,8 +41,8 @@ def load(tmp_path: Path, text: str) -> Rules:
     return Rules.load(path)
 
 
-def names(keywords: list[Keyword]) -> list[tuple[str, float]]:
-    return [(k.name, k.score) for k in keywords]
+def names(keywords: list[KeywordRow]) -> list[tuple[str, float]]:
+    return [(k.keyword, k.score) for k in keywords]
 
 
 CATS = """
@@ -61,15 +61,16 @@ def test_renamed_classes_merge_into_one_keyword_with_the_best_score(tmp_path: Pa
     keywords = rules.apply(tags(("tiger cat", 0.3), ("lynx", 0.2), ("tabby", 0.4)), min_score=0.05)
     assert names(keywords) == [("cat", 0.4), ("lynx", 0.2)]
     cat = keywords[0]
-    assert (cat.name_zh, cat.class_ids) == ("猫", (282, 281))
-    assert (cat.parents, cat.parents_zh, cat.path) == (("animal", "pet"), ("动物", "宠物"), "animal/pet/cat")
+    assert (cat.keyword_zh, cat.class_ids) == ("猫", (282, 281))
+    assert (cat.path, cat.path_zh) == ("animal/pet/cat", "动物/宠物/猫")
 
 
 def test_without_rules_every_class_is_its_own_keyword_above_min_score(tmp_path: Path) -> None:
     rules = load(tmp_path, "")
     keywords = rules.apply(tags(("tabby", 0.3), ("tiger cat", 0.6), ("lynx", 0.04)), min_score=0.05)
     assert names(keywords) == [("tiger cat", 0.6), ("tabby", 0.3)]
-    assert keywords[1] == Keyword("tabby", "狸花猫", 0.3, (281,), (), ())
+    assert keywords[1] == KeywordRow("tabby", "狸花猫", "tabby", "狸花猫", 0.3, "model")
+    assert keywords[1].class_ids == (281,)
 
 
 def test_threshold_per_class_overrides_min_score_up_and_down(tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ rules:
     assert rules.apply(tags(("beagle", 0.5)), min_score=0.05) == []
     assert rules.apply(tags(("pug", 0.5)), min_score=0.05)[0].path == "animal/dog/dog"
     beagle = rules.apply(tags(("beagle", 0.7)), min_score=0.05)[0]
-    assert (beagle.name, beagle.name_zh, beagle.path) == ("dog", "狗", "animal/dog/dog")
+    assert (beagle.keyword, beagle.keyword_zh, beagle.path) == ("dog", "狗", "animal/dog/dog")
 
 
 @pytest.mark.parametrize("dog_first", [True, False])
@@ -192,9 +193,9 @@ def test_hierarchy_covers_every_class_and_places_dogs_and_cats() -> None:
 def test_shipped_defaults_turn_real_photo_tags_into_sensible_keywords() -> None:
     rules = Rules.load(None)
     cat = rules.apply(tags(*CHELSEA), min_score=0.05)
-    assert [(k.path, k.name_zh, k.score, k.class_ids) for k in cat] == [("animal/cat", "猫", 0.395, (282, 285, 281))]
-    assert cat[0].parents_zh == ("动物",)
-    assert [(k.path, k.name_zh) for k in rules.apply(tags(*COFFEE), min_score=0.05)] == [
+    assert [(k.path, k.keyword_zh, k.score, k.class_ids) for k in cat] == [("animal/cat", "猫", 0.395, (282, 285, 281))]
+    assert cat[0].path_zh == "动物/猫"
+    assert [(k.path, k.keyword_zh) for k in rules.apply(tags(*COFFEE), min_score=0.05)] == [
         ("food/drink/espresso", "意式浓缩咖啡")
     ]
     motorcycle = rules.apply(tags(*MOTORCYCLE), min_score=0.05)

@@ -37,9 +37,7 @@ def keyword_rows(
     taught = list(best.values())
     names = {r.keyword.casefold() for r in taught}
     rows = taught + [
-        KeywordRow(k.name, k.name_zh, k.path, "/".join((*k.parents_zh, k.name_zh)), k.score, "model")
-        for k in rules.apply(tags, min_score)
-        if k.name.casefold() not in names
+        k for k in rules.apply(tags, min_score) if k.keyword.casefold() not in names
     ]
     taken = removed | {word.casefold() for word in added}
     kept = [r for r in rows if r.keyword.casefold() not in taken and r.keyword_zh.casefold() not in taken]

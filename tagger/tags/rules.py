@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from tagger.errors import ConfigError
 from tagger.engine.labels import ImageNetClass, Tag, imagenet_classes
+from tagger.tags.terms import KeywordRow
 from tagger.yamlfile import parse_yaml, read_text
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "data" / "default_rules.yaml"
@@ -111,22 +112,6 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Keyword:
-    """One tag as users see it after rules."""
-
-    name: str
-    name_zh: str
-    score: float  # best score among the raw tags that map to it
-    class_ids: tuple[int, ...]  # the raw classes that produced it, in the order of the raw tags
-    parents: tuple[str, ...]  # outermost first: ("animal", "dog") + "beagle" is animal/dog/beagle
-    parents_zh: tuple[str, ...]
-
-    @property
-    def path(self) -> str:
-        return "/".join((*self.parents, self.name))
-
-
-@dataclass(frozen=True, slots=True)
 class Display:
     """What a class is shown as; classes shown with the same name merge into one keyword."""
 
@@ -181,7 +166,7 @@ class Rules:
         source = path or DEFAULT_RULES
         return _parsed_rules(source, read_text(source, "rules", "copy config/rules.yaml there to start"))
 
-    def apply(self, tags: Sequence[Tag], min_score: float) -> list[Keyword]:
+    def apply(self, tags: Sequence[Tag], min_score: float) -> list[KeywordRow]:
         """Raw tags -> keywords, best first.
 
         Tags that come out with the same English keyword merge into one, with the best score
@@ -202,7 +187,7 @@ class Rules:
                 if score > seen[0]:
                     found[display.name] = (score, display, seen[2])
         keywords = [
-            Keyword(d.name, d.name_zh, score, tuple(ids), d.parents, d.parents_zh) for score, d, ids in found.values()
+            KeywordRow(d.name, d.name_zh, d.path, d.path_zh, score, "model", tuple(ids)) for score, d, ids in found.values()
         ]
         keywords.sort(key=_best_first)
         return keywords
@@ -267,8 +252,8 @@ def _parsed_rules(source: Path, text: str) -> Rules:
     return _RulesFile(source).build(parse_yaml(text, source))
 
 
-def _best_first(keyword: Keyword) -> tuple[float, str]:
-    return (-keyword.score, keyword.name)
+def _best_first(keyword: KeywordRow) -> tuple[float, str]:
+    return (-keyword.score, keyword.keyword)
 
 
 class _RulesFile:

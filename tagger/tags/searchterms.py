@@ -34,10 +34,10 @@ def search_terms(rules: Rules, word: str) -> tuple[str, ...]:
     folded = word.strip().casefold()
     fake = [Tag(c, "", "", "", 1.0) for c in sorted(_classes(rules, word))]
     names = {
-        k.name.casefold()
+        k.keyword.casefold()
         for k in rules.apply(fake, 0.0)
         # a keyword the word names, or one under it, is found by the word itself: one index range, not hundreds
-        if folded not in {w.casefold() for w in (k.name, k.name_zh, *k.parents, *k.parents_zh)}
+        if folded not in {w.casefold() for w in (k.keyword, k.keyword_zh, *k.path.split("/"), *k.path_zh.split("/"))}
     }
     learned = {name.casefold() for name in _learned(rules).get(folded, ())}
     return tuple(sorted({folded} | names | learned))

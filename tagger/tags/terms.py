@@ -6,7 +6,7 @@ be read, and tested, without a database.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Source = Literal["model", "user"]  # who made a keyword: the rules from the model's guesses, or the user
@@ -15,14 +15,20 @@ Action = Literal["add", "remove"]  # a correction
 
 @dataclass(frozen=True)
 class KeywordRow:
-    """A keyword of one content, as stored and written into sidecars."""
+    """A keyword of one content: what the rules make of its raw tags, as stored and written into sidecars.
+
+    The one shape of a keyword from the rules to the index, the sidecars and the viewer.
+    """
 
     keyword: str
     keyword_zh: str
     path: str  # with its categories: animal/cat
     path_zh: str
-    score: float
+    score: float  # the best score among the raw tags (or learned tags) that map to it
     source: Source
+    # The raw classes that made it, in the order of the raw tags: known where the rules just ran
+    # (an explanation's "Why?"), never stored, so not part of what makes two rows equal.
+    class_ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def terms(self) -> set[str]:
         return keyword_terms(self.path, self.path_zh)

@@ -114,7 +114,7 @@ def _explained_keywords(tags: Sequence[Tag], keywords: Sequence[KeywordRow], sha
     """The tag term each model keyword's "Why?" explains: its best-scoring class, or its learned tag
     (learned/NAME, found by the keyword a `learned:` rule may have renamed it to; the best one when several merge)."""
     rules = viewer().rules
-    terms = {k.name: str(max(k.class_ids, key=lambda i: next(t.score for t in tags if t.class_id == i)))
+    terms = {k.keyword: str(max(k.class_ids, key=lambda i: next(t.score for t in tags if t.class_id == i)))
              for k in rules.apply(tags, viewer().config.model.min_score)}
     shown = {k.keyword for k in keywords if k.source == "model"}
     learned = store().vectors.learned_of(sha256) if sha256 and shown else []
