@@ -41,7 +41,7 @@ _URL_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 DEFAULT_MAX_FILE_MB = 200  # a 100-megapixel camera JPEG or HEIC is 30-60 MB; big TIFFs and PNGs fit too
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif", ".jxl"}
 )
 # Folders that hold no photos of the user's: Synology thumbnails, Syncthing's bookkeeping and
 # old versions, Python caches, NAS recycle bins and snapshots, fsck's lost+found. Hidden
@@ -209,11 +209,14 @@ def too_large(size: int, max_bytes: int) -> str:
 # A file this big is read only if its first bytes are an image format's: a library full of
 # 150 MB disk images or videos with a .jpg name must not cost 150 MB of memory each.
 SNIFF_ABOVE = 32 * MB
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+_SIGNATURES = (
+    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+    b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n",  # JPEG XL: a bare codestream, or its ISO container
+)
 
 
 def looks_like_an_image(head: bytes) -> bool:
-    """Whether a file's first 16 bytes start one of the formats tagger decodes (HEIF/WebP included)."""
+    """Whether a file's first 16 bytes start one of the formats tagger decodes (HEIF, AVIF, WebP, JPEG XL included)."""
     if head.startswith(_SIGNATURES):
         return True
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":

@@ -31,6 +31,13 @@ try:
 except ImportError:  # the plugin is optional: without it HEIC files are refused with a reason
     HEIF_SUPPORTED = False
 
+try:
+    import pillow_jxl  # noqa: F401  # registers JPEG XL with Pillow (AVIF is Pillow's own since 11.2)
+
+    JXL_SUPPORTED = True
+except ImportError:  # optional too: without it JPEG XL files are refused with a reason
+    JXL_SUPPORTED = False
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own limit (DecodeConfig.max_pixels) is checked before decoding; Pillow's is switched
 # off so that a configured limit above Pillow's default is honoured.

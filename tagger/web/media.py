@@ -23,6 +23,10 @@ from tagger.web.thumbs import PREVIEW_SIZE
 
 log = logging.getLogger(__name__)
 
+# Python's table lacks these (or has them only on some systems): an original is sent with its real type.
+mimetypes.add_type("image/avif", ".avif")
+mimetypes.add_type("image/jxl", ".jxl")
+
 blueprint = Blueprint("media", __name__)
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
