@@ -40,9 +40,14 @@ MB = 1024 * 1024
 _URL_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 DEFAULT_MAX_FILE_MB = 200  # a 100-megapixel camera JPEG or HEIC is 30-60 MB; big TIFFs and PNGs fit too
 
+# Camera RAW files, read through LibRaw (tagger.engine.raw).
+RAW_EXTENSIONS = frozenset(
+    {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw",
+     ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw", ".rwl"}
+)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif", ".jxl"}
-)
+) | RAW_EXTENSIONS
 # Folders that hold no photos of the user's: Synology thumbnails, Syncthing's bookkeeping and
 # old versions, Python caches, NAS recycle bins and snapshots, fsck's lost+found. Hidden
 # folders (a leading dot) are skipped too.
@@ -212,6 +217,7 @@ SNIFF_ABOVE = 32 * MB
 _SIGNATURES = (
     b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
     b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n",  # JPEG XL: a bare codestream, or its ISO container
+    b"IIRO", b"IIRS", b"MMOR", b"IIU\x00", b"FUJIFILMCCD-RAW",  # RAWs not in a TIFF: Olympus, Panasonic, Fujifilm
 )
 
 

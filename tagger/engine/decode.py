@@ -17,6 +17,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from tagger.engine import fastjpeg
+from tagger.engine.raw import RawPicture, might_be_raw, open_raw
 from tagger.errors import DecodeError
 from tagger.fileio import DEFAULT_MAX_FILE_MB, MB, read_limited
 from tagger.engine.weights import Preprocess
@@ -118,6 +119,14 @@ def decode_bytes(
     12 million costs five times as much. The reported size is always the full one.
     `limit_key` is the config key a refusal over `max_pixels` names.
     """
+    raw = open_raw(data, max_pixels, draft or 0) if might_be_raw(data) else None
+    if raw is not None:  # a camera RAW: its preview JPEG, or its sensor demosaiced, upright
+        if raw.preview is None:
+            assert raw.pixels is not None
+            return DecodedImage(Image.fromarray(raw.pixels), raw.width, raw.height, "RAW")
+        shown = decode_bytes(raw.preview, max_pixels, draft, limit_key).image
+        method = _ORIENTATION.get(raw.orientation)
+        return DecodedImage(shown.transpose(method) if method else shown, raw.width, raw.height, "RAW")
     rgb, width, height, fmt = _decode(data, max_pixels, draft, _detached, limit_key)
     return DecodedImage(rgb, width, height, fmt)
 
@@ -132,6 +141,10 @@ def decode_array(
     takes the faster path of tagger.engine.fastjpeg (the same bits); `scratch` lends it a reusable buffer.
     """
 
+    raw = open_raw(data, max_pixels, spec.resize) if might_be_raw(data) else None
+    if raw is not None:
+        return _raw_array(raw, max_pixels, spec, draft, scratch)
+
     def fast(img: Image.Image) -> tuple[tuple[np.ndarray, int], bool] | None:
         return _fast_input(data, img, spec, draft, scratch)
 
@@ -139,6 +152,22 @@ def decode_array(
         data, max_pixels, draft, lambda rgb, _: (preprocess(rgb, spec), min(rgb.size)), fast=fast
     )
     return DecodedArray(array, width, height, short < min(width, height))
+
+
+def _raw_array(
+    raw: RawPicture, max_pixels: int, spec: Preprocess, draft: int | None, scratch: fastjpeg.Scratch | None
+) -> DecodedArray:
+    """A RAW's model input: its preview decoded like any JPEG and turned by the RAW's orientation (the
+    square centre crop turned is the turned picture's crop), or its half-size demosaic, never refined
+    (a full demosaic would show the model nothing more at 224 pixels)."""
+    if raw.preview is None:
+        assert raw.pixels is not None
+        return DecodedArray(preprocess(Image.fromarray(raw.pixels), spec), raw.width, raw.height, False)
+    decoded = decode_array(raw.preview, max_pixels, spec, draft, scratch)
+    array = decoded.array
+    if raw.orientation != 1:
+        array = np.ascontiguousarray(_oriented_array(array.transpose(1, 2, 0), raw.orientation).transpose(2, 0, 1))
+    return DecodedArray(array, raw.width, raw.height, decoded.reduced)
 
 
 def decode_or_error(
