@@ -68,6 +68,11 @@ def test_negated_folder() -> None:
     assert q.not_folders == ("tmp",) and q.folders == ("/srv/photos",)
 
 
+def test_type_terms() -> None:
+    q = parse("type:RAW ^type:photo type:raw", NOW)
+    assert (q.types, q.not_types) == (("raw",), ("photo",))
+
+
 def test_class_terms_name_raw_guesses() -> None:
     q = parse('class:tabby class:"tiger cat" cat', NOW)
     assert q.classes == ("tabby", "tiger cat") and q.tags == ("cat",)
@@ -86,7 +91,8 @@ def test_empty_query() -> None:
         ("score:1.5..", ["from 0 to 1"]),
         ("added:yesterday", ["added:yesterday", "YYYY-MM-DD", "-3d"]),
         ("date:2024-13", ["date:2024-13"]),
-        ("^score:0.5", ["only tag: and folder:"]),
+        ("^score:0.5", ["only tag:, folder: and type: terms"]),
+        ("type:video", ["type:video", "photo or raw"]),
         ("tag:", ["empty value"]),
         ('tag:"unclosed', ["cannot read query"]),
         ("added:-99999y..", ["added:-99999y..", "1 to 9998"]),  # past year 1: no OverflowError

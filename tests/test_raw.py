@@ -140,3 +140,26 @@ def test_a_scan_refuses_bad_raws_by_name_and_reason_and_tags_the_rest(
                          ("claims.dng", "RAW preview claims")):
         assert any(name in line and reason in line for line in result.output.splitlines()), (name, result.output)
     assert set(rows(tmp_path / "index.sqlite")) == {"good.dng"}
+
+
+def test_type_raw_and_type_photo_find_the_raw_files_and_the_others(
+    tmp_path: Path, sample_paths: dict[str, Path], write_config: Callable[..., Path], lite0: object
+) -> None:
+    """A RAW and the JPEG of the same picture side by side (same stem): both tagged, told apart by type:."""
+    library = tmp_path / "library"
+    library.mkdir()
+    rgb = pixels(sample_paths["coffee"])
+    make_dng(rgb, library / "IMG_0001.DNG", preview=True)
+    Image.fromarray(rgb).save(library / "IMG_0001.JPG", quality=92)
+    config = str(write_config([library]))
+    assert CliRunner().invoke(cli, ["--config", config, "scan"]).exit_code == 0
+
+    def query(text: str) -> list[str]:
+        result = CliRunner().invoke(cli, ["--config", config, "query", text])
+        assert result.exit_code == 0, result.output
+        return sorted(Path(line).name for line in result.output.splitlines())
+
+    assert query("espresso") == ["IMG_0001.DNG", "IMG_0001.JPG"]
+    assert query("espresso type:raw") == query("^type:photo") == ["IMG_0001.DNG"]
+    assert query("type:photo") == query("espresso ^type:raw") == ["IMG_0001.JPG"]
+    assert query("type:raw type:photo") == ["IMG_0001.DNG", "IMG_0001.JPG"]  # either kind

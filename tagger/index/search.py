@@ -373,6 +373,13 @@ def _search_filter(search: Search) -> tuple[list[str], list[object]]:
             else:
                 terms.append(f"{negate}(instr(f.path, CAST(? AS TEXT)) > 0)")
                 params.append(fs("/" + folder.strip("/") + "/"))
+    # type: terms by the file's name ending (LIKE ignores ASCII case: .NEF is .nef).
+    if search.suffixes:
+        terms.append("(" + " OR ".join(["f.path LIKE ?"] * len(search.suffixes)) + ")")
+        params += ["%" + suffix for suffix in search.suffixes]
+    if search.not_suffixes:
+        terms.append("NOT (" + " OR ".join(["f.path LIKE ?"] * len(search.not_suffixes)) + ")")
+        params += ["%" + suffix for suffix in search.not_suffixes]
     for column, (low, high) in (("f.added_at", search.added), ("f.mtime_ns", search.mtime_ns)):
         if low is not None:
             terms.append(f"{column} >= ?")

@@ -8,11 +8,12 @@
 - `class:WORD` is one of the model's raw guesses (an ImageNet class, by English or Chinese
   label, WordNet id or number), whatever the rules and corrections made of it:
   `class:tabby`, `class:n02123045`, `class:281`. It is how the image page's raw guesses link.
-- `^` before a tag or folder term negates it: `^tag:cat`, `^猫`, `^folder:tmp`.
+- `^` before a tag, folder or type term negates it: `^tag:cat`, `^猫`, `^folder:tmp`, `^type:raw`.
 - `score:LO..HI` bounds the score of the matching tags (`score:0.6..`, `score:..0.3`,
   `score:0.5` means at least 0.5).
 - `folder:NAME` keeps files with a folder of that name in their path (`folder:2024`);
   an absolute path keeps files under it (`folder:/srv/photos/trips`).
+- `type:raw` keeps camera RAW files, `type:photo` every other image; `^type:raw` leaves RAWs out.
 - `added:RANGE` (when tagger first saw the file) and `date:RANGE` (the file's own
   modification time) take `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or a relative `-3d`, `-2w`,
   `-6m`, `-1y`, alone or as `FROM..TO` with either side optional: `added:-1w..`,
@@ -28,7 +29,8 @@ from datetime import datetime, timedelta, timezone
 from tagger.errors import TaggerError
 from tagger.inputs import InputError, score
 
-FIELDS = ("tag", "class", "score", "folder", "added", "date")
+FIELDS = ("tag", "class", "score", "folder", "type", "added", "date")
+TYPES = ("photo", "raw")  # what `type:` takes: a camera RAW file, or any other image
 _RELATIVE = re.compile(r"-([0-9]{1,7})([dwmy])")
 _ABSOLUTE = re.compile(r"([0-9]{4})(?:-([0-9]{1,2})(?:-([0-9]{1,2}))?)?")
 _DATE_HINT = "dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
@@ -62,6 +64,8 @@ class Query:
     score_max: float | None = None
     folders: tuple[str, ...] = ()
     not_folders: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()  # TYPES; several: a file of any of them
+    not_types: tuple[str, ...] = ()
     added: TimeRange | None = None
     date: TimeRange | None = None
     text: str = field(default="", compare=False)
@@ -85,6 +89,8 @@ def parse(text: str, now: datetime | None = None) -> Query:
     classes: list[str] = []
     folders: list[str] = []
     not_folders: list[str] = []
+    types: list[str] = []
+    not_types: list[str] = []
     score_min = score_max = None
     added = date = None
     for word in words:
@@ -99,10 +105,15 @@ def parse(text: str, now: datetime | None = None) -> Query:
             (not_tags if negated else tags).append(value)
         elif name == "folder":
             (not_folders if negated else folders).append(value)
+        elif name == "type":
+            kind = value.casefold()
+            if kind not in TYPES:
+                raise QueryError(f"{word!r}: type: takes {' or '.join(TYPES)}")
+            (not_types if negated else types).append(kind)
         elif name == "class" and not negated:
             classes.append(value)
         elif negated:
-            raise QueryError(f"{word!r}: only tag: and folder: terms can be negated with ^")
+            raise QueryError(f"{word!r}: only tag:, folder: and type: terms can be negated with ^")
         elif name == "score":
             score_min, score_max = _score_range(value, word)
         else:
@@ -113,7 +124,7 @@ def parse(text: str, now: datetime | None = None) -> Query:
                 date = when
     return Query(
         tuple(tags), tuple(not_tags), tuple(classes), score_min, score_max, tuple(folders), tuple(not_folders),
-        added, date, text,
+        tuple(dict.fromkeys(types)), tuple(dict.fromkeys(not_types)), added, date, text,
     )
 
 

@@ -6,12 +6,12 @@ links and the API becomes keyword terms, so that all of them find the same image
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import TypeVar
 
 from tagger.errors import TaggerError
-from tagger.fileio import utc_text
+from tagger.fileio import IMAGE_EXTENSIONS, RAW_EXTENSIONS, utc_text
 from tagger.engine.labels import Tag, resolve_tag, suggest_labels
 from tagger.tags.querylang import Query, TimeRange
 from tagger.tags.rules import Rules
@@ -72,9 +72,17 @@ def resolve_query(rules: Rules, query: Query, has_term: Callable[[str], bool]) -
         score_max=1.0 if query.score_max is None else query.score_max,
         folders=query.folders,
         not_folders=query.not_folders,
+        suffixes=_suffixes(query.types),
+        not_suffixes=_suffixes(query.not_types),
         added=_span(query.added, utc_text),
         mtime_ns=_span(query.date, lambda t: int(t * 1e9)),
     )
+
+
+def _suffixes(types: Sequence[str]) -> tuple[str, ...]:
+    """The file-name endings of `type:` terms (tagger.fileio decides what a RAW is)."""
+    kinds = {"raw": RAW_EXTENSIONS, "photo": IMAGE_EXTENSIONS - RAW_EXTENSIONS}
+    return tuple(sorted({suffix for kind in types for suffix in kinds[kind]}))
 
 
 def _named_classes(word: str) -> tuple[int, ...]:

@@ -78,5 +78,9 @@ class Search:
     score_max: float = 1.0
     folders: tuple[str, ...] = ()  # a folder's name anywhere in the path, or an absolute folder
     not_folders: tuple[str, ...] = ()
+    # type: terms as file-name endings (lower case, with the dot): a file must end with one of `suffixes`
+    # (when given) and with none of `not_suffixes`.
+    suffixes: tuple[str, ...] = ()
+    not_suffixes: tuple[str, ...] = ()
     added: tuple[str | None, str | None] = (None, None)  # [from, to) of files.added_at
     mtime_ns: tuple[int | None, int | None] = (None, None)  # [from, to) of files.mtime_ns
