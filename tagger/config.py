@@ -27,8 +27,9 @@ Precision = Literal["fp32", "int8"]  # int8: ONNX Runtime only
 WatchMode = Literal["auto", "inotify", "polling"]  # auto: per folder, from its filesystem type
 
 
-# Where an XMP sidecar goes: IMG_1.jpg.xmp (darktable, digiKam default) or IMG_1.xmp (Lightroom, Capture One).
-XmpStyle = Literal["append", "replace"]
+# Where an XMP sidecar goes: IMG_1.jpg.xmp (append: darktable, digiKam's default), IMG_1.xmp (replace:
+# Lightroom, Capture One), or auto: the one another tool already made next to the image, else append.
+XmpStyle = Literal["auto", "append", "replace"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class XmpConfig:
     """XMP sidecars for digiKam, darktable, Lightroom and Immich (merged, never clobbered)."""
 
     enabled: bool = False
-    style: XmpStyle = "append"  # append: IMG_1.jpg.xmp; replace: IMG_1.xmp
+    style: XmpStyle = "auto"  # auto: the existing sidecar of either style, else IMG_1.jpg.xmp; append; replace
     prefix: str = "auto/"  # machine keywords live under this tag
 
 
@@ -322,7 +323,8 @@ def _check_web(web: WebConfig, source: Path) -> None:
 def _check_xmp(xmp: XmpConfig, source: Path) -> None:
     if xmp.style not in get_args(XmpStyle):
         raise ConfigError(
-            f"{source}: key 'xmp.style' must be append (IMG_1.jpg.xmp) or replace (IMG_1.xmp), not {xmp.style!r}"
+            f"{source}: key 'xmp.style' must be auto (the existing sidecar of either style), append (IMG_1.jpg.xmp) "
+            f"or replace (IMG_1.xmp), not {xmp.style!r}"
         )
     if not xmp.prefix.strip("/ "):
         raise ConfigError(f"{source}: key 'xmp.prefix' must name a tag, e.g. 'auto/', not {xmp.prefix!r}")

@@ -163,3 +163,44 @@ def test_type_raw_and_type_photo_find_the_raw_files_and_the_others(
     assert query("espresso type:raw") == query("^type:photo") == ["IMG_0001.DNG"]
     assert query("type:photo") == query("espresso ^type:raw") == ["IMG_0001.JPG"]
     assert query("type:raw type:photo") == ["IMG_0001.DNG", "IMG_0001.JPG"]  # either kind
+
+
+def test_xmp_auto_merges_into_the_sidecar_of_either_style_and_a_shared_one_keeps_both_files_keywords(
+    tmp_path: Path, sample_paths: dict[str, Path], write_config: Callable[..., Path], lite0: object
+) -> None:
+    """Lightroom's IMG_0001.xmp beside IMG_0001.DNG and IMG_0001.JPG: auto merges into it (no second
+    sidecar), keeps the rating another tool wrote, and holds the keywords of both files; darktable's
+    IMG_0002.DNG.xmp is merged into for the DNG it names."""
+    from tagger.library.xmp import read_keywords
+
+    library = tmp_path / "library"
+    library.mkdir()
+    coffee, moped = pixels(sample_paths["coffee"]), pixels(sample_paths["motorcycle_left"])
+    make_dng(coffee, library / "IMG_0001.DNG", preview=True)
+    Image.fromarray(moped).save(library / "IMG_0001.JPG", quality=92)  # not the same picture: two keyword sets
+    lightroom = library / "IMG_0001.xmp"
+    lightroom.write_text(RATED, encoding="utf-8")
+    make_dng(moped, library / "IMG_0002.DNG", preview=False)
+    darktable = library / "IMG_0002.DNG.xmp"
+    darktable.write_text(RATED, encoding="utf-8")
+    config = str(write_config([library], xmp={"enabled": True}))
+    result = CliRunner().invoke(cli, ["--config", config, "scan"])
+    assert result.exit_code == 0 and "0 failed" in result.output, result.output
+    assert sorted(p.name for p in library.glob("*.xmp")) == ["IMG_0001.xmp", "IMG_0002.DNG.xmp"]  # none added
+    for sidecar in (lightroom, darktable):
+        assert 'xmp:Rating="4"' in sidecar.read_text(encoding="utf-8")  # another tool's, kept
+    shared = set(read_keywords(library / "IMG_0001.DNG", "auto")["hierarchical"])
+    assert {"auto|food|drink|espresso", "auto|vehicle|motorcycle"} <= shared, shared  # the DNG's and the JPEG's
+    assert "auto|vehicle|motorcycle" in read_keywords(library / "IMG_0002.DNG", "auto")["hierarchical"]
+    # A retag of everything rewrites the shared file with both again, not with the last file's alone.
+    assert CliRunner().invoke(cli, ["--config", config, "retag", "--all"]).exit_code == 0
+    assert set(read_keywords(library / "IMG_0001.JPG", "auto")["hierarchical"]) == shared
+
+
+RATED = """<?xml version="1.0" encoding="UTF-8"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="4"/>
+ </rdf:RDF>
+</x:xmpmeta>
+"""

@@ -43,7 +43,7 @@ class Retagger:
         self.config = config
         self.index = index
         self.rules = config.rule_set
-        self.sidecars = SidecarWriter(config)
+        self.sidecars = SidecarWriter(config, index)
 
     def table(self) -> list[ClassKeyword]:
         return class_keywords(self.rules, self.config.model.min_score)

@@ -10,23 +10,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tagger.config import Config
-from tagger.fileio import write_problem
+from tagger.fileio import is_image_name, write_problem
 from tagger.index import Index
 from tagger.tags.keywords import machine_keywords
 from tagger.engine.labels import Tag
 from tagger.index.records import ImageFacts
 from tagger.library.jsonsidecar import sidecar_document, write_sidecar
 from tagger.tags.terms import KeywordRow
-from tagger.library.xmp import XmpError, write_xmp
+from tagger.library.xmp import XmpError, write_xmp, xmp_path
 
 log = logging.getLogger(__name__)
 
 
 class SidecarWriter:
-    """JSON and XMP sidecars from stored or fresh keywords, as the config asks."""
+    """JSON and XMP sidecars from stored or fresh keywords, as the config asks.
 
-    def __init__(self, config: Config) -> None:
+    With `index`, an XMP file that the RAW and the JPEG of one picture share (IMG_1.xmp beside
+    IMG_1.CR2 and IMG_1.JPG) gets the keywords of all of them: the last one written never takes
+    away what the others put there.
+    """
+
+    def __init__(self, config: Config, index: Index | None = None) -> None:
         self.config = config
+        self.index = index
 
     @property
     def enabled(self) -> bool:
@@ -55,16 +61,33 @@ class SidecarWriter:
         return sidecar, note
 
     def write_xmp(self, path: Path, rows: Sequence[KeywordRow]) -> None:
+        xmp = self.config.xmp
+        if self.index is not None and xmp_path(path, xmp.style) == path.with_suffix(".xmp"):
+            rows = [*rows, *self._siblings_keywords(path)]
         try:
             write_xmp(
                 path,
                 machine_keywords(rows),
                 style=self.config.xmp.style,
                 prefix=self.config.xmp.prefix,
-                user=[r.keyword for r in rows if r.source == "user"],
+                user=list(dict.fromkeys(r.keyword for r in rows if r.source == "user")),
             )
         except XmpError as exc:
             log.warning("%s (keywords are in the index and the JSON sidecar)", exc)
+
+    def _siblings_keywords(self, path: Path) -> list[KeywordRow]:
+        """The stored keywords of the other indexed images named like `path` but for the extension."""
+        assert self.index is not None
+        try:
+            siblings = [p for p in path.parent.iterdir() if p.stem == path.stem and p != path and is_image_name(p)]
+        except OSError:
+            return []
+        rows: list[KeywordRow] = []
+        for sibling in sorted(siblings):
+            record = self.index.file_record(str(sibling))
+            if record is not None and record.sha256 is not None and record.status == "tagged":
+                rows += self.index.keywords(record.sha256)
+        return rows
 
     def rewrite(
         self, index: Index, shas: Sequence[str], on_progress: Callable[[int], None] | None = None

@@ -99,10 +99,15 @@ USER_KEYWORDS = _Array(TAGGER_NS, "UserKeywords", "tagger", "Bag")
 
 
 def xmp_path(image: Path, style: str) -> Path:
+    """The image's XMP sidecar. `auto` merges into the one another tool made, of either style (never
+    a second one beside it), and names a new one IMG_1.jpg.xmp, which no other image can share."""
+    append, replace = image.with_name(image.name + ".xmp"), image.with_suffix(".xmp")
     if style == "append":
-        return image.with_name(image.name + ".xmp")
+        return append
     if style == "replace":
-        return image.with_suffix(".xmp")
+        return replace
+    if style == "auto":
+        return replace if replace.exists() and not append.exists() else append
     raise ValueError(f"unknown XMP sidecar style {style!r}: use one of {', '.join(XMP_STYLES)}")
 
 
