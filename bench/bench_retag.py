@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_web import build_index  # noqa: E402
 
 from tagger.config import Config, ModelConfig, SidecarConfig  # noqa: E402
-from tagger import retag  # noqa: E402
+from tagger.library import keywording  # noqa: E402
 from tagger.tags.keywords import keyword_rows  # noqa: E402
 from tagger.library.keywording import RetagSummary, Retagger  # noqa: E402
 from tagger.tags.rules import DEFAULT_RULES  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--bulk-share", type=float, help="override tagger.library.keywording.BULK_SHARE (in place vs bulk)")
     args = parser.parse_args()
     if args.bulk_share is not None:
-        retag.BULK_SHARE = args.bulk_share
+        keywording.BULK_SHARE = args.bulk_share
     out = ROOT / "bench" / "out"
     source = out / f"web-{args.images}.sqlite"
     if not source.exists():
