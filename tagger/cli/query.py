@@ -36,11 +36,12 @@ def query(
     """List tagged files matching QUERY, best match first.
 
     \b
-    QUERY words (all must match; ^ negates tag: and folder:):
+    QUERY words (all must match; ^ negates tag:, folder: and type:):
       dog  tag:"sports car"  猫     a keyword, category, alias, label, WordNet id or class number
       class:tabby  class:281        a raw guess of the model (ImageNet label, WordNet id, number)
       score:0.6..  score:..0.3      score of the matching keywords
       folder:2024  folder:/srv/x    a folder name in the path, or an absolute folder
+      type:raw  type:photo          camera RAW files, or every other image
       added:-1w..  date:2023..2024-06   first seen by tagger / file modified
     Example: tagger query 'tag:dog score:0.6.. ^tag:cat folder:2024 added:-1w..'
     """
