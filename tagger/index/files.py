@@ -79,6 +79,19 @@ class FileRows(Database):
         ).fetchall()
         return [r[0] for r in rows]
 
+    def tagged_beside(self, path: str) -> list[tuple[str, str]]:
+        """(path, sha256) of the other tagged files in `path`'s folder with its name but for the
+        extension (IMG_1.JPG beside IMG_1.CR2): a range scan on the primary key, no folder listing."""
+        folder, _, name = path.rpartition("/")
+        stem = name.rpartition(".")[0] or name
+        prefix = f"{folder}/{stem}."
+        rows = self.conn.execute(
+            "SELECT path, sha256 FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT) "
+            "AND status = 'tagged' AND sha256 IS NOT NULL",
+            (fs(prefix), fs(prefix[:-1] + "/")),  # '/' follows '.': every name that starts with the prefix
+        ).fetchall()
+        return [(p, sha) for p, sha in rows if p != path and "/" not in p[len(prefix):] and "." not in p[len(prefix):]]
+
     def save_image(self, facts: ImageFacts, model: str, weights_sha256: str, tags: Sequence[Tag]) -> None:
         """Replace whatever an earlier model said about this content."""
         self.conn.execute("DELETE FROM tags WHERE sha256 = ?", (facts.sha256,))

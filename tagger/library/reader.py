@@ -43,6 +43,10 @@ class Reader:
         # Below the model's priority (tagger.cpu.yield_to_model): the model gets a core at once.
         self._threads = ThreadPoolExecutor(1, "tagger-read", yield_to_model)
 
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.folders = Folders(config.folders)
+
     def close(self) -> None:
         self._threads.shutdown(wait=True)
 

@@ -37,8 +37,7 @@ class Tagger:
         """A reloaded config: new files get the new rules and thresholds at once."""
         self.config = config
         self.recorder.reconfigure(config)
-        self.reader.config = config
-        self.reader.folders = Folders(config.folders)
+        self.reader.reconfigure(config)
         self.backend.reconfigure(config)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tagger.config import Config
-from tagger.fileio import is_image_name, write_problem
+from tagger.fileio import write_problem
 from tagger.index import Index
 from tagger.tags.keywords import machine_keywords
 from tagger.engine.labels import Tag
@@ -78,16 +78,7 @@ class SidecarWriter:
     def _siblings_keywords(self, path: Path) -> list[KeywordRow]:
         """The stored keywords of the other indexed images named like `path` but for the extension."""
         assert self.index is not None
-        try:
-            siblings = [p for p in path.parent.iterdir() if p.stem == path.stem and p != path and is_image_name(p)]
-        except OSError:
-            return []
-        rows: list[KeywordRow] = []
-        for sibling in sorted(siblings):
-            record = self.index.file_record(str(sibling))
-            if record is not None and record.sha256 is not None and record.status == "tagged":
-                rows += self.index.keywords(record.sha256)
-        return rows
+        return [row for _, sha256 in self.index.tagged_beside(str(path)) for row in self.index.keywords(sha256)]
 
     def rewrite(
         self, index: Index, shas: Sequence[str], on_progress: Callable[[int], None] | None = None
