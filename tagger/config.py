@@ -58,6 +58,21 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """Clips (MP4, MOV, M4V, 3GP, MKV, WebM): what one may cost. Frames are bounded by decode.max_pixels."""
+
+    frames: int = 8  # keyframes sampled, spread over the clip's length
+    max_seconds: float = 30.0  # wall time spent decoding one clip; it is tagged from the frames it has by then
+    # Bytes on disk at most. A clip is read by seeking (a few MB whatever its size), never whole,
+    # so decode.max_file_mb (bytes read into memory) does not apply: 1,000,000 MB is 1 TB.
+    max_file_mb: int = 1_000_000
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb * MB
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     enabled: bool = True
 
@@ -130,6 +145,7 @@ class Config:
     weights_dir: Path
     model: ModelConfig = field(default_factory=ModelConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -155,6 +171,7 @@ class Config:
 _SECTIONS: dict[str, type[Any]] = {
     "model": ModelConfig,
     "decode": DecodeConfig,
+    "video": VideoConfig,
     "sidecar": SidecarConfig,
     "watch": WatchConfig,
     "web": WebConfig,
@@ -209,6 +226,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         sections[name] = _build_section(cls, value, name, source)
     model: ModelConfig = sections["model"]
     _check_decode(sections["decode"], source)
+    _check_video(sections["video"], source)
     _check_model(model, source)
     decode: DecodeConfig = sections["decode"]
     if not 0.0 <= decode.refine_margin <= 1.0:
@@ -234,6 +252,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         weights_dir=_resolve(base, _string(raw, "weights_dir", "weights", source)),
         model=model,
         decode=decode,
+        video=sections["video"],
         sidecar=sections["sidecar"],
         watch=watch,
         web=web,
@@ -274,6 +293,15 @@ def _check_decode(decode: DecodeConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'decode.max_file_mb' must be between 1 and 100,000 (MB), not {decode.max_file_mb}")
     if decode.max_pixels < 1:
         raise ConfigError(f"{source}: key 'decode.max_pixels' must be 1 or more, not {decode.max_pixels}")
+
+
+def _check_video(video: VideoConfig, source: Path) -> None:
+    if not 1 <= video.frames <= 64:
+        raise ConfigError(f"{source}: key 'video.frames' must be between 1 and 64, not {video.frames}")
+    if not 1 <= video.max_seconds <= 3600:
+        raise ConfigError(f"{source}: key 'video.max_seconds' must be between 1 and 3600 seconds, not {video.max_seconds}")
+    if not 1 <= video.max_file_mb <= 100_000_000:
+        raise ConfigError(f"{source}: key 'video.max_file_mb' must be between 1 and 100,000,000 (MB), not {video.max_file_mb}")
 
 
 def _check_watch(watch: WatchConfig, source: Path) -> None:

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, BinaryIO
 
 from tagger.errors import DecodeError
 
@@ -45,9 +45,12 @@ RAW_EXTENSIONS = frozenset(
     {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw",
      ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw", ".rwl"}
 )
+# Video clips, sampled at a few keyframes through FFmpeg's libraries (tagger.engine.video).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".3gp", ".mkv", ".webm"})
+# Everything tagged: photos, RAWs and clips (an "image" throughout the index and the viewer).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif", ".jxl"}
-) | RAW_EXTENSIONS
+) | RAW_EXTENSIONS | VIDEO_EXTENSIONS
 # Folders that hold no photos of the user's: Synology thumbnails, Syncthing's bookkeeping and
 # old versions, Python caches, NAS recycle bins and snapshots, fsck's lost+found. Hidden
 # folders (a leading dot) are skipped too.
@@ -59,6 +62,11 @@ UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # to the second: text order is time order
 
 def is_image_name(path: PurePath) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video_name(path: PurePath | str) -> bool:
+    """A clip, by its name: read by seeking (tagger.engine.video), never whole."""
+    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
 
 
 def skipped_folder(name: str) -> bool:
@@ -289,6 +297,28 @@ def read_limited(path: Path | str, max_bytes: int, folders: Folders | None = Non
         raise DecodeError(too_large(max_bytes + 1, max_bytes) + "; it grew while being read" if grew else exc.strerror) from None
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def open_regular(path: Path | str, folders: Folders | None = None) -> tuple[BinaryIO, int]:
+    """A regular file opened for reading by seeking (a clip), and its size; DecodeError names why not.
+
+    The same checks as read_limited: the target's stat, a non-blocking open (a FIFO swapped in
+    never blocks) and fstat again; then the file is switched back to blocking reads.
+    """
+    real, _ = (folders or Folders(["/"])).target(path)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise DecodeError(f"not a regular file: {file_kind(opened.st_mode)}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), opened.st_size
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class _Refused(OSError):

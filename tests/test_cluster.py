@@ -310,6 +310,22 @@ def test_cluster_scan_tags_each_file_once_with_the_local_top1(
     assert (again.classified, again.unchanged) == (0, count)
 
 
+def test_a_clip_is_classified_here_beside_the_cluster(
+    cluster: LocalCluster, tmp_path: Path, sample_jpegs: list[Path], write_config: Callable[..., Path],
+    lite0: Classifier,
+) -> None:
+    """A clip is decoded by seeking in its file, which a worker may not reach: the photos go to the
+    cluster, the clip is classified here, and the scan records all of them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from sample_video import photo, write_clip
+
+    lib = make_library(tmp_path / "library", sample_jpegs[:2], 1)
+    write_clip(lib / "clip.mp4", [photo("coffee")], 3)
+    summary = scan(coordinator_config(write_config, cluster.address), lite0)
+    assert summary.classified == 3 and sum(summary.by_worker.values()) == 2, summary
+    assert top1(tmp_path / "index.sqlite")[str(lib / "clip.mp4")] == "espresso"
+
+
 def test_a_worker_killed_mid_run_loses_nothing_and_tags_nothing_twice(
     cluster: LocalCluster, tmp_path: Path, sample_jpegs: list[Path], write_config: Callable[..., Path],
     lite0: Classifier, top1_here: dict[str, str], monkeypatch: pytest.MonkeyPatch,

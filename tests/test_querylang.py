@@ -92,7 +92,10 @@ def test_empty_query() -> None:
         ("added:yesterday", ["added:yesterday", "YYYY-MM-DD", "-3d"]),
         ("date:2024-13", ["date:2024-13"]),
         ("^score:0.5", ["only tag:, folder: and type: terms"]),
-        ("type:video", ["type:video", "photo or raw"]),
+        ("type:movie", ["type:movie", "photo or raw or video"]),
+        ("duration:abc", ["duration:abc", "not a length"]),
+        ("duration:>", ["duration:>", "takes seconds"]),
+        ("^duration:5", ["only tag:, folder: and type:"]),
         ("tag:", ["empty value"]),
         ('tag:"unclosed', ["cannot read query"]),
         ("added:-99999y..", ["added:-99999y..", "1 to 9998"]),  # past year 1: no OverflowError

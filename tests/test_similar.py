@@ -137,6 +137,8 @@ def _back_to_migration_7(index: Path) -> None:
         for trigger in ("embedding_replaced", "embedding_written", "embedding_updated", "embedding_deleted"):
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE embedding_changes")
+        conn.execute("ALTER TABLE images DROP COLUMN duration")  # migration 10's
+        conn.execute("ALTER TABLE tags DROP COLUMN frame_s")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 8")
 
 

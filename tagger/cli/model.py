@@ -11,7 +11,7 @@ import click
 
 from tagger.cli.context import Context, pass_ctx
 from tagger.errors import DecodeError, TaggerError
-from tagger.fileio import json_text, shown
+from tagger.fileio import Folders, is_video_name, json_text, shown
 
 if TYPE_CHECKING:
     from tagger.index.vectors import LearnedTag
@@ -27,21 +27,30 @@ def classify(ctx: Context, images: tuple[Path, ...], as_json: bool, top_k: int |
     """Print the tags of IMAGES; writes nothing (no sidecar, no index)."""
     from tagger.engine.classify import Classifier
     from tagger.engine.decode import draft_size, open_rgb, preprocess
+    from tagger.engine.video import ClipBudget, clip_or_error, clip_tags
 
     config = ctx.config(require_folders=False)
     classifier = Classifier.from_settings(config.model_choice())
     k = top_k or config.model.top_k
     results: list[dict[str, Any]] = []
+    spec, video = classifier.spec.preprocess, config.video
     for path in images:
         try:
-            draft = draft_size(classifier.spec.preprocess, config.decode.draft)
-            decoded = open_rgb(path, config.decode.max_pixels, draft, config.decode.max_file_bytes)
+            if is_video_name(path):  # a clip: its keyframes, as a scan samples them
+                budget = ClipBudget(video.frames, video.max_seconds, config.decode.max_pixels)
+                clip = clip_or_error(path, Folders(["/"]), budget, spec)
+                if isinstance(clip, DecodeError):
+                    raise clip
+                tags = clip_tags(classifier.tag_batch(clip.arrays, k), clip.times, k)
+            else:
+                draft = draft_size(spec, config.decode.draft)
+                decoded = open_rgb(path, config.decode.max_pixels, draft, config.decode.max_file_bytes)
+                tags = classifier.tag_batch(preprocess(decoded.image, spec)[None], k)[0]
         except DecodeError as exc:
             results.append({"path": str(path), "error": str(exc)})
             if not as_json:
                 click.echo(f"{shown(path)}: error: {exc}", err=True)
             continue
-        tags = classifier.tag_batch(preprocess(decoded.image, classifier.spec.preprocess)[None], k)[0]
         results.append({"path": str(path), "model": classifier.name, "tags": [t.as_dict() for t in tags]})
         if not as_json:
             names = ", ".join(f"{t.label} ({t.label_zh}) {t.score:.1%}" for t in tags)

@@ -41,7 +41,8 @@ def query(
       class:tabby  class:281        a raw guess of the model (ImageNet label, WordNet id, number)
       score:0.6..  score:..0.3      score of the matching keywords
       folder:2024  folder:/srv/x    a folder name in the path, or an absolute folder
-      type:raw  type:photo          camera RAW files, or every other image
+      type:raw  type:video  type:photo   camera RAW files, video clips, or every other image
+      duration:>60  duration:1m..5m      a clip's length (seconds, or with s, m, h)
       added:-1w..  date:2023..2024-06   first seen by tagger / file modified
     Example: tagger query 'tag:dog score:0.6.. ^tag:cat folder:2024 added:-1w..'
     """

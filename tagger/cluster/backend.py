@@ -56,6 +56,12 @@ class ClusterBackend:
             reads = self.reader.read_new(batch, summary)
             if on_progress and len(batch) > len(reads):
                 on_progress(len(batch) - len(reads))
+            clips = [r for r in reads if r.video]  # decoded by seeking in their file: a worker has no path to it
+            if clips:
+                reads = [r for r in reads if not r.video]
+                self.here.classify(clips, summary)
+                if on_progress:
+                    on_progress(len(clips))
             if reads and not cluster.submit(reads, [r.data for r in reads], refine_budget(summary, len(reads))):
                 self.here.classify(reads, summary)
                 if on_progress:
@@ -78,9 +84,9 @@ class ClusterBackend:
         weights_sha256 = self.classifier.weights.sha256  # the worker checked that its weights are these
         for read, item in zip(reads, result.items):
             if isinstance(item, str):
-                self.recorder.fail(read.path, read.sha256, len(read.data), read.mtime_ns, item, summary)
+                self.recorder.fail(read.path, read.sha256, read.bytes, read.mtime_ns, item, summary)
                 continue
-            facts = ImageFacts(read.sha256, len(read.data), item.width, item.height)
+            facts = ImageFacts(read.sha256, read.bytes, item.width, item.height)
             look = (item.embedding, item.image_hash)
             if not self.recorder.record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, look):
                 summary.sidecar_errors += 1

@@ -30,15 +30,19 @@ class Tag:
     label: str
     label_zh: str
     score: float
+    frame_s: float | None = None  # a video's tag: seconds into the clip of the frame that gave it
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        shown: dict[str, object] = {
             "class_id": self.class_id,
             "wnid": self.wnid,
             "label": self.label,
             "label_zh": self.label_zh,
             "score": round(self.score, 6),
         }
+        if self.frame_s is not None:
+            shown["frame_s"] = self.frame_s
+        return shown
 
 
 @lru_cache(maxsize=1)

@@ -25,23 +25,24 @@ class FileRows(Database):
     def image_facts(self, sha256: str) -> tuple[ImageFacts, str, str] | None:
         """(facts, model, weights sha256) of a classified content."""
         row = self.conn.execute(
-            "SELECT size, width, height, model, weights_sha256 FROM images WHERE sha256 = ?", (sha256,)
+            "SELECT size, width, height, duration, model, weights_sha256 FROM images WHERE sha256 = ?", (sha256,)
         ).fetchone()
-        return None if row is None else (ImageFacts(sha256, *row[:3]), row[3], row[4])
+        return None if row is None else (ImageFacts(sha256, *row[:4]), row[4], row[5])
 
     def cached_image(self, sha256: str, model: str) -> CachedImage | None:
         row = self.conn.execute(
-            "SELECT size, width, height, model, weights_sha256 FROM images WHERE sha256 = ? AND model = ?",
+            "SELECT size, width, height, duration, model, weights_sha256 FROM images WHERE sha256 = ? AND model = ?",
             (sha256, model),
         ).fetchone()
         if row is None:
             return None
-        size, width, height, model_name, weights_sha256 = row
-        return CachedImage(ImageFacts(sha256, size, width, height), model_name, weights_sha256, self._tags(sha256))
+        size, width, height, duration, model_name, weights_sha256 = row
+        facts = ImageFacts(sha256, size, width, height, duration)
+        return CachedImage(facts, model_name, weights_sha256, self._tags(sha256))
 
     def _tags(self, sha256: str, min_score: float = 0.0) -> list[Tag]:
         rows = self.conn.execute(
-            """SELECT class_id, wnid, label, label_zh, score FROM tags
+            """SELECT class_id, wnid, label, label_zh, score, frame_s FROM tags
                WHERE sha256 = ? AND score >= ? ORDER BY rank""",
             (sha256, min_score),
         ).fetchall()
@@ -51,17 +52,22 @@ class FileRows(Database):
         """Everything the index knows about one file, with all of its stored tags."""
         row = self.conn.execute(
             """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model,
-                      i.width, i.height, i.classified_at
+                      i.width, i.height, i.classified_at, i.duration
                FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = CAST(? AS TEXT)""",
             (fs(path),),
         ).fetchone()
         if row is None:
             return None
-        path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at = row
+        path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at, duration = row
         tags = self._tags(sha256) if status == "tagged" else []
         return ImageDetail(
-            path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at, tags
+            path, sha256, size, mtime_ns, status, error, sidecar, model, width, height, classified_at, tags, duration
         )
+
+    def poster_time(self, sha256: str) -> float | None:
+        """Seconds into a clip of its best tag's frame (its poster); None for a still image."""
+        row = self.conn.execute("SELECT frame_s FROM tags WHERE sha256 = ? AND rank = 0", (sha256,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def paths_with_content(self, sha256: str) -> list[str]:
         """Tagged files holding this content (a thumbnail can be made from any of them)."""
@@ -96,14 +102,15 @@ class FileRows(Database):
         """Replace whatever an earlier model said about this content."""
         self.conn.execute("DELETE FROM tags WHERE sha256 = ?", (facts.sha256,))
         self.conn.execute(
-            """INSERT OR REPLACE INTO images (sha256, size, width, height, model, weights_sha256, classified_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?)""",
-            (facts.sha256, facts.size, facts.width, facts.height, model, weights_sha256, utc_text()),
+            """INSERT OR REPLACE INTO images (sha256, size, width, height, duration, model, weights_sha256, classified_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            (facts.sha256, facts.size, facts.width, facts.height, facts.duration, model, weights_sha256, utc_text()),
         )
         self.conn.executemany(
-            """INSERT INTO tags (sha256, rank, class_id, wnid, label, label_zh, score)
-               VALUES (?, ?, ?, ?, ?, ?, ?)""",
-            [(facts.sha256, rank, t.class_id, t.wnid, t.label, t.label_zh, t.score) for rank, t in enumerate(tags)],
+            """INSERT INTO tags (sha256, rank, class_id, wnid, label, label_zh, score, frame_s)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            [(facts.sha256, rank, t.class_id, t.wnid, t.label, t.label_zh, t.score, t.frame_s)
+             for rank, t in enumerate(tags)],
         )
 
     def save_file(

@@ -19,6 +19,7 @@ class ImageFacts:
     size: int
     width: int
     height: int
+    duration: float | None = None  # a clip's length in seconds; None for a still image
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class ImageDetail(FileRecord):
     height: int | None
     classified_at: str | None
     tags: list[Tag]
+    duration: float | None = None  # a clip's length in seconds
 
 
 @dataclass(frozen=True)

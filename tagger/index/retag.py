@@ -36,7 +36,7 @@ class Retagging(Database):
         keywords: dict[str, list[KeywordRow]] = {sha: [] for sha in shas}
         corrections: dict[str, list[Correction]] = {sha: [] for sha in shas}
         reads: tuple[tuple[str, str, dict[str, list[Any]], Callable[..., Any]], ...] = (
-            ("class_id, wnid, label, label_zh, score FROM tags", "rank", tags, Tag),
+            ("class_id, wnid, label, label_zh, score, frame_s FROM tags", "rank", tags, Tag),
             ("keyword, keyword_zh, path, path_zh, score, source FROM keywords", "score DESC", keywords, KeywordRow),
             ("keyword, action FROM corrections", "created_at", corrections, Correction),
         )

@@ -5,7 +5,8 @@ a content, or at the error that kept it out), tag_counts (tagged files per class
 percent, kept by triggers), keywords and keyword_terms (what the rules and corrections made
 of the tags, and the words that find them), corrections, settings, sidecars_pending, and
 schema_migrations (tagger.index.db), embeddings (with embedding_changes, a change stamp, a
-count and a removal stamp per model kept by triggers), learned_tags, learned_examples and learned_matches. View: file_tags.
+count and a removal stamp per model kept by triggers), learned_tags, learned_examples and learned_matches. View: file_tags. A clip's
+images row has its duration and its tags the moment of their frame (frame_s).
 """
 from __future__ import annotations
 
@@ -297,6 +298,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE TRIGGER embedding_deleted AFTER DELETE ON embeddings BEGIN
         UPDATE embedding_changes SET stamp = random(), removals = random(), rows = rows - 1 WHERE model = OLD.model;
     END;
+""",
+    ),
+    # Video clips: a clip's length (NULL for a still image), and the moment of the frame each of its
+    # tags came from (NULL for a still image's tags). Adding nullable columns rewrites no row.
+    Migration(
+        10,
+        "video_duration_frames",
+        """
+    ALTER TABLE images ADD COLUMN duration REAL;
+    ALTER TABLE tags ADD COLUMN frame_s REAL;
 """,
     ),
 )

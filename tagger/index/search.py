@@ -380,6 +380,10 @@ def _search_filter(search: Search) -> tuple[list[str], list[object]]:
     if search.not_suffixes:
         terms.append("NOT (" + " OR ".join(["f.path LIKE ?"] * len(search.not_suffixes)) + ")")
         params += ["%" + suffix for suffix in search.not_suffixes]
+    low_s, high_s = search.duration
+    if low_s is not None or high_s is not None:  # a clip's length: still images (NULL) never match
+        terms.append("EXISTS (SELECT 1 FROM images d WHERE d.sha256 = f.sha256 AND d.duration BETWEEN ? AND ?)")
+        params += [0.0 if low_s is None else low_s, 1e12 if high_s is None else high_s]
     for column, (low, high) in (("f.added_at", search.added), ("f.mtime_ns", search.mtime_ns)):
         if low is not None:
             terms.append(f"{column} >= ?")

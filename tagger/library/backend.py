@@ -24,7 +24,8 @@ from tagger.cpu import yield_to_model
 from tagger.engine.classify import Classifier
 from tagger.engine.decode import DecodedArray, decode_or_error, draft_size, near_ties
 from tagger.engine.fastjpeg import Scratch
-from tagger.engine.features import image_hash
+from tagger.engine.features import image_hash, unit
+from tagger.engine.video import Clip, ClipBudget, clip_or_error, clip_tags
 from tagger.engine.labels import Tag
 from tagger.errors import DecodeError
 from tagger.index.records import ImageFacts
@@ -80,17 +81,22 @@ class _InFlight:
     """A file read and hashed, its decoding running in a worker thread."""
 
     read: Read
-    decoded: Future[DecodedArray | DecodeError]
+    decoded: Future[DecodedArray | Clip | DecodeError]
 
 
 @dataclass(frozen=True)
 class _Pending:
-    """A file decoded, waiting for a model run."""
+    """A file decoded, waiting for a model run: a photo's one input, or a clip's frames."""
 
     read: Read
     facts: ImageFacts
-    array: np.ndarray
+    array: np.ndarray  # the model's input; a clip's first frame
     reduced: bool
+    clip: Clip | None = None
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.array[None] if self.clip is None else self.clip.arrays
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,13 @@ class LocalBackend:
         """Decoding of files read and hashed, left running in the decoder threads."""
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
         draft = draft_size(spec, self.config.decode.draft)
-        return [_InFlight(r, self._decoders.submit(decode_or_error, r.data, max_pixels, spec, draft)) for r in reads]
+        video = self.config.video
+        budget = ClipBudget(video.frames, video.max_seconds, max_pixels)
+        return [
+            _InFlight(r, self._decoders.submit(clip_or_error, r.path, self.reader.folders, budget, spec))
+            if r.video else _InFlight(r, self._decoders.submit(decode_or_error, r.data, max_pixels, spec, draft))
+            for r in reads
+        ]
 
     def _finish(self, inflight: list[_InFlight], summary: ScanSummary) -> None:
         """Collect the decoded arrays, one model run, then sidecars and index rows."""
@@ -174,15 +186,20 @@ class LocalBackend:
         for item in inflight:
             result, read = item.decoded.result(), item.read
             if isinstance(result, DecodeError):
-                self.recorder.fail(read.path, read.sha256, len(read.data), read.mtime_ns, str(result), summary)
+                self.recorder.fail(read.path, read.sha256, read.bytes, read.mtime_ns, str(result), summary)
                 continue
-            facts = ImageFacts(read.sha256, len(read.data), result.width, result.height)
-            pending.append(_Pending(read, facts, result.array, result.reduced))
+            if isinstance(result, Clip):
+                facts = ImageFacts(read.sha256, read.bytes, result.width, result.height, result.duration)
+                pending.append(_Pending(read, facts, result.arrays[0], False, result))
+            else:
+                facts = ImageFacts(read.sha256, read.bytes, result.width, result.height)
+                pending.append(_Pending(read, facts, result.array, result.reduced))
         inflight.clear()
         if not pending:
             return
         top_k = self.config.model.top_k
-        tags_of, margins, features_of = self.classifier.predict(np.stack([p.array for p in pending]), top_k)
+        tags_of, margins, features_of = _per_file(pending, *self.classifier.predict(
+            np.concatenate([p.inputs for p in pending]), top_k), top_k)
         budget = refine_budget(summary, len(pending))
         near = set(near_ties([p.reduced for p in pending], margins, self.config.decode.refine_margin, budget))
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
@@ -229,6 +246,31 @@ class LocalBackend:
         for item in ready:  # a full decode that failed keeps the draft decode's answer
             tags, f = better.get(id(item), (item.tags, item.features))
             self._store(item.pending, tags, f, summary, counted=True)
+
+
+def _per_file(
+    pending: Sequence[_Pending], tags: list[list[Tag]], margins: list[float], features: np.ndarray, top_k: int
+) -> tuple[list[list[Tag]], list[float], np.ndarray]:
+    """The model's answers per input -> per file: a clip's frames made one answer
+    (tagger.engine.video.clip_tags; its embedding the mean of its frames', normalised again)."""
+    if all(p.clip is None for p in pending):
+        return tags, margins, features
+    out_tags: list[list[Tag]] = []
+    out_margins: list[float] = []
+    out_features: list[np.ndarray] = []
+    start = 0
+    for item in pending:
+        count = len(item.inputs)
+        if item.clip is None:
+            out_tags.append(tags[start])
+            out_margins.append(margins[start])
+            out_features.append(features[start])
+        else:
+            out_tags.append(clip_tags(tags[start : start + count], item.clip.times, top_k))
+            out_margins.append(1.0)  # never refined: a clip's frames are decoded in full
+            out_features.append(unit(features[start : start + count].mean(axis=0, keepdims=True))[0])
+        start += count
+    return out_tags, out_margins, np.stack(out_features)
 
 
 def _bytes_held(ahead: deque[tuple[list[_InFlight], int]]) -> int:

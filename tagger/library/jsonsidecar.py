@@ -39,16 +39,19 @@ def sidecar_document(
     """`tags` are the model's raw top-k guesses, all of them, as stored; `keywords` what the rules,
     thresholds and the user's corrections made of them. So a sidecar changes only when its
     keywords do, and `tagger retag` rewrites exactly those."""
+    about: dict[str, Any] = {
+        "file": image.name,
+        "sha256": facts.sha256,
+        "size": facts.size,
+        "width": facts.width,
+        "height": facts.height,
+    }
+    if facts.duration is not None:  # a clip: its length, and each tag's "frame_s" says where it was seen
+        about["duration"] = round(facts.duration, 3)
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"tagger {__version__}",
-        "image": {
-            "file": image.name,
-            "sha256": facts.sha256,
-            "size": facts.size,
-            "width": facts.width,
-            "height": facts.height,
-        },
+        "image": about,
         "model": {"name": model, "weights_sha256": weights_sha256},
         "tagged_at": utc_text(),
         "tags": [t.as_dict() for t in tags],

@@ -15,7 +15,8 @@ from pathlib import Path
 from tagger.config import Config
 from tagger.cpu import yield_to_model
 from tagger.errors import DecodeError
-from tagger.fileio import Folders, read_limited
+from tagger.engine.video import sampled_sha256
+from tagger.fileio import Folders, is_video_name, open_regular, read_limited, too_large
 from tagger.index import Index
 from tagger.library.recorder import Recorder
 from tagger.library.summary import ScanSummary
@@ -23,12 +24,19 @@ from tagger.library.summary import ScanSummary
 
 @dataclass(frozen=True)
 class Read:
-    """A file read and hashed whose content is not in the index yet."""
+    """A file read and hashed whose content is not in the index yet. A clip is not read whole: its
+    `data` is empty, and it is decoded from its path by seeking (tagger.engine.video)."""
 
     path: Path
     mtime_ns: int
     data: bytes
     sha256: str
+    size: int = -1  # bytes on disk; -1: len(data)
+    video: bool = False
+
+    @property
+    def bytes(self) -> int:
+        return len(self.data) if self.size < 0 else self.size
 
 
 class Reader:
@@ -54,16 +62,15 @@ class Reader:
         """Cheap checks, read + hash, reuse from the index: what is left needs a model run."""
         changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
         fresh: list[Read] = []
-        limit, folders = self.config.decode.max_file_bytes, self.folders
-        reads = self._threads.map(lambda p: _read_and_hash(p, limit, folders), [p for p, _ in changed])
+        limits, folders = (self.config.decode.max_file_bytes, self.config.video.max_file_bytes), self.folders
+        reads = self._threads.map(lambda p: _read_and_hash(p, limits, folders), [p for p, _ in changed])
         for (path, stat), read in zip(changed, reads):
             if isinstance(read, DecodeError):
                 self.recorder.fail(path, None, stat.st_size, stat.st_mtime_ns, str(read), summary)
                 continue
-            data, sha256 = read
-            cached = self.store.cached_image(sha256, self.model)
+            cached = self.store.cached_image(read.sha256, self.model)
             if cached is None:
-                fresh.append(Read(path, stat.st_mtime_ns, data, sha256))
+                fresh.append(Read(path, stat.st_mtime_ns, read.data, read.sha256, read.size, read.video))
                 continue
             if not self.recorder.record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, None):
                 summary.sidecar_errors += 1
@@ -91,9 +98,19 @@ class Reader:
         return stat
 
 
-def _read_and_hash(path: Path, max_bytes: int, folders: Folders) -> tuple[bytes, str] | DecodeError:
+def _read_and_hash(path: Path, limits: tuple[int, int], folders: Folders) -> Read | DecodeError:
+    """A photo read whole and hashed; a clip hashed by seeking (tagger.engine.video.sampled_sha256)
+    under its own limit, video.max_file_mb, since it is never held in memory."""
     try:
-        data = read_limited(path, max_bytes, folders)
+        if is_video_name(path):
+            fh, size = open_regular(path, folders)
+            with fh:
+                if size > limits[1]:
+                    raise DecodeError(too_large(size, limits[1]).replace("decode.max_file_mb", "video.max_file_mb"))
+                return Read(path, 0, b"", sampled_sha256(fh, size), size, video=True)
+        data = read_limited(path, limits[0], folders)
     except DecodeError as exc:
         return exc
-    return data, hashlib.sha256(data).hexdigest()
+    except OSError as exc:
+        return DecodeError(f"cannot read file: {exc.strerror or exc}")
+    return Read(path, 0, data, hashlib.sha256(data).hexdigest())

@@ -13,7 +13,10 @@
   `score:0.5` means at least 0.5).
 - `folder:NAME` keeps files with a folder of that name in their path (`folder:2024`);
   an absolute path keeps files under it (`folder:/srv/photos/trips`).
-- `type:raw` keeps camera RAW files, `type:photo` every other image; `^type:raw` leaves RAWs out.
+- `type:raw` keeps camera RAW files, `type:video` video clips, `type:photo` every other image;
+  `^type:raw` leaves RAWs out.
+- `duration:RANGE` keeps clips by length in seconds (or with `s`, `m`, `h`): `duration:>60`,
+  `duration:<30`, `duration:1m..5m`, `duration:60` (at least 60 s). Still images have no length.
 - `added:RANGE` (when tagger first saw the file) and `date:RANGE` (the file's own
   modification time) take `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or a relative `-3d`, `-2w`,
   `-6m`, `-1y`, alone or as `FROM..TO` with either side optional: `added:-1w..`,
@@ -29,8 +32,10 @@ from datetime import datetime, timedelta, timezone
 from tagger.errors import TaggerError
 from tagger.inputs import InputError, score
 
-FIELDS = ("tag", "class", "score", "folder", "type", "added", "date")
-TYPES = ("photo", "raw")  # what `type:` takes: a camera RAW file, or any other image
+FIELDS = ("tag", "class", "score", "folder", "type", "added", "date", "duration")
+TYPES = ("photo", "raw", "video")  # what `type:` takes: a camera RAW file, a clip, or any other image
+_LENGTH = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)([smh]?)")
+_LENGTH_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RELATIVE = re.compile(r"-([0-9]{1,7})([dwmy])")
 _ABSOLUTE = re.compile(r"([0-9]{4})(?:-([0-9]{1,2})(?:-([0-9]{1,2}))?)?")
 _DATE_HINT = "dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
@@ -69,6 +74,8 @@ class Query:
     added: TimeRange | None = None
     date: TimeRange | None = None
     text: str = field(default="", compare=False)
+    duration_min: float | None = None  # seconds, of a clip
+    duration_max: float | None = None
 
     @property
     def empty(self) -> bool:
@@ -92,6 +99,7 @@ def parse(text: str, now: datetime | None = None) -> Query:
     types: list[str] = []
     not_types: list[str] = []
     score_min = score_max = None
+    duration_min = duration_max = None
     added = date = None
     for word in words:
         negated = word.startswith("^")
@@ -116,6 +124,8 @@ def parse(text: str, now: datetime | None = None) -> Query:
             raise QueryError(f"{word!r}: only tag:, folder: and type: terms can be negated with ^")
         elif name == "score":
             score_min, score_max = _score_range(value, word)
+        elif name == "duration":
+            duration_min, duration_max = _length_range(value, word)
         else:
             when = _time_range(value, word, now)
             if name == "added":
@@ -124,8 +134,29 @@ def parse(text: str, now: datetime | None = None) -> Query:
                 date = when
     return Query(
         tuple(tags), tuple(not_tags), tuple(classes), score_min, score_max, tuple(folders), tuple(not_folders),
-        tuple(dict.fromkeys(types)), tuple(dict.fromkeys(not_types)), added, date, text,
+        tuple(dict.fromkeys(types)), tuple(dict.fromkeys(not_types)), added, date, text, duration_min, duration_max,
     )
+
+
+def _length_range(value: str, word: str) -> tuple[float | None, float | None]:
+    """`>60`, `<30`, `60` (at least), `1m..5m`, `..90`: seconds, either end open."""
+    if value[:1] in "<>":
+        low, high = (value[1:], "") if value[0] == ">" else ("", value[1:])
+    else:
+        low, sep, high = value.partition("..")
+        high = high if sep else ""
+    if not low and not high:
+        raise QueryError(f"{word!r}: duration: takes seconds like >60, <30, 60..120 or 1m..5m")
+    return _length(low, word), _length(high, word)
+
+
+def _length(text: str, word: str) -> float | None:
+    if not text:
+        return None
+    found = _LENGTH.fullmatch(text.strip().casefold())
+    if found is None:
+        raise QueryError(f"{word!r}: {text!r} is not a length (seconds, or with s, m, h: 90, 1.5m, 2h)")
+    return float(found.group(1)) * _LENGTH_UNITS[found.group(2)]
 
 
 def _score_range(value: str, word: str) -> tuple[float | None, float | None]:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from tagger.errors import TaggerError
-from tagger.fileio import IMAGE_EXTENSIONS, RAW_EXTENSIONS, utc_text
+from tagger.fileio import IMAGE_EXTENSIONS, RAW_EXTENSIONS, VIDEO_EXTENSIONS, utc_text
 from tagger.engine.labels import Tag, resolve_tag, suggest_labels
 from tagger.tags.querylang import Query, TimeRange
 from tagger.tags.rules import Rules
@@ -76,12 +76,13 @@ def resolve_query(rules: Rules, query: Query, has_term: Callable[[str], bool]) -
         not_suffixes=_suffixes(query.not_types),
         added=_span(query.added, utc_text),
         mtime_ns=_span(query.date, lambda t: int(t * 1e9)),
+        duration=(query.duration_min, query.duration_max),
     )
 
 
 def _suffixes(types: Sequence[str]) -> tuple[str, ...]:
     """The file-name endings of `type:` terms (tagger.fileio decides what a RAW is)."""
-    kinds = {"raw": RAW_EXTENSIONS, "photo": IMAGE_EXTENSIONS - RAW_EXTENSIONS}
+    kinds = {"raw": RAW_EXTENSIONS, "video": VIDEO_EXTENSIONS, "photo": IMAGE_EXTENSIONS - RAW_EXTENSIONS - VIDEO_EXTENSIONS}
     return tuple(sorted({suffix for kind in types for suffix in kinds[kind]}))
 
 

@@ -84,3 +84,4 @@ class Search:
     not_suffixes: tuple[str, ...] = ()
     added: tuple[str | None, str | None] = (None, None)  # [from, to) of files.added_at
     mtime_ns: tuple[int | None, int | None] = (None, None)  # [from, to) of files.mtime_ns
+    duration: tuple[float | None, float | None] = (None, None)  # [from, to] of a clip's seconds

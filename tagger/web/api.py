@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from PIL import Image
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, Forbidden, RequestEntityTooLarge, ServiceUnavailable, UnprocessableEntity
 
 from tagger.engine import explain as cam
 from tagger.engine.decode import declared_pixels
 from tagger.errors import DecodeError, WeightsError
-from tagger.fileio import read_limited, shown, utc_text
+from tagger.engine.video import frame_at
+from tagger.fileio import is_video_name, open_regular, read_limited, shown, utc_text
 from tagger.index import GridItem, ImageDetail
 from tagger.inputs import InputError, whole_number
 from tagger.web.check import CheckResult
@@ -84,6 +86,19 @@ def keywords(raw: str) -> Response:
     return jsonify({"path": detail.path, "keywords": [k.as_dict() for k in rows]})
 
 
+def _frame_time(detail: ImageDetail, term: str | None) -> float:
+    """The moment of a clip to explain: ?ms=MILLISECONDS, else the frame of the tag named (or of the top tag)."""
+    given = request.args.get("ms")
+    if given is not None:
+        try:
+            return float(whole_number("ms", given, 0, 10**10)) / 1000
+        except InputError as exc:
+            raise BadRequest(str(exc)) from None
+    named = [t for t in detail.tags if term is not None and term.strip() in (str(t.class_id), t.label, t.label_zh, t.wnid)]
+    chosen = (named or detail.tags)[:1]
+    return chosen[0].frame_s or 0.0 if chosen else 0.0
+
+
 @blueprint.get("/images/<fspath:raw>/explain")
 def explain(raw: str) -> Response:
     """?tag=LABEL (English, Chinese or class id, or learned/NAME; default the top guess)&format=png|layer|json&size=N
@@ -102,7 +117,13 @@ def explain(raw: str) -> Response:
     config = viewer().config
     source = viewer().library.readable(detail.path)
     try:
-        data = read_limited(source, config.decode.max_file_bytes)
+        if is_video_name(source):  # a clip: the frame its tag came from (?ms= picks another)
+            moment = _frame_time(detail, term)
+            fh, _ = open_regular(source)
+            with fh:
+                data: bytes | Image.Image = frame_at(fh, moment, config.decode.max_pixels)
+        else:
+            data = read_limited(source, config.decode.max_file_bytes)
         explanation, photo = viewer().checker.explain(data, term, store().vectors.learned)
     except (DecodeError, OSError) as exc:
         raise UnprocessableEntity(f"{shown(detail.path)}: {exc}") from None

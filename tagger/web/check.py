@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from tagger.config import Config
 from tagger.engine.decode import decode_bytes, draft_size, preprocess
 from tagger.errors import DecodeError
@@ -18,8 +20,6 @@ from tagger.engine.labels import Tag
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-
-    from PIL import Image
 
     from tagger.index.vectors import LearnedTag
 
@@ -81,23 +81,26 @@ class Checker:
         return CheckResult(name, tags, decoded.width, decoded.height, time.monotonic() - started)
 
     def explain(
-        self, data: bytes, term: str | None, learned: Callable[[str], Sequence[LearnedTag]]
+        self, data: bytes | Image.Image, term: str | None, learned: Callable[[str], Sequence[LearnedTag]]
     ) -> tuple[Explanation, Image.Image]:
         """The map of `term` (an ImageNet class, or learned/NAME; default: the top guess) in an
-        indexed photo decoded as a scan decodes it, and that decoded photo; raises DecodeError or
+        indexed photo decoded as a scan decodes it (or in a clip's frame), and that decoded photo; raises DecodeError or
         ExplainError. `learned(model)` gives that model's learned tags."""
         from tagger.engine.explain import LEARNED_PREFIX, ExplainError, explain, explain_learned, look_at
 
         with self._lock:
             classifier = self._model()
-            draft = draft_size(classifier.spec.preprocess, self.config.decode.draft)
-            decoded = decode_bytes(data, self.config.decode.max_pixels, draft)
-            size = (decoded.width, decoded.height)
+            if isinstance(data, Image.Image):  # a clip's frame, already decoded and upright
+                picture, size = data, data.size
+            else:
+                draft = draft_size(classifier.spec.preprocess, self.config.decode.draft)
+                decoded = decode_bytes(data, self.config.decode.max_pixels, draft)
+                picture, size = decoded.image, (decoded.width, decoded.height)
             if term is None or not term.strip().startswith(LEARNED_PREFIX):
-                return explain(classifier, decoded.image, term, size), decoded.image
+                return explain(classifier, picture, term, size), picture
             name = term.strip().removeprefix(LEARNED_PREFIX)
             tag = next((t for t in learned(classifier.name) if t.name == name), None)
             if tag is None:
                 raise ExplainError(f"no learned tag {name!r} for {classifier.name} (teach it first)")
-            view = look_at(classifier, decoded.image, size)
-            return explain_learned(view, tag.name, tag.weights, tag.bias), decoded.image
+            view = look_at(classifier, picture, size)
+            return explain_learned(view, tag.name, tag.weights, tag.bias), picture

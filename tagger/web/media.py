@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # Python's table lacks these (or has them only on some systems): an original is sent with its real type.
 mimetypes.add_type("image/avif", ".avif")
 mimetypes.add_type("image/jxl", ".jxl")
+for _type, _suffix in (("video/mp4", ".mp4"), ("video/mp4", ".m4v"), ("video/quicktime", ".mov"),
+                       ("video/3gpp", ".3gp"), ("video/x-matroska", ".mkv"), ("video/webm", ".webm")):
+    mimetypes.add_type(_type, _suffix)
+MAX_FRAME_MS = 10**10  # 115 days: no clip is longer
 
 blueprint = Blueprint("media", __name__)
 
@@ -36,20 +40,36 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 @blueprint.get("/thumb/<sha256>")
 def thumbnail(sha256: str) -> Response:
-    return _rendition(sha256, viewer().config.web.thumb_size)
+    return _rendition(sha256, viewer().config.web.thumb_size, _poster(sha256))
 
 
 @blueprint.get("/preview/<sha256>")
 def preview(sha256: str) -> Response:
-    return _rendition(sha256, PREVIEW_SIZE)
+    return _rendition(sha256, PREVIEW_SIZE, _poster(sha256))
 
 
-def _rendition(sha256: str, size: int) -> Response:
+@blueprint.get("/frame/<sha256>/<int:ms>")
+def frame(sha256: str, ms: int) -> Response:
+    """A clip's keyframe at or before `ms` milliseconds, screen-sized: the frame behind a tag."""
+    if ms > MAX_FRAME_MS:
+        raise NotFound(f"a frame time is at most {MAX_FRAME_MS} ms")
+    return _rendition(sha256, PREVIEW_SIZE, ms)
+
+
+def _poster(sha256: str) -> int | None:
+    """A clip's poster, in ms: the frame of its best tag (None for a still image)."""
+    if not SHA256.fullmatch(sha256):
+        raise NotFound("not a content hash")
+    seconds = store().poster_time(sha256)
+    return None if seconds is None else int(round(seconds * 1000))
+
+
+def _rendition(sha256: str, size: int, at_ms: int | None = None) -> Response:
     """From the cache, or made from any readable file still holding this content."""
     if not SHA256.fullmatch(sha256):
         raise NotFound("not a content hash")
     thumbnails = viewer().thumbnails
-    cached = thumbnails.cached(sha256, size)
+    cached = thumbnails.cached(sha256, size, at_ms)
     for path in store().paths_with_content(sha256):
         try:
             source = viewer().library.readable(path)
@@ -59,7 +79,7 @@ def _rendition(sha256: str, size: int) -> Response:
             response = send_file(cached, mimetype="image/jpeg", conditional=True)
         else:
             try:
-                jpeg = thumbnails.make(source, sha256, size)
+                jpeg = thumbnails.make(source, sha256, size, at_ms)
             except DecodeError as exc:
                 log.warning("%s: no thumbnail: %s", path, exc)
                 continue

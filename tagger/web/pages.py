@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from tagger import __version__
 from tagger.errors import StoreError
 from tagger.engine.explain import LEARNED_PREFIX, seen_box
-from tagger.fileio import url_text
+from tagger.fileio import is_video_name, url_text
 from tagger.index import SORTS, GridItem, ImageDetail
 from tagger.engine.labels import Tag
 from tagger.tags.terms import KeywordRow
@@ -106,6 +106,8 @@ def image(raw: str) -> str:
         keywords=keywords,
         explained_keywords=_explained_keywords(detail.tags, keywords, detail.sha256),
         seen=_seen(detail),
+        video=is_video_name(detail.path),
+        frames=_frames(detail),
         csrf=(CSRF_FIELD, csrf_token()),
     )
 
@@ -123,6 +125,14 @@ def _explained_keywords(tags: Sequence[Tag], keywords: Sequence[KeywordRow], sha
         if display is not None and display.name in shown:
             terms[display.name] = f"{LEARNED_PREFIX}{name}"
     return terms
+
+
+def _frames(detail: ImageDetail) -> dict[str, int]:
+    """A clip's tag terms (class ids) -> the millisecond of the frame behind each; a learned tag is
+    explained on the poster (the top tag's frame). Empty for a still image."""
+    frames = {str(t.class_id): int(round(t.frame_s * 1000)) for t in detail.tags if t.frame_s is not None}
+    poster = next(iter(frames.values()), None)
+    return {**frames, "": poster} if poster is not None else {}
 
 
 def _seen(detail: ImageDetail) -> str | None:
@@ -259,6 +269,7 @@ def as_query(terms: Sequence[str]) -> str:
 blueprint.add_app_template_global(default_sort, "default_sort")
 blueprint.add_app_template_filter(url_text, "url_text")
 blueprint.add_app_template_global(term_for, "term_for")
+blueprint.add_app_template_global(is_video_name, "is_video")
 
 
 @blueprint.app_template_filter()
@@ -274,6 +285,14 @@ def filesize(size: int) -> str:
 @blueprint.app_template_filter()
 def local_time(mtime_ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime_ns / 1e9))
+
+
+@blueprint.app_template_filter()
+def clock(seconds: float | None) -> str:
+    """A moment or a length of a clip as a player shows it: 0:07, 1:02:03."""
+    whole = int(seconds or 0)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 @blueprint.app_template_filter()

@@ -42,8 +42,11 @@
     const url = new URL(link.href, document.baseURI);
     url.searchParams.set("format", "layer");
     url.searchParams.set("size", "512");
-    caption.textContent = `Where the model saw “${link.dataset.label}”…`;
-    layer.onload = () => { caption.textContent = `Where the model saw “${link.dataset.label}”`; };
+    // A clip: the map is of the frame the tag came from, shown in place of the poster.
+    const at = link.dataset.at ? ` (frame at ${link.dataset.at})` : "";
+    if (link.dataset.frame && photo.getAttribute("src") !== link.dataset.frame) photo.src = link.dataset.frame;
+    caption.textContent = `Where the model saw “${link.dataset.label}”${at}…`;
+    layer.onload = () => { caption.textContent = `Where the model saw “${link.dataset.label}”${at}`; };
     layer.onerror = async () => {
       url.searchParams.set("format", "json");
       let message = "the explanation could not be made";
