@@ -282,6 +282,34 @@ def test_a_container_that_claims_ten_hours_is_sampled_where_its_frames_are(tmp_p
     assert len(sampled.times) >= 4 and max(sampled.times) >= 4, sampled.times  # spread over the real 8 s
 
 
+def test_a_ten_hour_clip_costs_what_a_short_one_does(tmp_path: Path) -> None:
+    """A real ten-hour stream (one small frame a minute, a keyframe every 250) is sampled at 8 moments
+    spread over it: where keyframes are far apart, the frames after one are decoded up to the moment."""
+    import time
+    from fractions import Fraction
+
+    import av
+
+    clip = tmp_path / "ten-hours.mkv"
+    pixels = np.asarray(Image.fromarray(photo("coffee")).resize((160, 128)))
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(1, 60))
+        stream.width, stream.height, stream.pix_fmt = 160, 128, "yuv420p"
+        for i in range(600):
+            frame = av.VideoFrame.from_ndarray(np.roll(pixels, i % 2, axis=1), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(60, 1)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    started = time.monotonic()
+    with clip.open("rb") as fh:
+        sampled = sample_clip(fh, ClipBudget(8, 30.0, 10**8), SPEC)
+    assert 35_000 < sampled.duration <= 36_100, sampled.duration
+    assert len(sampled.times) == 8 and sampled.times[0] < 4000 and sampled.times[-1] >= 31_000, sampled.times
+    assert time.monotonic() - started < 10  # seeks, not a decode of 600 frames (generous for slow CPUs)
+
+
 def test_a_big_clip_is_hashed_from_blocks_not_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tagger.engine.video as video
 

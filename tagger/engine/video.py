@@ -32,6 +32,12 @@ from tagger.errors import DecodeError
 from tagger.fileio import Folders, open_regular
 
 MAX_PACKETS_PER_SAMPLE = 2_000  # demuxed after one seek before the sample is given up (a stream without keyframes)
+# Frames decoded after a keyframe to reach a moment far from it: 5 s at 30 fps, a fraction of a second
+# of decoding at 1080p; a clip whose keyframes are further apart is sampled where this gets to.
+MAX_FORWARD_FRAMES = 150
+# A keyframe this close before a sampled moment stands for it (phones write one every 1-2 s): only
+# clips whose keyframes are further apart pay for decoding the frames in between.
+NEAR_ENOUGH_S = 2.0
 SAMPLED_HASH_ABOVE = 64 * 1024 * 1024  # bigger clips are hashed from spread-out blocks, not read whole
 _HASH_BLOCKS = 64
 _HASH_BLOCK = 256 * 1024
@@ -89,11 +95,13 @@ def sample_clip(fh: BinaryIO, budget: ClipBudget, spec: Preprocess) -> Clip:
         arrays: list[np.ndarray] = []
         times: list[float] = []
         shown: tuple[int, int] | None = None  # the first frame's width and height, upright
+        span = duration / budget.frames
         for target in sample_times(duration, budget.frames):
             if time.monotonic() - started > budget.seconds:
                 break
             # with no length to spread over, the next keyframes in order
-            frame = _keyframe_at(container, stream, target, started, budget) if duration > 0 else None
+            near = max(span / 2, NEAR_ENOUGH_S)
+            frame = _frame_near(container, stream, target, near, started, budget) if duration > 0 else None
             if frame is None and duration <= 0:
                 frame = _next_keyframe(container, stream, started, budget)
             if frame is None:
@@ -139,7 +147,7 @@ def frame_at(fh: BinaryIO, seconds: float, max_pixels: int) -> Image.Image:
     budget = ClipBudget(1, 30.0, max_pixels)
     with _opened(fh) as (container, stream):
         _check_size(stream, max_pixels)
-        frame = _keyframe_at(container, stream, max(0.0, seconds), started, budget)
+        frame = _frame_near(container, stream, max(0.0, seconds), 0.0005, started, budget)
         if frame is None:
             container.seek(0)
             frame = _next_keyframe(container, stream, started, budget)
@@ -259,15 +267,59 @@ def _packets_end(container: Any, stream: Any, claimed: float) -> float | None:
     return end if end is not None and end > 0 else None
 
 
+def _frame_near(
+    container: Any, stream: Any, seconds: float, tolerance: float, started: float, budget: ClipBudget
+) -> Any | None:
+    """The frame at `seconds` or just before it: the keyframe at or before it where that is within
+    `tolerance`; else (keyframes far apart: a screen recording, a long-GOP encoder) the frames after
+    that keyframe are decoded, every one, up to `seconds`, at most MAX_FORWARD_FRAMES of them. The
+    scan and the viewer's frame of a tag find the same frame this way."""
+    import av
+
+    frame = _keyframe_at(container, stream, seconds, started, budget)
+    if frame is None or _seconds(frame) >= seconds - tolerance:
+        return frame
+    # The decoder gives a keyframe out only after reading on (its reordering delay): back to it, and
+    # this time every frame decoded.
+    _seek(container, stream, _seconds(frame))
+    stream.codec_context.skip_frame = "DEFAULT"
+    decoded = 0
+    try:
+        for count, packet in enumerate(container.demux(stream)):
+            if count > MAX_PACKETS_PER_SAMPLE or decoded >= MAX_FORWARD_FRAMES or time.monotonic() - started > budget.seconds:
+                break
+            try:
+                for later in packet.decode():
+                    decoded += 1
+                    if _seconds(later) > seconds + 0.0005:
+                        return frame  # past it: the frame before stands
+                    frame = later
+                    if _seconds(later) >= seconds - tolerance:
+                        return frame
+            except av.error.InvalidDataError:
+                continue
+    except av.error.FFmpegError:
+        pass
+    finally:
+        stream.codec_context.skip_frame = "NONKEY"
+    return frame
+
+
 def _keyframe_at(container: Any, stream: Any, seconds: float, started: float, budget: ClipBudget) -> Any | None:
     """The keyframe at or before `seconds`, or None (past the real end of a clip that claims more)."""
+    _seek(container, stream, seconds)
+    return _next_keyframe(container, stream, started, budget)
+
+
+def _seek(container: Any, stream: Any, seconds: float) -> None:
+    """To the keyframe at or before `seconds` (the decoder's buffers emptied)."""
     base: Fraction = stream.time_base or Fraction(1, 1000)
     start = stream.start_time or 0
     try:
         container.seek(int(round(seconds / base)) + start, stream=stream, backward=True, any_frame=False)
+        stream.codec_context.flush_buffers()
     except Exception:  # noqa: BLE001 - an unseekable file: read on from where it is
         pass
-    return _next_keyframe(container, stream, started, budget)
 
 
 def _next_keyframe(container: Any, stream: Any, started: float, budget: ClipBudget) -> Any | None:
