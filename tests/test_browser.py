@@ -132,3 +132,59 @@ def test_browse_search_open_and_check_an_image(served: str, browser: Any, sample
     preview = result.find_element(By.CSS_SELECTOR, "img.preview")
     assert browser.execute_script("return arguments[0].naturalWidth", preview) > 0
     browser.save_screenshot(str(ARTIFACTS / "browser-4-check.png"))
+
+
+@pytest.fixture
+def served_clip(tmp_path: Path, lite0: Classifier, weights_dir: Path) -> Iterator[str]:
+    """`tagger serve` over a library of one VP9 clip: the cat for 5 s, then the espresso for 5 s."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from sample_video import photo, write_clip
+
+    library = tmp_path / "library"
+    library.mkdir()
+    write_clip(library / "cat-then-coffee.webm", [photo("chelsea"), photo("coffee")], 10, size=(640, 426),
+               codec="vp9", gop=10)
+    config_file = scanned_config(library, lite0, weights_dir, web={"port": 0})
+    server = subprocess.Popen(
+        [TAGGER, "--config", str(config_file), "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        assert "http://127.0.0.1:" in line, f"tagger serve did not start: {line}"
+        yield line.split(" at ", 1)[1].split()[0].rstrip("/")
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
+
+
+def test_a_clip_plays_seeks_and_shows_the_frame_behind_a_tag(served_clip: str, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.get(served_clip + "/?q=type:video")
+    card = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#grid .card img")))
+    wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", card) > 0)  # the poster
+    assert "video" in browser.find_element(By.CSS_SELECTOR, "#grid .card .badge").text
+    browser.find_element(By.CSS_SELECTOR, "#grid .card a").click()
+    video = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "video.clip")))
+    wait.until(lambda b: b.execute_script("return arguments[0].readyState", video) >= 1)
+    assert abs(browser.execute_script("return arguments[0].duration", video) - 10) < 0.5
+    browser.execute_script("arguments[0].currentTime = 7", video)  # seeking needs range requests
+    wait.until(lambda b: b.execute_script("return !arguments[0].seeking && arguments[0].readyState >= 2", video))
+    assert abs(browser.execute_script("return arguments[0].currentTime", video) - 7) < 0.5
+    shown = browser.find_element(By.CSS_SELECTOR, ".explained img.shown")
+    poster = shown.get_attribute("src")
+    why = next(a for a in browser.find_elements(By.CSS_SELECTOR, ".bars a.why") if a.get_attribute("data-label") == "espresso")
+    espresso_ms = int(why.get_attribute("data-frame").rsplit("/", 1)[1])
+    assert espresso_ms >= 5000  # the espresso was seen in the second half
+    why.click()
+    heat = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, ".heat-frame img.heat")))
+    wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", heat) > 0)
+    caption = browser.find_element(By.ID, "explain-caption").text
+    assert "espresso" in caption and "frame at 0:0" in caption, caption
+    if not poster.endswith(why.get_attribute("data-frame")):
+        assert shown.get_attribute("src").endswith(why.get_attribute("data-frame"))  # that tag's own frame
+    browser.save_screenshot(str(ARTIFACTS / "browser-5-clip.png"))
