@@ -149,7 +149,7 @@ def test_every_clip_gets_the_top_1_of_the_photo_it_was_made_from(clips: Clips) -
     assert len(clear) >= 5, found  # coffee, motorcycle, rocket and more: the check is not empty
     differ = {clip: (found[clip][0], found[o][0]) for clip, o in clear.items() if found[clip][0] != found[o][0]}
     assert not differ, differ
-    # a near tie of the photo (the cat: Egyptian cat 0.05 ahead of tiger cat) may flip, but only to its runner-up
+    # a near tie of the photo (the astronaut, Grace Hopper) may flip, but only to the photo's runner-up
     guesses = top_labels(clips.root / "index.sqlite", 2)
     astray = {clip: found[clip][0] for clip, o in clips.made.items() if found[clip][0] not in guesses[o]}
     assert not astray, (astray, guesses)
