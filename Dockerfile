@@ -1,56 +1,84 @@
-# tagger: CPU-only image running the daemon (tagger run).
-#   docker build -t tagger .
-#   docker run -d --name tagger -v /path/to/photos:/photos -v tagger-index:/var/lib/tagger tagger
-# As a worker of a Dask cluster (docs/guides/cluster.md; no photos, no index; the TLS files in
-# a volume and the cluster: section of a config that names them):
-#   docker run -d --name tagger-worker --network host -v /etc/tagger:/etc/tagger:ro tagger \
-#       tagger worker tls://192.168.1.10:8786
-# Weights are installed and exported to ONNX at build time (the only time tagger touches the
-# network, or PyTorch); the running container needs neither.
-FROM python:3.11-slim-bookworm
+# tagger: a CPU-only image; the daemon (tagger run) by default, the viewer or a Dask worker by its command.
+#   make image                           # builds tagger:latest with podman or docker (scripts/build-image.sh)
+#   docker compose up -d                 # the daemon and the viewer on ./photos (compose.yaml)
+#   docker run -d --name tagger --user "$(id -u):$(id -g)" -v /path/to/photos:/photos \
+#       -v tagger-index:/var/lib/tagger --read-only --tmpfs /tmp tagger
+# Two stages: PyTorch lives only in the build stage, which fetches weights where reachable and
+# exports the ONNX models (tagger weights prepare); the final image has ONNX Runtime, the exported
+# models and tagger, and `import torch` fails in it.
+#
+# BASE_IMAGE: any Debian-like image with python3 (3.11+) and its venv module. Where no image
+# registry is reachable, scripts/build-image.sh makes one from the distribution's own mirror
+# (mmdebstrap: a minimal Debian bookworm with python3 and python3-venv).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
+FROM ${BASE_IMAGE} AS build
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TAGGER_CONFIG=/etc/tagger/tagger.yaml
-
-WORKDIR /opt/tagger
-
-# CPU-only PyTorch first (PyPI's default wheel carries CUDA, gigabytes that a CPU never uses).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
-
-COPY setup.cfg setup.py pyproject.toml README.md ./
-COPY tagger ./tagger
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 # A C compiler for tagger's one extension (tagger/engine/_resample.c: a photo's model input in half the
-# time, the same pixels), removed again in the same layer.
+# time, the same pixels); the build stage is thrown away.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install ./[cluster] \
-    && apt-get purge -y --auto-remove gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/* \
-    && python -P -c "import tagger.engine._resample" \
-    && mkdir -p /opt/tagger/weights \
-    && printf 'folders: [/photos]\nindex: /var/lib/tagger/tagger.sqlite\nweights_dir: /opt/tagger/weights\n' > /tmp/build.yaml \
-    && mkdir -p /photos \
-    && tagger --config /tmp/build.yaml weights fetch resnet18 \
-    && tagger --config /tmp/build.yaml weights \
-    && rm /tmp/build.yaml
-
-COPY config/tagger.yaml /etc/tagger/tagger.yaml
-RUN sed -i -e 's#^  - ../photos#  - /photos#' \
+    && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev binutils ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+# Two environments: /opt/export has PyTorch and only makes the ONNX models; /opt/venv is what runs.
+# TORCH_INDEX: PyTorch's CPU-only wheels (the default index's carry gigabytes of CUDA); empty: the
+# configured index (scripts/build-image.sh passes the host's package registries in).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN python3 -m venv /opt/export \
+    && if [ -n "$TORCH_INDEX" ]; then /opt/export/bin/pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1; \
+       else /opt/export/bin/pip install torch==2.14.1 torchvision==0.29.1; fi
+COPY setup.cfg setup.py pyproject.toml README.md ./
+COPY tagger ./tagger
+COPY config/tagger.yaml ./config/tagger.yaml
+COPY scripts/runtime_requirements.py ./scripts/runtime_requirements.py
+RUN /opt/export/bin/pip install . \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps . \
+    && python3 scripts/runtime_requirements.py setup.cfg cluster > /tmp/runtime.txt \
+    && /opt/venv/bin/pip install -r /tmp/runtime.txt \
+    && /opt/venv/bin/python -P -c "import tagger.engine._resample, onnxruntime" \
+    && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch got into the runtime" >&2; exit 1; fi
+# The image's config: the shipped one, with the container's paths.
+RUN mkdir -p /etc/tagger /opt/tagger/weights /photos \
+    && sed -e 's#^  - ../photos#  - /photos#' \
            -e 's#^index: ../var/tagger.sqlite#index: /var/lib/tagger/tagger.sqlite#' \
-           -e 's#^weights_dir: ../weights#weights_dir: /opt/tagger/weights#' /etc/tagger/tagger.yaml \
-    && groupadd --system --gid 10001 tagger \
+           -e 's#^weights_dir: ../weights#weights_dir: /opt/tagger/weights#' config/tagger.yaml > /etc/tagger/tagger.yaml \
+    && (/opt/export/bin/tagger --config /etc/tagger/tagger.yaml weights fetch resnet18 \
+        || echo "ResNet-18's weights are not reachable: the image uses EfficientNet-Lite0 (model.fallback)") \
+    && /opt/export/bin/tagger --config /etc/tagger/tagger.yaml weights prepare \
+    && /opt/venv/bin/tagger --config /etc/tagger/tagger.yaml weights \
+    && find /opt/venv \( -name __pycache__ -o -name tests -o -name "*.pyi" \) -prune -exec rm -rf {} + \
+    && find /opt/venv -name "*.so*" -type f -exec strip --strip-unneeded {} + \
+    && rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/bin/pip* \
+    && /opt/venv/bin/tagger --config /etc/tagger/tagger.yaml weights
+
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    TAGGER_CONFIG=/etc/tagger/tagger.yaml \
+    HOME=/var/lib/tagger
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/tagger /opt/tagger
+COPY --from=build /etc/tagger /etc/tagger
+# Runs as any user (--user UID:GID, a NAS's photo owner): the index folder and /photos are open to
+# all, and nothing else is written (--read-only works with a tmpfs on /tmp).
+RUN groupadd --system --gid 10001 tagger \
     && useradd --system --uid 10001 --gid tagger --home-dir /var/lib/tagger --shell /usr/sbin/nologin tagger \
-    && mkdir -p /var/lib/tagger \
-    && chown tagger:tagger /var/lib/tagger /photos \
-    && tagger weights prepare
-
+    && mkdir -p /var/lib/tagger /photos \
+    && chmod 1777 /var/lib/tagger \
+    && chown tagger:tagger /photos \
+    && tagger weights
 USER 10001:10001
+WORKDIR /var/lib/tagger
 VOLUME ["/photos", "/var/lib/tagger"]
+EXPOSE 8765
 
+# Asks the running service: the daemon's heartbeat in its status file (tagger health); the viewer's
+# container overrides it with its /health (tagger health --web, compose.yaml). Alive but stuck is unhealthy.
 HEALTHCHECK --interval=60s --timeout=10s --start-period=120s --retries=3 CMD ["tagger", "health"]
 
 # tagger run handles SIGTERM itself: the current batch finishes, then it exits 0.

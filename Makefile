@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install image clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ run: $(STAMP)
 test: $(STAMP)
 	scripts/install-system-deps.sh
 	$(VENV)/bin/pytest
+
+# The container image tagger:latest, with podman or docker (scripts/build-image.sh; compose.yaml runs it).
+image:
+	scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) var photos

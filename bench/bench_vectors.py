@@ -212,7 +212,6 @@ def learned_and_duplicates(tmp: Path) -> None:
 
     library = unit(clustered(100_000, 99))
     positives, background = library[:10], library[1000:2000]
-    import sklearn.linear_model  # noqa: F401
 
     train_ms = median_ms(lambda: train(positives, np.zeros((0, DIMS), np.float32), background), 5)
     model = train(positives, np.zeros((0, DIMS), np.float32), background)

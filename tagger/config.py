@@ -21,6 +21,7 @@ from tagger.engine.weights import MODELS, ModelChoice
 from tagger.yamlfile import read_yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
+TOKEN_VARIABLE = "TAGGER_WEB_TOKEN"  # set and not empty: the viewer's web.token, whatever the file says
 MODEL_NAMES = tuple(MODELS)
 Runtime = Literal["auto", "onnx", "torch"]  # auto: ONNX Runtime where installed
 Precision = Literal["fp32", "int8"]  # int8: ONNX Runtime only
@@ -75,6 +76,9 @@ class VideoConfig:
 @dataclass(frozen=True)
 class SidecarConfig:
     enabled: bool = True
+    # null: beside each image. A folder: sidecars (JSON and XMP) in a mirror tree under it, for a
+    # library mounted read-only (tagger.library.places); relative to the config file's folder.
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,8 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
     _check_watch(watch, source)
     watch = dataclasses.replace(watch, polling_folders=tuple(str(_resolve(base, f)) for f in watch.polling_folders))
     web: WebConfig = sections["web"]
+    if os.environ.get(TOKEN_VARIABLE):  # a container's secret: not written into the config file
+        web = dataclasses.replace(web, token=os.environ[TOKEN_VARIABLE])
     _check_web(web, source)
     xmp: XmpConfig = sections["xmp"]
     _check_xmp(xmp, source)
@@ -243,6 +249,13 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
     tls_paths = {k: str(_resolve(base, v)) for k, v in tls_files.items() if v is not None}
     cluster = dataclasses.replace(cluster, **tls_paths)  # type: ignore[arg-type]
     check_cluster(cluster, str(source))
+    sidecar: SidecarConfig = sections["sidecar"]
+    if sidecar.folder is not None:
+        if not str(sidecar.folder).strip():
+            raise ConfigError(f"{source}: key 'sidecar.folder' must be a folder, or null for beside each image")
+        mirror = _resolve(base, str(sidecar.folder))
+        _check_sidecar_folder(mirror, folders, source)
+        sidecar = dataclasses.replace(sidecar, folder=mirror)
     rules = None
     if raw.get("rules") is not None:
         rules = _resolve(base, _string(raw, "rules", "", source))
@@ -253,7 +266,7 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
         model=model,
         decode=decode,
         video=sections["video"],
-        sidecar=sections["sidecar"],
+        sidecar=sidecar,
         watch=watch,
         web=web,
         xmp=xmp,
@@ -293,6 +306,14 @@ def _check_decode(decode: DecodeConfig, source: Path) -> None:
         raise ConfigError(f"{source}: key 'decode.max_file_mb' must be between 1 and 100,000 (MB), not {decode.max_file_mb}")
     if decode.max_pixels < 1:
         raise ConfigError(f"{source}: key 'decode.max_pixels' must be 1 or more, not {decode.max_pixels}")
+
+
+def _check_sidecar_folder(folder: Path, folders: tuple[Path, ...], source: Path) -> None:
+    """The mirror tree must not be a library folder itself (its sidecars would be scanned as a library)."""
+    for library in folders:
+        if folder == library or library.is_relative_to(folder):
+            raise ConfigError(f"{source}: key 'sidecar.folder': {folder} holds the library folder {library}; "
+                              "give a folder of tagger's own, e.g. /var/lib/tagger/sidecars")
 
 
 def _check_video(video: VideoConfig, source: Path) -> None:

@@ -256,4 +256,5 @@ def test_dockerfile_runs_the_daemon_as_non_root_with_volumes_and_healthcheck() -
     assert "download.pytorch.org/whl/cpu" in text  # CPU-only torch
     assert "weights fetch resnet18" in text  # weights at build time, never at run time
     assert "tagger weights prepare" in text  # and the ONNX export: the container never loads PyTorch
-    assert "pip install ./[cluster]" in text and "tagger worker tls://" in text  # it can run as a worker
+    assert "runtime_requirements.py setup.cfg cluster" in text  # it can run as a worker (compose.yaml)
+    assert text.count("FROM ${BASE_IMAGE}") == 2  # PyTorch stays in the build stage

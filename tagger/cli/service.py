@@ -107,13 +107,37 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
 
 
 @click.command()
+@click.option("--web", "web", is_flag=True, help="Ask the viewer (tagger serve) on web.host:web.port for /health instead.")
 @pass_ctx
-def health(ctx: Context) -> None:
+def health(ctx: Context, web: bool) -> None:
     """Exit 0 if `tagger run` is alive and reporting (for HEALTHCHECK and monitoring)."""
+    config = ctx.config(require_folders=False)
+    if web:
+        click.echo(f"ok: {_viewer_health(config.web.host, config.web.port)}")
+        return
     from tagger.daemon.service import read_status
 
-    status = read_status(ctx.config(require_folders=False).index)
+    status = read_status(config.index)
     click.echo(f"ok: pid {status['pid']}, queue {status['queue']}")
+
+
+def _viewer_health(host: str, port: int) -> str:
+    """GET /health of the viewer on this machine (a wildcard address is asked on loopback)."""
+    import http.client
+
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    connection = http.client.HTTPConnection(address, port, timeout=5)
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        body = response.read(4096).decode("utf-8", "replace").strip()
+    except OSError as exc:
+        raise TaggerError(f"the viewer on {address}:{port} does not answer: {exc}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise TaggerError(f"the viewer on {address}:{port} answers /health with {response.status}: {body[:200]}")
+    return body[:200]
 
 
 @click.command()

@@ -14,14 +14,16 @@ from tagger import __version__
 from tagger.fileio import MB, json_text, mode_of, read_small, utc_text, write_atomic
 from tagger.engine.labels import Tag
 from tagger.index.records import ImageFacts
+from tagger.library.places import beside, made_for
 
 SCHEMA_VERSION = 2  # 2: a "keywords" list (rules and user corrections) next to all the raw top-k "tags"
 SUFFIX = ".tags.json"
 MAX_SIDECAR_BYTES = MB  # ours are a few kB: a bigger file at the name is another program's
 
 
-def sidecar_path(image: Path) -> Path:
-    return image.with_name(image.name + SUFFIX)
+def sidecar_path(image: Path, mirror: Path | None = None) -> Path:
+    """IMG_1.jpg.tags.json beside the image, or in the sidecar folder's mirror tree (tagger.library.places)."""
+    return beside(image, image.name + SUFFIX, mirror)
 
 
 def is_sidecar(path: Path) -> bool:
@@ -59,29 +61,30 @@ def sidecar_document(
     }
 
 
-def write_sidecar(image: Path, document: dict[str, Any]) -> Path:
-    path = sidecar_path(image)
+def write_sidecar(image: Path, document: dict[str, Any], mirror: Path | None = None) -> Path:
+    path = made_for(sidecar_path(image, mirror), mirror)
     text = json_text(document, indent=2) + "\n"
     write_atomic(path, text.encode("utf-8"), mode_of(image))
     return path
 
 
-def read_sidecar(image: Path) -> dict[str, Any]:
+def read_sidecar(image: Path, mirror: Path | None = None) -> dict[str, Any]:
     """The sidecar's JSON; ValueError for one that is not JSON, however it is malformed."""
+    path = sidecar_path(image, mirror)
     try:
-        data: dict[str, Any] = json.loads(read_small(sidecar_path(image), MAX_SIDECAR_BYTES).decode("utf-8"))
+        data: dict[str, Any] = json.loads(read_small(path, MAX_SIDECAR_BYTES).decode("utf-8"))
     except RecursionError:  # thousands of nested brackets: another program's file, or a hostile one
-        raise ValueError(f"{sidecar_path(image)}: JSON nested too deeply") from None
+        raise ValueError(f"{path}: JSON nested too deeply") from None
     return data
 
 
-def remove_own_sidecar(image: Path) -> bool:
+def remove_own_sidecar(image: Path, mirror: Path | None = None) -> bool:
     """Delete the sidecar of a deleted image, but only one that tagger wrote."""
     try:
-        generator = read_sidecar(image).get("generator", "")
+        generator = read_sidecar(image, mirror).get("generator", "")
     except (OSError, ValueError, AttributeError):
         return False
     if not str(generator).startswith("tagger"):
         return False
-    sidecar_path(image).unlink(missing_ok=True)
+    sidecar_path(image, mirror).unlink(missing_ok=True)
     return True

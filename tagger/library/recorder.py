@@ -18,6 +18,7 @@ from tagger.index import Index
 from tagger.index.records import ImageFacts
 from tagger.library.jsonsidecar import read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
 from tagger.library.keywording import Retagger
+from tagger.library.places import made_for, sidecar_folder
 from tagger.library.summary import ScanSummary
 from tagger.library.xmp import xmp_path
 from tagger.tags.keywords import keyword_rows
@@ -79,9 +80,9 @@ class Recorder:
 
     def sidecars_current(self, path: Path) -> bool:
         """Every sidecar the config asks for is there (else an unchanged file is written again)."""
-        xmp = self.config.xmp
-        return (not self.config.sidecar.enabled or sidecar_path(path).exists()) and (
-            not xmp.enabled or xmp_path(path, xmp.style).exists()
+        xmp, mirror = self.config.xmp, self.config.sidecar.folder
+        return (not self.config.sidecar.enabled or sidecar_path(path, mirror).exists()) and (
+            not xmp.enabled or xmp_path(path, xmp.style, mirror).exists()
         )
 
     def move(self, src: Path, dst: Path) -> bool:
@@ -99,9 +100,21 @@ class Recorder:
         return True
 
     def move_tree(self, src: Path, dst: Path) -> int:
-        """A renamed folder: its sidecars moved with it; only index rows change."""
+        """A renamed folder: its sidecars moved with it (in the mirror tree, moved here first)."""
+        mirror = self.config.sidecar.folder
+        if mirror is not None:
+            self._move_mirror_folder(sidecar_folder(src / "x", mirror), sidecar_folder(dst / "x", mirror))
         with self.store.transaction():
             return self.store.move_tree(str(src), str(dst))
+
+    def _move_mirror_folder(self, old: Path, new: Path) -> None:
+        if not old.is_dir():
+            return
+        try:
+            new.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(old, new)  # within tagger's own folder: one rename, whatever it holds
+        except OSError as exc:
+            log.warning("%s: sidecars not moved to %s: %s (rewritten at the next scan)", old, new, exc.strerror or exc)
 
     def forget(self, paths: Sequence[Path]) -> int:
         """Deleted files (a scan's, or the daemon's after the grace period): index rows and our
@@ -115,24 +128,30 @@ class Recorder:
         with self.store.transaction("the removal of deleted files"):
             self.store.delete_files([str(p) for p in gone])
         for path in gone:
-            remove_own_sidecar(path)
+            remove_own_sidecar(path, self.config.sidecar.folder)
         return len(gone)
 
     def forget_tree(self, folder: Path) -> int:
         if not is_gone(folder):
             return 0
+        mirror = self.config.sidecar.folder
+        paths = [Path(p) for p in self.store.paths_under(str(folder))] if mirror is not None else []
         with self.store.transaction():
-            return self.store.delete_tree(str(folder))
+            removed = self.store.delete_tree(str(folder))
+        for path in paths:  # beside the images, the sidecars went with their folder; in the mirror tree, ours go now
+            remove_own_sidecar(path, mirror)
+        return removed
 
     def _move_sidecar(self, src: Path, dst: Path) -> str | None:
         """Rewrite the sidecar under the new name; None when there is none to move."""
-        old = sidecar_path(src)
+        mirror = self.config.sidecar.folder
+        old = sidecar_path(src, mirror)
         if not self.config.sidecar.enabled or not old.exists():
             return None
         try:
-            document = read_sidecar(src)
+            document = read_sidecar(src, mirror)
             document["image"]["file"] = dst.name
-            new = str(write_sidecar(dst, document))
+            new = str(write_sidecar(dst, document, mirror))
             old.unlink()
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: sidecar not moved to %s: %s (it is rewritten at the next scan)", old, dst, exc)
@@ -143,7 +162,8 @@ class Recorder:
         """The XMP sidecar follows its image; one already at the new name is merged into instead."""
         if not self.config.xmp.enabled:
             return
-        old, new = xmp_path(src, self.config.xmp.style), xmp_path(dst, self.config.xmp.style)
+        mirror = self.config.sidecar.folder
+        old, new = xmp_path(src, self.config.xmp.style, mirror), xmp_path(dst, self.config.xmp.style, mirror)
         if not old.exists() or old == new:
             return
         if new.exists():
@@ -152,6 +172,6 @@ class Recorder:
                 self.retagger.sidecars.write_xmp(dst, self.store.keywords(record.sha256))
             return
         try:
-            os.replace(old, new)
+            os.replace(old, made_for(new, mirror))
         except OSError as exc:
             log.warning("%s: XMP sidecar not moved to %s: %s", old, new, exc.strerror or exc)

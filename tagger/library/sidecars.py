@@ -52,7 +52,7 @@ class SidecarWriter:
         if self.config.sidecar.enabled:
             document = sidecar_document(path, facts, model, weights_sha256, tags, [r.as_dict() for r in rows])
             try:
-                sidecar = str(write_sidecar(path, document))
+                sidecar = str(write_sidecar(path, document, self.config.sidecar.folder))
             except OSError as exc:
                 note = f"sidecar not written: {write_problem(exc, path)}"
                 log.warning("%s: %s (tags are in the index)", path, note)
@@ -62,7 +62,8 @@ class SidecarWriter:
 
     def write_xmp(self, path: Path, rows: Sequence[KeywordRow]) -> None:
         xmp = self.config.xmp
-        if self.index is not None and xmp_path(path, xmp.style) == path.with_suffix(".xmp"):
+        mirror = self.config.sidecar.folder
+        if self.index is not None and xmp_path(path, xmp.style, mirror).name == path.stem + ".xmp":
             rows = [*rows, *self._siblings_keywords(path)]
         try:
             write_xmp(
@@ -71,6 +72,7 @@ class SidecarWriter:
                 style=self.config.xmp.style,
                 prefix=self.config.xmp.prefix,
                 user=list(dict.fromkeys(r.keyword for r in rows if r.source == "user")),
+                mirror=mirror,
             )
         except XmpError as exc:
             log.warning("%s (keywords are in the index and the JSON sidecar)", exc)

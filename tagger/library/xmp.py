@@ -40,6 +40,7 @@ from xml.parsers.expat import ExpatError
 
 from tagger.config import XmpStyle
 from tagger.errors import TaggerError
+from tagger.library.places import beside, made_for
 from tagger.fileio import MB, mode_of, read_small, write_atomic
 
 MAX_XMP_BYTES = 16 * MB  # darktable's history makes XMP files of some hundred kB; no packet is 16 MB
@@ -98,10 +99,11 @@ MACHINE_KEYWORDS = _Array(TAGGER_NS, "MachineKeywords", "tagger", "Bag")
 USER_KEYWORDS = _Array(TAGGER_NS, "UserKeywords", "tagger", "Bag")
 
 
-def xmp_path(image: Path, style: str) -> Path:
+def xmp_path(image: Path, style: str, mirror: Path | None = None) -> Path:
     """The image's XMP sidecar. `auto` merges into the one another tool made, of either style (never
-    a second one beside it), and names a new one IMG_1.jpg.xmp, which no other image can share."""
-    append, replace = image.with_name(image.name + ".xmp"), image.with_suffix(".xmp")
+    a second one beside it), and names a new one IMG_1.jpg.xmp, which no other image can share.
+    With `mirror` (sidecar.folder), in the mirror tree (tagger.library.places)."""
+    append, replace = beside(image, image.name + ".xmp", mirror), beside(image, image.stem + ".xmp", mirror)
     if style == "append":
         return append
     if style == "replace":
@@ -149,12 +151,19 @@ def merge_keywords(existing: bytes | None, machine: Sequence[str], prefix: str, 
 
 
 def write_xmp(
-    image: Path, machine: Sequence[str], *, style: str = "append", prefix: str = "auto/", user: Sequence[str] = ()
+    image: Path,
+    machine: Sequence[str],
+    *,
+    style: str = "append",
+    prefix: str = "auto/",
+    user: Sequence[str] = (),
+    mirror: Path | None = None,
 ) -> Path:
     """Merge `machine` tags (and the user's own `user` keywords) into the image's XMP sidecar;
     XmpError leaves the file untouched."""
-    path = xmp_path(image, style)
+    path = xmp_path(image, style, mirror)
     try:
+        made_for(path, mirror)
         data = merge_keywords(_read(path), machine, prefix, user)
         write_atomic(path, data, mode_of(image))
     except XmpError as exc:
@@ -164,9 +173,9 @@ def write_xmp(
     return path
 
 
-def read_keywords(image: Path, style: str = "append") -> dict[str, list[str]]:
+def read_keywords(image: Path, style: str = "append", mirror: Path | None = None) -> dict[str, list[str]]:
     """The three keyword lists of the sidecar, all empty when there is none."""
-    path = xmp_path(image, style)
+    path = xmp_path(image, style, mirror)
     try:
         packet = _Packet(_read(path))
     except XmpError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,14 +56,51 @@ class Learned:
 
 def train(positives: np.ndarray, negatives: np.ndarray, background: np.ndarray) -> Model:
     """Examples weigh one each; the background sample together BACKGROUND_WEIGHT x the positives."""
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.concatenate([positives, negatives, background]).astype(np.float32)
+    x = np.concatenate([positives, negatives, background]).astype(np.float64)
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(background))])
     bg = BACKGROUND_WEIGHT * len(positives) / max(len(background), 1)
     weights = np.concatenate([np.ones(len(positives) + len(negatives)), np.full(len(background), bg)])
-    fitted = LogisticRegression(C=STRENGTH, solver="liblinear").fit(x, y, sample_weight=weights)
-    return Model(fitted.coef_[0].astype(np.float32), float(fitted.intercept_[0]))
+    coef, intercept = logistic_regression(x, y, weights, STRENGTH)
+    return Model(coef.astype(np.float32), intercept)
+
+
+def logistic_regression(x: np.ndarray, y: np.ndarray, weights: np.ndarray, strength: float) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression as liblinear fits it (scikit-learn's LogisticRegression with
+    solver="liblinear", C=`strength`): the intercept is a constant feature, regularised with the rest.
+
+    Newton's method, each step solved by conjugate gradients on Hessian-vector products (as liblinear's
+    own trust-region Newton does) and shortened by a backtracking line search: two products with the
+    examples per CG iteration, no d x d matrix. It agrees with liblinear to 1e-7 on the weights, in
+    about the same time. Written here rather than imported: scikit-learn and SciPy were 150 MB of the
+    container image for this one fit.
+    """
+    xa = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(xa.shape[1])
+
+    def objective(v: np.ndarray) -> float:
+        margins = (2 * y - 1) * (xa @ v)
+        return float(0.5 * v @ v + strength * (weights * np.logaddexp(0.0, -margins)).sum())
+
+    current = objective(w)
+    for _ in range(100):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (xa @ w)))  # the logistic function, without overflow
+        gradient = w + strength * xa.T @ (weights * (p - y))
+        if float(np.linalg.norm(gradient)) < 1e-10:
+            break
+        curvature = strength * weights * p * (1 - p)
+        step = _conjugate_gradient(lambda v: v + xa.T @ (curvature * (xa @ v)), gradient)
+        size, trial = 1.0, current
+        while size > 1e-10:
+            trial = objective(w - size * step)
+            if trial <= current - 1e-4 * size * float(gradient @ step):
+                break
+            size *= 0.5
+        w -= size * step
+        done = current - trial < 1e-12 * max(1.0, abs(current))
+        current = trial
+        if done:
+            break
+    return w[:-1], float(w[-1])
 
 
 def cross_validated_precision(
@@ -93,6 +130,25 @@ def cross_validated_precision(
         false_positive += int((model.probabilities(background[b_test]) >= threshold).sum())
     called = true_positive + false_positive
     return true_positive / called if called else 0.0
+
+
+def _conjugate_gradient(product: Callable[[np.ndarray], np.ndarray], b: np.ndarray) -> np.ndarray:
+    """x with product(x) = b, for a symmetric positive definite product, to 1e-10 of |b|."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    d = r.copy()
+    rr = float(r @ r)
+    limit = 1e-20 * rr
+    for _ in range(len(b)):
+        if rr <= limit:
+            break
+        q = product(d)
+        alpha = rr / float(d @ q)
+        x += alpha * d
+        r -= alpha * q
+        rr, previous = float(r @ r), rr
+        d = r + (rr / previous) * d
+    return x
 
 
 def unit_rows(matrix: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -181,8 +237,6 @@ def retrain(store: Index, name: str, threshold: float | None = None) -> Learned:
     neg_shas = [sha for sha, p in examples if not p and sha in vectors]
     if not pos_shas:
         raise LearnError(f"{name!r} has no example image with an embedding: give one (run `tagger scan` first)")
-    from sklearn.linear_model import LogisticRegression  # noqa: F401  (imported once, before the clock starts)
-
     library = VectorMatrix.load(store, model_name)
     taken = set(pos_shas) | set(neg_shas)
     rng = random.Random(name)

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, send_file
 from werkzeug.exceptions import HTTPException, NotFound
 
 from tagger.errors import DecodeError
-from tagger.fileio import shown
+from tagger.fileio import Folders, shown
 from tagger.index import ImageDetail
 from tagger.library.jsonsidecar import MAX_SIDECAR_BYTES
 from tagger.web.context import indexed_file, store, viewer
@@ -103,7 +103,19 @@ def sidecar(raw: str) -> Response:
     detail = indexed_file(raw)
     if not detail.sidecar:
         raise NotFound("this image has no sidecar")
-    return _send(viewer().library.readable(detail.sidecar), "application/json")
+    return _send(_sidecar_file(detail.sidecar), "application/json")
+
+
+def _sidecar_file(sidecar: str) -> Path:
+    """A sidecar the index names: beside its image, inside the folders, or in the sidecar folder's
+    mirror tree (sidecar.folder), and nowhere else."""
+    mirror = viewer().config.sidecar.folder
+    if mirror is not None and Folders([mirror]).inside(os.path.realpath(sidecar)):
+        try:
+            return Path(Folders([mirror]).target(sidecar)[0])
+        except DecodeError:
+            raise NotFound("that sidecar is no longer there (the next scan writes it again)") from None
+    return viewer().library.readable(sidecar)
 
 
 def _send(path: Path, mimetype: str) -> Response:
@@ -120,7 +132,7 @@ def sidecar_text(detail: ImageDetail) -> str | None:
     if not detail.sidecar:
         return None
     try:
-        with viewer().library.readable(detail.sidecar).open(encoding="utf-8", errors="replace") as fh:
+        with _sidecar_file(detail.sidecar).open(encoding="utf-8", errors="replace") as fh:
             return fh.read(MAX_SIDECAR_BYTES)
     except (HTTPException, OSError):
         return None
