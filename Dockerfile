@@ -21,38 +21,38 @@ WORKDIR /src
 # time, the same pixels); the build stage is thrown away.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev binutils ca-certificates \
+    && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*
-# Two environments: /opt/export has PyTorch and only makes the ONNX models; /opt/venv is what runs.
-# TORCH_INDEX: PyTorch's CPU-only wheels (the default index's carry gigabytes of CUDA); empty: the
-# configured index (scripts/build-image.sh passes the host's package registries in).
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN python3 -m venv /opt/export \
-    && if [ -n "$TORCH_INDEX" ]; then /opt/export/bin/pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1; \
-       else /opt/export/bin/pip install torch==2.14.1 torchvision==0.29.1; fi
 COPY setup.cfg setup.py pyproject.toml README.md ./
 COPY tagger ./tagger
 COPY config/tagger.yaml ./config/tagger.yaml
 COPY scripts/runtime_requirements.py ./scripts/runtime_requirements.py
-RUN /opt/export/bin/pip install . \
-    && python3 -m venv /opt/venv \
+# What runs: tagger and its runtime requirements (scripts/runtime_requirements.py: setup.cfg's, less
+# PyTorch and what only exports), with the Dask worker's.
+RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-deps . \
     && python3 scripts/runtime_requirements.py setup.cfg cluster > /tmp/runtime.txt \
     && /opt/venv/bin/pip install -r /tmp/runtime.txt \
-    && /opt/venv/bin/python -P -c "import tagger.engine._resample, onnxruntime" \
-    && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch got into the runtime" >&2; exit 1; fi
-# The image's config: the shipped one, with the container's paths.
+    && /opt/venv/bin/python -P -c "import tagger.engine._resample, onnxruntime, av, rawpy, pillow_heif, pillow_jxl, usearch, simplejpeg, distributed" \
+    && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch got into the runtime" >&2; exit 1; fi \
+    && find /opt/venv \( -name __pycache__ -o -name tests -o -name "*.pyi" \) -prune -exec rm -rf {} + \
+    && rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/bin/pip*
+# The ONNX models, made by a second environment with PyTorch that is deleted in the same step (it
+# never reaches a layer). ONNX Runtime's optimised form is for the build machine's CPU: left out, it is
+# made once on the user's, in the index volume (HOME/.cache). TORCH_INDEX: PyTorch's CPU-only wheels (the default index's carry gigabytes
+# of CUDA); empty: the configured index (scripts/build-image.sh passes the host's registries in).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN mkdir -p /etc/tagger /opt/tagger/weights /photos \
     && sed -e 's#^  - ../photos#  - /photos#' \
            -e 's#^index: ../var/tagger.sqlite#index: /var/lib/tagger/tagger.sqlite#' \
            -e 's#^weights_dir: ../weights#weights_dir: /opt/tagger/weights#' config/tagger.yaml > /etc/tagger/tagger.yaml \
+    && python3 -m venv /opt/export \
+    && if [ -n "$TORCH_INDEX" ]; then /opt/export/bin/pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1; fi \
+    && /opt/export/bin/pip install . \
     && (/opt/export/bin/tagger --config /etc/tagger/tagger.yaml weights fetch resnet18 \
         || echo "ResNet-18's weights are not reachable: the image uses EfficientNet-Lite0 (model.fallback)") \
     && /opt/export/bin/tagger --config /etc/tagger/tagger.yaml weights prepare \
-    && /opt/venv/bin/tagger --config /etc/tagger/tagger.yaml weights \
-    && find /opt/venv \( -name __pycache__ -o -name tests -o -name "*.pyi" \) -prune -exec rm -rf {} + \
-    && find /opt/venv -name "*.so*" -type f -exec strip --strip-unneeded {} + \
-    && rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/bin/pip* \
+    && rm -rf /opt/export /root/.cache /opt/tagger/weights/onnx/*.opt.onnx* \
     && /opt/venv/bin/tagger --config /etc/tagger/tagger.yaml weights
 
 FROM ${BASE_IMAGE}

@@ -40,8 +40,8 @@ if [ -z "$base" ]; then
             exit 1
         fi
         echo "build-image: no image registry answers; making a Debian bookworm base with mmdebstrap" >&2
-        # no documentation, manual pages or translations: 30 MB of the base nobody reads in a container
-        mmdebstrap --quiet --variant=minbase --include=python3,python3-venv \
+        # no recommended packages (perl came with them: 50 MB), documentation, manual pages or translations
+        mmdebstrap --quiet --variant=minbase --include=python3,python3-venv --aptopt='APT::Install-Recommends "false"' \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
             --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
             --customize-hook='chroot "$1" apt-get clean' bookworm - \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -306,3 +307,25 @@ def test_the_optimised_model_is_made_once_for_this_cpu_and_gives_the_same_logits
     with caplog.at_level(logging.WARNING):
         assert optimised_model(broken) is None
     assert "optimising at each start instead" in caplog.text
+
+
+def test_a_read_only_export_folder_keeps_the_optimised_model_in_the_cache_folder(
+    lite0: Classifier, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's image, built on another CPU, has its exports read-only: the optimised model
+    for this CPU goes to $XDG_CACHE_HOME/tagger/onnx (the container's index volume), made once."""
+    import shutil
+
+    from tagger.engine import classify
+
+    exports = tmp_path / "image-weights"
+    exports.mkdir()
+    source = onnx_cache_path(lite0.spec, lite0.weights, weights_dir, "fp32")
+    path = exports / source.name
+    shutil.copy(source, path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    writable = os.access
+    monkeypatch.setattr(classify.os, "access", lambda p, mode: False if Path(p) == exports else writable(p, mode))
+    made = classify.optimised_model(path)
+    assert made is not None and made.parent == tmp_path / "cache" / "tagger" / "onnx"
+    assert classify.optimised_model(path) == made and not list(exports.glob("*.opt.onnx"))

@@ -98,29 +98,44 @@ def optimised_model(path: Path, source_sha256: str | None = None) -> Path | None
 
     try:
         source = source_sha256 or file_sha256(path)
-        out = path.with_name(f"{path.stem}.{source[:12]}.{cpu_info().vector_isa}.ort{ort.__version__}.opt.onnx")
-        meta = out.with_name(out.name + ".json")
+    except OSError as exc:
+        log.warning("%s: cannot read the model (%s); optimising at each start instead", path, exc)
+        return None
+    name = f"{path.stem}.{source[:12]}.{cpu_info().vector_isa}.ort{ort.__version__}.opt.onnx"
+    # Beside the export; where that folder is read-only (a container's image, built on another CPU),
+    # in the user's cache folder (the container's HOME is its index volume).
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tagger" / "onnx"
+    for folder in (path.parent, cache):
+        out = folder / name
         try:
-            if json.loads(meta.read_text()).get("sha256") == file_sha256(out):
+            if json.loads(out.with_name(out.name + ".json").read_text()).get("sha256") == file_sha256(out):
                 return out
         except (OSError, ValueError, AttributeError):
             pass
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            result = subprocess.run(
-                [sys.executable, "-c", _OPTIMISE, str(path), str(tmp)], capture_output=True, text=True, timeout=600
-            )
-            if result.returncode != 0 or not tmp.is_file():
-                reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-                raise OSError(reason)
-            meta.write_text(json.dumps({"source_sha256": source, "sha256": file_sha256(tmp)}))
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    out = (path.parent if os.access(path.parent, os.W_OK) else cache) / name
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _optimise(path, out, source)
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("%s: cannot save ONNX Runtime's optimised model (%s); optimising at each start instead", path, exc)
         return None
     return out
+
+
+def _optimise(path: Path, out: Path, source: str) -> None:
+    """Write ONNX Runtime's optimised `path` to `out`, with its hash beside it; OSError when it cannot."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _OPTIMISE, str(path), str(tmp)], capture_output=True, text=True, timeout=600
+        )
+        if result.returncode != 0 or not tmp.is_file():
+            reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise OSError(reason)
+        out.with_name(out.name + ".json").write_text(json.dumps({"source_sha256": source, "sha256": file_sha256(tmp)}))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _onnx_model(
