@@ -40,8 +40,12 @@ if [ -z "$base" ]; then
             exit 1
         fi
         echo "build-image: no image registry answers; making a Debian bookworm base with mmdebstrap" >&2
-        # no recommended packages (perl came with them: 50 MB), documentation, manual pages or translations
+        # no recommended packages, documentation, manual pages or translations
+        # merged /usr made by mmdebstrap's own hook: the usrmerge package would bring perl (50 MB)
+        hooks=()
+        [ -d /usr/share/mmdebstrap/hooks/merged-usr ] && hooks=(--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr)
         mmdebstrap --quiet --variant=minbase --include=python3,python3-venv --aptopt='APT::Install-Recommends "false"' \
+            "${hooks[@]}" \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
             --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
             --customize-hook='chroot "$1" apt-get clean' bookworm - \

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
 
 from tagger.cli.context import CLUSTER_HELP, Context, pass_ctx
 from tagger.config import check_scheduler_address, with_scheduler
+from tagger.daemon.systemd import Notifier
 from tagger.errors import TaggerError
 from tagger.fileio import json_text
 
@@ -53,7 +56,11 @@ def worker(ctx: Context, address: str, host: str | None, nthreads: int) -> None:
         from tagger.cluster.worker import run_worker
     except ImportError as exc:
         raise TaggerError(f"tagger worker needs the cluster extra ({exc}): pip install 'tagger[cluster]'") from None
-    sys.exit(run_worker(Classifier.from_settings(config.model_choice()), address, config.cluster, nthreads, host))
+    notifier = Notifier()  # under systemd (Type=notify): READY once joined, WATCHDOG while its loop runs
+    alive = (notifier.ping, notifier.watchdog_seconds / 3) if notifier.watchdog_seconds else None
+    joined = lambda: notifier.ready(f"joined {address}")  # noqa: E731
+    sys.exit(run_worker(Classifier.from_settings(config.model_choice()), address, config.cluster, nthreads, host,
+                        joined, alive))
 
 
 @click.command()
@@ -97,6 +104,11 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
         raise TaggerError(f"cannot listen on {web.host}:{web.port}: {exc.strerror or exc}") from None
     shown = f"[{web.host}]" if ":" in web.host else web.host
     click.echo(f"tagger: serving {config.index} at http://{shown}:{server.effective_port}/ (Ctrl-C stops)")
+    notifier = Notifier()  # under systemd (Type=notify): READY now, WATCHDOG while /health answers
+    notifier.ready(f"serving on port {server.effective_port}")
+    if notifier.watchdog_seconds:
+        threading.Thread(target=_watch_viewer, args=(notifier, web.host, server.effective_port),
+                         name="tagger-watchdog", daemon=True).start()
     try:
         server.run()
     except KeyboardInterrupt:
@@ -119,6 +131,20 @@ def health(ctx: Context, web: bool) -> None:
 
     status = read_status(config.index)
     click.echo(f"ok: pid {status['pid']}, queue {status['queue']}")
+
+
+def _watch_viewer(notifier: Notifier, host: str, port: int) -> None:
+    """systemd's watchdog, fed while the viewer answers its own /health (any status: a 503 for an
+    index not made yet is an answer); a viewer that stops answering is restarted by systemd."""
+    assert notifier.watchdog_seconds is not None
+    while True:
+        try:
+            _viewer_health(host, port)
+            notifier.ping()
+        except TaggerError as exc:
+            if "answers /health with" in str(exc):
+                notifier.ping()
+        time.sleep(notifier.watchdog_seconds / 3)
 
 
 def _viewer_health(host: str, port: int) -> str:

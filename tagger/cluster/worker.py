@@ -8,6 +8,7 @@ index: bytes in, tags out. Imported only with the cluster extra installed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import logging
 import os
 import signal
@@ -126,12 +127,35 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def run_worker(classifier: Classifier, address: str, cluster: ClusterConfig, nthreads: int, host: str | None) -> int:
-    """Serve tasks until SIGTERM/SIGINT; rejoin when the scheduler comes back. The exit code."""
-    return asyncio.run(_serve(classifier, address, cluster, nthreads, host))
+Signal = Callable[[], None]
 
 
-async def _serve(classifier: Classifier, address: str, cluster: ClusterConfig, nthreads: int, host: str | None) -> int:
+def run_worker(
+    classifier: Classifier,
+    address: str,
+    cluster: ClusterConfig,
+    nthreads: int,
+    host: str | None,
+    joined: Signal | None = None,
+    alive: tuple[Signal, float] | None = None,
+) -> int:
+    """Serve tasks until SIGTERM/SIGINT; rejoin when the scheduler comes back. The exit code.
+
+    `joined` is called each time the worker has joined the scheduler (systemd's READY); `alive`,
+    (call, seconds), is called that often while the worker's event loop runs (its watchdog).
+    """
+    return asyncio.run(_serve(classifier, address, cluster, nthreads, host, joined, alive))
+
+
+async def _serve(
+    classifier: Classifier,
+    address: str,
+    cluster: ClusterConfig,
+    nthreads: int,
+    host: str | None,
+    joined: Signal | None = None,
+    alive: tuple[Signal, float] | None = None,
+) -> int:
     import dask
 
     # The worker's HTTP port (on the address it listens on) answers /health only: no metrics, no
@@ -149,6 +173,8 @@ async def _serve(classifier: Classifier, address: str, cluster: ClusterConfig, n
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    if alive is not None:  # from the event loop itself: a loop that hangs stops the calls
+        loop.create_task(_every(alive[0], alive[1], stopping))
     warned = False
     while not stopping.is_set():
         worker = Worker(
@@ -176,6 +202,8 @@ async def _serve(classifier: Classifier, address: str, cluster: ClusterConfig, n
         else:
             log.info("worker %s joined %s with %s; waiting for batches", worker.name, address, plugin.identity)
         warned = False
+        if joined is not None:
+            joined()
         await worker.finished()
         if plugin.refused is not None:
             log.error("%s", plugin.refused)
@@ -184,6 +212,12 @@ async def _serve(classifier: Classifier, address: str, cluster: ClusterConfig, n
             log.warning("scheduler %s gone; joining it again when it is back", address)
             await _sleep_unless(stopping, 1.0)
     return 0
+
+
+async def _every(call: Signal, seconds: float, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        call()
+        await _sleep_unless(stopping, seconds)
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
