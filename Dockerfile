@@ -71,7 +71,7 @@ RUN groupadd --system --gid 10001 tagger \
     && mkdir -p /var/lib/tagger /photos \
     && chmod 1777 /var/lib/tagger \
     && chown tagger:tagger /photos \
-    && tagger weights
+    && HOME=/tmp tagger weights
 USER 10001:10001
 WORKDIR /var/lib/tagger
 VOLUME ["/photos", "/var/lib/tagger"]

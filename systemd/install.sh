@@ -10,10 +10,13 @@
 # --worker ADDRESS installs a cluster worker instead (tagger-worker.service; no photos, no index):
 #   sudo systemd/install.sh --worker tls://192.168.1.10:8786
 # then put the cluster's TLS files in /etc/tagger and name them under cluster: in tagger.yaml.
+# --venv PATH uses an environment where tagger is already installed (a package, an image) instead of
+# building /opt/tagger/.venv; /opt/tagger/.venv then points to it.
 set -euo pipefail
 with_web=0
 web_host=""
 worker=""
+venv=""
 photos=/srv/photos
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -21,7 +24,8 @@ while [ $# -gt 0 ]; do
     --web-host) with_web=1; web_host=${2:?--web-host needs an address}; shift ;;
     --web-host=*) with_web=1; web_host=${1#--web-host=} ;;
     --worker) worker=${2:?--worker needs the scheduler address, e.g. tls://192.168.1.10:8786}; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --venv) venv=${2:?--venv needs the path of an environment with tagger installed}; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     *) photos=$1 ;;
   esac
@@ -29,12 +33,21 @@ while [ $# -gt 0 ]; do
 done
 src=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "run as root (sudo $0)" >&2; exit 1; }
+# The environment the units run (/opt/tagger/.venv): built here, or the one --venv names.
+install_venv() {
+  if [ -n "$venv" ]; then
+    [ -x "$venv/bin/tagger" ] || { echo "$venv/bin/tagger: no tagger installed there" >&2; exit 1; }
+    rm -rf /opt/tagger/.venv && ln -s "$(cd "$venv" && pwd -P)" /opt/tagger/.venv
+  else
+    make -C /opt/tagger install
+  fi
+}
 if [ -n "$worker" ]; then
   id tagger >/dev/null 2>&1 || useradd --system --home-dir /var/lib/tagger --shell /usr/sbin/nologin tagger
   if [ "$src" != /opt/tagger ]; then
     mkdir -p /opt/tagger && cp -a "$src/." /opt/tagger/ && rm -rf /opt/tagger/.venv
   fi
-  make -C /opt/tagger install
+  install_venv
   install -d -m 0755 /etc/tagger
   [ -f /etc/tagger/tagger.yaml ] || printf 'folders: []\nweights_dir: /opt/tagger/weights\nmodel:\n  name: resnet18\n' \
     > /etc/tagger/tagger.yaml
@@ -44,7 +57,7 @@ if [ -n "$worker" ]; then
   TAGGER_CONFIG=/etc/tagger/tagger.yaml /opt/tagger/.venv/bin/tagger weights prepare
   install -m 0644 /opt/tagger/systemd/tagger-worker.service /etc/systemd/system/tagger-worker.service
   systemctl daemon-reload
-  systemctl enable --now tagger-worker.service
+  systemctl enable --now --no-block tagger-worker.service  # READY once it has joined the scheduler
   systemctl --no-pager status tagger-worker.service
   exit 0
 fi
@@ -57,7 +70,7 @@ if [ "$src" != /opt/tagger ]; then
   cp -a "$src/." /opt/tagger/
   rm -rf /opt/tagger/.venv
 fi
-make -C /opt/tagger install
+install_venv
 install -d -m 0755 /etc/tagger
 if [ ! -f /etc/tagger/tagger.yaml ]; then
   sed -e "s#^  - ../photos#  - $photos#" \

@@ -96,8 +96,16 @@ def candidate_paths(spec: ModelSpec, weights_dir: Path) -> list[Path]:
 
 
 def locate(spec: ModelSpec, weights_dir: Path) -> Path | None:
-    """The first existing weights file for this model, or None."""
-    return next((p for p in candidate_paths(spec, weights_dir) if p.is_file()), None)
+    """The first existing weights file for this model, or None. A place that cannot be looked into
+    (a home folder the service user may not read) holds none: it is not a reason to stop."""
+    return next((p for p in candidate_paths(spec, weights_dir) if _is_file(p)), None)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def file_sha256(path: Path) -> str:
