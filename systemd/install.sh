@@ -58,7 +58,7 @@ if [ -n "$worker" ]; then
   install -m 0644 /opt/tagger/systemd/tagger-worker.service /etc/systemd/system/tagger-worker.service
   systemctl daemon-reload
   systemctl enable --now --no-block tagger-worker.service  # READY once it has joined the scheduler
-  systemctl --no-pager status tagger-worker.service
+  systemctl --no-pager status tagger-worker.service || true  # "activating" until it has joined
   exit 0
 fi
 [ -d "$photos" ] || { echo "$photos: no such folder" >&2; exit 1; }

@@ -1,8 +1,11 @@
 """Shared fixtures: real photos, a real model, real SQLite in temp folders."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +22,45 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from sample_photos import distinct_views, sample_sources, write_samples  # noqa: E402
 
 from tagger.engine.classify import Classifier  # noqa: E402
+
+
+# The container image (tests/test_container.py, tests/test_systemd_units.py) takes minutes to build the
+# first time: it is started in the background as soon as the tests are collected, and the tests that
+# need it wait for it; meanwhile the rest of the suite runs.
+IMAGE_TESTS = ("test_container", "test_systemd_units")
+image_build: dict[str, Any] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = any(getattr(item, "module", None) is not None and item.module.__name__ in IMAGE_TESTS for item in session.items)
+    if wanted and shutil.which("podman") and not image_build:
+        log = tempfile.NamedTemporaryFile("w+", prefix="tagger-image-build.", suffix=".log", delete=False)
+        image_build["log"] = Path(log.name)
+        image_build["process"] = subprocess.Popen(
+            [str(ROOT / "scripts" / "build-image.sh")], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "ENGINE": "podman"}, start_new_session=True,
+        )
+        log.close()
+
+
+def built_image(timeout: float = 3600) -> tuple[int, str]:
+    """Wait for the background build (started here when none was): its exit code and its log."""
+    if not image_build:
+        result = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, "ENGINE": "podman"})
+        return result.returncode, result.stdout + result.stderr
+    process: subprocess.Popen[bytes] = image_build["process"]
+    code = process.wait(timeout)
+    return code, image_build["log"].read_text(errors="replace")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    process = image_build.get("process")
+    if process is not None and process.poll() is None:  # the run stopped early: do not leave it building
+        process.terminate()
+        process.wait(60)
+    if "log" in image_build:
+        image_build["log"].unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import built_image
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/tagger:latest"
 OWNER = (4321, 4321)  # the photos' owner on the "NAS", not the image's own user (10001)
@@ -47,13 +49,14 @@ LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    """tagger:latest, built by `make image`'s script (its layers cached: seconds when nothing changed)."""
+    """tagger:latest, built by `make image`'s script: started in the background when the tests were
+    collected (conftest.py), its layers cached (seconds when nothing changed)."""
     engine()
     started = time.monotonic()
-    result = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], capture_output=True, text=True,
-                            timeout=3600, env={**os.environ, "ENGINE": "podman"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    print(f"image built in {time.monotonic() - started:.0f} s: {result.stderr.strip().splitlines()[-1]}")
+    code, log = built_image()
+    assert code == 0, log[-6000:]
+    summary = [line for line in log.splitlines() if line.startswith("build-image: tagger")]
+    print(f"waited {time.monotonic() - started:.0f} s for the image: {summary[-1] if summary else ''}")
     return IMAGE
 
 
