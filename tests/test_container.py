@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import subprocess
 import time
 import urllib.request
@@ -173,3 +174,40 @@ def test_the_daemon_is_healthy_then_stops_on_sigterm_within_10_s_with_exit_0(
         assert code == "0" and stopped < 10, (code, stopped, run("logs", name, check=False).stderr[-2000:])
     finally:
         run("rm", "-f", "-t", "0", name, check=False)
+
+
+def test_compose_runs_the_daemon_and_the_viewer_on_a_mounted_library(
+    image: str, library: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """compose.yaml as a NAS user starts it (podman-compose here; docker compose reads the same file)."""
+    compose = shutil.which("podman-compose") or str(Path(sys.executable).parent / "podman-compose")
+    if not Path(compose).exists():
+        pytest.fail("podman-compose is not installed (pip install -e '.[test]' installs it)")
+    photos, _ = library
+    port = free_port()
+    project = f"tagger-compose-{secrets.token_hex(4)}"
+    settings = tmp_path / "containers.conf"  # this machine's podman: runc, and its lower hard limits
+    settings.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+                        '[engine]\nruntime = "runc"\n')
+    env = {**os.environ, "CONTAINERS_CONF": str(settings), "TAGGER_WEB_TOKEN": secrets.token_hex(16),
+           "PHOTOS": str(photos), "PUID": str(OWNER[0]), "PGID": str(OWNER[1]), "VIEWER_PORT": str(port)}
+    base = [compose, "-f", str(ROOT / "compose.yaml"), "-p", project]
+    up = subprocess.run([*base, "up", "-d"], capture_output=True, text=True, timeout=300, env=env)
+    try:
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        deadline = time.monotonic() + 180
+        while len(list((photos / "2024").glob("*.tags.json"))) < 3:
+            assert time.monotonic() < deadline, "the daemon tagged nothing"
+            time.sleep(1)
+        status = None
+        while status != 200 and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    status = response.status
+            except OSError:
+                time.sleep(1)
+        assert status == 200
+        owners = {(p.stat().st_uid, p.stat().st_gid) for p in (photos / "2024").glob("*.tags.json")}
+        assert owners == {OWNER}
+    finally:
+        subprocess.run([*base, "down", "-v", "-t", "10"], capture_output=True, text=True, timeout=120, env=env)
