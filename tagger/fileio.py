@@ -162,12 +162,20 @@ class Folders:
         return real, info
 
 
-def iter_images(root: Path, unlisted: list[tuple[Path, str]] | None = None) -> Iterator[Path]:
+# What write_atomic leaves when it is killed between creating its temporary file and renaming it
+# (tempfile.mkstemp's 8 characters), for a sidecar: .IMG_1.jpg.tags.json.k3j9_x2a.tmp
+LEFTOVER = re.compile(r"\..+\.(?:tags\.json|xmp)\.[a-z0-9_]{8}\.tmp")
+
+
+def iter_images(
+    root: Path, unlisted: list[tuple[Path, str]] | None = None, leftovers: list[Path] | None = None
+) -> Iterator[Path]:
     """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
 
     Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
     it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
-    folders are not entered. A folder that cannot be listed goes into `unlisted` with the reason.
+    folders are not entered. A folder that cannot be listed goes into `unlisted` with the reason, and
+    a killed run's temporary sidecar files (LEFTOVER) into `leftovers`.
     Folders first to last as os.walk goes, but from a list rather than by recursion: on Python
     3.11 os.walk raised RecursionError in a library with a chain of 1,000 nested folders.
     """
@@ -188,6 +196,8 @@ def iter_images(root: Path, unlisted: list[tuple[Path, str]] | None = None) -> I
             path = folder / name
             if not name.startswith(".") and is_image_name(path):  # never a sidecar: .json, .xmp
                 yield path
+            elif leftovers is not None and name.startswith(".") and LEFTOVER.fullmatch(name):
+                leftovers.append(path)
         folders = sorted(name for name, is_folder in entries if is_folder is True and not skipped_folder(name))
         pending.extend(folder / name for name in reversed(folders))
 

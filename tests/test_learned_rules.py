@@ -281,3 +281,22 @@ def test_a_threshold_in_a_learned_rule_stops_tagger_at_start_up(
     assert result.exit_code == 2
     assert f"{rules}: rule 1 (learned: mycat): key 'threshold'" in result.output
     assert "tagger learn mycat --threshold T" in result.output
+
+
+@pytest.mark.parametrize("name", ["cats/dogs", "cats|dogs", " a/b "])
+def test_a_slash_or_bar_in_a_learned_name_or_a_rename_is_refused_with_the_reason(
+    name: str, tmp_path: Path
+) -> None:
+    """'/' and '|' separate categories: a name holding one split into a false hierarchy
+    (auto|learned|cats|dogs, found by tag:cats and by tag:dogs) whose viewer page was a 404."""
+    from tagger.errors import ConfigError
+    from tagger.tags.rules import Rules
+    from tagger.vectors.learned import LearnError, check_name
+
+    with pytest.raises(LearnError, match="separate a keyword's categories"):
+        check_name(name)
+    for rule in (f"learned: {name!r}", f"class: tabby\n  rename: {name!r}", f"learned: mycat\n  rename_zh: {name!r}"):
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"rules:\n- {rule}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match="separate a keyword's categories"):
+            Rules.load(rules)

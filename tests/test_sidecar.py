@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tagger.engine.classify import Classifier
 from tagger.engine.labels import Tag
 from tagger.index.records import ImageFacts
 from tagger.library.jsonsidecar import read_sidecar, sidecar_document, sidecar_path, write_sidecar
@@ -110,3 +112,35 @@ def test_a_hostile_sidecar_is_a_value_error_and_never_removed_as_ours(tmp_path: 
     with pytest.raises(ValueError):
         read_sidecar(image)
     assert remove_own_sidecar(image) is False and sidecar_path(image).exists()
+
+
+def test_the_next_scan_removes_temporary_sidecar_files_a_killed_run_left(
+    tmp_path: Path, sample_jpegs: list[Path], write_config: Callable[..., Path], lite0: Classifier
+) -> None:
+    """kill -9 between write_atomic's temporary file and its rename left .NAME.tags.json.XXXX.tmp and
+    .NAME.xmp.XXXX.tmp in the photo folders for good; now the next scan (or daemon start) removes them."""
+    import shutil
+
+    from tagger.config import load_config
+    from tagger.index import Index
+    from tagger.library.scan import Tagger
+
+    library = tmp_path / "library"
+    (library / "a").mkdir(parents=True)
+    shutil.copy(sample_jpegs[0], library / "a" / "p.jpg")
+    old = [library / "a" / ".p.jpg.tags.json.k3j9_x2a.tmp", library / ".q.jpg.xmp.abcdefgh.tmp"]
+    fresh = library / "a" / ".p.jpg.tags.json.zzzzzzzz.tmp"  # a writer at work right now
+    theirs = library / "a" / ".p.jpg.tags.json.backup"  # not a name write_atomic makes
+    for path in (*old, fresh, theirs):
+        path.write_text("{")
+    for path in old:
+        os.utime(path, (time.time() - 3600,) * 2)
+    config = load_config(write_config([library]))
+    with Index.open(config.index) as store:
+        tagger = Tagger(config, lite0, store)
+        try:
+            tagger.scan(list(config.folders))
+        finally:
+            tagger.close()
+    assert not any(p.exists() for p in old)
+    assert fresh.exists() and theirs.exists()

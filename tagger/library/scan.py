@@ -6,6 +6,7 @@ by whoever opens it: here, or a Dask cluster.
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,7 +69,9 @@ class Tagger:
         roots = [r.resolve() for r in roots]
         self.reader.folders = Folders([*self.config.folders, *roots])
         unlisted: list[tuple[Path, str]] = []
-        found = [p for root in roots for p in iter_images(root, unlisted)]
+        leftovers: list[Path] = []
+        found = [p for root in roots for p in iter_images(root, unlisted, leftovers)]
+        remove_leftovers(leftovers)
         for folder, reason in unlisted:
             log.warning("%s: cannot list this folder (%s); its files stay in the index as they were", shown(folder), reason)
         paths = found
@@ -106,6 +109,26 @@ class Tagger:
 
     def forget_tree(self, folder: Path) -> int:
         return self.recorder.forget_tree(folder)
+
+
+LEFTOVER_AGE = 60.0  # seconds: a sidecar is written in milliseconds; a temporary file this old was abandoned
+
+
+def remove_leftovers(paths: Sequence[Path]) -> int:
+    """Delete the temporary sidecar files a killed run left (tagger.fileio.LEFTOVER), once they are
+    older than LEFTOVER_AGE (a writer at work right now is not disturbed); how many went."""
+    cutoff, removed = time.time() - LEFTOVER_AGE, 0
+    for path in paths:
+        try:
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError as exc:
+            log.warning("%s: a killed run's temporary file, not removed: %s", shown(path), exc.strerror or exc)
+    if removed:
+        log.info("removed %d temporary sidecar files that a killed run left", removed)
+    return removed
 
 
 def gone_under(store: Index, root: Path, seen: set[str], unlisted: list[Path], prune: bool) -> list[Path]:

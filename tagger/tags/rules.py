@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from tagger.errors import ConfigError
 from tagger.engine.labels import ImageNetClass, Tag, imagenet_classes
-from tagger.tags.terms import KeywordRow
+from tagger.tags.terms import KeywordRow, name_problem
 from tagger.yamlfile import parse_yaml, read_text
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "data" / "default_rules.yaml"
@@ -379,10 +379,10 @@ class _RulesFile:
         """A learned tag's name as `tagger learn` accepts it (tagger.vectors.learned.check_name)."""
         if isinstance(target, bool) or not isinstance(target, str):
             self.fail(rule, "learned", f"{target!r} is not a tag name", "write the name, quoted if it looks like a number")
-        name = target.strip()
-        if not name or any(c in name for c in "\n\r\t") or len(name) > 100:
-            self.fail(rule, "learned", f"{target!r} cannot be a tag name", "a word or a few, at most 100 characters")
-        return name
+        problem = name_problem(target)
+        if problem is not None:
+            self.fail(rule, "learned", f"{target!r} cannot be a tag name", problem)
+        return target.strip()
 
     def matches(self, rule: Rule) -> dict[int, int]:
         """class id -> the WordNet depth of the deepest of the rule's subtrees that holds it."""
@@ -448,6 +448,8 @@ class _RulesFile:
         value = raw.get(key)
         if value is not None and not (isinstance(value, str) and value.strip()):
             self.fail(rule, key, f"must be a name, not {value!r}", f"e.g. {key}: cat")
+        if value is not None and (problem := name_problem(value)) is not None:
+            self.fail(rule, key, f"{value!r} cannot be a name", problem)
         return value
 
     def threshold(self, rule: Rule, value: Any) -> float | None:

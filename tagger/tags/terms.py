@@ -85,3 +85,18 @@ class Search:
     added: tuple[str | None, str | None] = (None, None)  # [from, to) of files.added_at
     mtime_ns: tuple[int | None, int | None] = (None, None)  # [from, to) of files.mtime_ns
     duration: tuple[float | None, float | None] = (None, None)  # [from, to] of a clip's seconds
+
+
+# A keyword's place is its categories joined by "/" (and by "|" in XMP's hierarchical subjects): a
+# name holding either would split into categories that are not there (auto|learned|cats|dogs).
+CATEGORY_SEPARATORS = "/|"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a tag (a learned tag, a rule's rename), or None: one rule for both."""
+    cleaned = name.strip()
+    if not cleaned or any(c in cleaned for c in "\n\r\t") or len(cleaned) > 100:
+        return "give a word or a few (at most 100 characters)"
+    if any(c in cleaned for c in CATEGORY_SEPARATORS):
+        return "'/' and '|' separate a keyword's categories; put categories in `parents:` of a rule instead"
+    return None

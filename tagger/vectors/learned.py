@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagger.tags.terms import name_problem
 from tagger.engine.features import unit
 
 from tagger.errors import TaggerError
@@ -166,10 +167,11 @@ def score_library(vectors: VectorMatrix, model: Model) -> np.ndarray:
 
 
 def check_name(name: str) -> str:
-    cleaned = name.strip()
-    if not cleaned or any(c in cleaned for c in "\n\r\t") or len(cleaned) > 100:
-        raise LearnError(f"{name!r} cannot be a tag name: give a word or a few (at most 100 characters)")
-    return cleaned
+    """A new learned tag's name (tagger.tags.terms.name_problem); LearnError says why not."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise LearnError(f"{name!r} cannot be a tag name: {problem}")
+    return name.strip()
 
 
 def check_threshold(value: float) -> float:
@@ -204,7 +206,7 @@ def set_threshold(store: Index, name: str, threshold: float) -> Learned:
     Retrained rather than rescored, so that its cross-validated precision is the one at the new threshold.
     """
     threshold = check_threshold(threshold)
-    name = check_name(name)
+    name = name.strip()  # an existing tag, whatever its name (one from before '/' was refused too)
     if store.vectors.learned_tag(name) is None:
         raise LearnError(f"no learned tag {name!r}: teach it first (tagger learn {name} IMAGE...)")
     return retrain(store, name, threshold)
@@ -212,8 +214,9 @@ def set_threshold(store: Index, name: str, threshold: float) -> Learned:
 
 def unlearn(store: Index, name: str) -> list[str]:
     """Forget a learned tag: its model, examples and matches. The contents it had matched, whose
-    keywords (and sidecars) the caller redoes. Call outside a transaction."""
-    name = check_name(name)
+    keywords (and sidecars) the caller redoes. Call outside a transaction. Any existing name is
+    taken, one from before '/' was refused too: that is how such a tag is forgotten."""
+    name = name.strip()
     rows = store.vectors
     with store.transaction(f"forgetting the learned tag {name!r}"):
         matched = sorted(rows.matches_of(name))
