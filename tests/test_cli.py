@@ -166,3 +166,61 @@ def test_python_dash_m_and_console_script_agree() -> None:
     script = subprocess.run([str(Path(sys.executable).parent / "tagger"), "--version"], capture_output=True, text=True)
     assert module.returncode == script.returncode == 0
     assert module.stdout == script.stdout and "tagger" in module.stdout
+
+
+def test_readers_open_an_index_in_a_read_only_folder_after_the_daemon_closed_it(
+    runner: CliRunner, sample_jpegs: list[Path], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """tagger-web.service's ReadOnlyPaths=: with no -wal/-shm left (the daemon closed the index
+    cleanly), `stats`, `query` and the viewer could not open it ("unable to open database file")."""
+    import os
+    import stat
+
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copy(sample_jpegs[0], library / "a.jpg")
+    config = write_config([library], index=str(tmp_path / "state" / "index.sqlite"))
+    assert runner.invoke(cli, ["--config", str(config), "scan"]).exit_code == 0
+    state = tmp_path / "state"
+    assert not list(state.glob("index.sqlite-*"))  # closed cleanly: no -wal, no -shm
+    # root writes anywhere: drop that power, so the folder's mode counts as it does for the tagger user
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+        prefix = [setpriv, "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    state.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    try:
+        tagger = str(Path(sys.executable).parent / "tagger")
+        for args in (["stats"], ["query", "--format", "json"]):
+            result = subprocess.run([*prefix, tagger, "--config", str(config), *args], capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert "a.jpg" in result.stdout or "1 files tagged" in result.stdout or "tagged" in result.stdout
+        assert not list(state.glob("index.sqlite-*"))
+    finally:
+        state.chmod(0o755)
+
+
+def test_an_empty_index_reads_as_none_yet_and_an_older_one_is_upgraded_on_read(
+    runner: CliRunner, sample_jpegs: list[Path], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    empty = write_config(index=str(tmp_path / "empty.sqlite"))
+    (tmp_path / "empty.sqlite").write_bytes(b"")
+    for args in (["stats"], ["query", "cat"]):
+        result = runner.invoke(cli, ["--config", str(empty), *args])
+        assert result.exit_code != 0 and "no index yet" in result.output and "Traceback" not in result.output
+    library = tmp_path / "library"
+    library.mkdir(exist_ok=True)
+    shutil.copy(next(p for p in sample_jpegs if p.stem == "coffee"), library / "coffee.jpg")
+    config = write_config([library])
+    assert runner.invoke(cli, ["--config", str(config), "scan"]).exit_code == 0
+    with sqlite3.connect(tmp_path / "index.sqlite") as conn:  # as the tagger before video support left it
+        conn.execute("ALTER TABLE images DROP COLUMN duration")
+        conn.execute("ALTER TABLE tags DROP COLUMN frame_s")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 10")
+    result = runner.invoke(cli, ["--config", str(config), "query", "espresso"])
+    assert result.exit_code == 0 and "coffee.jpg" in result.output, result.output

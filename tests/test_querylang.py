@@ -1,6 +1,7 @@
 """The query language: every term kind, negation, ranges, and clear refusals."""
 from __future__ import annotations
 
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
@@ -117,3 +118,13 @@ def test_refusals_name_the_term(text: str, words: list[str]) -> None:
 
 def test_a_hundred_terms_are_read() -> None:
     assert len(parse(" ".join(f"folder:f{i}" for i in range(100)), NOW).folders) == 100
+
+
+def test_dates_are_utc_days_as_the_docs_say() -> None:
+    from datetime import datetime, timezone
+
+    day = parse("date:2024-05-01").date
+    assert day is not None and day.start == datetime(2024, 5, 1, tzinfo=timezone.utc).timestamp()
+    assert day.end == datetime(2024, 5, 2, tzinfo=timezone.utc).timestamp()
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "rules-and-queries.md").read_text()
+    assert "UTC ones" in guide

@@ -75,7 +75,8 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     """
     import dataclasses
 
-    from tagger.index import LATEST, Index
+    from tagger.errors import StoreError
+    from tagger.index import Index
     from tagger.web import create_app
     from tagger.web.guard import LOOPBACK_NAMES, WILDCARD_ADDRESSES
     from tagger.web.server import ViewerServer
@@ -84,10 +85,10 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     web = dataclasses.replace(config.web, host=host or config.web.host, port=config.web.port if port is None else port)
     config = dataclasses.replace(config, web=web)
     if config.index.exists():
-        with Index.open(config.index, readonly=True) as current:
-            outdated = current.schema_version() < LATEST
-        if outdated:
-            Index.open(config.index).close()  # applies the pending migrations; from then on only reads
+        try:  # an older tagger's index is upgraded here, once; from then on it is only read
+            Index.open(config.index, readonly=True).close()
+        except StoreError as exc:
+            log.warning("%s", exc)
     else:
         log.warning("%s: no index yet: pages stay empty until `tagger scan` or `tagger run` makes it", config.index)
     if web.token is None and web.host not in LOOPBACK_NAMES:

@@ -69,7 +69,7 @@ class Database:
             if readonly:
                 if not path.exists():
                     raise StoreError(f"{path}: no index yet (run `tagger scan` first)")
-                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+                conn = sqlite3.connect(_read_only_uri(path), uri=True, check_same_thread=False)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -80,7 +80,14 @@ class Database:
             conn.execute("PRAGMA busy_timeout=5000")
             store = cls(conn, path, readonly)
             if readonly:
-                store._check_version()
+                version = store._check_version()
+                if version == 0:  # an empty file, or another program's database
+                    conn.close()
+                    raise StoreError(f"{path}: no index yet (an empty file, or not a tagger index): run `tagger scan`")
+                if version < LATEST:  # made by an older tagger: upgraded once, then only read
+                    conn.close()
+                    cls.open(path).close()
+                    return cls.open(path, readonly=True)
             else:
                 store._migrate()
         except sqlite3.Error as exc:
@@ -140,10 +147,11 @@ class Database:
             return 0
         return int(self.conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
         version = self.schema_version()
         if version > LATEST:
             raise StoreError(f"{self.path}: index schema {version} is newer than this tagger ({LATEST})")
+        return version
 
     def _migrate(self) -> None:
         """Each migration commits together with its version row, so a crash never leaves half a schema."""
@@ -212,3 +220,15 @@ def fs(path: str) -> str | bytes:
 def _text(data: bytes) -> str:
     """TEXT columns as str; the bytes of a name that is not UTF-8 as surrogate escapes, as os.fsdecode does."""
     return data.decode("utf-8", "surrogateescape")
+
+
+def _read_only_uri(path: Path) -> str:
+    """`mode=ro`; and `immutable=1` where this reader cannot write beside the index and no writer is at
+    work (no -wal file: the daemon closed it cleanly). A reader of a WAL index must otherwise create
+    its -shm file, and in a read-only folder (tagger-web.service's ReadOnlyPaths=) it could not open
+    the index at all while the daemon was stopped."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    folder_read_only = not os.access(path.parent, os.W_OK)
+    if folder_read_only and not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists():
+        uri += "&immutable=1"
+    return uri

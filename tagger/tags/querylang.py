@@ -20,7 +20,7 @@
 - `added:RANGE` (when tagger first saw the file) and `date:RANGE` (the file's own
   modification time) take `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or a relative `-3d`, `-2w`,
   `-6m`, `-1y`, alone or as `FROM..TO` with either side optional: `added:-1w..`,
-  `date:2023..2024-06`.
+  `date:2023..2024-06`. Days, months and years are UTC ones.
 """
 from __future__ import annotations
 
