@@ -201,3 +201,47 @@ def test_helper_threads_run_below_the_model(
     assert seen and all(name.startswith("tagger-decode") for name in seen)
     assert all(nice == min(19, main + 10) for nice in seen.values()), (main, seen)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # the caller's own is untouched
+
+
+def test_a_photo_replaced_by_another_of_the_same_size_and_mtime_is_tagged_again(
+    tmp_path: Path, sample_jpegs: list[Path], write_config: Callable[..., Path], lite0: Classifier
+) -> None:
+    """rsync --times or a restore: same size, same mtime, another picture. Its ctime and inode differ,
+    so the hash decides, and the old tags no longer stay in the index, the JSON and the XMP."""
+    import json
+    import os
+    import shutil
+
+    from tagger.config import load_config
+    from tagger.index import Index
+    from tagger.library.jsonsidecar import sidecar_path
+    from tagger.library.scan import Tagger
+
+    photos = {p.stem: p for p in sample_jpegs}
+    library = tmp_path / "library"
+    library.mkdir()
+    target = library / "photo.jpg"
+    data = photos["coffee"].read_bytes()
+    other = photos["chelsea"].read_bytes()
+    other = (other + b"\0" * len(data))[: len(data)] if len(other) < len(data) else other[: len(data)]
+    target.write_bytes(data)
+    config = load_config(write_config([library]))
+    with Index.open(config.index) as store:
+        tagger = Tagger(config, lite0, store)
+        try:
+            tagger.scan(list(config.folders))
+            first = json.loads(sidecar_path(target).read_text())["image"]["sha256"]
+            stat = target.stat()
+            staged = library / ".staged"
+            staged.write_bytes(other)  # the same size, another content
+            os.utime(staged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            os.replace(staged, target)  # a new inode, the same size and mtime
+            assert (target.stat().st_size, target.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+            again = tagger.scan(list(config.folders))
+            assert again.unchanged == 0
+            second = json.loads(sidecar_path(target).read_text())["image"]["sha256"]
+            assert second != first and store.file_record(str(target)).sha256 == second  # type: ignore[union-attr]
+            assert tagger.scan(list(config.folders)).unchanged == 1  # and then it is unchanged again
+        finally:
+            tagger.close()
+    shutil.rmtree(library)

@@ -139,6 +139,8 @@ def _back_to_migration_7(index: Path) -> None:
         conn.execute("DROP TABLE embedding_changes")
         conn.execute("ALTER TABLE images DROP COLUMN duration")  # migration 10's
         conn.execute("ALTER TABLE tags DROP COLUMN frame_s")
+        conn.execute("ALTER TABLE files DROP COLUMN ctime_ns")  # migration 11's
+        conn.execute("ALTER TABLE files DROP COLUMN inode")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 8")
 
 

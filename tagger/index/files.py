@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from tagger.fileio import utc_text
 from tagger.index.db import Database, fs
-from tagger.index.records import CachedImage, FileRecord, ImageDetail
+from tagger.index.records import CachedImage, FileRecord, FileStamp, ImageDetail
 from tagger.engine.labels import Tag
 from tagger.index.records import ImageFacts
 
@@ -16,11 +16,18 @@ class FileRows(Database):
 
     def file_record(self, path: str) -> FileRecord | None:
         row = self.conn.execute(
-            """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model
+            """SELECT f.path, f.sha256, f.size, f.mtime_ns, f.status, f.error, f.sidecar, i.model, f.ctime_ns, f.inode
                FROM files f LEFT JOIN images i ON i.sha256 = f.sha256 WHERE f.path = CAST(? AS TEXT)""",
             (fs(path),),
         ).fetchone()
-        return FileRecord(*row) if row else None
+        return FileRecord(*row[:8], ctime_ns=row[8], inode=row[9]) if row else None
+
+    def save_stamps(self, stamps: Sequence[tuple[str, FileStamp]]) -> None:
+        """The ctime and inode of files recorded before they were kept (size and mtime unchanged)."""
+        self.conn.executemany(
+            "UPDATE files SET ctime_ns = ?, inode = ? WHERE path = CAST(? AS TEXT)",
+            [(stamp.ctime_ns, stamp.inode, fs(path)) for path, stamp in stamps],
+        )
 
     def image_facts(self, sha256: str) -> tuple[ImageFacts, str, str] | None:
         """(facts, model, weights sha256) of a classified content."""
@@ -114,22 +121,36 @@ class FileRows(Database):
         )
 
     def save_file(
-        self, path: str, sha256: str, size: int, mtime_ns: int, sidecar: str | None, note: str | None = None
+        self,
+        path: str,
+        sha256: str,
+        size: int,
+        mtime_ns: int,
+        sidecar: str | None,
+        note: str | None = None,
+        stamp: FileStamp | None = None,
     ) -> None:
         """A tagged file; `note` says why its sidecar is missing, if it is."""
+        ctime_ns, inode = (stamp.ctime_ns, stamp.inode) if stamp else (None, None)
         self.conn.execute(
-            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
+            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at,
+                                             ctime_ns, inode)
                VALUES (CAST(? AS TEXT), ?, ?, ?, 'tagged', ?, CAST(? AS TEXT), ?,
-                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?))""",
-            (fs(path), sha256, size, mtime_ns, note, None if sidecar is None else fs(sidecar), utc_text(), fs(path), utc_text()),
+                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?), ?, ?)""",
+            (fs(path), sha256, size, mtime_ns, note, None if sidecar is None else fs(sidecar), utc_text(), fs(path),
+             utc_text(), ctime_ns, inode),
         )
 
-    def save_failure(self, path: str, sha256: str | None, size: int, mtime_ns: int, error: str) -> None:
+    def save_failure(
+        self, path: str, sha256: str | None, size: int, mtime_ns: int, error: str, stamp: FileStamp | None = None
+    ) -> None:
+        ctime_ns, inode = (stamp.ctime_ns, stamp.inode) if stamp else (None, None)
         self.conn.execute(
-            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at)
+            """INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, status, error, sidecar, updated_at, added_at,
+                                             ctime_ns, inode)
                VALUES (CAST(? AS TEXT), ?, ?, ?, 'failed', ?, NULL, ?,
-                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?))""",
-            (fs(path), sha256, size, mtime_ns, error, utc_text(), fs(path), utc_text()),
+                       COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?), ?, ?)""",
+            (fs(path), sha256, size, mtime_ns, error, utc_text(), fs(path), utc_text(), ctime_ns, inode),
         )
 
     def delete_files(self, paths: Sequence[str]) -> None:

@@ -1,7 +1,7 @@
 """What the index hands back: one frozen record per kind of row a caller reads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from tagger.engine.labels import Tag
@@ -33,6 +33,15 @@ class StoredContent:
 
 
 @dataclass(frozen=True)
+class FileStamp:
+    """Besides size and mtime, what changes when a file is replaced by another (a restore, rsync
+    --times): its inode change time and its inode number."""
+
+    ctime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True)
 class FileRecord:
     path: str
     sha256: str | None
@@ -42,6 +51,9 @@ class FileRecord:
     error: str | None
     sidecar: str | None
     model: str | None
+    # None in a row from before migration 11; keyword-only, so that ImageDetail adds fields after them
+    ctime_ns: int | None = field(default=None, kw_only=True)
+    inode: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)

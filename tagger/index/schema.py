@@ -310,5 +310,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     ALTER TABLE tags ADD COLUMN frame_s REAL;
 """,
     ),
+    # What tells a file from another of the same size and mtime (rsync --times, a restore): its
+    # ctime and inode. NULL in rows from before: filled in by the next scan without reading the file.
+    Migration(
+        11,
+        "files_ctime_inode",
+        """
+    ALTER TABLE files ADD COLUMN ctime_ns INTEGER;
+    ALTER TABLE files ADD COLUMN inode INTEGER;
+""",
+    ),
 )
 LATEST = MIGRATIONS[-1].number

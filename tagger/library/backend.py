@@ -186,7 +186,7 @@ class LocalBackend:
         for item in inflight:
             result, read = item.decoded.result(), item.read
             if isinstance(result, DecodeError):
-                self.recorder.fail(read.path, read.sha256, read.bytes, read.mtime_ns, str(result), summary)
+                self.recorder.fail(read.path, read.sha256, read.bytes, read.mtime_ns, str(result), summary, read.stamp)
                 continue
             if isinstance(result, Clip):
                 facts = ImageFacts(read.sha256, read.bytes, result.width, result.height, result.duration)
@@ -217,7 +217,8 @@ class LocalBackend:
         self, done: _Pending, tags: list[Tag], features: np.ndarray, summary: ScanSummary, counted: bool = False
     ) -> None:
         read, look = done.read, (features, image_hash(done.array))
-        if not self.recorder.record(read.path, done.facts, read.mtime_ns, tags, self.classifier.weights.sha256, look):
+        weights = self.classifier.weights.sha256
+        if not self.recorder.record(read.path, done.facts, read.mtime_ns, tags, weights, look, read.stamp):
             summary.sidecar_errors += 1
         if not counted:
             summary.classified += 1

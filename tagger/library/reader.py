@@ -18,6 +18,7 @@ from tagger.errors import DecodeError
 from tagger.engine.video import sampled_sha256
 from tagger.fileio import Folders, is_video_name, open_regular, read_limited, too_large
 from tagger.index import Index
+from tagger.index.records import FileStamp
 from tagger.library.recorder import Recorder
 from tagger.library.summary import ScanSummary
 
@@ -33,6 +34,7 @@ class Read:
     sha256: str
     size: int = -1  # bytes on disk; -1: len(data)
     video: bool = False
+    stamp: FileStamp | None = None  # ctime and inode when it was read
 
     @property
     def bytes(self) -> int:
@@ -60,25 +62,37 @@ class Reader:
 
     def read_new(self, paths: Sequence[Path], summary: ScanSummary) -> list[Read]:
         """Cheap checks, read + hash, reuse from the index: what is left needs a model run."""
-        changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary)) is not None]
+        stamps: list[tuple[str, FileStamp]] = []  # unchanged files recorded before ctime and inode were kept
+        changed = [(p, s) for p in paths if (s := self._changed_stat(p, summary, stamps)) is not None]
+        if stamps:
+            with self.store.transaction("the ctime and inode of unchanged files"):
+                self.store.save_stamps(stamps)
         fresh: list[Read] = []
         limits, folders = (self.config.decode.max_file_bytes, self.config.video.max_file_bytes), self.folders
         reads = self._threads.map(lambda p: _read_and_hash(p, limits, folders), [p for p, _ in changed])
         for (path, stat), read in zip(changed, reads):
+            stamp = FileStamp(stat.st_ctime_ns, stat.st_ino)
             if isinstance(read, DecodeError):
-                self.recorder.fail(path, None, stat.st_size, stat.st_mtime_ns, str(read), summary)
+                self.recorder.fail(path, None, stat.st_size, stat.st_mtime_ns, str(read), summary, stamp)
                 continue
             cached = self.store.cached_image(read.sha256, self.model)
             if cached is None:
-                fresh.append(Read(path, stat.st_mtime_ns, read.data, read.sha256, read.size, read.video))
+                fresh.append(Read(path, stat.st_mtime_ns, read.data, read.sha256, read.size, read.video, stamp))
                 continue
-            if not self.recorder.record(path, cached.facts, stat.st_mtime_ns, cached.tags, cached.weights_sha256, None):
+            facts, tags, weights = cached.facts, cached.tags, cached.weights_sha256
+            if not self.recorder.record(path, facts, stat.st_mtime_ns, tags, weights, None, stamp):
                 summary.sidecar_errors += 1
             summary.reused += 1
         return fresh
 
-    def _changed_stat(self, path: Path, summary: ScanSummary) -> os.stat_result | None:
-        """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable."""
+    def _changed_stat(
+        self, path: Path, summary: ScanSummary, stamps: list[tuple[str, FileStamp]]
+    ) -> os.stat_result | None:
+        """The file's stat if it needs work; None if it is unchanged since it was last seen, or unreadable.
+
+        Unchanged is size, mtime, ctime and inode all as recorded: a restore or `rsync --times` puts
+        another photo in place with the same size and mtime, but a new ctime and inode. A row from
+        before ctime and inode were kept gets them here (into `stamps`), without a read."""
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -92,7 +106,10 @@ class Reader:
             return None
         record = self.store.file_record(str(path))
         if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
-            if record.status == "failed" or (record.model == self.model and self.recorder.sidecars_current(path)):
+            same = record.ctime_ns is None or (record.ctime_ns, record.inode) == (stat.st_ctime_ns, stat.st_ino)
+            if same and (record.status == "failed" or (record.model == self.model and self.recorder.sidecars_current(path))):
+                if record.ctime_ns is None:
+                    stamps.append((str(path), FileStamp(stat.st_ctime_ns, stat.st_ino)))
                 summary.unchanged += 1
                 return None
         return stat

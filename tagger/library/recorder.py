@@ -15,7 +15,7 @@ from tagger.engine.labels import Tag
 from tagger.errors import DiskError
 from tagger.fileio import is_gone
 from tagger.index import Index
-from tagger.index.records import ImageFacts
+from tagger.index.records import FileStamp, ImageFacts
 from tagger.library.jsonsidecar import read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
 from tagger.library.keywording import Retagger
 from tagger.library.places import made_for, sidecar_folder
@@ -46,7 +46,14 @@ class Recorder:
         self.retagger.check_settings()
 
     def record(
-        self, path: Path, facts: ImageFacts, mtime_ns: int, tags: Sequence[Tag], weights_sha256: str, look: Look | None
+        self,
+        path: Path,
+        facts: ImageFacts,
+        mtime_ns: int,
+        tags: Sequence[Tag],
+        weights_sha256: str,
+        look: Look | None,
+        stamp: FileStamp | None = None,
     ) -> bool:
         """Sidecars first, then the index: a crash in between is repaired by the next scan.
 
@@ -63,18 +70,27 @@ class Recorder:
                     self.store.save_image(facts, self.model, weights_sha256, tags)
                     save_embedding(self.store, facts.sha256, self.model, *look, learned)
                 self.store.save_keywords(facts.sha256, keywords)
-                self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note)
+                self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note, stamp)
         except DiskError:
             if sidecar is not None:  # no sidecar without its index row: the next scan writes both
                 Path(sidecar).unlink(missing_ok=True)
             raise
         return note is None
 
-    def fail(self, path: Path, sha256: str | None, size: int, mtime_ns: int, reason: str, summary: ScanSummary) -> None:
+    def fail(
+        self,
+        path: Path,
+        sha256: str | None,
+        size: int,
+        mtime_ns: int,
+        reason: str,
+        summary: ScanSummary,
+        stamp: FileStamp | None = None,
+    ) -> None:
         """A file that cannot be tagged: said in the log, kept in the index with its reason."""
         log.warning("%s: %s", path, reason)
         with self.store.transaction(f"the failure of {path}"):
-            self.store.save_failure(str(path), sha256, size, mtime_ns, reason)
+            self.store.save_failure(str(path), sha256, size, mtime_ns, reason, stamp)
         summary.failed += 1
         summary.failures.append((str(path), reason))
 
@@ -97,6 +113,11 @@ class Recorder:
         with self.store.transaction():
             self.store.move_file(str(src), str(dst))
             self.store.set_sidecar(str(dst), sidecar)
+            try:  # a rename sets the file's ctime: kept, so that the next scan does not read it again
+                info = dst.stat()
+                self.store.save_stamps([(str(dst), FileStamp(info.st_ctime_ns, info.st_ino))])
+            except OSError:
+                pass
         return True
 
     def move_tree(self, src: Path, dst: Path) -> int:
