@@ -482,3 +482,31 @@ def test_sighup_applies_new_rules_to_new_files(
     time.sleep(1.0)
     shutil.copy(chelsea, r.library / "after.jpg")  # a new file: keywords from the rules now in force
     wait_until(lambda: "kitty" in keywords_of(r.index, r.library / "after.jpg"))
+
+
+def test_the_daemon_stops_when_its_index_is_deleted_instead_of_writing_into_the_void(
+    tmp_path: Path, write_config: Callable[..., Path], counting: CountingClassifier, sample_jpegs: list[Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deleted while it ran, the index took the daemon's rows into an unlinked file with no warning,
+    and they were lost. Now it stops (exit 1: systemd starts it again, on a fresh index) before writing."""
+    config_path = write_config(watch=FAST_WATCH)
+    config = load_config(config_path)
+    daemon = Daemon(config, config_path, classifier=counting)  # type: ignore[arg-type]
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.run()), name="tagger-daemon")
+    thread.start()
+    try:
+        assert daemon.ready.wait(30)
+        for leftover in config.index.parent.glob(config.index.name + "*"):
+            if not leftover.name.endswith(".lock"):
+                leftover.unlink()
+        with caplog.at_level(logging.ERROR):
+            shutil.copy(sample_jpegs[0], config.folders[0] / "new.jpg")
+            thread.join(20)
+        assert not thread.is_alive() and result == [1]
+        assert "the index was deleted or replaced while tagger ran" in caplog.text
+        assert counting.images == 0  # nothing classified into a file nobody reads
+    finally:
+        daemon.request_stop()
+        thread.join(30)

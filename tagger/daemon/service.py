@@ -46,6 +46,15 @@ def status_path(index: Path) -> Path:
     return index.with_name(index.name + ".status.json")
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at `path` (device and inode), None when there is none: a deleted or replaced index shows."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def read_status(index: Path) -> dict[str, object]:
     """The daemon's last status; raises TaggerError when it is absent, unreadable or stale."""
     path = status_path(index)
@@ -124,14 +133,14 @@ class Daemon:
             tagger = Tagger(self.config, classifier, store, scan_backend(self.config.cluster))
             watcher = Watcher(self.queue, self.config.watch)
             try:
-                self._serve(tagger, watcher)
+                code = self._serve(tagger, watcher, _identity(self.config.index))
             finally:
                 self.notifier.stopping()
                 watcher.stop()
                 tagger.close()
                 self._write_status(watcher, "stopped")
         log.info("stopped: %s", self._status_line())
-        return 0
+        return code
 
     def _open_store(self) -> Index | None:
         """The index, once its disk lets it open; None when stopped while waiting."""
@@ -146,7 +155,9 @@ class Daemon:
             if self._stop.wait(DISK_RETRY_SECONDS):
                 return None
 
-    def _serve(self, tagger: Tagger, watcher: Watcher) -> None:
+    def _serve(self, tagger: Tagger, watcher: Watcher, opened: tuple[int, int] | None) -> int:
+        """Watch and tag until stopped: 0; 1 when the index file was deleted or replaced meanwhile
+        (what is written now would go into a file nobody reads: stop, and be started again)."""
         watcher.watch(self.config.folders)
         for folder in self.config.folders:
             self.queue.reconcile(folder)  # what changed while we were down
@@ -157,6 +168,13 @@ class Daemon:
         self.notifier.ready(self._status_line())
         heartbeat = min(IDLE_WAKE_SECONDS, (self.notifier.watchdog_seconds or 60.0) / 2)
         while not self._stop.is_set():
+            if _identity(self.config.index) != opened:
+                log.error(
+                    "%s: the index was deleted or replaced while tagger ran; stopping before writing into a file "
+                    "nobody reads (systemd starts tagger again, which opens or makes the index afresh)",
+                    self.config.index,
+                )
+                return 1
             if self._reload.is_set():
                 self._reload.clear()
                 self._apply_reload(tagger, watcher)
@@ -176,6 +194,7 @@ class Daemon:
             self.notifier.ping()
             if time.monotonic() - self._status_written >= STATUS_EVERY_SECONDS:
                 self._write_status(watcher, "running")
+        return 0
 
     def _do_patiently(self, work: Work, tagger: Tagger) -> None:
         """Do the work; while another process holds the index's write lock (a long `tagger retag`
