@@ -583,3 +583,24 @@ def test_a_correction_rewrites_only_its_own_images_sidecars(
     scan(config, counting)  # a scan (and the daemon, which scans at start) catches up
     assert "kitty" in sidecar_keywords(cat) and "cat" not in sidecar_keywords(cat)
     assert "0 files' sidecars rewritten" in tagger_cli(config, "retag").stdout
+
+
+def test_an_external_write_lock_is_not_blamed_on_another_tagger_command(tmp_path: Path) -> None:
+    """sqlite3 holding a write lock was reported as "another tagger command is writing"."""
+    import sqlite3
+
+    from tagger.errors import StoreBusy
+    from tagger.index import Index
+
+    path = tmp_path / "index.sqlite"
+    Index.open(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # what `sqlite3 index.sqlite` does with a transaction open
+    try:
+        with pytest.raises(StoreBusy) as busy:  # the writer's open (its schema check) is the first write
+            with Index.open(path) as store, store.transaction():
+                pass
+        assert "another program holds its write lock" in str(busy.value) and "sqlite3" in str(busy.value)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -118,7 +118,10 @@ class Database:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreBusy(f"{self.path}: the index is busy: another tagger command is writing to it") from None
+                raise StoreBusy(
+                    f"{self.path}: the index is busy: another program holds its write lock (a tagger command such as "
+                    "`tagger retag`, or a tool like sqlite3 with a transaction open)"
+                ) from None
             self._raise_disk_error(exc, what)
             raise
         try:
