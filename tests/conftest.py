@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         process.wait(60)
     if "log" in image_build:
         image_build["log"].unlink(missing_ok=True)
+
+
+def top_two(index: Path) -> dict[str, tuple[str, float, int, int]]:
+    """Per tagged file name: its top-1 label, its lead over the second, and the width and height
+    recorded (as shown): what the AVIF, JPEG XL, RAW and video tests compare with their photo's."""
+    with sqlite3.connect(index) as conn:
+        found: dict[str, list[tuple[str, float, int, int]]] = {}
+        for path, label, score, width, height in conn.execute(
+            "SELECT f.path, t.label, t.score, i.width, i.height FROM files f JOIN images i ON i.sha256 = f.sha256 "
+            "JOIN tags t ON t.sha256 = f.sha256 WHERE f.status = 'tagged' AND t.rank < 2 ORDER BY f.path, t.rank"
+        ):
+            found.setdefault(Path(path).name, []).append((label, score, width, height))
+    return {name: (t[0][0], t[0][1] - t[1][1], t[0][2], t[0][3]) for name, t in found.items()}
 
 
 @pytest.fixture(autouse=True)

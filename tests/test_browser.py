@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,10 @@ def need(tool: str) -> str:
     return path
 
 
-@pytest.fixture
-def served(tmp_path: Path, sample_jpegs: list[Path], lite0: Classifier, weights_dir: Path) -> Iterator[str]:
-    """A tagged library and `tagger serve` on a free port of 127.0.0.1; yields its address."""
-    library = tmp_path / "library"
-    library.mkdir()
-    for photo in sample_jpegs:
-        shutil.copy(photo, library / photo.name)
-    config_file = scanned_config(library, lite0, weights_dir, web={"port": 0})
+@contextmanager
+def serving(library: Path, classifier: Classifier, weights_dir: Path) -> Iterator[str]:
+    """`library` scanned, then `tagger serve` on a free port of 127.0.0.1; yields its address."""
+    config_file = scanned_config(library, classifier, weights_dir, web={"port": 0})
     server = subprocess.Popen(
         [TAGGER, "--config", str(config_file), "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -53,6 +50,17 @@ def served(tmp_path: Path, sample_jpegs: list[Path], lite0: Classifier, weights_
     finally:
         server.terminate()
         server.communicate(timeout=20)
+
+
+@pytest.fixture
+def served(tmp_path: Path, sample_jpegs: list[Path], lite0: Classifier, weights_dir: Path) -> Iterator[str]:
+    """A tagged library and `tagger serve` on a free port of 127.0.0.1; yields its address."""
+    library = tmp_path / "library"
+    library.mkdir()
+    for photo in sample_jpegs:
+        shutil.copy(photo, library / photo.name)
+    with serving(library, lite0, weights_dir) as address:
+        yield address
 
 
 @pytest.fixture
@@ -144,17 +152,8 @@ def served_clip(tmp_path: Path, lite0: Classifier, weights_dir: Path) -> Iterato
     library.mkdir()
     write_clip(library / "cat-then-coffee.webm", [photo("chelsea"), photo("coffee")], 10, size=(640, 426),
                codec="vp9", gop=10)
-    config_file = scanned_config(library, lite0, weights_dir, web={"port": 0})
-    server = subprocess.Popen(
-        [TAGGER, "--config", str(config_file), "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        line = server.stdout.readline() if server.stdout else ""
-        assert "http://127.0.0.1:" in line, f"tagger serve did not start: {line}"
-        yield line.split(" at ", 1)[1].split()[0].rstrip("/")
-    finally:
-        server.terminate()
-        server.communicate(timeout=20)
+    with serving(library, lite0, weights_dir) as address:
+        yield address
 
 
 def test_a_clip_plays_seeks_and_shows_the_frame_behind_a_tag(served_clip: str, browser: Any) -> None:

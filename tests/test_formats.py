@@ -3,7 +3,6 @@ thumbnailed, served with their real type; a broken one is refused with a reason.
 from __future__ import annotations
 
 import io
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from tagger.cli import cli
 from tagger.engine.decode import HEIF_SUPPORTED, JXL_SUPPORTED, decode_bytes
 from tagger.fileio import is_image_name, looks_like_an_image
 from tagger.web.thumbs import render
+
+from conftest import top_two
 
 FORMATS = {"AVIF": ".avif", "JXL": ".jxl"}
 
@@ -34,16 +35,6 @@ def converted(sources: dict[str, Path], folder: Path, **options: object) -> dict
                 rgb.save(out, fmt, **(options or {"quality": 90}))
                 made[out.name] = source
     return made
-
-
-def top_two(index: Path) -> dict[str, tuple[str, float]]:
-    """Per file name: its top-1 label and how far its score is ahead of the second's."""
-    with sqlite3.connect(index) as conn:
-        rows = conn.execute("SELECT path, rank, label, score FROM file_tags WHERE rank < 2 ORDER BY path, rank")
-        found: dict[str, list[tuple[str, float]]] = {}
-        for path, _, label, score in rows:
-            found.setdefault(Path(path).name, []).append((label, score))
-    return {name: (tags[0][0], tags[0][1] - tags[1][1]) for name, tags in found.items()}
 
 
 def test_the_plugins_are_there() -> None:

@@ -5,7 +5,6 @@ with a reason and the scan goes on. The RAWs are real DNGs written from the ship
 from __future__ import annotations
 
 import io
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,8 @@ from tagger.fileio import is_image_name
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from sample_raw import make_dng, make_truncated_raw  # noqa: E402
 
+from conftest import top_two  # noqa: E402
+
 CLEAR = 0.05  # a top-1 this far ahead of the second is not a near tie that another decode may flip
 MAX = 100_000_000
 # As a camera held upright, turned to the left, or upside down stores a picture: the sensor's
@@ -34,18 +35,6 @@ TURNS = {"": (0, 1), "-portrait": (1, 6), "-portrait-left": (-1, 8), "-upside-do
 def pixels(source: Path) -> np.ndarray:
     with Image.open(source) as img:
         return np.asarray(img.convert("RGB"))
-
-
-def rows(index: Path) -> dict[str, tuple[str, float, int, int]]:
-    """Per file name: top-1 label, its lead over the second, and the picture's width and height."""
-    with sqlite3.connect(index) as conn:
-        found: dict[str, list[tuple[str, float, int, int]]] = {}
-        for path, label, score, width, height in conn.execute(
-            "SELECT f.path, t.label, t.score, i.width, i.height FROM files f JOIN images i ON i.sha256 = f.sha256 "
-            "JOIN tags t ON t.sha256 = f.sha256 WHERE t.rank < 2 ORDER BY f.path, t.rank"
-        ):
-            found.setdefault(Path(path).name, []).append((label, score, width, height))
-    return {name: (t[0][0], t[0][1] - t[1][1], t[0][2], t[0][3]) for name, t in found.items()}
 
 
 def test_raw_names_are_images() -> None:
@@ -70,7 +59,7 @@ def test_every_raw_gets_the_top_1_and_the_upright_size_of_the_photo_it_holds(
                 made[out.name] = f"original-{source.name}"
     result = CliRunner().invoke(cli, ["--config", str(write_config([library])), "scan"])
     assert result.exit_code == 0 and "0 failed" in result.output, result.output
-    found = rows(tmp_path / "index.sqlite")
+    found = top_two(tmp_path / "index.sqlite")
     assert set(made) <= set(found), sorted(set(made) - set(found))
     for raw, original in made.items():  # the mosaic drops an odd last row or column
         assert abs(found[raw][2] - found[original][2]) <= 1 and abs(found[raw][3] - found[original][3]) <= 1, raw
@@ -139,7 +128,7 @@ def test_a_scan_refuses_bad_raws_by_name_and_reason_and_tags_the_rest(
     for name, reason in (("cut.nef", "corrupt or truncated RAW"), ("notes.nef", "not an image"),
                          ("claims.dng", "RAW preview claims")):
         assert any(name in line and reason in line for line in result.output.splitlines()), (name, result.output)
-    assert set(rows(tmp_path / "index.sqlite")) == {"good.dng"}
+    assert set(top_two(tmp_path / "index.sqlite")) == {"good.dng"}
 
 
 def test_type_raw_and_type_photo_find_the_raw_files_and_the_others(

@@ -38,6 +38,8 @@ from tagger.web import create_app
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from sample_video import audio_only, photo, write_clip  # noqa: E402
 
+from conftest import top_two  # noqa: E402
+
 # A top-1 this far ahead of the second is not a near tie that H.264's 4:2:0 colour and blocking may flip
 # (the astronaut, 0.165 against 0.113, is one: its clip says bobsled, its JPEG football helmet).
 CLEAR = 0.1
@@ -67,18 +69,6 @@ def scan(config: Path, *extra: str) -> str:
     result = CliRunner().invoke(cli, ["--config", str(config), "scan", *extra])
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def top_two(index: Path) -> dict[str, tuple[str, float, int, int]]:
-    """Per file name: top-1 label, its lead over the second, and the width and height recorded."""
-    with sqlite3.connect(index) as conn:
-        found: dict[str, list[tuple[str, float, int, int]]] = {}
-        for path, label, score, width, height in conn.execute(
-            "SELECT f.path, t.label, t.score, i.width, i.height FROM files f JOIN images i ON i.sha256 = f.sha256 "
-            "JOIN tags t ON t.sha256 = f.sha256 WHERE t.rank < 2 ORDER BY f.path, t.rank"
-        ):
-            found.setdefault(Path(path).name, []).append((label, score, width, height))
-    return {name: (t[0][0], t[0][1] - t[1][1], t[0][2], t[0][3]) for name, t in found.items()}
 
 
 def top_labels(index: Path, k: int) -> dict[str, list[str]]:

@@ -140,31 +140,41 @@ def _watch_viewer(notifier: Notifier, host: str, port: int) -> None:
     assert notifier.watchdog_seconds is not None
     while True:
         try:
-            _viewer_health(host, port)
+            _viewer_answer(host, port)
             notifier.ping()
-        except TaggerError as exc:
-            if "answers /health with" in str(exc):
-                notifier.ping()
+        except TaggerError:
+            pass
         time.sleep(notifier.watchdog_seconds / 3)
 
 
 def _viewer_health(host: str, port: int) -> str:
-    """GET /health of the viewer on this machine (a wildcard address is asked on loopback)."""
+    """The viewer's /health body; TaggerError unless it answers 200."""
+    status, body = _viewer_answer(host, port)
+    if status != 200:
+        raise TaggerError(f"the viewer on {_local(host)}:{port} answers /health with {status}: {body}")
+    return body
+
+
+def _local(host: str) -> str:
+    """The address a viewer bound to `host` answers on from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _viewer_answer(host: str, port: int) -> tuple[int, str]:
+    """GET /health of the viewer on this machine (a wildcard address is asked on loopback): its
+    status and the start of its body; TaggerError when nothing answers."""
     import http.client
 
-    address = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    address = _local(host)
     connection = http.client.HTTPConnection(address, port, timeout=5)
     try:
         connection.request("GET", "/health")
         response = connection.getresponse()
-        body = response.read(4096).decode("utf-8", "replace").strip()
+        return response.status, response.read(4096).decode("utf-8", "replace").strip()[:200]
     except OSError as exc:
         raise TaggerError(f"the viewer on {address}:{port} does not answer: {exc}") from None
     finally:
         connection.close()
-    if response.status != 200:
-        raise TaggerError(f"the viewer on {address}:{port} answers /health with {response.status}: {body[:200]}")
-    return body[:200]
 
 
 @click.command()

@@ -84,9 +84,9 @@ class ClusterBackend:
         weights_sha256 = self.classifier.weights.sha256  # the worker checked that its weights are these
         for read, item in zip(reads, result.items):
             if isinstance(item, str):
-                self.recorder.fail(read.path, read.sha256, read.bytes, read.mtime_ns, item, summary, read.stamp)
+                self.recorder.fail(read.path, read.sha256, read.size, read.mtime_ns, item, summary, read.stamp)
                 continue
-            facts = ImageFacts(read.sha256, read.bytes, item.width, item.height)
+            facts = ImageFacts(read.sha256, read.size, item.width, item.height)
             look = (item.embedding, item.image_hash)
             if not self.recorder.record(read.path, facts, read.mtime_ns, item.tags, weights_sha256, look, read.stamp):
                 summary.sidecar_errors += 1

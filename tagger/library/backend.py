@@ -186,13 +186,13 @@ class LocalBackend:
         for item in inflight:
             result, read = item.decoded.result(), item.read
             if isinstance(result, DecodeError):
-                self.recorder.fail(read.path, read.sha256, read.bytes, read.mtime_ns, str(result), summary, read.stamp)
+                self.recorder.fail(read.path, read.sha256, read.size, read.mtime_ns, str(result), summary, read.stamp)
                 continue
             if isinstance(result, Clip):
-                facts = ImageFacts(read.sha256, read.bytes, result.width, result.height, result.duration)
+                facts = ImageFacts(read.sha256, read.size, result.width, result.height, result.duration)
                 pending.append(_Pending(read, facts, result.arrays[0], False, result))
             else:
-                facts = ImageFacts(read.sha256, read.bytes, result.width, result.height)
+                facts = ImageFacts(read.sha256, read.size, result.width, result.height)
                 pending.append(_Pending(read, facts, result.array, result.reduced))
         inflight.clear()
         if not pending:

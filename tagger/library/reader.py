@@ -32,13 +32,9 @@ class Read:
     mtime_ns: int
     data: bytes
     sha256: str
-    size: int = -1  # bytes on disk; -1: len(data)
+    size: int  # bytes on disk (a photo's: len(data))
     video: bool = False
     stamp: FileStamp | None = None  # ctime and inode when it was read
-
-    @property
-    def bytes(self) -> int:
-        return len(self.data) if self.size < 0 else self.size
 
 
 class Reader:
@@ -130,4 +126,4 @@ def _read_and_hash(path: Path, limits: tuple[int, int], folders: Folders) -> Rea
         return exc
     except OSError as exc:
         return DecodeError(f"cannot read file: {exc.strerror or exc}")
-    return Read(path, 0, data, hashlib.sha256(data).hexdigest())
+    return Read(path, 0, data, hashlib.sha256(data).hexdigest(), len(data))
