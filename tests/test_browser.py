@@ -37,9 +37,9 @@ def need(tool: str) -> str:
 
 
 @contextmanager
-def serving(library: Path, classifier: Classifier, weights_dir: Path) -> Iterator[str]:
-    """`library` scanned, then `tagger serve` on a free port of 127.0.0.1; yields its address."""
-    config_file = scanned_config(library, classifier, weights_dir, web={"port": 0})
+def serving(library: Path, classifier: Classifier, weights_dir: Path, **web: Any) -> Iterator[str]:
+    """`library` scanned, then `tagger serve` on a free port of 127.0.0.1 (with `web` settings); yields its address."""
+    config_file = scanned_config(library, classifier, weights_dir, web={"port": 0, **web})
     server = subprocess.Popen(
         [TAGGER, "--config", str(config_file), "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from tagger.fileio import utc_text
 from tagger.index.db import Database, fs
@@ -152,6 +152,29 @@ class FileRows(Database):
                        COALESCE((SELECT added_at FROM files WHERE path = CAST(? AS TEXT)), ?), ?, ?)""",
             (fs(path), sha256, size, mtime_ns, error, utc_text(), fs(path), utc_text(), ctime_ns, inode),
         )
+
+    def contents_of(self, paths: Sequence[str]) -> set[str]:
+        """The contents (sha256) these files hold."""
+        found: set[str] = set()
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT sha256 FROM files WHERE sha256 IS NOT NULL AND path IN ({', '.join(['CAST(? AS TEXT)'] * len(chunk))})",
+                [fs(p) for p in chunk],
+            ))
+        return found
+
+    def contents_under(self, folder: str) -> set[str]:
+        prefix = folder.rstrip("/") + "/"
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT sha256 FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT) AND sha256 IS NOT NULL",
+            (fs(prefix), fs(prefix[:-1] + "0")),
+        )}
+
+    def unheld(self, contents: Iterable[str]) -> list[str]:
+        """Those of these contents that no file holds any more."""
+        return [sha for sha in contents
+                if self.conn.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha,)).fetchone() is None]
 
     def delete_files(self, paths: Sequence[str]) -> None:
         self.conn.executemany("DELETE FROM files WHERE path = CAST(? AS TEXT)", [(fs(p),) for p in paths])

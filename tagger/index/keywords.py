@@ -48,6 +48,13 @@ class KeywordRows(Database):
             (sha256, keyword, action, utc_text()),
         )
 
+    def drop_removal(self, sha256: str, keyword: str) -> bool:
+        """Take back the user's removal of a keyword of this content (an undo); whether there was one."""
+        cursor = self.conn.execute(
+            "DELETE FROM corrections WHERE sha256 = ? AND keyword = ? AND action = 'remove'", (sha256, keyword)
+        )
+        return cursor.rowcount > 0
+
     def has_term(self, term: str) -> bool:
         """Some keyword (a user's own, or a category) is found by this search word."""
         row = self.conn.execute("SELECT 1 FROM keyword_terms WHERE term = ? LIMIT 1", (term,)).fetchone()

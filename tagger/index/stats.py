@@ -1,7 +1,9 @@
 """Counts for `tagger stats`, status lines and the viewer's tag list."""
 from __future__ import annotations
 
-from tagger.index.db import Database
+from collections.abc import Sequence
+
+from tagger.index.db import Database, folder_range
 from tagger.index.records import Failure, Stats, TagCount
 from tagger.engine.labels import imagenet_classes
 
@@ -45,9 +47,42 @@ class StatsReads(Database):
         classes = imagenet_classes()
         return [TagCount(c, classes[c].wnid, classes[c].label, classes[c].label_zh, n) for c, n in rows]
 
-    def tagged_count(self) -> int:
-        """Files tagged, read from the smallest index that holds exactly them."""
+    def tagged_count(self, folder: str | None = None) -> int:
+        """Files tagged (inside `folder`), read from the smallest index that holds exactly them."""
+        if folder is not None:
+            return int(self.conn.execute(
+                """SELECT COUNT(*) FROM files INDEXED BY files_tagged_by_path
+                   WHERE status = 'tagged' AND path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)""",
+                folder_range(folder),
+            ).fetchone()[0])
         row = self.conn.execute(
             "SELECT COUNT(*) FROM files INDEXED BY files_tagged_by_mtime WHERE status = 'tagged'"
         ).fetchone()
         return int(row[0])
+
+    def months(self, folder: str | None = None) -> list[tuple[str, int]]:
+        """Tagged files per month of their modification time ("YYYY-MM", UTC as `date:` queries),
+        newest first: the grid's timeline. Read from a covering index, not the rows."""
+        if folder is None:
+            source, params = "files INDEXED BY files_tagged_by_mtime WHERE status = 'tagged'", []
+        else:
+            source = "files INDEXED BY files_tagged_by_path WHERE status = 'tagged' AND path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)"
+            params = folder_range(folder)
+        rows = self.conn.execute(
+            f"""SELECT strftime('%Y-%m', mtime_ns / 1000000000, 'unixepoch') AS month, COUNT(*) FROM {source}
+                GROUP BY month ORDER BY month DESC""",
+            params,
+        ).fetchall()
+        return [(m, n) for m, n in rows if m is not None]
+
+    def copies(self, contents: Sequence[str]) -> dict[str, int]:
+        """Tagged files per content, for the contents that more than one file holds."""
+        found: dict[str, int] = {}
+        for start in range(0, len(contents), 500):
+            chunk = list(contents[start : start + 500])
+            found.update((sha, n) for sha, n in self.conn.execute(
+                f"""SELECT sha256, COUNT(*) FROM files WHERE status = 'tagged'
+                    AND sha256 IN ({", ".join("?" * len(chunk))}) GROUP BY sha256 HAVING COUNT(*) > 1""",
+                chunk,
+            ))
+        return found

@@ -20,6 +20,7 @@ from tagger.library.jsonsidecar import read_sidecar, remove_own_sidecar, sidecar
 from tagger.library.keywording import Retagger
 from tagger.library.places import made_for, sidecar_folder
 from tagger.library.summary import ScanSummary
+from tagger.library.thumbcache import remove_thumbnails
 from tagger.library.xmp import xmp_path
 from tagger.tags.keywords import keyword_rows
 from tagger.vectors.embeddings import Look, save_embedding
@@ -147,9 +148,12 @@ class Recorder:
         if not gone:
             return 0
         with self.store.transaction("the removal of deleted files"):
+            contents = self.store.contents_of([str(p) for p in gone])
             self.store.delete_files([str(p) for p in gone])
+            orphans = self.store.unheld(contents)
         for path in gone:
             remove_own_sidecar(path, self.config.sidecar.folder)
+        remove_thumbnails(self.config.index, orphans)
         return len(gone)
 
     def forget_tree(self, folder: Path) -> int:
@@ -158,7 +162,10 @@ class Recorder:
         mirror = self.config.sidecar.folder
         paths = [Path(p) for p in self.store.paths_under(str(folder))] if mirror is not None else []
         with self.store.transaction():
+            contents = self.store.contents_under(str(folder))
             removed = self.store.delete_tree(str(folder))
+            orphans = self.store.unheld(contents)
+        remove_thumbnails(self.config.index, orphans)
         for path in paths:  # beside the images, the sidecars went with their folder; in the mirror tree, ours go now
             remove_own_sidecar(path, mirror)
         return removed

@@ -110,7 +110,8 @@ def cross_validated_precision(
     """Precision on held-out examples (k folds, k <= 5): of those called a match (at `threshold`,
     the tag's own, since that is what decides its keyword), how many were.
 
-    Background images count as negatives, which makes it pessimistic. None below 2 positives.
+    Background images count as negatives, which makes it pessimistic. None below 2 positives, and
+    None when no held-out image was called a match: 0 of 0 is no estimate (it was shown as 0%).
     """
     if len(positives) < 2:
         return None
@@ -130,7 +131,7 @@ def cross_validated_precision(
         false_positive += int((model.probabilities(negatives[n_test]) >= threshold).sum())
         false_positive += int((model.probabilities(background[b_test]) >= threshold).sum())
     called = true_positive + false_positive
-    return true_positive / called if called else 0.0
+    return true_positive / called if called else None
 
 
 def _conjugate_gradient(product: Callable[[np.ndarray], np.ndarray], b: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from tagger.config import Config
 from tagger.errors import StoreError
 from tagger.fileio import shown
-from tagger.web import api, media, pages, vectors
+from tagger.web import api, bulk, duplicates, media, pages, vectors
 from tagger.web.context import (
     BODY_TOO_LARGE,
     CSRF_COOKIE,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPEN_ENDPOINTS = frozenset({"pages.health", "pages.login"})
+OPEN_ENDPOINTS = frozenset({"pages.health", "pages.login", "pages.favicon"})
 FORM_FIELDS = 8  # form parts besides the files of a manual check (csrf, top_k, ...)
 
 
@@ -72,6 +72,8 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
     app.register_blueprint(media.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
     app.register_blueprint(vectors.blueprint)
+    app.register_blueprint(duplicates.blueprint)
+    app.register_blueprint(bulk.blueprint)
     app.before_request(_refuse_unread_body)
     app.before_request(check_host)
     app.before_request(_require_token)
@@ -137,12 +139,20 @@ def security_headers(style_nonce: str | None = None) -> dict[str, str]:
 
 def _security_headers(response: Response) -> Response:
     response.headers.update(security_headers(g.get("style_nonce")))
-    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("Cache-Control", _cache_control(response))
     if "csrf" in g and request.cookies.get(CSRF_COOKIE) != g.csrf:
         response.set_cookie(
             CSRF_COOKIE, g.csrf, httponly=True, samesite="Strict", path="/", secure=cookie_secure()
         )
     return response
+
+
+def _cache_control(response: Response) -> str:
+    """Pages may be kept for Back (the browser's back-forward cache needs them storable) but are
+    asked for again before reuse; the API's answers and the sign-in exchange are never stored."""
+    if response.mimetype == "text/html" and response.status_code != 401 and request.endpoint != "pages.login":
+        return "private, no-cache"
+    return "no-store"
 
 
 def _http_error(exc: HTTPException) -> Response:

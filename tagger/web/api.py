@@ -139,17 +139,33 @@ def explain(raw: str) -> Response:
 
 @blueprint.get("/tags")
 def tags() -> Response:
+    """The model's classes (kind "class"), then the learned tags (kind "learned", with its `page`) and the
+    keywords (kind "keyword": the model's, with `path`; "user": the user's own), each with its count of
+    images: what the search box suggests, each name once. class_id and wnid are null for all but classes."""
     counts = viewer().tag_counts.get(store())
-    return jsonify(
-        {
-            "images": counts.images,
-            "min_score": viewer().config.model.min_score,
-            "tags": [
-                {"class_id": t.class_id, "wnid": t.wnid, "label": t.label, "label_zh": t.label_zh, "count": t.count}
-                for t in counts.tags
-            ],
-        }
-    )
+    browser = viewer().tag_counts.browser(store())
+    classes = [
+        {"kind": "class", "class_id": t.class_id, "wnid": t.wnid, "label": t.label, "label_zh": t.label_zh,
+         "count": t.count}
+        for t in counts.tags
+    ]
+    keywords = [
+        {"kind": "keyword" if k.source == "model" else "user", "class_id": None, "wnid": None, "label": k.keyword,
+         "label_zh": k.keyword_zh, "count": k.files, "path": k.path, "path_zh": k.path_zh}
+        for k in browser.keywords
+    ]
+    learned = [
+        {"kind": "learned", "class_id": None, "wnid": None, "label": t.name, "label_zh": t.name, "count": t.files,
+         "page": url_for("vectors.learned_page", name=t.name)}
+        for t in browser.learned
+    ]
+    named: set[str] = set()
+    suggested = []
+    for entry in classes + learned + keywords:  # a name already suggested is not repeated
+        if str(entry["label"]).casefold() not in named or entry["kind"] == "class":
+            named.add(str(entry["label"]).casefold())
+            suggested.append(entry)
+    return jsonify({"images": counts.images, "min_score": viewer().config.model.min_score, "tags": suggested})
 
 
 @blueprint.post("/classify")

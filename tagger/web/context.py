@@ -26,10 +26,12 @@ from tagger.library.corrections import correct
 from tagger.errors import StoreError, TaggerError
 from tagger.index import LATEST, ImageDetail, Index
 from tagger.library.keywording import Retagger
+from tagger.library.thumbcache import thumbnail_folder
 from tagger.tags.terms import Action, KeywordRow
 from tagger.web.check import Checker
 from tagger.web.files import Library
 from tagger.web.guard import SignInThrottle, allowed_hosts, host_name, session_value
+from tagger.web.grid import Timeline
 from tagger.web.tagcounts import TagCounts
 from tagger.web.thumbs import Thumbnails
 
@@ -50,8 +52,9 @@ class Viewer:
     def __init__(self, config: Config, classifier: Classifier | None) -> None:
         self.config = config
         self.library = Library(config.folders)
-        self.thumbnails = Thumbnails(Path(f"{config.index}.thumbs"), config.decode.max_pixels, config.decode.max_file_bytes)
+        self.thumbnails = Thumbnails(thumbnail_folder(config.index), config.decode.max_pixels, config.decode.max_file_bytes)
         self.tag_counts = TagCounts(config.index, config.model.min_score)
+        self.timeline = Timeline(config.index)
         self.checker = Checker(config, classifier)
         self.rules = config.rule_set
         self.hosts = allowed_hosts(config.web.host, config.web.allowed_hosts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from PIL import ExifTags, Image
@@ -121,9 +122,36 @@ def exif_facts(path: Path) -> dict[str, str]:
         return {}
     facts = {}
     taken = details.get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime)
-    if isinstance(taken, str) and taken.strip("\x00 "):
-        facts["Taken"] = taken.strip("\x00 ")
-    camera = " ".join(str(exif.get(tag, "")).strip("\x00 ") for tag in (ExifTags.Base.Make, ExifTags.Base.Model))
-    if camera.strip():
-        facts["Camera"] = camera.strip()
+    if isinstance(taken, str) and (when := exif_date(taken)):
+        facts["Taken"] = when
+    camera = camera_name(str(exif.get(ExifTags.Base.Make, "")), str(exif.get(ExifTags.Base.Model, "")))
+    if camera:
+        facts["Camera"] = camera
     return facts
+
+
+def exif_date(raw: str) -> str | None:
+    """EXIF's "2014:09:19 16:08:30" as the page writes dates ("2014-09-19 16:08"); None for the
+    blank or zero dates cameras write when their clock is unset; anything else as it is."""
+    text = raw.strip("\x00 ")
+    if not text or text.startswith("0000"):
+        return None
+    for pattern, shown in (("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M"), ("%Y:%m:%d %H:%M", "%Y-%m-%d %H:%M"),
+                           ("%Y:%m:%d", "%Y-%m-%d")):
+        try:
+            return datetime.strptime(text, pattern).strftime(shown)
+        except ValueError:
+            continue
+    return text
+
+
+def camera_name(make: str, model: str) -> str:
+    """Make and model, without the make twice: most cameras repeat it in the model ("Canon" +
+    "Canon PowerShot S95"), some by its first word ("NIKON CORPORATION" + "NIKON D750")."""
+    make, model = make.strip("\x00 "), model.strip("\x00 ")
+    words = make.split()
+    if not make or not model:
+        return make or model
+    if model.casefold().startswith((make.casefold(), words[0].casefold())):
+        return model
+    return f"{make} {model}"

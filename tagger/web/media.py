@@ -11,7 +11,7 @@ import re
 import zlib
 from pathlib import Path
 
-from flask import Blueprint, Response, send_file
+from flask import Blueprint, Response, send_file, url_for
 from werkzeug.exceptions import HTTPException, NotFound
 
 from tagger.errors import DecodeError
@@ -19,7 +19,7 @@ from tagger.fileio import Folders, shown
 from tagger.index import ImageDetail
 from tagger.library.jsonsidecar import MAX_SIDECAR_BYTES
 from tagger.web.context import indexed_file, store, viewer
-from tagger.web.thumbs import PREVIEW_SIZE
+from tagger.web.thumbs import PREVIEW_SIZE, TILE_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,25 @@ def thumbnail(sha256: str) -> Response:
     return _rendition(sha256, viewer().config.web.thumb_size, _poster(sha256))
 
 
+@blueprint.get("/thumb/<sha256>/<int:size>")
+def tile(sha256: str, size: int) -> Response:
+    """A grid tile: its short side `size` pixels (one of TILE_SIZES), its aspect kept up to 4:1."""
+    if size not in TILE_SIZES:
+        raise NotFound(f"a tile is {' or '.join(map(str, TILE_SIZES))} pixels on its short side")
+    return _rendition(sha256, size, _poster(sha256), tile=True)
+
+
+@blueprint.app_template_global()
+def tile_srcset(sha256: str) -> str:
+    """The `srcset` of a square tile: each size described by its short side, the side a square crop shows."""
+    return ", ".join(f"{url_for('media.tile', sha256=sha256, size=size)} {size}w" for size in TILE_SIZES)
+
+
+@blueprint.app_template_global()
+def tile_url(sha256: str, size: int = TILE_SIZES[0]) -> str:
+    return url_for("media.tile", sha256=sha256, size=size)
+
+
 @blueprint.get("/preview/<sha256>")
 def preview(sha256: str) -> Response:
     return _rendition(sha256, PREVIEW_SIZE, _poster(sha256))
@@ -64,12 +83,12 @@ def _poster(sha256: str) -> int | None:
     return None if seconds is None else int(round(seconds * 1000))
 
 
-def _rendition(sha256: str, size: int, at_ms: int | None = None) -> Response:
+def _rendition(sha256: str, size: int, at_ms: int | None = None, tile: bool = False) -> Response:
     """From the cache, or made from any readable file still holding this content."""
     if not SHA256.fullmatch(sha256):
         raise NotFound("not a content hash")
     thumbnails = viewer().thumbnails
-    cached = thumbnails.cached(sha256, size, at_ms)
+    cached = thumbnails.cached(sha256, size, at_ms, tile)
     for path in store().paths_with_content(sha256):
         try:
             source = viewer().library.readable(path)
@@ -79,7 +98,7 @@ def _rendition(sha256: str, size: int, at_ms: int | None = None) -> Response:
             response = send_file(cached, mimetype="image/jpeg", conditional=True)
         else:
             try:
-                jpeg = thumbnails.make(source, sha256, size, at_ms)
+                jpeg = thumbnails.make(source, sha256, size, at_ms, tile)
             except DecodeError as exc:
                 log.warning("%s: no thumbnail: %s", path, exc)
                 continue

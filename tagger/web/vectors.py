@@ -1,4 +1,4 @@
-"""Viewer and API features built on embeddings: similar images, duplicates, teaching a tag.
+"""Viewer and API features built on embeddings: similar images, teaching a tag (duplicates: tagger.web.duplicates).
 
 A blueprint of its own, so that the pages and API it adds to stay as they were.
 """
@@ -11,7 +11,6 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 from werkzeug.exceptions import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from werkzeug.wrappers import Response as BaseResponse
 
-from tagger.vectors.duplicates import find_duplicates
 from tagger.errors import StoreError, TaggerError
 from tagger.index import Index
 from tagger.vectors.learned import Learned, learn, set_threshold, unlearn
@@ -59,17 +58,6 @@ def similar_api(raw: str) -> Response:
     detail = indexed_file(raw)
     limit = int_arg("limit", 20, 1, MAX_SIMILAR)
     return jsonify({"path": detail.path, "similar": similar_items(detail.sha256, limit)})
-
-
-@blueprint.get("/api/duplicates")
-def duplicates_api() -> Response:
-    """Groups of copies, each a list of paths, the largest copy first."""
-    return jsonify({"groups": [[c.path for c in group] for group in find_duplicates(store())]})
-
-
-@blueprint.get("/duplicates")
-def duplicates_page() -> str:
-    return render_template("duplicates.html", groups=find_duplicates(store()))
 
 
 @blueprint.app_template_global()
@@ -122,6 +110,14 @@ def _relearn(retagger: Retagger, change: Callable[[Index], Learned]) -> Learned:
         raise BadRequest(str(exc)) from None
     retagger.rekeyword(result.changed, "the keywords of a learned tag")
     return result
+
+
+@blueprint.get("/learned")
+def learned_list() -> str:
+    """Every learned tag, with the images it matches and its best match, each leading to its page."""
+    tags = {t.name: t for t in store().vectors.learned()}
+    counts = viewer().tag_counts.browser(store()).learned
+    return render_template("learned_list.html", learned=[(c, tags[c.name]) for c in counts if c.name in tags])
 
 
 @blueprint.get("/learned/<name>")

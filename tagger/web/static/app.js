@@ -49,28 +49,62 @@ if (search && search.dataset.suggest) {
   }, { once: true });
 }
 
-// Endless grid: the "More images" link is followed in place when it scrolls into view.
+// Endless grid: the "More images" link is followed in place when it scrolls into view (and
+// by the photo viewer at the last photo). A content already shown is not shown again.
 const grid = document.getElementById("grid");
-function watchMore() {
+let loading = null;
+async function loadMore() {
   const link = document.querySelector('.more a[rel="next"]');
-  if (!grid || !link || !("IntersectionObserver" in window)) return;
-  const observer = new IntersectionObserver(async (entries) => {
-    if (!entries.some((entry) => entry.isIntersecting)) return;
-    observer.disconnect();
+  if (!grid || !link) return false;
+  if (loading) return loading;
+  loading = (async () => {
     try {
       const response = await fetch(link.href, { credentials: "same-origin" });
-      if (!response.ok) return;
+      if (!response.ok) return false;
       const page = new DOMParser().parseFromString(await response.text(), "text/html");
-      const items = page.querySelectorAll("#grid > li");
+      const shown = new Set(Array.from(grid.querySelectorAll(".card"), (card) => card.dataset.sha));
+      const items = Array.from(page.querySelectorAll("#grid > li"))
+        .filter((item) => !item.classList.contains("card") || !shown.has(item.dataset.sha));
       grid.append(...items);
       const next = page.querySelector(".more");
       link.closest(".more").replaceWith(...(next ? [next] : []));
       watchMore();
-    } catch (error) { /* the link still works by hand */ }
+      return true;
+    } catch (error) {
+      return false; // the link still works by hand
+    } finally {
+      loading = null;
+    }
+  })();
+  return loading;
+}
+window.taggerLoadMore = loadMore;
+function watchMore() {
+  const link = document.querySelector('.more a[rel="next"]');
+  if (!grid || !link || !("IntersectionObserver" in window)) return;
+  const observer = new IntersectionObserver((entries) => {
+    if (!entries.some((entry) => entry.isIntersecting)) return;
+    observer.disconnect();
+    loadMore();
   }, { rootMargin: "800px" });
   observer.observe(link);
 }
 watchMore();
+
+// Image page: "Back to the list" (and Escape) return to the grid it was opened from, where it
+// was scrolled to, when that grid is the previous page; else they open the list's first page.
+const back = document.querySelector("a.back");
+if (back) {
+  back.addEventListener("click", (event) => {
+    let from = null;
+    try { from = document.referrer ? new URL(document.referrer) : null; } catch (error) { from = null; }
+    const list = new URL(back.href);
+    if (from && from.origin === window.location.origin && from.pathname === list.pathname && window.history.length > 1) {
+      event.preventDefault();
+      window.history.back();
+    }
+  });
+}
 
 // Image page: arrow keys step through the list it was opened from; Escape goes back to it.
 document.addEventListener("keydown", (event) => {
@@ -79,7 +113,7 @@ document.addEventListener("keydown", (event) => {
   const link = document.querySelector(`a[data-key="${event.key}"]`);
   if (link) {
     event.preventDefault();
-    window.location.href = link.href;
+    link.click();
   }
 });
 

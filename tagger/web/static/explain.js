@@ -63,12 +63,23 @@
     controls.hidden = false;
   }
 
-  for (const link of document.querySelectorAll("a.why")) {
-    link.addEventListener("click", (event) => {
-      event.preventDefault();
-      if (active === link) hide(); else show(link);
-    });
+  // Delegated, so that the "Why?" of keyword chips redrawn in place (keywords.js) work too.
+  function toggle(link) {
+    if (active === link) hide(); else show(link);
   }
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest && event.target.closest("a.why");
+    if (!link) return;
+    event.preventDefault();
+    toggle(link);
+  });
+  // A link made a button (role="button") is pressed with Space too; without this, Space scrolls the page.
+  document.addEventListener("keydown", (event) => {
+    const link = event.target.closest && event.target.closest("a.why");
+    if (!link || event.key !== " " || event.altKey || event.ctrlKey || event.metaKey) return;
+    event.preventDefault();
+    toggle(link);
+  });
   slider.addEventListener("input", () => { layer.style.opacity = slider.value; });
   layer.style.opacity = slider.value;
   window.addEventListener("resize", () => { if (active) place(); });

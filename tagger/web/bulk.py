@@ -1,0 +1,56 @@
+"""Keywords added to or removed from many images at once: the grid's selection bar.
+
+Each image is corrected as on its own page (tagger.library.corrections, through the viewer's
+one write connection), so a bulk edit is many single edits, each whole: a file that cannot be
+corrected is named with its reason, and the others still are.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from werkzeug.exceptions import BadRequest, Forbidden, HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from tagger.fileio import shown
+from tagger.web.context import correct_keywords, indexed_file, same_site_post
+from tagger.web.guard import local_target
+from tagger.web.query import TERM_SEPARATORS
+
+blueprint = Blueprint("bulk", __name__)
+
+MAX_SELECTED = 500  # images per bulk edit: each is a transaction and a sidecar rewrite
+
+
+@blueprint.post("/keywords")
+def keywords() -> BaseResponse | tuple[Response, int]:
+    """Form fields: path (repeated: the selected images), keywords (comma-separated), action
+    (add or remove), next (the grid to return to). JSON for the page's script, else back to `next`."""
+    if not same_site_post():
+        raise Forbidden("this form must be sent from the viewer's own pages (reload the page and try again)")
+    action = request.form.get("action", "")
+    if action not in ("add", "remove"):
+        raise BadRequest("action must be add or remove")
+    words = [w.strip() for w in TERM_SEPARATORS.split(request.form.get("keywords", "")) if w.strip()]
+    if not words:
+        raise BadRequest("give a keyword to add or to remove (several: separated by commas)")
+    raws = request.form.getlist("path")
+    if not raws:
+        raise BadRequest("select at least one image")
+    if len(raws) > MAX_SELECTED:
+        raise BadRequest(f"at most {MAX_SELECTED} images at once; select fewer")
+    done, problems, contents = 0, [], set()
+    for raw in raws:
+        try:
+            detail = indexed_file(raw.lstrip("/"))
+            if detail.sha256 in contents:
+                done += 1  # a copy: its content was corrected with the first
+                continue
+            correct_keywords(detail.path, words if action == "add" else [], words if action == "remove" else [])
+            contents.add(detail.sha256)
+            done += 1
+        except HTTPException as exc:
+            if exc.code == 503:
+                raise  # the viewer cannot write at all: one answer, not one per file
+            problems.append(f"{shown(raw)}: {exc.description}")
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify({"action": action, "keywords": words, "changed": done, "problems": problems}), 200
+    return redirect(local_target(request.form.get("next", "")) or url_for("pages.grid"), code=303)
