@@ -248,7 +248,7 @@ def test_an_error_on_the_library_offers_a_retry_not_a_link_to_itself(
 
 # -- in a real browser -----------------------------------------------------------------------
 
-SIZES = {"phone": (390, 844), "desktop": (1366, 900)}
+SIZES = {"phone": (390, 844), "desktop": (1366, 900), "narrow": (320, 640)}  # narrow: the least width that must fit
 
 
 @pytest.fixture(scope="module")

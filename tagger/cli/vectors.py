@@ -163,7 +163,7 @@ def learn(
         Retagger(config, store).rekeyword(result.changed, "the keywords of a learned tag")
         paths = _paths_of(store, [sha for sha, _ in result.proposals[:show]])
     tag = result.tag
-    precision = "n/a (fewer than 2 examples)" if tag.precision is None else f"{tag.precision:.0%}"
+    precision = "n/a (not enough examples yet to estimate)" if tag.precision is None else f"{tag.precision:.0%}"
     click.echo(
         f"learned {tag.name!r} from {counted(tag.positives, 'example')} and "
         f"{counted(tag.negatives, 'counter-example')}: {counted(len(result.matches), 'image')} "
