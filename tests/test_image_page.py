@@ -153,7 +153,8 @@ def test_restore_needs_the_form_token(client: FlaskClient, library: Path) -> Non
 
 def test_no_text_shown_twice(client: FlaskClient, library: Path) -> None:
     """The user's own keyword has no Chinese name of its own: it was shown twice ("Chelsea Chelsea");
-    the photo's alternative text repeated the file name of the heading above it."""
+    the photo's alternative text repeated the file name of the heading above it; a screen reader
+    read each guess's score twice (the meter's value, then the number beside it)."""
     url = url_of(library, "chelsea.jpg")
     client.post(f"{url}/keywords", data={"csrf": CSRF, "add": "Chelsea"})
     page = client.get(url).get_data(as_text=True)
@@ -162,6 +163,7 @@ def test_no_text_shown_twice(client: FlaskClient, library: Path) -> None:
     assert 'alt="chelsea.jpg"' not in page and 'alt="The photo: ' in page
     cat = re.search(r'<li class="keyword model">\s*<a class="kw"[^>]*>cat</a>(.*?)</li>', page, re.S)
     assert cat is not None and '<span class="zh" lang="zh">猫</span>' in cat.group(1)  # a real translation stays
+    assert page.count('<span class="bar-value" aria-hidden="true">') == page.count("<meter") == 5
 
 
 # -- facts, similar images -------------------------------------------------------------------

@@ -55,6 +55,7 @@
     if (!form) { hideToast(); return; }
     try {
       await send(form);
+      document.getElementById("keywords-title").focus();  // the Undo button is gone: keep the keyboard here
       showToast(`“${word}” is back.`);
     } catch (error) {
       form.submit();
