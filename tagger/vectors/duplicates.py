@@ -33,7 +33,7 @@ from tagger.vectors.similar import VectorMatrix
 NEAR_BITS, NEAR_COSINE = 10, 0.6
 CROP_BITS, CROP_COSINE = 16, 0.9
 ROWS, COLS = 256, 4096  # hashes compared at once: a tile of 1 M distances (8 MB), not a row of N
-PAIR_CHUNK = 20_000  # candidate pairs whose cosine is taken at once: 2 x 20,000 rows of float32 (200 MB at 1280-d)
+PAIR_CHUNK = 4096  # candidate pairs whose cosine is taken at once: 2 x 4096 rows of float32 (40 MB at 1280-d)
 # What a camera writes: kept over what was made from it (a PNG or WebP of a JPEG holds no more of the picture)
 CAMERA_FORMATS = frozenset({".jpg", ".jpeg", ".jpe", ".heic", ".heif", ".tif", ".tiff"})
 FORMAT_NAMES = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".heif": "HEIC"}

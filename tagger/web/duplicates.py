@@ -2,9 +2,10 @@
 changes, shown a page at a time with the copy to keep suggested, and "keep this, move the rest
 to the trash" (tagger.library.trash).
 
-Computing the groups is quadratic (about 20 s at 150,000 embeddings): one background thread at
-a time does it, at a low CPU priority, and a request waits for it at most WAIT_SECONDS; after
-that it answers at once that the groups are being computed (202 with Retry-After). What is kept
+Computing the groups is quadratic (51 s at 150,000 embeddings: bench/bench_duplicates.py): one
+background thread at a time does it, at a low CPU priority, and a request waits for it at most
+WAIT_SECONDS; after that it answers at once that the groups are being computed (202 with
+Retry-After). What is kept
 is the groups as tuples of paths and contents (tagger.vectors.duplicates.Group), never records;
 a page reads the facts of its own copies from the index.
 """
