@@ -104,7 +104,9 @@ def test_browse_search_open_and_check_an_image(served: str, browser: Any, sample
     assert "coffee.jpg" in results[0].text and "意式浓缩咖啡" in results[0].text
     browser.save_screenshot(str(ARTIFACTS / "browser-2-search.png"))
 
-    results[0].click()
+    results[0].click()  # the photo viewer; its "Details" is the image's page
+    wait.until(ready.visibility_of_element_located((By.ID, "lightbox")))
+    browser.find_element(By.ID, "lb-details").click()
     wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, ".bars meter")))
     assert browser.find_element(By.CSS_SELECTOR, ".file-name").text == "coffee.jpg"
     assert "espresso" in browser.find_element(By.CSS_SELECTOR, ".bars").text
@@ -167,7 +169,9 @@ def test_a_clip_plays_seeks_and_shows_the_frame_behind_a_tag(served_clip: str, b
     card = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#grid .card img")))
     wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", card) > 0)  # the poster
     assert "video" in browser.find_element(By.CSS_SELECTOR, "#grid .card .badge").text
-    browser.find_element(By.CSS_SELECTOR, "#grid .card a").click()
+    browser.find_element(By.CSS_SELECTOR, "#grid .card a").click()  # the viewer plays it; "Details" has the tags
+    wait.until(ready.visibility_of_element_located((By.ID, "lightbox")))
+    browser.find_element(By.ID, "lb-details").click()
     video = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "video.clip")))
     wait.until(lambda b: b.execute_script("return arguments[0].readyState", video) >= 1)
     assert abs(browser.execute_script("return arguments[0].duration", video) - 10) < 0.5

@@ -156,3 +156,152 @@ def test_the_grid_fills_the_screen_with_sharp_tiles_and_no_sideways_scroll(
         assert driver.execute_script("return document.querySelector('#grid .month-heading').textContent.trim()") == "August 2023"
         assert sideways(driver) <= 0
         driver.save_screenshot(str(ARTIFACTS / f"{name}-grid-timeline.png"))
+
+
+def card_names(driver: Any) -> list[str]:
+    return list(driver.execute_script("return [...document.querySelectorAll('#grid .card')].map(c => c.dataset.name)"))
+
+
+def active_card(driver: Any) -> str | None:
+    name: str | None = driver.execute_script(
+        "const card = document.activeElement.closest('.card'); return card && card.dataset.name")
+    return name
+
+
+def test_keyboard_moves_through_the_grid_and_the_viewer_steps_zooms_and_returns(library_address: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    with chromium(tmp_path, DESKTOP) as driver:
+        driver.get(library_address + "/")
+        loaded_tiles(driver)
+        names = card_names(driver)
+        per_row = columns(driver)
+        # one tab stop for the whole grid, and none for the checkboxes
+        assert driver.execute_script("return document.querySelectorAll('#grid [tabindex=\"0\"]').length") == 1
+        assert driver.execute_script("return [...document.querySelectorAll('#grid .select input')].every(i => i.tabIndex === -1)")
+        driver.execute_script("document.querySelector('#grid .card > a').focus()")
+        actions = ActionChains(driver)
+        actions.send_keys(Keys.ARROW_RIGHT).perform()
+        assert active_card(driver) == names[1]
+        actions.send_keys(Keys.ARROW_DOWN).perform()
+        assert active_card(driver) == names[1 + per_row]
+        actions.send_keys(Keys.SPACE).perform()  # selects, without scrolling or opening
+        assert driver.find_element("id", "selected-count").text == "1 image selected"
+        assert driver.find_element("id", "selection-bar").is_displayed()
+        actions.send_keys(Keys.SPACE).perform()
+        assert not driver.find_element("id", "selection-bar").is_displayed()
+
+        actions.send_keys(Keys.ENTER).perform()  # opens the viewer on that photo
+        dialog = driver.find_element("id", "lightbox")
+        wait_for(driver, lambda d: dialog.is_displayed())
+        assert "/image/" in driver.current_url
+        length = driver.execute_script("return history.length")
+        assert driver.find_element("id", "lb-title").text.startswith(names[1 + per_row])
+        image = driver.find_element("id", "lb-image")
+        wait_for(driver, lambda d: d.execute_script("return arguments[0].src.includes('/preview/')", image))
+        ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+        wait_for(driver, lambda d: d.find_element("id", "lb-title").text.startswith(names[2 + per_row]))
+        assert driver.execute_script("return history.length") == length  # no history entry per photo
+        assert names[2 + per_row].replace(".jpg", "") in driver.current_url
+        ActionChains(driver).double_click(image).perform()  # zoom in where clicked
+        assert "scale(2.5)" in image.get_attribute("style")
+        ActionChains(driver).send_keys("0").perform()
+        assert "scale" not in (image.get_attribute("style") or "")
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "desktop-viewer.png"))
+        problems = axe_violations(driver)
+        assert problems == [], "\n".join(problems)
+
+        ActionChains(driver).send_keys(Keys.ESCAPE).perform()  # back to the grid, on the last photo seen
+        wait_for(driver, lambda d: not dialog.is_displayed())
+        wait_for(driver, lambda d: d.current_url.rstrip("/") == library_address)
+        assert active_card(driver) == names[2 + per_row]
+
+
+def test_a_swipe_steps_through_the_photos_on_a_phone(library_address: str, tmp_path: Path) -> None:
+    with chromium(tmp_path, PHONE) as driver:
+        driver.get(library_address + "/")
+        loaded_tiles(driver)
+        names = card_names(driver)
+        driver.find_elements("css selector", "#grid .card > a")[0].click()
+        dialog = driver.find_element("id", "lightbox")
+        wait_for(driver, lambda d: dialog.is_displayed())
+        assert driver.find_element("id", "lb-title").text.startswith(names[0])
+
+        def swipe(from_x: int, to_x: int) -> None:
+            y = PHONE[1] // 2
+            driver.execute_cdp_cmd("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": from_x, "y": y}]})
+            for step in range(1, 6):
+                x = from_x + (to_x - from_x) * step // 5
+                driver.execute_cdp_cmd("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+            driver.execute_cdp_cmd("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+        swipe(300, 80)  # to the left: the next photo
+        wait_for(driver, lambda d: d.find_element("id", "lb-title").text.startswith(names[1]))
+        swipe(80, 300)  # to the right: back to the first
+        wait_for(driver, lambda d: d.find_element("id", "lb-title").text.startswith(names[0]))
+        assert sideways(driver) <= 0
+        driver.save_screenshot(str(ARTIFACTS / "phone-viewer.png"))
+        driver.back()  # a phone's Back closes the viewer, and leaves the grid's page where it was
+        wait_for(driver, lambda d: not d.execute_script("return document.getElementById('lightbox').open"))
+        assert driver.current_url.rstrip("/") == library_address
+
+
+def test_back_from_an_image_returns_to_the_same_place_in_a_long_grid(library_address: str, tmp_path: Path) -> None:
+    with chromium(tmp_path, DESKTOP) as driver:
+        driver.get(library_address + "/")
+        loaded_tiles(driver)
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # the second page joins in
+        wait_for(driver, lambda d: not d.find_elements("css selector", ".more"))
+        cards = len(card_names(driver))
+        assert cards > PAGE_SIZE - 3
+        last = driver.find_elements("css selector", "#grid .card > a")[-1]
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); window.marker = 'still here'", last)
+        scrolled = driver.execute_script("return window.scrollY")
+        assert scrolled > 200
+        last.click()  # the viewer, then its "Details" link: the image's own page
+        wait_for(driver, lambda d: d.find_element("id", "lightbox").is_displayed())
+        driver.find_element("id", "lb-details").click()
+        wait_for(driver, lambda d: d.find_elements("css selector", ".bars"))
+        driver.find_element("css selector", "a.back").click()  # "Back to the list"
+        wait_for(driver, lambda d: d.find_elements("id", "grid"))
+        wait_for(driver, lambda d: abs(d.execute_script("return window.scrollY") - scrolled) < 5)
+        assert len(card_names(driver)) == cards  # the pages loaded in place are still there
+        assert driver.execute_script("return window.marker") == "still here"  # the page itself, kept for Back
+        assert driver.current_url.rstrip("/") == library_address
+        assert not driver.find_element("id", "lightbox").is_displayed()
+
+
+def test_bulk_keywords_for_a_shift_click_range(library_address: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    with chromium(tmp_path, DESKTOP) as driver:
+        driver.get(library_address + "/")
+        loaded_tiles(driver)
+        names = card_names(driver)
+        corners = driver.find_elements("css selector", "#grid .card .select")
+        corners[0].click()
+        ActionChains(driver).key_down(Keys.SHIFT).click(corners[3]).key_up(Keys.SHIFT).perform()  # a range of four
+        assert driver.find_element("id", "selected-count").text == "4 images selected"
+        assert len(driver.find_elements("css selector", "#grid .card.selected")) == 4
+        bar = driver.find_element("id", "selection-bar")
+        bar.find_element("name", "keywords").send_keys("holiday-bulk, 海边")
+        bar.find_element("css selector", 'button[value="add"]').click()
+        wait_for(driver, lambda d: d.find_element("id", "bar-message").text.startswith("Added"))
+        assert "to 4 images" in driver.find_element("id", "bar-message").text
+        driver.save_screenshot(str(ARTIFACTS / "desktop-bulk.png"))
+        driver.get(library_address + "/?q=tag:holiday-bulk")
+        loaded_tiles(driver)
+        found = card_names(driver)
+        assert sorted(found) == sorted(names[:4])
+        driver.find_element("css selector", "#grid .card .select").click()
+        driver.find_element("id", "select-all").click()
+        assert driver.find_element("id", "selected-count").text == "4 images selected"
+        bar = driver.find_element("id", "selection-bar")
+        bar.find_element("name", "keywords").send_keys("holiday-bulk")
+        bar.find_element("css selector", 'button[value="remove"]').click()
+        wait_for(driver, lambda d: d.find_element("id", "bar-message").text.startswith("Removed"))
+        driver.get(library_address + "/?q=tag:holiday-bulk")
+        assert not driver.find_elements("css selector", "#grid .card")

@@ -219,7 +219,7 @@ def test_viewer_teaches_a_tag_from_selected_images_and_proposals(views_library: 
     assert invoke(config_path, "scan").exit_code == 0
     client = create_app(load_config(config_path)).test_client()
     grid = client.get("/")
-    assert grid.status_code == 200 and b'id="teach-selected"' in grid.data and b'name="path"' in grid.data
+    assert grid.status_code == 200 and b'id="bulk"' in grid.data and b'formaction="/learn"' in grid.data and b'name="path"' in grid.data
     token = "t" * 32
     client.set_cookie(CSRF_COOKIE, token)
     chelsea = sorted(views_library.glob("chelsea_view*.jpg"))

@@ -132,7 +132,7 @@ def security_headers(style_nonce: str | None = None) -> dict[str, str]:
             "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
         ),
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",  # the image page knows its grid (Back); other sites learn nothing
         "X-Frame-Options": "DENY",
     }
 

@@ -130,10 +130,9 @@ class DuplicatesTask:
 
 
 def _set_up(state: BlueprintSetupState) -> None:
-    """The app's task; and the page's former endpoint name, for building links only (base.html's)."""
+    """The app's task."""
     app = state.app
     app.extensions["tagger.duplicates"] = DuplicatesTask(Path(app.extensions["tagger"].config.index))
-    app.add_url_rule("/duplicates", "vectors.duplicates_page", build_only=True)
 
 
 blueprint.record_once(_set_up)

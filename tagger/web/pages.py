@@ -278,10 +278,10 @@ def error_page(code: int, name: str, message: str) -> Response:
     a link to try the same page again (a link back to it would lead to the same error)."""
     here = quote(request.path) + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
     if code == 401:
-        target = (local_target(here) if request.method == "GET" else None) or url_for(".grid")
+        target = (local_target(here) if request.method == "GET" else None) or url_for("pages.grid")
         return make_response(sign_in_page(None, target), 401)
-    at_library = request.method == "GET" and request.path == url_for(".grid")
-    retry = (local_target(here) or url_for(".grid")) if at_library else None
+    at_library = request.method == "GET" and request.path == url_for("pages.grid")
+    retry = (local_target(here) or url_for("pages.grid")) if at_library else None
     return make_response(render_template("error.html", code=code, name=name, message=message, retry=retry), code)
 
 

@@ -116,10 +116,10 @@
       event.preventDefault();
       const words = form.elements.keywords.value.trim();
       if (!words) { message.textContent = "Type the keywords to add or remove first."; form.elements.keywords.focus(); return; }
-      const data = new FormData(form, button);
+      const data = new FormData(form, button); // (form.action would be its "action" buttons)
       message.textContent = "Saving…";
       try {
-        const response = await fetch(form.action, { method: "POST", body: data, credentials: "same-origin",
+        const response = await fetch(form.getAttribute("action"), { method: "POST", body: data, credentials: "same-origin",
                                                     headers: { Accept: "application/json" } });
         const answer = await response.json();
         if (!response.ok) { message.textContent = answer.error || `The change failed (${response.status}).`; return; }
@@ -154,6 +154,7 @@
     event.preventDefault();
     dialog.showModal();
     show(link.closest(".card"));
+    document.getElementById("lb-close").focus();
   });
 
   const neighbour = (card, by) => {
@@ -210,11 +211,22 @@
     if (next) show(next);
   }
 
+  // "Details" leaves the grid's history as it was before the viewer: Back from the image's page
+  // returns to the grid at the same place (restored whole by the browser's back-forward cache).
+  details.addEventListener("click", (event) => {
+    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey || !pushed) return;
+    event.preventDefault();
+    const target = details.href;
+    pushed = false;
+    window.addEventListener("popstate", () => window.location.assign(target), { once: true });
+    dialog.close();
+    history.back();
+  });
   previous.addEventListener("click", () => go(-1));
   following.addEventListener("click", () => go(1));
   document.getElementById("lb-close").addEventListener("click", () => dialog.close());
-  dialog.addEventListener("keydown", (event) => {
-    if (event.target === video) return;
+  document.addEventListener("keydown", (event) => {
+    if (!dialog.open || event.target === video || event.altKey || event.ctrlKey || event.metaKey) return;
     const keys = { ArrowRight: () => go(1), ArrowLeft: () => go(-1), "+": () => zoomAt(zoom.scale * 1.5),
                    "=": () => zoomAt(zoom.scale * 1.5), "-": () => zoomAt(zoom.scale / 1.5), "0": () => resetZoom() };
     if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
@@ -254,7 +266,9 @@
     event.preventDefault();
     zoomAt(zoom.scale * Math.exp(-event.deltaY * 0.002), event.clientX, event.clientY);
   }, { passive: false });
-  image.addEventListener("dblclick", (event) => zoomAt(zoom.scale > 1 ? 1 : 2.5, event.clientX, event.clientY));
+  stage.addEventListener("dblclick", (event) => { // on the stage: it captures the pointer while pressed
+    if (!image.hidden) zoomAt(zoom.scale > 1 ? 1 : 2.5, event.clientX, event.clientY);
+  });
 
   const pointers = new Map();
   let gesture = null;
