@@ -43,7 +43,8 @@ def library_address(
     cat = next(p for p in sample_jpegs if p.stem == "chelsea")
     for copy in ("chelsea-copy-1.jpg", "chelsea-copy-2.jpg"):
         shutil.copy(cat, library / copy)
-    shutil.copy(next(p for p in sample_jpegs if p.stem == "coffee"), library / LONG_NAME)
+    with Image.open(next(p for p in sample_jpegs if p.stem == "coffee")) as coffee:
+        coffee.save(library / LONG_NAME, quality=80)  # its own content, not a copy of coffee.jpg
     with Image.open(next(p for p in sample_jpegs if p.stem == "rocket")) as rocket:
         strip = rocket.convert("RGB").crop((0, 0, rocket.width, rocket.width // 4))
         strip.resize((1600, 400)).save(library / "panorama.jpg", quality=90)
@@ -305,3 +306,58 @@ def test_bulk_keywords_for_a_shift_click_range(library_address: str, tmp_path: P
         wait_for(driver, lambda d: d.find_element("id", "bar-message").text.startswith("Removed"))
         driver.get(library_address + "/?q=tag:holiday-bulk")
         assert not driver.find_elements("css selector", "#grid .card")
+
+
+PAGES = {
+    "grid": "/",
+    "search": "/?q=tag:cat",
+    "tags": "/tags",
+    "learned": "/learned",
+    "duplicates": "/duplicates",
+    "check": "/check",
+    "image": None,  # the coffee under a 120-character name
+    "error": "/image/no/such/photo.jpg",
+}
+
+
+@pytest.mark.parametrize("size", [(320, 700, 2.0), PHONE, DESKTOP], ids=["narrow", "phone", "desktop"])
+def test_every_page_fits_the_screen_and_passes_axe(library_address: str, tmp_path: Path, size: tuple[int, int, float]) -> None:
+    name = {320: "narrow", 390: "phone", 1366: "desktop"}[size[0]]
+    with chromium(tmp_path, size) as driver:
+        for page, path in PAGES.items():
+            if path is None:
+                driver.get(library_address + "/")
+                driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # every page joins in
+                wait_for(driver, lambda d: not d.find_elements("css selector", ".more"))
+                link = driver.execute_script(
+                    "return [...document.querySelectorAll('#grid .card')].find(c => c.dataset.name.length > 100)"
+                    " .querySelector('a').href")
+                driver.get(link)
+            else:
+                driver.get(library_address + path)
+            wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete")
+            if driver.find_elements("css selector", "#grid .card img"):
+                loaded_tiles(driver)
+            assert sideways(driver) <= 0, f"{page} scrolls sideways at {size[0]} px"
+            problems = axe_violations(driver)
+            assert problems == [], f"{page} at {size[0]} px:\n" + "\n".join(problems)
+            if name != "narrow":
+                driver.save_screenshot(str(ARTIFACTS / f"sweep-{name}-{page}.png"))
+
+
+def test_the_sign_in_page_fits_and_passes_axe(tmp_path: Path, sample_jpegs: list[Path], lite0: Classifier, weights_dir: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copy(sample_jpegs[0], library / sample_jpegs[0].name)
+    with serving(library, lite0, weights_dir, token="s" * 32) as address:
+        for size in (PHONE, DESKTOP):
+            with chromium(tmp_path, size) as driver:
+                driver.get(address + "/")
+                wait_for(driver, lambda d: d.find_elements("id", "token"))
+                assert sideways(driver) <= 0
+                problems = axe_violations(driver)
+                assert problems == [], "\n".join(problems)
+                driver.find_element("id", "token").send_keys("s" * 32 + "\n")
+                wait_for(driver, lambda d: d.find_elements("css selector", "#grid .card"))
+                driver.find_element("css selector", ".sign-out button").click()  # and out again
+                wait_for(driver, lambda d: d.find_elements("id", "token"))

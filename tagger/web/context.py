@@ -263,4 +263,7 @@ def style_nonce() -> str:
 
 
 def wants_json() -> bool:
-    return request.path == "/api" or request.path.startswith(("/api/", "/health"))
+    """The API, and a page's script that asks for JSON (the grid's bulk edit): errors as JSON."""
+    if request.path == "/api" or request.path.startswith(("/api/", "/health")):
+        return True
+    return request.accept_mimetypes.best == "application/json"
