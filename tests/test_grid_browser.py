@@ -361,3 +361,18 @@ def test_the_sign_in_page_fits_and_passes_axe(tmp_path: Path, sample_jpegs: list
                 wait_for(driver, lambda d: d.find_elements("css selector", "#grid .card"))
                 driver.find_element("css selector", ".sign-out button").click()  # and out again
                 wait_for(driver, lambda d: d.find_elements("id", "token"))
+
+
+def test_teaching_a_tag_from_the_selection_keeps_what_was_typed(library_address: str, tmp_path: Path) -> None:
+    with chromium(tmp_path, PHONE) as driver:
+        driver.get(library_address + "/?q=tag:cat")
+        loaded_tiles(driver)
+        driver.find_element("css selector", "#grid .card .select").click()
+        bar = driver.find_element("id", "selection-bar")
+        bar.find_element("css selector", 'button[name="side"][value="yes"]').click()  # no name typed yet
+        assert driver.find_element("id", "bar-message").text == "Type the name of the tag to teach first."
+        assert "/learned/" not in driver.current_url
+        bar.find_element("name", "name").send_keys("mycat")
+        bar.find_element("css selector", 'button[name="side"][value="yes"]').click()
+        wait_for(driver, lambda d: d.current_url.endswith("/learned/mycat"))
+        assert sideways(driver) <= 0

@@ -112,6 +112,12 @@
   if (form) {
     form.addEventListener("submit", async (event) => {
       const button = event.submitter;
+      if (button && button.name === "side" && !form.elements.name.value.trim()) {
+        event.preventDefault(); // nothing typed is lost to an error page
+        message.textContent = "Type the name of the tag to teach first.";
+        form.elements.name.focus();
+        return;
+      }
       if (!button || button.name !== "action") return; // teaching a tag goes to its page
       event.preventDefault();
       const words = form.elements.keywords.value.trim();
