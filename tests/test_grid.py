@@ -111,23 +111,22 @@ def test_a_photos_cached_pictures_go_with_its_last_file(client_for, library: Pat
     folder = thumbnail_folder(index)
     (library / "coffee.jpg").unlink()
     (library / "chelsea.jpg").unlink()  # two copies of the cat remain in extras/
-    config = load_config(library.parent / "tagger.yaml")
-    with Index.open(index) as store:
-        tagger = Tagger(config, lite0, store)
-        try:
-            tagger.scan(list(config.folders))
-        finally:
-            tagger.close()
+    rescan(library.parent / "tagger.yaml", lite0)
     assert not list(folder.rglob(f"{coffee.sha256}-*"))  # its last file is gone: so are its pictures
     assert len(list(folder.rglob(f"{cat.sha256}-*"))) == 2  # still held by its copies
     shutil.rmtree(library / "extras")
-    with Index.open(index) as store:
-        tagger = Tagger(config, lite0, store)
+    rescan(library.parent / "tagger.yaml", lite0)
+    assert not list(folder.rglob(f"{cat.sha256}-*"))
+
+
+def rescan(config_file: Path, classifier: Classifier) -> None:
+    config = load_config(config_file)
+    with Index.open(config.index) as store:
+        tagger = Tagger(config, classifier, store)
         try:
             tagger.scan(list(config.folders))
         finally:
             tagger.close()
-    assert not list(folder.rglob(f"{cat.sha256}-*"))
 
 
 def test_month_headings_and_the_timeline_jump(client_for, library: Path) -> None:  # type: ignore[no-untyped-def]

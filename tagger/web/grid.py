@@ -7,7 +7,6 @@ a page cursor made for the month's edge, so it lands as deep in a million files 
 from __future__ import annotations
 
 import calendar
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from tagger.index import GridItem, Index
 from tagger.web.query import Page, Query, encode_cursor
+from tagger.web.tagcounts import index_version
 
 DATED_SORTS = ("newest", "oldest")
 TIMELINE_FOLDERS = 32  # timelines kept (the library's and the folders' last looked at)
@@ -82,7 +82,7 @@ def _edge_ns(key: str, newest_first: bool) -> int:
 
 
 class Timeline:
-    """Months with files, per folder, kept until a writer commits (as tagger.web.tagcounts does)."""
+    """Months with files, per folder, kept until a writer commits (tagger.web.tagcounts.index_version)."""
 
     def __init__(self, index: Path) -> None:
         self.index = index
@@ -109,15 +109,3 @@ class Timeline:
             Month(key, month_name(key), count, encode_cursor(sort, (_edge_ns(key, sort == "newest"), "")))
             for key, count in hit[1]
         ]
-
-
-def index_version(index: Path) -> tuple[int, ...]:
-    """Changes whenever a writer commits: the index and its write-ahead log, as stat sees them."""
-    version: list[int] = []
-    for path in (index, Path(f"{index}-wal")):
-        try:
-            stat = os.stat(path)
-            version += [stat.st_mtime_ns, stat.st_size, stat.st_ino]
-        except FileNotFoundError:
-            version += [0, 0, 0]
-    return tuple(version)

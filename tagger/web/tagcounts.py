@@ -107,7 +107,7 @@ class TagCounts:
         self._browser: tuple[tuple[int, ...], Browser] | None = None
 
     def get(self, store: Index) -> Counts:
-        version = self._index_version()
+        version = index_version(self.index)
         with self._lock:
             if self._cached is not None and self._cached[0] == version:
                 return self._cached[1]
@@ -118,7 +118,7 @@ class TagCounts:
 
     def browser(self, store: Index) -> Browser:
         """The tag browser's lists: three grouped queries, read again only after a commit."""
-        version = self._index_version()
+        version = index_version(self.index)
         with self._lock:
             if self._browser is not None and self._browser[0] == version:
                 return self._browser[1]
@@ -134,13 +134,14 @@ class TagCounts:
             self._browser = (version, browser)
         return browser
 
-    def _index_version(self) -> tuple[int, ...]:
-        """Changes whenever a writer commits: the index and its write-ahead log, as stat sees them."""
-        version: list[int] = []
-        for path in (self.index, Path(f"{self.index}-wal")):
-            try:
-                stat = os.stat(path)
-                version += [stat.st_mtime_ns, stat.st_size, stat.st_ino]
-            except FileNotFoundError:
-                version += [0, 0, 0]
-        return tuple(version)
+
+def index_version(index: Path) -> tuple[int, ...]:
+    """Changes whenever a writer commits: the index and its write-ahead log, as stat sees them."""
+    version: list[int] = []
+    for path in (index, Path(f"{index}-wal")):
+        try:
+            stat = os.stat(path)
+            version += [stat.st_mtime_ns, stat.st_size, stat.st_ino]
+        except FileNotFoundError:
+            version += [0, 0, 0]
+    return tuple(version)
