@@ -83,7 +83,7 @@ def retag_interrupted_before_the_sidecars(config: Path, monkeypatch: pytest.Monk
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(SidecarWriter, "write", crash)
+        patch.setattr(SidecarWriter, "refresh", crash)  # write goes through it too
         with pytest.raises(KeyboardInterrupt), Index.open(load_config(config).index) as store:
             Retagger(load_config(config), store).retag()
 

@@ -96,7 +96,9 @@ def print_summary(summary: ScanSummary, model: str, config: Config) -> None:
 
 
 @click.command()
-@click.option("--all", "everything", is_flag=True, help="Rebuild every image's keywords, not only the changed.")
+@click.option("--all", "everything", is_flag=True,
+              help="Rebuild every image's keywords, not only the changed, and bring every sidecar up to date "
+                   "(an XMP file another tool rewrote without tagger's keywords too); only those that differ are written.")
 @pass_ctx
 def retag(ctx: Context, everything: bool) -> None:
     """Re-apply the rules, min_score and corrections to the stored raw tags (no model run).

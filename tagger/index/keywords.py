@@ -67,6 +67,14 @@ class KeywordRows(Database):
     def set_setting(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
+    def delete_setting(self, key: str) -> None:
+        self.conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+
+    def mark_all_sidecars_pending(self) -> int:
+        """Every classified content's sidecars owed (the sidecar settings changed); how many contents."""
+        self.conn.execute("INSERT OR IGNORE INTO sidecars_pending (sha256) SELECT sha256 FROM images")
+        return int(self.conn.execute("SELECT COUNT(*) FROM sidecars_pending").fetchone()[0])
+
     def mark_sidecars_pending(self, shas: Sequence[str]) -> None:
         self.conn.executemany("INSERT OR IGNORE INTO sidecars_pending (sha256) VALUES (?)", [(s,) for s in shas])
 

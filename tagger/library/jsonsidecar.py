@@ -68,6 +68,22 @@ def write_sidecar(image: Path, document: dict[str, Any], mirror: Path | None = N
     return path
 
 
+def refresh_sidecar(image: Path, document: dict[str, Any], mirror: Path | None = None) -> tuple[Path, bool]:
+    """write_sidecar, unless the sidecar there already says the same but for `tagged_at`; whether
+    it was written. A retag or a change of settings then rewrites only the sidecars that differ."""
+    path = sidecar_path(image, mirror)
+    try:
+        existing = read_small(path, MAX_SIDECAR_BYTES)
+        stamp = json.loads(existing.decode("utf-8")).get("tagged_at")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        stamp = None
+    if isinstance(stamp, str):
+        same = (json_text({**document, "tagged_at": stamp}, indent=2) + "\n").encode("utf-8")
+        if same == existing:
+            return path, False
+    return write_sidecar(image, document, mirror), True
+
+
 def read_sidecar(image: Path, mirror: Path | None = None) -> dict[str, Any]:
     """The sidecar's JSON; ValueError for one that is not JSON, however it is malformed."""
     path = sidecar_path(image, mirror)

@@ -2,7 +2,10 @@
 `model.min_score` or corrections changed, and the sidecars of what changed rewritten.
 
 Sidecars still owed by an interrupted retag (sidecars_pending) are caught up here, by a
-retag or at the start of a scan or the daemon; never by a single correction.
+retag or at the start of a scan or the daemon; never by a single correction. So are those
+that a change of the sidecar settings (XMP on, its naming or prefix, JSON on, sidecar.folder)
+leaves out of date: every content is marked owed, in one statement, when the settings stored
+in the index differ from the config's.
 """
 from __future__ import annotations
 
@@ -16,11 +19,13 @@ from dataclasses import dataclass
 from tagger.config import Config
 from tagger.index import Index, StoredContent
 from tagger.tags.keywords import changed_bands, class_keywords, keyword_rows
-from tagger.library.sidecars import SidecarWriter
+from tagger.library.sidecars import SidecarSettings, SidecarWriter
 from tagger.tags.terms import ClassKeyword
 
 log = logging.getLogger(__name__)
 
+SIDECAR_SETTING = "sidecar_settings"  # the SidecarSettings every sidecar was (or is being) brought to
+FORMER_SIDECARS_SETTING = "former_sidecar_settings"  # those before them, while a catch-up is owed
 RULES_SETTING = "keyword_rules"  # per class, the keyword and least score that made the stored keywords
 LEARNED_SETTING = "learned_keyword_rules"  # per learned tag a `learned:` rule names, what it showed as
 BULK_SHARE = 0.2  # when more of the contents than this may change, rebuild all in bulk (SQL), not one by one
@@ -111,6 +116,8 @@ class Retagger:
                 changed += [c.sha256 for c in redone if self.redo(c)]
                 if self.sidecars.enabled:
                     self.index.mark_sidecars_pending(changed)
+                    if everything:  # also those another tool changed: only the files that differ are written
+                        self.index.mark_all_sidecars_pending()
                 self.remember_settings(table)
         summary.changed = len(changed)
         summary.sidecars = self.catch_up(on_progress)
@@ -145,15 +152,43 @@ class Retagger:
         return set(rows) != set(content.keywords)
 
     def catch_up(self, on_progress: Callable[[int], None] | None = None) -> int:
-        """Sidecars of every file of the contents marked pending (this retag's, and any an
-        interrupted one left), from the stored keywords; how many files."""
+        """Sidecars of every file of the contents marked pending (this retag's, any an interrupted
+        one left, all after a change of the sidecar settings), from the stored keywords; how many
+        files' sidecars changed."""
+        self.check_sidecar_settings()
         if not self.sidecars.enabled:
             return 0
         shas = self.index.sidecars_pending()
         written = 0
         for start in range(0, len(shas), CATCH_UP_BATCH):
             written += self.sidecars.rewrite(self.index, shas[start : start + CATCH_UP_BATCH], on_progress)
+        if self.sidecars.formers:
+            with self.index.transaction("the end of a change of sidecar settings"):
+                self.index.delete_setting(FORMER_SIDECARS_SETTING)
+            self.sidecars.formers = ()
         return written
+
+    def check_sidecar_settings(self) -> None:
+        """When the sidecar settings differ from those stored, mark every content's sidecars owed and
+        keep the former settings: their leftovers (another XMP name or prefix, another sidecar.folder)
+        are cleaned as each file is rewritten. An index from before these settings were stored was
+        written with the defaults, as far as can be told.
+        """
+        current = SidecarSettings.of(self.config)
+        text = self.index.setting(SIDECAR_SETTING)
+        stored = SidecarSettings.load(text) if text is not None else [SidecarSettings.default()]
+        formers = [f for f in SidecarSettings.load(self.index.setting(FORMER_SIDECARS_SETTING)) or [] if f != current]
+        if stored != [current]:
+            owed = self.index.content_count() > 0
+            formers = [*formers, *(f for f in stored or [] if f != current and f not in formers)] if owed else []
+            with self.index.transaction("a change of sidecar settings"):
+                if owed and self.sidecars.enabled:
+                    count = self.index.mark_all_sidecars_pending()
+                    log.info("the sidecar settings changed: the sidecars of %d images are brought up to date", count)
+                if formers:
+                    self.index.set_setting(FORMER_SIDECARS_SETTING, SidecarSettings.dump(formers))
+                self.index.set_setting(SIDECAR_SETTING, SidecarSettings.dump([current]))
+        self.sidecars.formers = tuple(formers)
 
 
 def _dump_table(table: Sequence[ClassKeyword]) -> str:

@@ -63,9 +63,9 @@ class Tagger:
         """
         started = time.monotonic()
         summary = summary if summary is not None else ScanSummary()
-        caught_up = self.recorder.retagger.catch_up()  # sidecars an interrupted retag still owed
+        caught_up = self.recorder.retagger.catch_up()  # owed by an interrupted retag or changed sidecar settings
         if caught_up:
-            log.info("rewrote the sidecars of %d files that an interrupted retag left", caught_up)
+            log.info("brought the sidecars of %d files up to date (owed by an interrupted retag or a change of sidecar settings)", caught_up)
         roots = [r.resolve() for r in roots]
         self.reader.folders = Folders([*self.config.folders, *roots])
         unlisted: list[tuple[Path, str]] = []

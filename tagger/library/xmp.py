@@ -113,14 +113,22 @@ def xmp_path(image: Path, style: str, mirror: Path | None = None) -> Path:
     raise ValueError(f"unknown XMP sidecar style {style!r}: use one of {', '.join(XMP_STYLES)}")
 
 
-def merge_keywords(existing: bytes | None, machine: Sequence[str], prefix: str, user: Sequence[str] = ()) -> bytes:
+def merge_keywords(
+    existing: bytes | None,
+    machine: Sequence[str],
+    prefix: str,
+    user: Sequence[str] = (),
+    former_prefixes: Sequence[str] = (),
+) -> bytes:
     """The packet `existing` with tagger's entries replaced by `machine` ("animal/cat", ...) under
     the prefix, and by `user`: the keywords the user added through tagger, written at the top
     level as the user's own ("Chelsea"), and recorded so that removing one in tagger removes it here.
+    Entries under `former_prefixes` (an `xmp.prefix` changed since) are tagger's too: they go.
     """
     root = _levels(prefix)
     if not root:
         raise ValueError(f"XMP tag prefix {prefix!r} names no tag: use e.g. 'auto/'")
+    roots = [root, *(levels for levels in map(_levels, former_prefixes) if levels and levels != root)]
     paths = _unique(tuple(levels) for levels in map(_levels, machine) if levels)
     own = _unique(word.strip().replace("/", " ").replace("|", " ") for word in user if word.strip())
     packet = _Packet(existing)
@@ -133,8 +141,8 @@ def merge_keywords(existing: bytes | None, machine: Sequence[str], prefix: str, 
     if MACHINE_KEYWORDS in packet.targets:
         old_leaves = set(_values(recorded))
     else:  # another tool dropped our record: fall back to the leaves of our hierarchical entries
-        old_leaves = {v.split("|")[-1] for v in _ours(hierarchical, root, "|")}
-        old_leaves |= {v.split("/")[-1] for v in _ours(tags_list, root, "/")}
+        old_leaves = {v.split("|")[-1] for v in _ours(hierarchical, roots, "|")}
+        old_leaves |= {v.split("/")[-1] for v in _ours(tags_list, roots, "/")}
     kept_subject = [li for li in subject if _value(li) not in old_leaves | recorded_own]
     kept_values = set(_values(kept_subject))
     leaves = [leaf for leaf in _unique(p[-1] for p in paths) if leaf not in kept_values]
@@ -142,7 +150,7 @@ def merge_keywords(existing: bytes | None, machine: Sequence[str], prefix: str, 
 
     packet.put(SUBJECT, kept_subject + packet.items(own + [leaf for leaf in leaves if leaf not in own]))
     for items, array, sep in ((hierarchical, HIERARCHICAL, "|"), (tags_list, TAGS_LIST, "/")):
-        ours = set(_ours(items, root, sep)) | recorded_own
+        ours = set(_ours(items, roots, sep)) | recorded_own
         kept = [li for li in items if _value(li) not in ours]
         packet.put(array, kept + packet.items([*own, *(sep.join((*root, *p)) for p in paths)]))
     packet.put(MACHINE_KEYWORDS, packet.items(leaves), keep_empty=True)
@@ -158,19 +166,67 @@ def write_xmp(
     prefix: str = "auto/",
     user: Sequence[str] = (),
     mirror: Path | None = None,
+    former_prefixes: Sequence[str] = (),
 ) -> Path:
     """Merge `machine` tags (and the user's own `user` keywords) into the image's XMP sidecar;
     XmpError leaves the file untouched."""
+    return update_xmp(
+        image, machine, style=style, prefix=prefix, user=user, mirror=mirror, former_prefixes=former_prefixes
+    )[0]
+
+
+def update_xmp(
+    image: Path,
+    machine: Sequence[str],
+    *,
+    style: str = "append",
+    prefix: str = "auto/",
+    user: Sequence[str] = (),
+    mirror: Path | None = None,
+    former_prefixes: Sequence[str] = (),
+) -> tuple[Path, bool]:
+    """write_xmp, and whether the file changed: one that already says all this is not written again
+    (its modification time, which darktable and digiKam watch, stays)."""
     path = xmp_path(image, style, mirror)
     try:
         made_for(path, mirror)
-        data = merge_keywords(_read(path), machine, prefix, user)
+        existing = _read(path)
+        data = merge_keywords(existing, machine, prefix, user, former_prefixes)
+        if data == existing:
+            return path, False
         write_atomic(path, data, mode_of(image))
     except XmpError as exc:
         raise XmpError(exc.reason, path) from None
     except OSError as exc:
         raise XmpError(f"cannot write: {exc.strerror or exc}", path) from None
-    return path
+    return path, True
+
+
+def strip_xmp(path: Path, prefix: str) -> bool:
+    """Take tagger's entries (under `prefix`, and the user's keywords it recorded) out of the XMP file
+    at `path`, one that the naming or folder in use no longer points at; whether it changed.
+
+    What another tool put there stays. A file left with nothing but tagger's own bookkeeping is
+    removed, so that a tool reading that name (digiKam reads IMG_1.jpg.xmp first) does not find an
+    empty packet in place of the sidecar now in use. XmpError leaves the file as it was.
+    """
+    try:
+        existing = _read(path)
+        if existing is None:
+            return False
+        packet = _Packet(merge_keywords(existing, [], prefix))
+        if packet.only_tagger():
+            path.unlink()
+            return True
+        data = packet.to_bytes()
+        if data == existing:
+            return False
+        write_atomic(path, data, path.stat().st_mode & 0o7777)
+    except XmpError as exc:
+        raise XmpError(exc.reason, path) from None
+    except OSError as exc:
+        raise XmpError(f"cannot write: {exc.strerror or exc}", path) from None
+    return True
 
 
 def read_keywords(image: Path, style: str = "append", mirror: Path | None = None) -> dict[str, list[str]]:
@@ -262,6 +318,24 @@ class _Packet:
             created.append(li)
         return created
 
+    def only_tagger(self) -> bool:
+        """Nothing in the packet but tagger's own record: no other property, attribute or node."""
+        if any(not _ignorable(n) and n is not self.rdf for n in self.root.childNodes):
+            return False
+        for description in self.rdf.childNodes:
+            if _ignorable(description):
+                continue
+            if not isinstance(description, Element) or not _is(description, RDF_NS, "Description"):
+                return False
+            if any(a.namespaceURI not in (XMLNS_NS, RDF_NS) for a in description.attributes.values()):
+                return False
+            if any(
+                not _ignorable(n) and not (isinstance(n, Element) and n.namespaceURI == TAGGER_NS)
+                for n in description.childNodes
+            ):
+                return False
+        return True
+
     def to_bytes(self) -> bytes:
         try:
             body = _markup(self.root)
@@ -337,9 +411,9 @@ def _unique(values: Iterable[_T]) -> list[_T]:
     return list(dict.fromkeys(values))
 
 
-def _ours(items: list[_Child], root: list[str], sep: str) -> list[str]:
-    head = sep.join(root)
-    return [v for v in _values(items) if v == head or v.startswith(head + sep)]
+def _ours(items: list[_Child], roots: list[list[str]], sep: str) -> list[str]:
+    heads = [sep.join(root) for root in roots]
+    return [v for v in _values(items) if any(v == head or v.startswith(head + sep) for head in heads)]
 
 
 def _value(node: Node) -> str | None:
@@ -377,6 +451,10 @@ def _elements(parent: Node) -> list[Element]:
 
 def _is(element: Element, uri: str, name: str) -> bool:
     return element.namespaceURI == uri and element.localName == name
+
+
+def _ignorable(node: Node) -> bool:
+    return _is_blank(node) or isinstance(node, Comment)
 
 
 def _is_container(element: Element) -> bool:
