@@ -26,6 +26,10 @@ class StoreBusy(StoreError):
     """Another process (a `tagger retag`, say) held the index's write lock for longer than we wait."""
 
 
+class DamagedIndex(StoreError):
+    """The index has malformed pages or is not a database: check it, restore it, or rebuild it."""
+
+
 class DiskError(StoreError):
     """The index's disk is full or failing: the write was rolled back whole, nothing half-written.
 

@@ -7,20 +7,21 @@ commands is assembled here.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from typing import Any
 
 import click
 
 from tagger import __version__
-from tagger.cli import model, query, scan, service, vectors, weights
+from tagger.cli import index, model, query, scan, service, vectors, weights
 from tagger.cli.context import EXIT_FAILURE, EXIT_USAGE, Context
 from tagger.daemon.systemd import JournalFormatter, under_journal
 from tagger.errors import ConfigError, TaggerError
 
 COMMANDS: list[click.Command] = [
     scan.scan, service.run, service.worker, service.health, service.status, query.query, scan.retag, scan.tag,
-    query.stats, weights.weights, service.serve, scan.failures, *model.COMMANDS, *vectors.COMMANDS,
+    query.stats, weights.weights, service.serve, scan.failures, *model.COMMANDS, *vectors.COMMANDS, index.index,
 ]
 
 
@@ -47,6 +48,20 @@ class _TaggerGroup(click.Group):
             raise _UsageFailure(str(exc)) from None
         except TaggerError as exc:
             raise _Failure(str(exc)) from None
+        except sqlite3.Error as exc:  # met in the index outside a transaction: damage, a disk, a lock
+            raise _Failure(_index_failure(ctx, exc)) from None
+
+
+def _index_failure(ctx: click.Context, exc: sqlite3.Error) -> str:
+    """One line naming the index and what to do (tagger.index.store_failure)."""
+    from tagger.index import store_failure
+
+    shared = ctx.find_object(Context)
+    try:
+        path = None if shared is None else shared.config(require_folders=False).index
+    except TaggerError:
+        path = None
+    return f"the index: {exc}" if path is None else str(store_failure(path, exc))
 
 
 @click.group(cls=_TaggerGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,6 +1,8 @@
 """The SQLite index: every SQL statement of tagger lives in this package, one module per caller.
 
     db        connections, transactions, migrations (the generic core)
+    identity  the index's id, whose WAL lies beside it, a note of damage found
+    health    `tagger index check`: SQLite's checks and the identity
     schema    the numbered migrations: every table, index, trigger and view
     records   the frozen records the index hands back
     files     what scan and daemon write per file, and read back
@@ -16,7 +18,7 @@ writer at a time) to write.
 """
 from __future__ import annotations
 
-from tagger.index.db import Database, disk_error, fs
+from tagger.index.db import Database, disk_error, fs, store_failure
 from tagger.index.files import FileRows
 from tagger.index.keywords import KeywordRows
 from tagger.index.records import (
@@ -41,7 +43,7 @@ from tagger.index.vectors import VectorRows
 __all__ = [
     "CachedImage", "Database", "Failure", "FileRecord", "GridItem", "ImageDetail", "Index", "LATEST", "Listing",
     "MIGRATIONS", "Migration", "SORTS", "Sort", "SortKey", "Stats", "Status", "StoredContent", "TagCount",
-    "TaggedFile", "disk_error", "fs",
+    "TaggedFile", "disk_error", "fs", "store_failure",
 ]
 
 

@@ -16,6 +16,7 @@ from typing import Self
 
 from tagger.errors import DiskError, StoreBusy, StoreError
 from tagger.fileio import file_kind, utc_text
+from tagger.index import identity
 from tagger.index.schema import LATEST, MIGRATIONS
 
 # SQLite's result codes for "the disk is full" and "the disk failed a read or write" (and its extended codes).
@@ -47,6 +48,17 @@ def disk_error(index: Path, exc: sqlite3.Error, consequence: str) -> DiskError |
     return DiskError(f"{index}: {problem}: {consequence}; free some space (everything written before is kept)")
 
 
+def store_failure(index: Path, exc: sqlite3.Error, consequence: str = "nothing more was written") -> StoreError:
+    """The one-line error for any SQLite error met in the index: a full or failing disk, damage
+    (noted beside the index, so that every reader says it too), or the error itself."""
+    disk = disk_error(index, exc, consequence)
+    if disk is not None:
+        return disk
+    if identity.is_damage(exc):
+        return identity.note_damage(index, exc)
+    return StoreError(f"{index}: {exc}")
+
+
 class Database:
     """One connection to the index; the generic core that the index's parts build on."""
 
@@ -54,10 +66,14 @@ class Database:
         self.conn = conn
         self.path = path
         self.readonly = readonly
+        self.identified = False  # its id is settled: each write transaction touches it (tagger.index.identity)
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> Self:
-        """The writer creates and migrates; readers open `mode=ro` and never block the writer."""
+        """The writer creates and migrates; readers open `mode=ro` and never block the writer.
+
+        Both first refuse an index noted as damaged, a WAL file of another index and an index that
+        is not the one its companion file names (tagger.index.identity): nothing is written then."""
         try:
             info = path.stat()
         except OSError:
@@ -65,7 +81,10 @@ class Database:
         else:
             if not stat.S_ISREG(info.st_mode):  # SQLite would wait forever reading a FIFO's header
                 raise StoreError(f"{path}: the index is not a regular file but {file_kind(info.st_mode)}")
+        conn: sqlite3.Connection | None = None
         try:
+            identity.refuse_if_damaged(path)
+            wanted = identity.check(path, _read_only_uri(path)) if path.exists() else None
             if readonly:
                 if not path.exists():
                     raise StoreError(f"{path}: no index yet (run `tagger scan` first)")
@@ -90,11 +109,15 @@ class Database:
                     return cls.open(path, readonly=True)
             else:
                 store._migrate()
+                identity.settle(conn, path, wanted)
+                store.identified = True
         except sqlite3.Error as exc:
-            disk = disk_error(path, exc, "the index could not be opened or upgraded")
-            if disk is not None:
-                raise disk from None
-            raise StoreError(f"{path}: cannot open index: {exc}") from None
+            if conn is not None:
+                conn.close()
+            failure = store_failure(path, exc, "the index could not be opened or upgraded")
+            if type(failure) is StoreError:
+                failure = StoreError(f"{path}: cannot open index: {exc}")
+            raise failure from None
         except OSError as exc:
             raise StoreError(f"{path}: cannot create index: {exc.strerror or exc}") from None
         return store
@@ -126,6 +149,8 @@ class Database:
             raise
         try:
             yield self.conn
+            if self.identified:
+                identity.touch(self.conn)
             self.conn.execute("COMMIT")
         except BaseException as exc:
             if self.conn.in_transaction:
@@ -135,6 +160,8 @@ class Database:
                     pass  # SQLite already rolled back (it does so itself on a full disk)
             if isinstance(exc, sqlite3.Error):
                 self._raise_disk_error(exc, what)
+                if identity.is_damage(exc):
+                    raise identity.note_damage(self.path, exc) from None
             raise
 
     def _raise_disk_error(self, exc: sqlite3.Error, what: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sqlite3
 from typing import IO, TYPE_CHECKING, Any
 
 from flask import Flask, Request, Response, g, request
@@ -18,6 +19,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from tagger.config import Config
 from tagger.errors import StoreError
 from tagger.fileio import shown
+from tagger.index import store_failure
 from tagger.web import api, bulk, duplicates, media, pages, vectors
 from tagger.web.context import (
     BODY_TOO_LARGE,
@@ -27,6 +29,7 @@ from tagger.web.context import (
     cookie_secure,
     require_token,
     upload_too_large,
+    viewer,
     wants_json,
 )
 from tagger.web.files import FsPathConverter
@@ -80,6 +83,7 @@ def create_app(config: Config, classifier: Classifier | None = None) -> Flask:
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(StoreError, _store_error)
+    app.register_error_handler(sqlite3.Error, _index_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
 
@@ -177,6 +181,11 @@ def _http_error(exc: HTTPException) -> Response:
 def _store_error(exc: StoreError) -> Response:
     log.error("index unavailable: %s", exc)
     return _http_error(ServiceUnavailable(f"the index cannot be read: {exc}"))
+
+
+def _index_error(exc: sqlite3.Error) -> Response:
+    """An SQLite error met while reading (a malformed page): the same one line as the CLI's, as a 503."""
+    return _store_error(store_failure(viewer().config.index, exc))
 
 
 def _unexpected_error(exc: Exception) -> Response:

@@ -25,6 +25,7 @@ from tagger.config import Config
 from tagger.library.corrections import correct
 from tagger.errors import StoreError, TaggerError
 from tagger.index import LATEST, ImageDetail, Index
+from tagger.index.identity import refuse_if_damaged
 from tagger.library.keywording import Retagger
 from tagger.library.thumbcache import thumbnail_folder
 from tagger.tags.terms import Action, KeywordRow
@@ -67,6 +68,7 @@ class Viewer:
 
     def store(self) -> Index:
         """This thread's connection; an index that still needs a migration is refused with a hint."""
+        refuse_if_damaged(self.config.index)  # noted by any command since this thread's connection opened
         opened: Index | None = getattr(self._local, "store", None)
         if opened is None:
             opened = Index.open(self.config.index, readonly=True)
