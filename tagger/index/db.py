@@ -109,8 +109,7 @@ class Database:
                     return cls.open(path, readonly=True)
             else:
                 store._migrate()
-                identity.settle(conn, path, wanted)
-                store.identified = True
+                store.identified = identity.settle(conn, path, wanted) is not None
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()

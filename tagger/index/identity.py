@@ -17,12 +17,15 @@ page would otherwise answer from the undamaged part without a word.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import uuid
 from pathlib import Path
 
 from tagger.errors import DamagedIndex, StoreError
 from tagger.fileio import utc_text, write_atomic
+
+log = logging.getLogger(__name__)
 
 ID_KEY = "index_id"
 ID_LENGTH = 32  # hex digits of a uuid4; the row's value is the id, a dot and the last writer's stamp
@@ -128,9 +131,12 @@ def touch(conn: sqlite3.Connection) -> None:
     )
 
 
-def settle(conn: sqlite3.Connection, index: Path, wanted: str | None) -> str:
+def settle(conn: sqlite3.Connection, index: Path, wanted: str | None) -> str | None:
     """The writer's id, written once (an index from before ids takes the companion's, or a new one),
-    and the companion file written where it is missing. Call outside a transaction."""
+    and the companion file written where it is missing; None for a schema without settings (being
+    built by older migrations). Call outside a transaction."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settings'").fetchone() is None:
+        return None
     current = stored_id(conn)
     if current is None:
         current = wanted or new_id()
@@ -144,8 +150,8 @@ def settle(conn: sqlite3.Connection, index: Path, wanted: str | None) -> str:
     if read_companion(index) != current:
         try:
             write_companion(index, current)
-        except OSError as exc:
-            raise StoreError(f"{companion_path(index)}: cannot write the index's id: {exc.strerror or exc}") from None
+        except OSError as exc:  # a safeguard, not the index: the next writer tries again
+            log.warning("%s: cannot write the index's id: %s", companion_path(index), exc.strerror or exc)
     return current
 
 
