@@ -118,6 +118,34 @@ def test_similar_puts_the_same_subject_first(
     assert result.exit_code == 1 and "nothing.jpg: not a tagged image in the index" in result.output
 
 
+def test_similar_shows_each_picture_once_with_its_copies_counted(
+    views_library: Path, write_config: Callable[..., Path]
+) -> None:
+    """Six files of the photo most like the query (same bytes) used to fill any --limit alone (issue 28)."""
+    config = write_config()
+    assert invoke(config, "scan").exit_code == 0
+    query = str(views_library / "chelsea.jpg")
+    nearest = json.loads(invoke(config, "similar", query, "--limit", "1", "--format", "json").stdout)[0]["path"]
+    for i in range(5):
+        shutil.copy(nearest, views_library / f"again {i}.jpg")
+    assert invoke(config, "scan").exit_code == 0
+    result = invoke(config, "similar", query, "--limit", "3", "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert len(found) == 3 and len({f["sha256"] for f in found}) == 3
+    assert found[0]["path"] == min([nearest, *(str(views_library / f"again {i}.jpg") for i in range(5))])
+    assert found[0]["copies"] == 6 and all(f["copies"] == 1 for f in found[1:])
+    listed = invoke(config, "similar", query, "--limit", "3")
+    assert listed.exit_code == 0 and listed.stdout.splitlines() == [f["path"] for f in found]
+    assert "not listed: 5 more files with the same bytes as 1 image above" in listed.stderr
+    from tagger.config import load_config
+    from tagger.web import create_app
+
+    client = create_app(load_config(config)).test_client()
+    api = client.get(f"/api/images/{query.lstrip('/')}/similar?limit=3").get_json()["similar"]
+    assert [(s["path"], s["copies"]) for s in api] == [(f["path"], f["copies"]) for f in found]
+
+
 def test_duplicates_groups_copies_not_other_shots(tmp_path: Path, write_config: Callable[..., Path]) -> None:
     from realsets import make_set
 

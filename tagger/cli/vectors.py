@@ -65,22 +65,31 @@ def embed(ctx: Context) -> None:
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
 @click.option("--format", "fmt", type=click.Choice(["paths", "json"]), default="paths", show_default=True,
-              help="paths: one per line; json: path, sha256 and similarity of each.")
+              help="paths: one per line; json: path, sha256, similarity and copies (files holding it) of each.")
 @pass_ctx
 def similar(ctx: Context, image: Path, limit: int, fmt: str) -> None:
-    """List the images most like IMAGE (an indexed file), best first; its own copies are left out."""
+    """List the images most like IMAGE (an indexed file), best first.
+
+    Each picture once, by its first file: its copies (files with the same bytes) are counted,
+    not listed. IMAGE's own copies are left out.
+    """
     from tagger.index import Index
     from tagger.vectors.similar import similar_to
 
     config = ctx.config(require_folders=False)
     with Index.open(config.index, readonly=True) as store:
         matches = similar_to(store, _indexed_sha(store, image), limit)
-        paths = store.vectors.paths_of([m.sha256 for m in matches])
-    found = [(p, m) for m in matches for p in paths.get(m.sha256, [])][:limit]
+        first = store.vectors.first_paths([m.sha256 for m in matches])
+    found = [(*first[m.sha256], m) for m in matches if m.sha256 in first]
     if fmt == "json":
-        click.echo(json_text([{"path": p, "sha256": m.sha256, "score": round(m.score, 4)} for p, m in found], indent=2))
-    else:
-        _write_paths([p for p, _ in found])
+        click.echo(json_text([{"path": p, "sha256": m.sha256, "score": round(m.score, 4), "copies": n}
+                              for p, n, m in found], indent=2))
+        return
+    _write_paths([p for p, _, _ in found])
+    copied, extra = sum(1 for _, n, _ in found if n > 1), sum(n - 1 for _, n, _ in found)
+    if extra:
+        click.echo(f"not listed: {extra} more {'file' if extra == 1 else 'files'} with the same bytes as "
+                   f"{counted(copied, 'image')} above (--format json counts each one's copies)", err=True)
 
 
 @click.command()

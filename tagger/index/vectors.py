@@ -203,6 +203,20 @@ class VectorRows:
                 found.setdefault(sha, []).append(path)
         return found
 
+    def first_paths(self, shas: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """Each content's first tagged file by path, and how many tagged files hold it: a list
+        shows each content once, whatever the number of its copies."""
+        found: dict[str, tuple[str, int]] = {}
+        for start in range(0, len(shas), 500):
+            part = list(shas[start : start + 500])
+            marks = ",".join("?" * len(part))
+            for sha, path, copies in self.conn.execute(
+                f"SELECT sha256, MIN(path), COUNT(*) FROM files WHERE status = 'tagged' AND sha256 IN ({marks}) "
+                "GROUP BY sha256", part
+            ):
+                found[sha] = (path, int(copies))
+        return found
+
     def sizes_of(self, shas: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         """(width, height, bytes) of each content."""
         found: dict[str, tuple[int, int, int]] = {}

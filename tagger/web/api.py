@@ -17,7 +17,7 @@ from tagger.engine.video import frame_at
 from tagger.fileio import is_video_name, open_regular, read_limited, shown, utc_text
 from tagger.index import GridItem, ImageDetail
 from tagger.inputs import InputError, whole_number
-from tagger.web.check import CheckResult
+from tagger.web.check import CheckResult, ModelBusy
 from tagger.web.context import (
     correct_keywords,
     cross_origin,
@@ -117,14 +117,17 @@ def explain(raw: str) -> Response:
     config = viewer().config
     source = viewer().library.readable(detail.path)
     try:
-        if is_video_name(source):  # a clip: the frame its tag came from (?ms= picks another)
-            moment = _frame_time(detail, term)
-            fh, _ = open_regular(source)
-            with fh:
-                data: bytes | Image.Image = frame_at(fh, moment, config.decode.max_pixels)
-        else:
-            data = read_limited(source, config.decode.max_file_bytes)
-        explanation, photo = viewer().checker.explain(data, term, store().vectors.learned)
+        with viewer().checker.turn():
+            if is_video_name(source):  # a clip: the frame its tag came from (?ms= picks another)
+                moment = _frame_time(detail, term)
+                fh, _ = open_regular(source)
+                with fh:
+                    data: bytes | Image.Image = frame_at(fh, moment, config.decode.max_pixels)
+            else:
+                data = read_limited(source, config.decode.max_file_bytes)
+            explanation, photo = viewer().checker.explain(data, term, store().vectors.learned)
+    except ModelBusy as exc:
+        raise model_busy(exc) from None
     except (DecodeError, OSError) as exc:
         raise UnprocessableEntity(f"{shown(detail.path)}: {exc}") from None
     except cam.ExplainError as exc:
@@ -202,11 +205,19 @@ def received_uploads() -> list[tuple[str, bytes]]:
 
 
 def check_uploads(uploads: list[tuple[str, bytes]], top_k: int) -> list[CheckResult]:
-    """Every file of this request, checked in turn; a model that cannot load is a 503."""
+    """Every file of this request, checked in turn; a model that cannot load, or busy, is a 503."""
     try:
-        return [viewer().checker.check(name, data, top_k) for name, data in uploads]
+        with viewer().checker.turn():
+            return [viewer().checker.check(name, data, top_k) for name, data in uploads]
+    except ModelBusy as exc:
+        raise model_busy(exc) from None
     except WeightsError as exc:
         raise ServiceUnavailable(f"the model cannot be loaded: {exc}") from None
+
+
+def model_busy(exc: ModelBusy) -> ServiceUnavailable:
+    """503 with Retry-After: a request for the model past those that may wait for it (web.threads / 2)."""
+    return ServiceUnavailable(str(exc), retry_after=exc.retry_after)
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:

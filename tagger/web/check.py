@@ -2,12 +2,17 @@
 
 The same decoding (draft or not, as configured) and preprocessing as a scan, so the answer
 is the one a scan gives. One image at a time: the model is shared, and a 50-megapixel PNG
-takes 150 MB to decode.
+takes 150 MB to decode. And only a few requests wait for it (ModelBusy past them): a serving
+thread waiting for the model serves nothing else, so a burst of explanations must not take
+every thread from the pages.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +30,14 @@ if TYPE_CHECKING:
 
     from tagger.engine.classify import Classifier
     from tagger.engine.explain import Explanation
+
+
+class ModelBusy(Exception):
+    """As many requests as may wait for the model already do: try again in `retry_after` seconds."""
+
+    def __init__(self, waiting: int, retry_after: int) -> None:
+        super().__init__(f"the model is busy with {waiting} other requests; try again in {retry_after} s")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,21 @@ class Checker:
         self.config = config
         self._classifier = classifier
         self._lock = threading.Lock()
+        self.admitted = max(1, config.web.threads // 2)  # requests running or waiting: half the serving threads
+        self._turns = threading.BoundedSemaphore(self.admitted)
+        self._seconds = 1.0  # how long a request held the model lately (a running average)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """A request's place among those that may use the model (explain, check), or ModelBusy."""
+        if not self._turns.acquire(blocking=False):
+            raise ModelBusy(self.admitted, max(1, math.ceil(self._seconds * self.admitted)))
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - started)
+            self._turns.release()
 
     @property
     def model_name(self) -> str | None:

@@ -26,23 +26,26 @@ MAX_SIMILAR = 200
 
 
 def similar_items(sha256: str | None, limit: int) -> list[dict[str, object]]:
-    """The files most like a content, best first: path, sha256, score and links."""
+    """The contents most like a content, best first, each once: its first file's path, sha256, score,
+    copies (the files holding it) and links."""
     if not sha256:
         return []
     try:
         matches = similar_to(store(), sha256, limit)
     except TaggerError:
         return []  # no embedding yet: nothing to compare
-    paths = store().vectors.paths_of([m.sha256 for m in matches])
+    first = store().vectors.first_paths([m.sha256 for m in matches])
     found = []
-    for m in matches:
-        for path in paths.get(m.sha256, [])[:1]:  # one file per content: copies would crowd the strip
-            raw = path.lstrip("/")
-            found.append({
-                "path": path, "sha256": m.sha256, "score": round(m.score, 4),
-                "links": {"page": url_for("pages.image", raw=raw), "self": url_for("api.image", raw=raw),
-                          "thumbnail": url_for("media.thumbnail", sha256=m.sha256)},
-            })
+    for m in matches:  # each content once, by its first file: copies would crowd the strip
+        if m.sha256 not in first:
+            continue
+        path, copies = first[m.sha256]
+        raw = path.lstrip("/")
+        found.append({
+            "path": path, "sha256": m.sha256, "score": round(m.score, 4), "copies": copies,
+            "links": {"page": url_for("pages.image", raw=raw), "self": url_for("api.image", raw=raw),
+                      "thumbnail": url_for("media.thumbnail", sha256=m.sha256)},
+        })
     return found[:limit]
 
 
@@ -54,7 +57,8 @@ def similar_strip(sha256: str | None) -> list[dict[str, object]]:
 
 @blueprint.get("/api/images/<fspath:raw>/similar")
 def similar_api(raw: str) -> Response:
-    """?limit=N (default 20): the most similar images, best first, with their cosine similarity."""
+    """?limit=N (default 20): the most similar images, best first, each content once (`copies`: the
+    files holding it), with their cosine similarity."""
     detail = indexed_file(raw)
     limit = int_arg("limit", 20, 1, MAX_SIMILAR)
     return jsonify({"path": detail.path, "similar": similar_items(detail.sha256, limit)})
