@@ -22,13 +22,17 @@ devices, sparse files of gigabytes, names in Latin-1 from old shares. So:
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import re
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO
@@ -96,19 +100,87 @@ def mode_of(image: Path) -> int:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old file or the new one, never a mix, even after a crash: temp file in the
-    same folder, fsync, rename over the old one (sidecars, XMP, thumbnails, the daemon's status)."""
+    same folder, fsync, rename over the old one (sidecars, XMP, thumbnails, the daemon's status).
+    Inside `synced_together`, the two fsyncs wait for the one sync at its end instead."""
+    batch: _SyncBatch | None = getattr(_batches, "current", None)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if batch is None:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
+        if batch is None:
+            _fsync_dir(path.parent)
+        else:
+            batch.folders.add(os.fspath(path.parent))
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+class _SyncBatch:
+    def __init__(self) -> None:
+        self.folders: set[str] = set()
+
+
+_batches = threading.local()
+_libc_syncfs: Callable[[int], int] | None = None
+
+
+@contextmanager
+def synced_together() -> Iterator[None]:
+    """Files written by write_atomic inside are made durable together when it ends: one syncfs(2) per
+    filesystem touched instead of two fsyncs per file (a folder of 100 copies: 1 sync, not 200).
+
+    Still atomic (each file is renamed over the old one whole); what a crash or power loss before
+    the end can lose is whole files, never part of one. The caller commits the index rows that
+    name these files only after the block ends, so a committed row implies its files are on disk.
+    Only this thread's writes are batched.
+    """
+    if getattr(_batches, "current", None) is not None:  # nested: the outer block syncs
+        yield
+        return
+    batch = _batches.current = _SyncBatch()
+    try:
+        yield
+    finally:
+        _batches.current = None
+    devices: dict[int, str] = {}
+    for folder in batch.folders:
+        try:
+            devices.setdefault(os.stat(folder).st_dev, folder)
+        except OSError:
+            continue
+    for folder in devices.values():
+        _sync_filesystem(folder)
+
+
+def _sync_filesystem(folder: str) -> None:
+    """syncfs(2) on the filesystem holding `folder` (Linux); elsewhere sync(2), which flushes them all."""
+    global _libc_syncfs
+    if _libc_syncfs is None:
+        try:
+            _libc_syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            _libc_syncfs = _sync_all
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if _libc_syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _sync_all(fd: int) -> int:
+    os.sync()
+    return 0
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -167,18 +239,44 @@ class Folders:
 LEFTOVER = re.compile(r"\..+\.(?:tags\.json|xmp)\.[a-z0-9_]{8}\.tmp")
 
 
+@dataclass(frozen=True)
+class FolderListing:
+    """One folder's entries as a scan uses them: images, folders to enter, every name (which
+    sidecars are there), and a killed run's temporary sidecar files (LEFTOVER)."""
+
+    images: list[str]
+    folders: list[str]
+    names: frozenset[str]
+    leftovers: list[str]
+
+
+def list_folder(folder: Path) -> FolderListing:
+    """The entries of one folder, sorted; OSError when it cannot be listed.
+
+    Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
+    it refuses it with the reason, so it is never skipped silently. Sidecars (.json, .xmp) and
+    hidden names are not images. Symlinked folders and tagger.fileio.skipped_folder are not
+    entered. A scan walks one folder at a time from a list of folders still to list, never by
+    recursion (os.walk raised RecursionError on a chain of 1,000 nested folders) and never
+    holding the whole library's names (memory stays the largest folder's).
+    """
+    with os.scandir(folder) as listing:
+        entries = [(entry.name, _is_folder(entry)) for entry in listing]
+    files = sorted(name for name, is_folder in entries if is_folder is False)
+    return FolderListing(
+        images=[name for name in files if not name.startswith(".") and is_image_name(PurePath(name))],
+        folders=sorted(name for name, is_folder in entries if is_folder is True and not skipped_folder(name)),
+        names=frozenset(name for name, _ in entries),
+        leftovers=[name for name in files if name.startswith(".") and LEFTOVER.fullmatch(name)],
+    )
+
+
 def iter_images(
     root: Path, unlisted: list[tuple[Path, str]] | None = None, leftovers: list[Path] | None = None
 ) -> Iterator[Path]:
-    """Names of images under `root`, sorted, skipping the folders of tagger.fileio.skipped_folder.
-
-    Whatever kind of file bears an image name is listed (a FIFO, a symlink, a socket): reading
-    it refuses it with the reason (tagger.fileio), so it is never skipped silently. Symlinked
-    folders are not entered. A folder that cannot be listed goes into `unlisted` with the reason, and
-    a killed run's temporary sidecar files (LEFTOVER) into `leftovers`.
-    Folders first to last as os.walk goes, but from a list rather than by recursion: on Python
-    3.11 os.walk raised RecursionError in a library with a chain of 1,000 nested folders.
-    """
+    """Paths of images under `root` (list_folder's, folder by folder), or `root` itself when it is no
+    folder. A folder that cannot be listed goes into `unlisted` with the reason, and a killed run's
+    temporary sidecar files into `leftovers`."""
     if not root.is_dir():
         yield root
         return
@@ -186,20 +284,15 @@ def iter_images(
     while pending:
         folder = pending.pop()
         try:
-            with os.scandir(folder) as listing:
-                entries = [(entry.name, _is_folder(entry)) for entry in listing]
+            listing = list_folder(folder)
         except OSError as exc:
             if unlisted is not None:
                 unlisted.append((folder, exc.strerror or str(exc)))
             continue
-        for name in sorted(name for name, is_folder in entries if is_folder is False):
-            path = folder / name
-            if not name.startswith(".") and is_image_name(path):  # never a sidecar: .json, .xmp
-                yield path
-            elif leftovers is not None and name.startswith(".") and LEFTOVER.fullmatch(name):
-                leftovers.append(path)
-        folders = sorted(name for name, is_folder in entries if is_folder is True and not skipped_folder(name))
-        pending.extend(folder / name for name in reversed(folders))
+        yield from (folder / name for name in listing.images)
+        if leftovers is not None:
+            leftovers.extend(folder / name for name in listing.leftovers)
+        pending.extend(folder / name for name in reversed(listing.folders))
 
 
 def _is_folder(entry: os.DirEntry[str]) -> bool | None:

@@ -6,7 +6,7 @@ Imported only when a scheduler is configured (tagger.cluster.choice).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tagger.cluster.coordinator import Cluster
@@ -46,7 +46,7 @@ class ClusterBackend:
         self.cluster.close()
         self.here.close()
 
-    def tag(self, paths: Sequence[Path], summary: ScanSummary, on_progress: Progress, cancelled: Cancelled) -> None:
+    def tag(self, paths: Iterable[Path], summary: ScanSummary, on_progress: Progress, cancelled: Cancelled) -> None:
         """At most `cluster.in_flight` batches out at once, each written here as it comes back;
         what the cluster cannot take is classified here."""
         cluster = self.cluster

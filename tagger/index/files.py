@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from tagger.fileio import utc_text
-from tagger.index.db import Database, fs
-from tagger.index.records import CachedImage, FileRecord, FileStamp, ImageDetail
+from tagger.index.db import Database, folder_range, fs
+from tagger.index.records import CachedImage, FileRecord, FileStamp, FolderRow, ImageDetail
 from tagger.engine.labels import Tag
 from tagger.index.records import ImageFacts
 
@@ -91,6 +91,56 @@ class FileRows(Database):
             (fs(prefix), fs(prefix[:-1] + "0")),
         ).fetchall()
         return [r[0] for r in rows]
+
+    def folder_rows(self, folder: str) -> tuple[dict[str, FolderRow], list[str]]:
+        """The rows of the files directly in `folder`, by name, and the names of its subfolders that
+        hold rows: a scan's view of one folder. Each subfolder's rows are stepped over with one seek
+        (the range ends at name + '0', '/' + 1), so a folder costs its own rows, not its subtree's."""
+        prefix = folder.rstrip("/") + "/"
+        low, high = folder_range(folder)
+        rows: dict[str, FolderRow] = {}
+        subfolders: list[str] = []
+        while True:
+            cursor = self.conn.execute(
+                """SELECT f.path, f.size, f.mtime_ns, f.ctime_ns, f.inode, f.status, i.model, f.sidecar
+                   FROM files f LEFT JOIN images i ON i.sha256 = f.sha256
+                   WHERE f.path >= CAST(? AS TEXT) AND f.path < CAST(? AS TEXT) ORDER BY f.path""",
+                (low, high),
+            )
+            for path, *state in cursor:
+                name = path[len(prefix):]
+                sub, slash, _ = name.partition("/")
+                if slash:
+                    subfolders.append(sub)
+                    low = fs(prefix + sub + "0")
+                    break
+                rows[name] = FolderRow(*state)
+            else:
+                return rows, subfolders
+            cursor.close()
+
+    def paths_after(self, folder: str, after: str | None, limit: int) -> list[str]:
+        """Up to `limit` indexed paths inside `folder`, in order, past `after`: a subtree a page at a time."""
+        low, high = folder_range(folder)
+        rows = self.conn.execute(
+            "SELECT path FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT) "
+            "AND path > CAST(? AS TEXT) ORDER BY path LIMIT ?",
+            (low, high, fs(after) if after is not None else low, limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def count_under(self, folder: str) -> int:
+        """How many files inside `folder` are indexed."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", folder_range(folder)
+        ).fetchone()[0])
+
+    def save_sidecars(self, sidecars: Sequence[tuple[str, str | None]]) -> None:
+        """(path, sidecar) of files whose recorded sidecar path was stale (a folder renamed)."""
+        self.conn.executemany(
+            "UPDATE files SET sidecar = CAST(? AS TEXT) WHERE path = CAST(? AS TEXT)",
+            [(None if sidecar is None else fs(sidecar), fs(path)) for path, sidecar in sidecars],
+        )
 
     def tagged_beside(self, path: str) -> list[tuple[str, str]]:
         """(path, sha256) of the other tagged files in `path`'s folder with its name but for the
@@ -194,16 +244,23 @@ class FileRows(Database):
         )
         return cursor.rowcount > 0
 
-    def move_tree(self, src: str, dst: str) -> int:
-        """Every row under folder `src` moves under `dst` (a renamed or moved folder)."""
+    def move_tree(self, src: str, dst: str, sidecars: tuple[str, str] | None = None) -> int:
+        """Every row under folder `src` moves under `dst` (a renamed or moved folder), and their recorded
+        sidecar paths from folder `sidecars[0]` to `sidecars[1]`: by default `src` and `dst` (sidecars
+        beside the images); with sidecar.folder, their places in its mirror tree."""
         old, new = src.rstrip("/") + "/", dst.rstrip("/") + "/"
         self.conn.execute(
             "DELETE FROM files WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", (fs(new), fs(new[:-1] + "0"))
         )
+        old_sc, new_sc = (folder.rstrip("/") + "/" for folder in (sidecars or (src, dst)))
         cursor = self.conn.execute(  # substr of the bytes: a name that is not UTF-8 has no characters to count
-            """UPDATE files SET path = CAST(CAST(? AS BLOB) || substr(CAST(path AS BLOB), ?) AS TEXT), updated_at = ?
+            """UPDATE files SET path = CAST(CAST(? AS BLOB) || substr(CAST(path AS BLOB), ?) AS TEXT), updated_at = ?,
+                      sidecar = CASE WHEN sidecar >= CAST(? AS TEXT) AND sidecar < CAST(? AS TEXT)
+                                THEN CAST(CAST(? AS BLOB) || substr(CAST(sidecar AS BLOB), ?) AS TEXT) ELSE sidecar END
                WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)""",
-            (os.fsencode(new), len(os.fsencode(old)) + 1, utc_text(), fs(old), fs(old[:-1] + "0")),
+            (os.fsencode(new), len(os.fsencode(old)) + 1, utc_text(),
+             fs(old_sc), fs(old_sc[:-1] + "0"), os.fsencode(new_sc), len(os.fsencode(old_sc)) + 1,
+             fs(old), fs(old[:-1] + "0")),
         )
         return cursor.rowcount
 

@@ -41,6 +41,19 @@ class FileStamp:
     inode: int
 
 
+@dataclass(frozen=True, slots=True)
+class FolderRow:
+    """A file's row as a scan compares it with the file's stat, one folder at a time."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int | None
+    inode: int | None
+    status: Status
+    model: str | None
+    sidecar: str | None
+
+
 @dataclass(frozen=True)
 class FileRecord:
     path: str

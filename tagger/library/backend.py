@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -48,8 +49,10 @@ T = TypeVar("T")
 class ScanBackend(Protocol):
     """Tags the files a scan hands it, recording each through the scan's Recorder."""
 
-    def tag(self, paths: Sequence[Path], summary: ScanSummary, on_progress: Progress, cancelled: Cancelled) -> None:
-        """Everything in `paths` classified (or reused, or failed) and recorded before it returns."""
+    def tag(self, paths: Iterable[Path], summary: ScanSummary, on_progress: Progress, cancelled: Cancelled) -> None:
+        """Everything in `paths` classified (or reused, or failed) and recorded before it returns (copies
+        of known contents may wait in the recorder for Recorder.flush). `paths` may be a scan's walk,
+        produced as it is consumed."""
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: batches from now on use its settings."""
@@ -62,9 +65,11 @@ class ScanBackend(Protocol):
 BackendFactory = Callable[[Config, Classifier, Reader, Recorder], ScanBackend]
 
 
-def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def batches(items: Iterable[T], size: int) -> Iterator[Sequence[T]]:
+    """`size` items at a time, taken from `items` as they come (a scan's walk is never a whole list)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def refine_budget(summary: ScanSummary, batch: int) -> int:
@@ -135,7 +140,7 @@ class LocalBackend:
         self._decoders.shutdown(wait=True)
         self._refiner.shutdown(wait=True)
 
-    def tag(self, paths: Sequence[Path], summary: ScanSummary, on_progress: Progress, cancelled: Cancelled) -> None:
+    def tag(self, paths: Iterable[Path], summary: ScanSummary, on_progress: Progress, cancelled: Cancelled) -> None:
         # Several batches in flight: while the model runs on one, the next ones are being decoded,
         # enough of them to keep every decoder thread busy, within a bound on the bytes they hold.
         ahead: deque[tuple[list[_InFlight], int]] = deque()

@@ -19,7 +19,7 @@ from tagger.engine.video import sampled_sha256
 from tagger.fileio import Folders, is_video_name, open_regular, read_limited, too_large
 from tagger.index import Index
 from tagger.index.records import FileStamp
-from tagger.library.recorder import Recorder
+from tagger.library.recorder import Copy, Follower, Recorder
 from tagger.library.summary import ScanSummary
 
 
@@ -73,11 +73,17 @@ class Reader:
                 continue
             cached = self.store.cached_image(read.sha256, self.model)
             if cached is None:
-                fresh.append(Read(path, stat.st_mtime_ns, read.data, read.sha256, read.size, read.video, stamp))
+                if self.recorder.classifying(read.sha256):  # a copy of a file out to the model right now
+                    self.recorder.follow(read.sha256, Follower(path, read.size, stat.st_mtime_ns, stamp, summary))
+                else:
+                    fresh.append(Read(path, stat.st_mtime_ns, read.data, read.sha256, read.size, read.video, stamp))
                 continue
-            facts, tags, weights = cached.facts, cached.tags, cached.weights_sha256
-            if not self.recorder.record(path, facts, stat.st_mtime_ns, tags, weights, None, stamp):
-                summary.sidecar_errors += 1
+            if self.recorder.shares_xmp(path):
+                facts, tags, weights = cached.facts, cached.tags, cached.weights_sha256
+                if not self.recorder.record(path, facts, stat.st_mtime_ns, tags, weights, None, stamp):
+                    summary.sidecar_errors += 1
+            else:
+                self.recorder.add_copy(Copy(path, cached, stat.st_mtime_ns, stamp), summary)
             summary.reused += 1
         return fresh
 

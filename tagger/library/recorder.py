@@ -7,26 +7,51 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tagger.config import Config
 from tagger.engine.labels import Tag
 from tagger.errors import DiskError
-from tagger.fileio import is_gone
-from tagger.index import Index
+from tagger.fileio import is_gone, synced_together
+from tagger.index import CachedImage, Index
 from tagger.index.records import FileStamp, ImageFacts
-from tagger.library.jsonsidecar import read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
+from tagger.library.jsonsidecar import SUFFIX, read_sidecar, remove_own_sidecar, sidecar_path, write_sidecar
 from tagger.library.keywording import Retagger
 from tagger.library.places import made_for, sidecar_folder
 from tagger.library.summary import ScanSummary
 from tagger.library.thumbcache import remove_thumbnails
 from tagger.library.xmp import xmp_path
 from tagger.tags.keywords import keyword_rows
+from tagger.tags.terms import KeywordRow
 from tagger.vectors.embeddings import Look, save_embedding
 from tagger.vectors.learned import LearnedModels
 
 log = logging.getLogger(__name__)
+
+COPIES_TOGETHER = 256  # files of known contents recorded in one sync and one transaction
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A file whose content the index holds already (a copy, a move, a restore): no model run."""
+
+    path: Path
+    cached: CachedImage
+    mtime_ns: int
+    stamp: FileStamp | None
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A file whose content is being classified right now, for another file: recorded with it."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    stamp: FileStamp | None
+    summary: ScanSummary
 
 
 class Recorder:
@@ -39,6 +64,8 @@ class Recorder:
         self.retagger = Retagger(config, store)
         self.retagger.check_settings()
         self.learned = LearnedModels(store, model)  # applied to each new image's embedding
+        self._copies: list[Copy] = []  # waiting to be recorded together (record_copies)
+        self._classifying: dict[str, list[Follower]] = {}  # contents out to the model, and their other files
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new files get the new rules and thresholds at once."""
@@ -76,7 +103,79 @@ class Recorder:
             if sidecar is not None:  # no sidecar without its index row: the next scan writes both
                 Path(sidecar).unlink(missing_ok=True)
             raise
+        if look is not None:
+            cached = CachedImage(facts, self.model, weights_sha256, list(tags))
+            for other in self._classifying.pop(facts.sha256, []):
+                self._copies.append(Copy(other.path, cached, other.mtime_ns, other.stamp))
+                other.summary.reused += 1
         return note is None
+
+    def classifying(self, sha256: str) -> bool:
+        """Whether this content is out to the model already; from now on it is (the caller sends it)."""
+        if sha256 in self._classifying:
+            return True
+        self._classifying[sha256] = []
+        return False
+
+    def follow(self, sha256: str, follower: Follower) -> None:
+        """Record `follower` with the content being classified: one model run for copies arriving together."""
+        self._classifying[sha256].append(follower)
+
+    def add_copy(self, copy: Copy, summary: ScanSummary) -> None:
+        """A file of a known content, recorded with others (record_copies) once enough are waiting."""
+        self._copies.append(copy)
+        if len(self._copies) >= COPIES_TOGETHER:
+            self._record_copies(summary)
+
+    def flush(self, summary: ScanSummary) -> None:
+        """The end of a scan or batch: the copies still waiting recorded. A content that never came
+        back from the model (a stop) leaves its other files to the next scan."""
+        self._classifying.clear()
+        self._record_copies(summary)
+
+    def abandon(self) -> None:
+        """A scan or batch stopped by an error: the copies not recorded yet are left to the next scan."""
+        self._classifying.clear()
+        self._copies.clear()
+
+    def _record_copies(self, summary: ScanSummary) -> None:
+        copies, self._copies = self._copies, []
+        if copies:
+            summary.sidecar_errors += self.record_copies(copies)
+
+    def record_copies(self, copies: Sequence[Copy]) -> int:
+        """Files of contents already classified, recorded together: every sidecar written, then made
+        durable by one sync (tagger.fileio.synced_together), then one transaction for all their rows.
+        A kill at any moment leaves each file recorded whole (row and sidecars) or with no row, to be
+        done again by the next scan. How many sidecars could not be written."""
+        keywords: dict[str, list[KeywordRow]] = {}
+        written: list[tuple[Copy, str | None, str | None]] = []
+        rules, min_score = self.retagger.rules, self.config.model.min_score
+        with synced_together():
+            for copy in copies:
+                facts, tags = copy.cached.facts, copy.cached.tags
+                rows = keywords.get(facts.sha256)
+                if rows is None:
+                    rows = keywords[facts.sha256] = keyword_rows(
+                        rules, tags, min_score, self.store.corrections(facts.sha256), self.learned.stored(facts.sha256)
+                    )
+                sidecar, note = self.retagger.sidecars.write(
+                    copy.path, facts, self.model, copy.cached.weights_sha256, tags, rows
+                )
+                written.append((copy, sidecar, note))
+        try:
+            with self.store.transaction(f"the tags of {len(copies)} files"):
+                for sha256, rows in keywords.items():
+                    self.store.save_keywords(sha256, rows)
+                for copy, sidecar, note in written:
+                    facts = copy.cached.facts
+                    self.store.save_file(str(copy.path), facts.sha256, facts.size, copy.mtime_ns, sidecar, note, copy.stamp)
+        except DiskError:
+            for _, sidecar, _ in written:
+                if sidecar is not None:
+                    Path(sidecar).unlink(missing_ok=True)
+            raise
+        return sum(note is not None for _, _, note in written)
 
     def fail(
         self,
@@ -94,6 +193,8 @@ class Recorder:
             self.store.save_failure(str(path), sha256, size, mtime_ns, reason, stamp)
         summary.failed += 1
         summary.failures.append((str(path), reason))
+        for other in self._classifying.pop(sha256, []) if sha256 is not None else []:  # the same bytes fail the same way
+            self.fail(other.path, sha256, other.size, other.mtime_ns, reason, other.summary, other.stamp)
 
     def sidecars_current(self, path: Path) -> bool:
         """Every sidecar the config asks for is there (else an unchanged file is written again)."""
@@ -101,6 +202,31 @@ class Recorder:
         return (not self.config.sidecar.enabled or sidecar_path(path, mirror).exists()) and (
             not xmp.enabled or xmp_path(path, xmp.style, mirror).exists()
         )
+
+    def sidecars_listed(self, name: str, listed: Container[str]) -> bool:
+        """sidecars_current for the image `name`, from the names in its sidecar folder (no stat):
+        a scan lists each folder once. XMP `auto` is there under either name."""
+        xmp = self.config.xmp
+        if self.config.sidecar.enabled and name + SUFFIX not in listed:
+            return False
+        if not xmp.enabled:
+            return True
+        append, replace = name + ".xmp" in listed, (name.rpartition(".")[0] or name) + ".xmp" in listed
+        if xmp.style == "append":
+            return append
+        if xmp.style == "replace":
+            return replace
+        return append or replace
+
+    def shares_xmp(self, path: Path) -> bool:
+        """Its XMP file may be another image's too (IMG_1.xmp of IMG_1.CR2 and IMG_1.JPG): it is merged
+        with the keywords of those indexed, so it is recorded on its own, after them."""
+        xmp = self.config.xmp
+        return xmp.enabled and xmp_path(path, xmp.style, self.config.sidecar.folder).name == path.stem + ".xmp"
+
+    def sidecar_of(self, path: Path) -> str | None:
+        """Where the index should say `path`'s JSON sidecar is, when sidecars are written."""
+        return str(sidecar_path(path, self.config.sidecar.folder)) if self.config.sidecar.enabled else None
 
     def move(self, src: Path, dst: Path) -> bool:
         """A renamed or moved file keeps its tags: index row and sidecar follow, no model run.
@@ -124,10 +250,11 @@ class Recorder:
     def move_tree(self, src: Path, dst: Path) -> int:
         """A renamed folder: its sidecars moved with it (in the mirror tree, moved here first)."""
         mirror = self.config.sidecar.folder
+        old, new = sidecar_folder(src / "x", mirror), sidecar_folder(dst / "x", mirror)
         if mirror is not None:
-            self._move_mirror_folder(sidecar_folder(src / "x", mirror), sidecar_folder(dst / "x", mirror))
+            self._move_mirror_folder(old, new)
         with self.store.transaction():
-            return self.store.move_tree(str(src), str(dst))
+            return self.store.move_tree(str(src), str(dst), (str(old), str(new)))
 
     def _move_mirror_folder(self, old: Path, new: Path) -> None:
         if not old.is_dir():
