@@ -118,7 +118,7 @@ class WebConfig:
     max_upload_files: int = 20  # files in one manual-check request
     max_upload_total_pixels: int = 100_000_000  # pixels of all the images of one manual-check request
     request_timeout: int = 30  # seconds for a request's header and body to arrive, in total
-    connection_limit: int = 100  # open connections; past it the longest-waiting idle one is dropped
+    connection_limit: int = 100  # connections waiting for their client; past it the longest-waiting one is dropped
     thumb_size: int = 320  # longest side of grid thumbnails, in pixels
     page_size: int = 60  # images per grid page and API page
     threads: int = 4  # requests served at once
