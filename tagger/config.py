@@ -49,8 +49,9 @@ class DecodeConfig:
     max_pixels: int = 100_000_000
     draft: bool = True  # JPEGs decoded at reduced scale (1/2..1/8), still above the model's input size
     # A draft-decoded image whose best two guesses are closer than this is decoded fully and
-    # classified again (0 switches it off). Measured by bench/bench_scan.py: see docs/performance.md.
-    refine_margin: float = 0.005
+    # classified again (0 switches it off). The margin its stored calibration implies
+    # (tagger.engine.decode.calibrated_refine_margin; bench/bench_refine.py; docs/guides/decoding.md).
+    refine_margin: float = 0.021
     max_file_mb: int = DEFAULT_MAX_FILE_MB  # bytes read per file at most: a bigger file is refused unread
 
     @property

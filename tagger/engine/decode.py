@@ -6,6 +6,7 @@ DecodeError with a reason a person can read, and the caller records it.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -49,6 +50,10 @@ Image.MAX_IMAGE_PIXELS = None
 _JPEG = ("JPEG", "MPO")
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _WHITE = (255, 255, 255)
+# Near-tie refinement's calibration: each calibration photo's answers at draft scale and in full.
+REFINE_CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration" / "refine_margins.tsv"
+REFINE_QUANTILE = 90  # of the draft margins of the photos whose draft flipped the top-1
+REFINE_SAFETY = 1.5  # times that quantile: flips are few, and the largest one seen is not the largest there is
 # EXIF Orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -185,9 +190,38 @@ def decode_or_error(
 
 def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float, allowed: int) -> list[int]:
     """Which images of a batch to decode again in full (in a scan and on cluster workers alike): reduced
-    decodes whose best two guesses were within `decode.refine_margin`, at most `allowed` of them."""
-    near = [i for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold]
-    return near[: max(0, allowed)]
+    decodes whose best two guesses were within `decode.refine_margin`, at most `allowed` of them, the
+    closest first (where the refiner's budget runs short, those are the likeliest to flip)."""
+    near = sorted((m, i) for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold)
+    return sorted(i for _, i in near[: max(0, allowed)])
+
+
+def stored_refine_calibration(path: Path = REFINE_CALIBRATION) -> list[tuple[float, bool]]:
+    """Each calibration photo's margin at draft scale, and whether that draft's top-1 was not the full
+    decode's (bench/bench_refine.py --calibrate measured them)."""
+    photos = []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    header = lines[0].split("\t")
+    draft, full, margin = header.index("draft_top1"), header.index("full_top1"), header.index("draft_margin")
+    for line in lines[1:]:
+        cells = line.split("\t")
+        photos.append((float(cells[margin]), cells[draft] != cells[full]))
+    return photos
+
+
+def calibrated_refine_margin(photos: Sequence[tuple[float, bool]]) -> float:
+    """The refine margin a calibration implies: REFINE_SAFETY times the REFINE_QUANTILE-th percentile of
+    the draft margins of the photos whose draft flipped the top-1, rounded up to a thousandth.
+
+    As INT8's close calls (tagger.engine.quantize.check_margin): a quantile of the error measured on
+    photos the choice is then not reported on. Flips are few (a dozen in 300 camera photos), so the
+    quantile is near their largest margin, and the safety factor covers a flip a little above it.
+    """
+    flipped = [m for m, flip in photos if flip]
+    if not flipped:
+        return 0.0
+    chosen = REFINE_SAFETY * float(np.percentile(flipped, REFINE_QUANTILE))
+    return math.ceil(round(chosen * 1000, 6)) / 1000
 
 
 def _fast_input(

@@ -1,0 +1,283 @@
+"""Near-tie refinement: its margin chosen on one photo set, its agreement reported on another.
+
+A scan decodes a camera JPEG at draft scale (1/4 of a 4000x3000 photo) and decodes it again in
+full when the model's best two guesses are within `decode.refine_margin`. This bench makes two
+sets of 4000x3000 photos that share no source photo (CALIBRATION_SOURCES, REPORT_SOURCES), then:
+
+- `--calibrate`: classifies every calibration photo at draft scale, at 1/2 and in full, and
+  writes tagger/data/calibration/refine_margins.tsv; the default margin is the one that file
+  implies (tagger.engine.decode.calibrated_refine_margin, checked by tests/test_refine.py);
+- always: for each set, `tagger scan` without refinement, with the old default (0.005), with
+  the stored margin, and with draft decoding off (every photo in full: the reference), timed
+  in one run, each scan's top-1 compared with the reference's; and what refining at 1/2 scale
+  instead of in full would give, from each photo's three answers and decode times.
+
+    .venv/bin/python bench/bench_refine.py --calibrate --calibration-count 300 --count 100
+
+All the photos come from the ~17 real photos scikit-image and matplotlib ship (scripts/sample_photos.py):
+the sets are kept apart by source photo and seed, not drawn from photos of another origin.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from sample_photos import more_sources, sample_sources
+
+from tagger.engine.decode import (
+    REFINE_CALIBRATION,
+    calibrated_refine_margin,
+    decode_array,
+    draft_size,
+    stored_refine_calibration,
+)
+
+# The two sets share no source photo (the stereo pair of motorcycles stays on one side), and each has
+# objects, textures, greyscale pictures and a microscope or telescope picture.
+CALIBRATION_SOURCES = ("astronaut", "brick", "camera", "coffee", "grass", "hubble_deep_field", "motorcycle_left",
+                       "motorcycle_right", "retina")
+REPORT_SOURCES = ("chelsea", "clock_motion", "coins", "grace_hopper", "gravel", "ihc", "moon", "rocket")
+OLD_REFINE_MARGIN = 0.005  # the default before this calibration, tuned on bench_scan.py's own photos
+SEEDS = {"calibration": 2801, "report": 2802}
+SIZE = (4000, 3000)
+MODEL = "efficientnet-lite0"  # the model with real weights here (ResNet-18's cannot be downloaded)
+
+
+def make_photos(dest: Path, subjects: tuple[str, ...], count: int, seed: int) -> list[Path]:
+    """`count` camera-size JPEGs of the named source photos: each a distinct crop (25-100% of the
+    area), some held at an angle (up to 10 degrees) or upright (portrait, one in five), flipped,
+    with its own exposure, contrast, colour, sensor grain, JPEG quality and chroma subsampling."""
+    rng = random.Random(seed)
+    grain_rng = np.random.default_rng(seed)
+    sources = {**sample_sources(), **more_sources()}
+    photos = {}
+    for name in subjects:
+        with Image.open(sources[name]) as img:
+            photos[name] = img.convert("RGB")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(count):
+        name = subjects[i % len(subjects)]
+        img = photos[name]
+        w, h = (SIZE[1], SIZE[0]) if rng.random() < 0.2 else SIZE
+        if rng.random() < 0.3:
+            angle = rng.uniform(-10, 10)
+            a = math.radians(abs(angle))
+            fit = 1 / (math.cos(a) + math.sin(a) * max(img.width / img.height, img.height / img.width))
+            iw, ih = int(img.width * fit), int(img.height * fit)
+            img = img.rotate(angle, Image.Resampling.BICUBIC).crop(
+                ((img.width - iw) // 2, (img.height - ih) // 2, (img.width + iw) // 2, (img.height + ih) // 2))
+        aspect = w / h
+        cw = min(img.width, int((img.width * img.height * rng.uniform(0.25, 1.0) * aspect) ** 0.5))
+        ch = min(img.height, int(cw / aspect))
+        cw = min(cw, int(ch * aspect))
+        left, top = rng.randint(0, img.width - cw), rng.randint(0, img.height - ch)
+        view = img.crop((left, top, left + cw, top + ch))
+        if rng.random() < 0.5:
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.7, 1.3))
+        view = ImageEnhance.Contrast(view).enhance(rng.uniform(0.8, 1.2))
+        view = ImageEnhance.Color(view).enhance(rng.uniform(0.6, 1.4))
+        view = view.resize((w, h), Image.Resampling.BICUBIC)
+        grain = rng.uniform(0.0, 3.0) if rng.random() < 0.6 else 0.0
+        if grain:
+            pixels = np.asarray(view, dtype=np.float32)
+            pixels += grain_rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(grain)
+            view = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        path = dest / f"{name}_{i:04d}.jpg"
+        view.save(path, "JPEG", quality=rng.randint(80, 95), subsampling=rng.choice((0, 1, 2, 2)))
+        written.append(path)
+    return written
+
+
+@dataclass(frozen=True)
+class Answers:
+    """One photo classified three ways: at the scan's draft scale, at 1/2, in full."""
+
+    name: str
+    tops: tuple[int, int, int]  # top-1 class: draft, half, full
+    margins: tuple[float, float, float]  # best minus second-best probability, each way
+    leads: tuple[float, float]  # the draft's best logit minus its second-best: on the draft, on the full decode
+    ms: tuple[float, float, float]  # decode to model input, one thread
+
+
+def answers(classifier: object, paths: list[Path]) -> list[Answers]:
+    from tagger.engine.classify import Classifier
+
+    assert isinstance(classifier, Classifier)
+    spec = classifier.spec.preprocess
+    draft = draft_size(spec, True)
+    out = []
+    for path in paths:
+        data = path.read_bytes()
+        tops, margins, ms, logits = [], [], [], []
+        for size in (draft, 2 * draft, None):  # 2 x draft: the next scale up, 1/2 of a 4000x3000 photo
+            started = time.perf_counter()
+            array = decode_array(data, 10**9, spec, size).array
+            ms.append(1000 * (time.perf_counter() - started))
+            raw, _ = classifier.network(array[None])
+            row = raw[0].astype(np.float64)
+            probabilities = np.exp(row - row.max())
+            probabilities /= probabilities.sum()
+            first, second = np.argsort(-probabilities, kind="stable")[:2]
+            tops.append(int(first))
+            margins.append(float(probabilities[first] - probabilities[second]))
+            logits.append(row)
+        best, second = np.argsort(-logits[0], kind="stable")[:2]
+        leads = (float(logits[0][best] - logits[0][second]), float(logits[2][best] - logits[2][second]))
+        out.append(Answers(path.name, (tops[0], tops[1], tops[2]), (margins[0], margins[1], margins[2]), leads,
+                           (ms[0], ms[1], ms[2])))
+    return out
+
+
+def write_calibration(rows: list[Answers], count: int) -> None:
+    from tagger.cpu import cpu_info
+    from tagger.engine.fastjpeg import describe
+
+    lines = [
+        "# Near-tie refinement's calibration (bench/bench_refine.py --calibrate): each calibration photo",
+        f"# classified by {MODEL} (ONNX fp32) at the scan's draft scale (1/4), at 1/2 and in full.",
+        f"# {count} photos of 4000x3000 made from {', '.join(CALIBRATION_SOURCES)} (seed {SEEDS['calibration']});",
+        f"# CPU {cpu_info().describe()}; JPEG path: {describe()}.",
+        "# margin: best minus second-best probability; lead: the draft's best logit minus its second-best.",
+        "photo\tdraft_top1\thalf_top1\tfull_top1\tdraft_margin\thalf_margin\tfull_margin\tdraft_lead\tfull_lead",
+    ]
+    for r in rows:
+        lines.append("\t".join([r.name, *(str(t) for t in r.tops), *(f"{m:.6f}" for m in r.margins),
+                                *(f"{v:.6f}" for v in r.leads)]))
+    REFINE_CALIBRATION.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def scan(classifier: object, library: Path, work: Path, name: str, decode: dict[str, object]) -> tuple[float, int, dict[str, int]]:
+    """One `tagger scan` of `library` into a fresh index: wall seconds, photos refined, top-1 per file."""
+    from tagger.config import load_config
+    from tagger.engine.classify import Classifier
+    from tagger.index import Index
+    from tagger.library.scan import Tagger
+
+    assert isinstance(classifier, Classifier)
+    config_path = work / f"{name}.yaml"
+    index = work / f"{name}.sqlite"
+    settings = ", ".join(f"{k}: {str(v).lower()}" for k, v in decode.items())
+    config_path.write_text(
+        f"folders: ['{library}']\nindex: '{index}'\nweights_dir: '{work / 'weights'}'\n"
+        f"model: {{name: {MODEL}, fallback: null}}\nsidecar: {{enabled: false}}\ndecode: {{{settings}}}\n"
+    )
+    config = load_config(config_path)
+    started = time.monotonic()
+    with Index.open(config.index) as store:
+        tagger = Tagger(config, classifier, store)
+        try:
+            summary = tagger.scan(list(config.folders))
+        finally:
+            tagger.close()
+    seconds = time.monotonic() - started
+    with sqlite3.connect(index) as conn:
+        top1 = {Path(p).name: c for p, c in conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0")}
+    return seconds, summary.refined, top1
+
+
+def report(classifier: object, label: str, library: Path, work: Path, rows: list[Answers], margin: float,
+           repeat: int) -> None:
+    """One set: each scan timed (median of `repeat`), its top-1 against the full decode's."""
+    paths = {
+        "draft, no refinement": {"draft": True, "refine_margin": 0},
+        f"old default: refine under {OLD_REFINE_MARGIN}, in full": {"draft": True, "refine_margin": OLD_REFINE_MARGIN},
+        f"new default: refine under {margin}, in full": {"draft": True, "refine_margin": margin},
+        "full decode everywhere (reference)": {"draft": False},
+    }
+    results: dict[str, tuple[float, int, dict[str, int]]] = {}
+    scan(classifier, library, work, f"{label}-warm", {"draft": True, "refine_margin": 0})  # first-run costs
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for k in range(repeat):  # the paths alternate, so that the machine's other load falls on all of them
+        for i, (name, decode) in enumerate(paths.items()):
+            seconds, refined, top1 = scan(classifier, library, work, f"{label}-{i}-{k}", decode)
+            times[name].append(seconds)
+            results[name] = (seconds, refined, top1)
+    reference = results["full decode everywhere (reference)"][2]
+    plain, everything = median(times["draft, no refinement"]), median(times["full decode everywhere (reference)"])
+    count = len(reference)
+    print(f"\n{label} set: {count} photos of {SIZE[0]}x{SIZE[1]}; scan times median of {repeat}")
+    print(f"{'path':44s} {'top-1 = full':>12s} {'refined':>8s} {'seconds':>8s} {'cost':>7s} {'vs full':>8s}")
+    for name in paths:
+        _, refined, top1 = results[name]
+        seconds = median(times[name])
+        agree = sum(top1.get(p) == c for p, c in reference.items())
+        print(f"{name:44s} {agree:>5d}/{count:<3d} {refined / count:>10.1%} {seconds:>8.2f} "
+              f"{seconds / plain - 1:>+7.1%} {seconds / everything:>7.2f}x")
+    print("cost: scan time over the scan without refinement; vs full: over decoding every photo in full")
+    by_name = {r.name: r for r in rows}
+    draft_ms, half_ms, full_ms = (median(r.ms[i] for r in rows) for i in range(3))
+    print(f"decode to model input, median, one thread: draft {draft_ms:.1f} ms, 1/2 {half_ms:.1f} ms, "
+          f"full {full_ms:.1f} ms")
+    for threshold in (OLD_REFINE_MARGIN, margin):
+        near = [r for r in rows if r.margins[0] < threshold]
+        for scale, index in (("in full", 2), ("at 1/2", 1)):
+            agree = sum((r.tops[index] if r.margins[0] < threshold else r.tops[0]) == r.tops[2] for r in rows)
+            extra = sum(r.ms[index] for r in near) / sum(r.ms[0] for r in rows)
+            print(f"refine under {threshold} {scale}: top-1 = full {agree}/{len(rows)}, {len(near) / len(rows):.1%} "
+                  f"refined, their decoding {extra:+.1%} of the drafts' decode time (from the answers above)")
+    flips = sorted(round(r.margins[0], 4) for r in rows if r.tops[0] != r.tops[2])
+    half_flips = sum(r.tops[1] != r.tops[2] for r in rows)
+    print(f"draft (1/4) top-1 != full: {len(flips)}, their draft margins {flips}; 1/2 top-1 != full: {half_flips}")
+    missing = set(by_name) - set(reference)
+    if missing:
+        print(f"not in the scans: {sorted(missing)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=100, help="photos per set that are scanned")
+    parser.add_argument("--calibrate", action="store_true", help="measure the calibration set, rewrite the data file")
+    parser.add_argument("--calibration-count", type=int, default=300, help="calibration photos with --calibrate")
+    parser.add_argument("--repeat", type=int, default=1, help="each scan timed this many times; the median shown")
+    parser.add_argument("--keep", type=Path, help="make the photos here (reused when there) instead of a temp folder")
+    args = parser.parse_args()
+    from tagger.engine.classify import Classifier
+
+    with tempfile.TemporaryDirectory(prefix="tagger-refine-") as tmp:
+        work = Path(tmp)
+        photos = args.keep or work
+        (work / "weights").mkdir()
+        classifier = Classifier.load(MODEL, work / "weights", runtime="onnx")
+        sets = {"calibration": CALIBRATION_SOURCES, "report": REPORT_SOURCES}
+        made: dict[str, list[Path]] = {}
+        for label, subjects in sets.items():
+            count = max(args.count, args.calibration_count) if label == "calibration" and args.calibrate else args.count
+            folder = photos / f"{label}-{count}"
+            existing = sorted(folder.glob("*.jpg"))
+            print(f"{label}: {count} photos from {', '.join(subjects)} ...", file=sys.stderr)
+            made[label] = existing if len(existing) == count else make_photos(folder, subjects, count, SEEDS[label])
+        if args.calibrate:
+            print("calibrating ...", file=sys.stderr)
+            write_calibration(answers(classifier, made["calibration"]), len(made["calibration"]))
+        margin = calibrated_refine_margin(stored_refine_calibration())
+        print(f"refine margin implied by {REFINE_CALIBRATION.name}: {margin}")
+        for label in sets:
+            subset = made[label][: args.count]
+            library = work / f"library-{label}"
+            library.mkdir()
+            for path in subset:
+                os.link(path, library / path.name)
+            print(f"{label}: answers and scans ...", file=sys.stderr)
+            report(classifier, label, library, work, answers(classifier, subset), margin, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
