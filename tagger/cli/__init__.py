@@ -47,7 +47,7 @@ class _TaggerGroup(click.Group):
         except ConfigError as exc:
             raise _UsageFailure(str(exc)) from None
         except TaggerError as exc:
-            raise _Failure(str(exc)) from None
+            raise _Failure(str(exc) or type(exc).__name__) from None
         except sqlite3.Error as exc:  # met in the index outside a transaction: damage, a disk, a lock
             raise _Failure(_index_failure(ctx, exc)) from None
 
@@ -84,9 +84,18 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool, quiet: bool)
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("tagger: %(levelname)s: %(message)s"))
+    handler.addFilter(_never_blank)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("watchdog").setLevel(max(level, logging.WARNING))
     ctx.obj = Context(config_file)
+
+
+def _never_blank(record: logging.LogRecord) -> bool:
+    """A line that would say nothing ("tagger: ERROR: ", an exception without a message) names the
+    exception instead."""
+    if not record.getMessage().strip():
+        record.msg, record.args = type(record.exc_info[1]).__name__ if record.exc_info else "(no message)", ()
+    return True
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Imported only when a scheduler is configured (the cluster extra).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +31,38 @@ POLL_SECONDS = 0.5  # how often a blocked wait looks at the connection and the w
 TICK_SECONDS = 0.005  # how often it looks for a finished batch
 
 
+class DaskToDebug(logging.Filter):
+    """Dask's own log lines are for the debug log (-v): when the scheduler is killed it logs its
+    reconnect attempts, then the traceback of a client closed under it with an empty message
+    ("tagger: ERROR: "), before the coordinator's one clear line about it.
+
+    Told by the file that logs, not the logger's name: Dask logs some of them under the bare name of
+    a module ("client", "core").
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        import dask
+        import distributed
+
+        self.folders = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (dask, distributed))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self.folders) or logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_dask() -> None:
+    """DaskToDebug on every handler of the root logger (the CLI's stderr or journal), once."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, DaskToDebug) for f in handler.filters):
+            handler.addFilter(DaskToDebug())
+
+
+def why(exc: BaseException) -> str:
+    """An exception in a few words, never an empty one (Dask's CancelledError has no message)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class Cluster(Generic[Batch]):
     """Sends batches to the cluster while it is there; hands them back when it is not.
 
@@ -39,8 +72,7 @@ class Cluster(Generic[Batch]):
 
     def __init__(self, config: ClusterConfig, settings: JobSettings, task: Task = classify_job) -> None:
         assert config.scheduler is not None
-        if not log.isEnabledFor(logging.DEBUG):  # Dask's tracebacks of a lost scheduler: one line of ours says it
-            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        quiet_dask()
         self.config = config
         self.address = config.scheduler
         self.settings = settings
@@ -93,7 +125,7 @@ class Cluster(Generic[Batch]):
         except Exception as exc:  # OSError, TimeoutError, a TLS refusal: all mean "not now"
             runner.stop()
             self._client = None
-            self._set_down(f"cannot reach the scheduler {self.address} ({type(exc).__name__}: {exc})")
+            self._set_down(f"cannot reach the scheduler {self.address} ({why(exc)})")
             return
         self._runner = runner
         self._checked.clear()
@@ -128,7 +160,7 @@ class Cluster(Generic[Batch]):
                             self.settings.model,
                         )
         except Exception as exc:
-            self._lost(f"the scheduler stopped answering ({type(exc).__name__}: {exc})")
+            self._lost(f"the scheduler stopped answering ({why(exc)})")
             return False
         usable = workers - self._refused
         if not usable:
@@ -182,7 +214,7 @@ class Cluster(Generic[Batch]):
         try:
             future = self._client.submit(self.task, self.settings.job(blobs, refine_allowed), pure=False, retries=2)
         except Exception as exc:
-            self._lost(f"the scheduler stopped answering ({type(exc).__name__}: {exc})")
+            self._lost(f"the scheduler stopped answering ({why(exc)})")
             return False
         self._pending[future] = batch
         return True
@@ -228,8 +260,7 @@ class Cluster(Generic[Batch]):
             log.error("%s; this batch is classified here", exc)
             return batch, None
         except Exception as exc:  # the worker died too often, a lost scheduler, a cancelled future
-            log.warning("a batch came back from the cluster without tags (%s: %s); classifying it here",
-                        type(exc).__name__, exc)
+            log.warning("a batch came back from the cluster without tags (%s); classifying it here", why(exc))
             return batch, None
         finally:
             future.release()

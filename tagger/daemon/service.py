@@ -39,6 +39,7 @@ STATUS_EVERY_SECONDS = 5.0
 HEALTHY_WITHIN_SECONDS = 3 * IDLE_WAKE_SECONDS
 BUSY_RETRY_SECONDS = 2.0  # between tries while another process holds the index's write lock
 DISK_RETRY_SECONDS = 30.0  # between tries while the index's disk is full
+EMPTY_ROOT_QUIET_SECONDS = 60.0  # deletions under an empty root this close together are one event: one warning
 
 
 def status_path(index: Path) -> Path:
@@ -97,6 +98,7 @@ class Daemon:
         self._next_reconcile = 0.0
         self._status_written = 0.0
         self._status_failed = False
+        self._empty_roots: dict[Path, float] = {}  # roots found empty, and when a deletion under one last was
 
     # -- signals: flags only ---------------------------------------------------------------
 
@@ -226,7 +228,11 @@ class Daemon:
             first = work.paths[0] if isinstance(work, Delete) else work.folder
             if is_empty_folder(root := self._root_of(first)):
                 # A polled share that is unmounted shows every file deleted; its rows wait for its return.
-                log.warning("%s: the folder is empty (an unmounted share?): deletions under it are not applied", root)
+                # Said once for the whole burst of deletions (one a file or a folder), not once each.
+                now, last = time.monotonic(), self._empty_roots.get(root)
+                if last is None or now - last > EMPTY_ROOT_QUIET_SECONDS:
+                    log.warning("%s: the folder is empty (an unmounted share?): deletions under it are not applied", root)
+                self._empty_roots[root] = now
                 return
         match work:
             case TagFiles(paths):

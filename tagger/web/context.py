@@ -23,7 +23,7 @@ from werkzeug.exceptions import (
 
 from tagger.config import Config
 from tagger.library.corrections import correct
-from tagger.errors import StoreError, TaggerError
+from tagger.errors import DamagedIndex, DiskError, StoreBusy, StoreError, TaggerError
 from tagger.index import LATEST, ImageDetail, Index
 from tagger.index.identity import refuse_if_damaged
 from tagger.library.keywording import Retagger
@@ -43,6 +43,7 @@ TOKEN_COOKIE = "tagger_token"
 CSRF_COOKIE = "tagger_csrf"
 CSRF_FIELD = "csrf"
 BODY_TOO_LARGE = "tagger.body_too_large"  # set in the WSGI environ by tagger.web.server
+BUSY_RETRY_AFTER = 5  # seconds a correction refused by a busy index is tried again after
 MMAP_BYTES = 1 << 30  # of the index read through memory mapping, per connection (address space, not RAM)
 
 
@@ -127,6 +128,15 @@ def has_term(term: str) -> bool:
     return store().has_term(term)
 
 
+def index_busy() -> ServiceUnavailable:
+    """503 with Retry-After: another program (a `tagger retag`, sqlite3) holds the index's write lock
+    for longer than SQLite waits; the correction was not made, and can be tried again."""
+    return ServiceUnavailable(
+        "the index is busy (another program holds its write lock); try again in a moment",
+        retry_after=BUSY_RETRY_AFTER,
+    )
+
+
 def correct_keywords(path: str, add: Sequence[str], remove: Sequence[str]) -> list[KeywordRow]:
     """The viewer's one write: a user's corrections, through the viewer's write connection;
     the sidecars (JSON, XMP) of this image's content are rewritten, as by `tagger tag`."""
@@ -137,6 +147,10 @@ def correct_keywords(path: str, add: Sequence[str], remove: Sequence[str]) -> li
     with viewer().write_lock:
         try:
             retagger = viewer().writer()
+        except StoreBusy:
+            raise index_busy() from None
+        except (DiskError, DamagedIndex) as exc:
+            raise ServiceUnavailable(f"keywords cannot be corrected now: {exc}") from None
         except StoreError as exc:
             raise ServiceUnavailable(
                 f"keywords cannot be corrected from this viewer: {exc} (as tagger-web.service it reads the index "
@@ -147,6 +161,8 @@ def correct_keywords(path: str, add: Sequence[str], remove: Sequence[str]) -> li
             for words, action in changes:
                 if words:
                     sha256 = correct(retagger, Path(path), words, action)
+        except StoreBusy:
+            raise index_busy() from None
         except StoreError:
             raise
         except TaggerError as exc:
