@@ -25,7 +25,9 @@ Which entries are tagger's:
 
 An empty machine list removes tagger's entries and keeps the file, even one that tagger
 created and that is now an empty packet: deleting a file that another tool may have
-written to a moment ago is riskier than leaving a valid, empty XMP packet.
+written to a moment ago is riskier than leaving a valid, empty XMP packet. The one exception is
+strip_xmp: a file of a former naming or sidecar.folder, left holding nothing but tagger's record, goes
+(else a tool reading that name would find it empty instead of the sidecar now in use).
 With the "replace" style a RAW+JPEG pair shares one sidecar, as in Lightroom; the last
 image written sets the machine tags.
 """
