@@ -318,13 +318,11 @@ def test_a_dead_polling_thread_is_restarted(tmp_path: Path, sample_jpegs: list[P
     watcher = Watcher(queue, WatchConfig(mode="polling", poll_interval=0.2))
     try:
         watcher.watch([tmp_path])
-        emitter = next(iter(watcher._observers["polling"].emitters))
-        emitter.stop()
-        emitter.join(5)
+        watcher._poller.stop()  # as if its thread had died
         watcher.supervise()
         reconcile = queue.next_work(16, timeout=1)
         assert reconcile is not None and isinstance(reconcile, Reconcile)
-        assert all(e.is_alive() for e in watcher._observers["polling"].emitters)
+        assert watcher._poller.is_alive()
         shutil.copy(sample_jpegs[0], tmp_path / "after.jpg")
         work = queue.next_work(16, timeout=5)
         assert work is not None and isinstance(work, TagFiles) and work.paths == (tmp_path / "after.jpg",)

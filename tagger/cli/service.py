@@ -178,10 +178,45 @@ def _viewer_answer(host: str, port: int) -> tuple[int, str]:
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's whole status file (JSON) instead.")
 @pass_ctx
-def status(ctx: Context) -> None:
-    """Show what the running daemon is doing: queue, counts, folders and how each is watched."""
+def status(ctx: Context, as_json: bool) -> None:
+    """Show what the running daemon is doing: whether the library is up to date (or how far its
+    start-up reconcile is), the queue, counts, and how each folder is watched."""
     from tagger.daemon.service import read_status
 
     info = read_status(ctx.config(require_folders=False).index)
-    click.echo(json_text(info, indent=2))
+    click.echo(json_text(info, indent=2) if as_json else "\n".join(_status_lines(info)))
+
+
+def _status_lines(info: dict[str, object]) -> list[str]:
+    """The status file, said in a few lines."""
+    lines = [f"tagger run, pid {info.get('pid')}: {_library_line(info.get('library'))}"]
+    lines.append(
+        f"queue {info.get('queue')}; {info.get('classified')} classified, {info.get('reused')} from the index, "
+        f"{info.get('failed')} failed since start"
+    )
+    limit = info.get("watch_limit")
+    polled = limit.get("polled_folders", {}) if isinstance(limit, dict) else {}
+    folders = info.get("folders")
+    for folder, mode in (folders.items() if isinstance(folders, dict) else []):
+        past = polled.get(folder) if isinstance(polled, dict) else None
+        lines.append(f"{folder}: {mode}" + (f", {past:,} folders polled (inotify watch limit)" if past else ""))
+    if polled and isinstance(limit, dict):
+        lines.append(
+            f"the inotify watch limit (fs.inotify.max_user_watches = {limit.get('max_user_watches')}) was reached: "
+            "raise it with `sysctl fs.inotify.max_user_watches=524288`, then reload tagger (SIGHUP)"
+        )
+    return lines
+
+
+def _library_line(library: object) -> str:
+    if not isinstance(library, dict):
+        return "starting"
+    if library.get("state") == "up to date":
+        since = time.strftime("%H:%M", time.localtime(float(library.get("since") or 0)))
+        return f"library up to date since {since} ({library.get('checked', 0):,} files checked in {library.get('seconds')} s)"
+    checked, expected = library.get("checked", 0), library.get("expected")
+    if isinstance(expected, int) and isinstance(checked, int) and expected:
+        return f"reconciling: {checked:,} of ~{max(expected, checked):,} files checked"
+    return f"reconciling: {checked:,} files checked"

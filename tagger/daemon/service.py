@@ -28,8 +28,9 @@ from tagger.cluster.choice import scan_backend
 from tagger.library.scan import Tagger
 from tagger.library.summary import ScanSummary
 from tagger.index import Index
+from tagger.daemon.progress import ReconcileProgress
 from tagger.daemon.systemd import Notifier
-from tagger.daemon.watch import Watcher
+from tagger.daemon.watch import Watcher, watch_limit
 from tagger.daemon.workqueue import Delete, DeleteTree, Move, Reconcile, TagFiles, Work, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class Daemon:
         self._status_written = 0.0
         self._status_failed = False
         self._empty_roots: dict[Path, float] = {}  # roots found empty, and when a deletion under one last was
+        self.progress: ReconcileProgress | None = None  # the start-up reconcile, once started
+        self._watcher: Watcher | None = None
 
     # -- signals: flags only ---------------------------------------------------------------
 
@@ -161,6 +164,8 @@ class Daemon:
         """Watch and tag until stopped: 0; 1 when the index file was deleted or replaced meanwhile
         (what is written now would go into a file nobody reads: stop, and be started again)."""
         watcher.watch(self.config.folders)
+        self._watcher = watcher
+        self.progress = ReconcileProgress(self.config.folders, sum(tagger.store.counts()))
         for folder in self.config.folders:
             self.queue.reconcile(folder)  # what changed while we were down
         self._schedule_reconcile()
@@ -249,6 +254,7 @@ class Daemon:
                 tagger.forget_tree(folder)
             case Reconcile(folder):
                 self._reconcile(folder, tagger)
+                self._reconciled(folder)
 
     def _reconcile(self, folder: Path, tagger: Tagger) -> None:
         if not folder.is_dir():
@@ -257,7 +263,7 @@ class Daemon:
         root = self._root_of(folder)
         result = tagger.scan(
             [folder],
-            on_progress=lambda n: self.notifier.ping(),
+            on_progress=self._checked,
             defer_recent=lambda path: self.queue.changed(path, root),
             cancelled=self._stop.is_set,
         )
@@ -270,6 +276,26 @@ class Daemon:
         embedded = backfill(self.config, tagger.classifier, tagger.store, cancelled=self._stop.is_set)
         if embedded.missing:  # an index from before embeddings
             log.info("embeddings: %d computed for images indexed before them", embedded.computed)
+
+    def _checked(self, files: int) -> None:
+        """The reconcile's progress: systemd's watchdog fed; the status said every few seconds."""
+        self.notifier.ping()
+        if self.progress is None:
+            return
+        self.progress.checked(files)
+        if time.monotonic() - self._status_written >= STATUS_EVERY_SECONDS and self._watcher is not None:
+            self._write_status(self._watcher, "running")
+            self.notifier.status(self._status_line())
+
+    def _reconciled(self, folder: Path) -> None:
+        """A start-up reconcile that ran to its end (not stopped, the folder there) counts."""
+        if self.progress is None or self._stop.is_set() or not folder.is_dir():
+            return
+        if self.progress.folder_done(folder):
+            log.info("%s", self.progress.done_line())
+            if self._watcher is not None:
+                self._write_status(self._watcher, "running")
+            self.notifier.status(self._status_line())
 
     def _root_of(self, path: Path) -> Path:
         for folder in self.config.folders:
@@ -300,6 +326,7 @@ class Daemon:
         for folder in added:
             self.queue.reconcile(folder)
         log.info("reloaded %s: watching %d folders", self.config_path, len(new.folders))
+        self._write_status(watcher, "running")  # how each folder is watched may have changed
         self.notifier.ready(self._status_line())
 
     def _write_status(self, watcher: Watcher, state: str) -> None:
@@ -316,6 +343,10 @@ class Daemon:
             **({"cluster": {"scheduler": self.config.cluster.scheduler, "by_worker": s.by_worker,
                             "classified_here": s.classified_here}} if self.config.cluster.scheduler else {}),
             "folders": {str(folder): mode for folder, mode in watcher.folders.items()},
+            **({"library": self.progress.as_status()} if self.progress is not None else {}),
+            **({"watch_limit": {"max_user_watches": watch_limit(),
+                                "polled_folders": {str(f): n for f, n in past.items()}}}
+               if (past := watcher.past_limit()) else {}),
         }
         try:
             write_atomic(status_path(self.config.index), json_text(status, indent=2).encode())
@@ -333,9 +364,12 @@ class Daemon:
 
     def _status_line(self) -> str:
         s = self.summary
+        library = f"{self.progress.line()}; " if self.progress is not None else ""
+        past = sum(self._watcher.past_limit().values()) if self._watcher is not None else 0
+        limit = f"; {past:,} folders polled: inotify watch limit reached" if past else ""
         return (
-            f"queue {len(self.queue)}; {s.classified} classified, {s.reused} from the index, "
-            f"{s.failed} failed since start"
+            f"{library}queue {len(self.queue)}; {s.classified} classified, {s.reused} from the index, "
+            f"{s.failed} failed since start{limit}"
         )
 
 

@@ -10,9 +10,11 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -27,13 +29,24 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify import InotifyObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.inotify import (
+    InotifyEmitter,
+    InotifyObserver,
+    InotifyWatchGroup,
+)
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyFD,
+    Mask,
+    WatchCallback,
+    WatchDescriptor,
+)
 
 from tagger.config import WatchConfig
+from tagger.daemon.poller import FolderPoller
+from tagger.daemon.workqueue import WorkQueue
 from tagger.fileio import in_skipped_folder, is_image_name, skipped_folder
 from tagger.library.jsonsidecar import is_sidecar
-from tagger.daemon.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +96,10 @@ def filesystem_type(folder: Path, mounts: str | None = None) -> str:
     return best_type
 
 
-def choose_mode(folder: Path, config: WatchConfig, mounts: str | None = None) -> str:
+Watching = Literal["inotify", "polling"]
+
+
+def choose_mode(folder: Path, config: WatchConfig, mounts: str | None = None) -> Watching:
     """inotify or polling for one folder: forced by config, else by its filesystem type."""
     if str(folder) in config.polling_folders or config.mode == "polling":
         return "polling"
@@ -146,9 +162,10 @@ class _Handler(FileSystemEventHandler):
 @dataclass
 class _Watch:
     folder: Path
-    mode: str
-    observer: BaseObserver
-    watch: ObservedWatch
+    mode: Watching  # how the folder itself is watched
+    observer: BaseObserver | None = None  # None: polled
+    watch: ObservedWatch | None = None
+    limited: bool = False  # polled because the inotify watch limit refused the folder itself
 
 
 class _OverflowListener(logging.Handler):
@@ -163,68 +180,275 @@ class _OverflowListener(logging.Handler):
             self.watcher.on_overflow()
 
 
+class _LimitWarnings(logging.Filter):
+    """watchdog's own line for a folder past the watch limit: ours names the fix, and says it is polled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(a, OSError) and a.errno in LIMIT_ERRORS for a in args)
+
+
+LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE)
+LIMIT_LINES = 5  # folders named one by one in the log per root; past that, one line and `tagger status` count them
+_LIMIT_FILES = ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/user/max_inotify_watches")
+
+
+def watch_limit() -> int | None:
+    """The inotify watch limit in force (the lower of the system's and this user namespace's)."""
+    values = []
+    for name in _LIMIT_FILES:
+        try:
+            values.append(int(Path(name).read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(values) if values else None
+
+
+class _LimitedInotifyFD(InotifyFD):
+    """watchdog's inotify reader, telling which folders the watch limit kept out."""
+
+    def __init__(self, refused: Callable[[bytes], None]) -> None:
+        super().__init__()
+        self.refused = refused
+
+    def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
+        try:
+            return super().add_callback(path, mask, callback, id_)
+        except OSError as exc:
+            if exc.errno in LIMIT_ERRORS:
+                self.refused(path)
+            raise
+
+
+class _TolerantGroup(InotifyWatchGroup):
+    """A watched tree. Past the watch limit while running, watchdog leaves a new folder out and
+    goes on; at start it gave up on the whole tree. Here start-up does as running does: the
+    folders past the limit are left out (and polled), the rest is watched."""
+
+    def _activate(self) -> None:
+        with self._lock:
+            if self.is_active:
+                return
+            self._is_active = True
+            try:
+                self._add_all_callbacks(self.path)
+            except OSError:
+                self._is_active = False
+                self._remove_callbacks(list(self._nodes_by_wd))
+                raise
+
+    def watch_again(self, paths: Iterable[bytes]) -> None:
+        with self._lock:
+            for path in paths:
+                if self.is_active and os.path.isdir(path):
+                    self._add_all_callbacks(path)
+
+
+class _Emitter(InotifyEmitter):
+    def on_thread_start(self) -> None:
+        self._inotify = _TolerantGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink,
+        )
+
+    def watch_again(self, paths: Iterable[bytes]) -> None:
+        """Try again to watch folders the limit refused (after it was raised)."""
+        group = self._inotify
+        if isinstance(group, _TolerantGroup):
+            group.watch_again(paths)
+
+
+class _InotifyObserver(InotifyObserver):
+    """watchdog's InotifyObserver, whose trees report the folders past the watch limit."""
+
+    def __init__(self, refused: Callable[[bytes], None]) -> None:
+        super().__init__()
+        fd = _LimitedInotifyFD(refused)
+        fd.start()
+        self._inotify_fd = fd
+        self._emitter_class = _Emitter
+        self._emitter_kwargs["inotify_fd"] = fd
+
+
 class Watcher:
-    """One observer per watching mode; one watch per configured folder."""
+    """One inotify observer and one folder poller; one watch per configured folder.
+
+    A folder inotify cannot watch (the watch limit reached, at start or later) is polled,
+    that folder only; a reload tries inotify again for it.
+    """
 
     def __init__(self, queue: WorkQueue, config: WatchConfig) -> None:
         self.queue = queue
         self.config = config
-        self._observers: dict[str, BaseObserver] = {}
+        self._inotify: _InotifyObserver | None = None
+        self._poller = FolderPoller(config.poll_interval)
         self._watches: dict[Path, _Watch] = {}
+        self._polled_handlers: dict[Path, _Handler] = {}
+        self._refused: dict[Path, set[Path]] = {}  # root -> folders under it past the watch limit
+        self._limit_lines: dict[Path, int] = {}
+        self._lock = threading.RLock()  # watch, reload and supervise (the daemon's thread)
+        self._refused_lock = threading.Lock()  # what the watch limit refused (also watchdog's thread)
         self._overflow = _OverflowListener(self)
+        self._limit_filter = _LimitWarnings()
         sys.setrecursionlimit(max(sys.getrecursionlimit(), WALK_RECURSION))
-        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
-        logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
+        for name in _WATCHDOG_LOGGERS:
+            logging.getLogger(name).addHandler(self._overflow)
+            logging.getLogger(name).addFilter(self._limit_filter)
 
     @property
     def folders(self) -> dict[Path, str]:
         return {folder: w.mode for folder, w in self._watches.items()}
 
-    def watch(self, folders: Iterable[Path]) -> None:
-        """Watch exactly these folders: start new ones, stop removed ones."""
-        wanted = list(folders)
-        for folder in [f for f in self._watches if f not in wanted]:
-            self._unwatch(folder)
-        for folder in wanted:
-            if folder not in self._watches:
-                self._start(folder, choose_mode(folder, self.config))
+    def past_limit(self) -> dict[Path, int]:
+        """Per configured folder, how many of its folders are polled because of the inotify watch limit."""
+        with self._refused_lock:
+            limited = [root for root, w in list(self._watches.items()) if w.limited]
+            refused = {root: list(folders) for root, folders in self._refused.items() if folders}
+        counts = {root: self._poller.count_under(root) for root in limited}
+        counts |= {root: sum(self._poller.count_under(f) for f in folders) for root, folders in refused.items()}
+        return {root: n for root, n in counts.items() if n}
 
-    def _observer(self, mode: str) -> BaseObserver:
-        observer = self._observers.get(mode)
-        if observer is None or not observer.is_alive():
-            observer = PollingObserver(timeout=self.config.poll_interval) if mode == "polling" else InotifyObserver()
+    def watch(self, folders: Iterable[Path]) -> None:
+        """Watch exactly these folders: start new ones, stop removed ones, and try inotify again
+        where its watch limit got in the way (a reload after the limit was raised)."""
+        wanted = list(folders)
+        with self._lock:
+            self._poller.interval = self.config.poll_interval
+            for folder in [f for f in self._watches if f not in wanted]:
+                self._unwatch(folder)
+            for folder in wanted:
+                entry = self._watches.get(folder)
+                if entry is None:
+                    self._start(folder, choose_mode(folder, self.config))
+                elif (entry.limited or self._refused.get(folder)) and choose_mode(folder, self.config) == "inotify":
+                    self._watch_again(folder)
+            if not self._poller.is_alive():
+                self._poller.start()
+
+    def _observer(self) -> _InotifyObserver:
+        if self._inotify is None or not self._inotify.is_alive():
+            observer = _InotifyObserver(self._on_refused)
             observer.daemon = True
             observer.start()
-            self._observers[mode] = observer
-        return observer
+            self._inotify = observer
+        return self._inotify
 
-    def _start(self, folder: Path, mode: str) -> None:
-        handler = _Handler(self.queue, folder, sees_close=mode == "inotify")
-        observer = self._observer(mode)
-        try:
-            watch = observer.schedule(handler, str(folder), recursive=True)
-        except OSError as exc:
-            if mode == "inotify" and exc.errno in (errno.ENOSPC, errno.EMFILE):
-                log.error(
-                    "%s: inotify watch limit reached (%s); polling this folder instead. Raise the limit with "
-                    "`sysctl fs.inotify.max_user_watches=524288` (and fs.inotify.max_user_instances), "
-                    "then reload tagger",
-                    folder,
-                    exc.strerror,
-                )
+    def _start(self, folder: Path, mode: Watching) -> None:
+        self._poller.remove(folder)
+        with self._refused_lock:
+            self._refused[folder] = set()
+            self._limit_lines[folder] = 0
+            self._polled_handlers[folder] = _Handler(self.queue, folder, sees_close=False)
+        if mode == "inotify":
+            try:
+                observer = self._observer()
+                watch = observer.schedule(_Handler(self.queue, folder, sees_close=True), str(folder), recursive=True)
+            except OSError as exc:
+                if exc.errno not in LIMIT_ERRORS:
+                    raise
+                self._poller.remove(folder)
+                self._refused[folder] = set()
+                self._say_limit(folder, folder, exc)
                 self.queue.reconcile(folder)
-                self._start(folder, "polling")
+                self._poller.add(folder, self._polled_handlers[folder], subfolders=True)
+                self._watches[folder] = _Watch(folder, "polling", limited=True)
                 return
-            raise
-        self._watches[folder] = _Watch(folder, mode, observer, watch)
+            self._watches[folder] = _Watch(folder, "inotify", observer, watch)
+        else:
+            self._poller.add(folder, self._polled_handlers[folder], subfolders=True)
+            self._watches[folder] = _Watch(folder, "polling")
+        with self._refused_lock:
+            polled = len(self._refused[folder])
+            self._limit_lines[folder] = 0  # while running, new folders past the limit are named again
+        if polled > LIMIT_LINES:
+            log.warning("%s: %d folders past the inotify watch limit are polled (`tagger status` counts them)",
+                        folder, polled)
         log.info("watching %s (%s)", folder, mode)
+
+    def _on_refused(self, path: bytes) -> None:
+        """inotify could not watch this folder (watch limit): poll it, that folder only."""
+        folder = Path(os.fsdecode(path))
+        with self._refused_lock:  # not self._lock: this runs in watchdog's thread, holding its own lock
+            root = next((r for r in self._refused if r in folder.parents), None)
+            if root is None:
+                return  # the configured folder itself: its schedule raises, and _start polls it all
+            self._refused[root].add(folder)
+            handler = self._polled_handlers[root]
+        self._poller.add(folder, handler, subfolders=False)
+        self._say_limit(root, folder, None)
+
+    def _say_limit(self, root: Path, folder: Path, exc: OSError | None) -> None:
+        with self._refused_lock:
+            said = self._limit_lines[root] = self._limit_lines.get(root, 0) + 1
+        if said == LIMIT_LINES + 1 and self._watches.get(root) is not None:  # while running
+            log.warning("%s: more folders past the inotify watch limit are polled, without a line each "
+                        "(`tagger status` counts them)", root)
+        if said > LIMIT_LINES:
+            return
+        if exc is not None and exc.errno == errno.EMFILE:
+            reason, fix = "inotify instance limit reached", "fs.inotify.max_user_instances=1024"
+        else:
+            reason = f"inotify watch limit reached (fs.inotify.max_user_watches = {watch_limit() or 'unknown'})"
+            fix = "fs.inotify.max_user_watches=524288"
+        log.error(  # as before: the user has something to do (journalctl -p err shows it)
+            "%s: %s; this folder is polled every %g s instead. Raise the limit with `sysctl %s` "
+            "(and a file in /etc/sysctl.d/ to keep it), then reload tagger (SIGHUP) to watch it with inotify again",
+            folder, reason, self.config.poll_interval, fix,
+        )
+
+    def _watch_again(self, root: Path) -> None:
+        """The limit may have been raised: inotify for what it refused; polled only what it still refuses."""
+        entry = self._watches[root]
+        before = self.past_limit().get(root, 0)
+        with self._refused_lock:
+            self._limit_lines[root] = LIMIT_LINES  # one summary line below, not one per folder again
+        if entry.limited:
+            try:
+                observer = self._observer()
+                watch = observer.schedule(_Handler(self.queue, root, sees_close=True), str(root), recursive=True)
+            except OSError as exc:
+                if exc.errno not in LIMIT_ERRORS:
+                    raise
+                log.warning("%s: still past the inotify watch limit (%s); still polled", root, exc.strerror or exc)
+                return
+            self._watches[root] = _Watch(root, "inotify", observer, watch)
+            refused = self._refused[root]
+            self._poller.remove(root, final_poll=True, keep=lambda p: p in refused)
+        else:
+            assert entry.observer is not None
+            with self._refused_lock:
+                again = sorted(self._refused[root])
+                refused = self._refused[root] = set()
+                self._limit_lines[root] = LIMIT_LINES
+            emitter = next((e for e in entry.observer.emitters if e.watch == entry.watch), None)
+            if isinstance(emitter, _Emitter):
+                emitter.watch_again(os.fsencode(f) for f in again)
+            for folder in again:
+                if folder not in refused:
+                    self._poller.remove(folder, final_poll=True, keep=lambda p: p in refused)
+        after = self.past_limit().get(root, 0)
+        with self._refused_lock:
+            self._limit_lines[root] = 0
+        if after:
+            log.warning("%s: inotify watches %d more folders; %d are still polled (past the watch limit)",
+                        root, before - after, after)
+        else:
+            log.info("%s: watched with inotify again, all of it (%d folders were polled)", root, before)
 
     def _unwatch(self, folder: Path) -> None:
         entry = self._watches.pop(folder)
-        try:
-            entry.observer.unschedule(entry.watch)
-        except (KeyError, RuntimeError, OSError):
-            pass
+        if entry.observer is not None and entry.watch is not None:
+            try:
+                entry.observer.unschedule(entry.watch)
+            except (KeyError, RuntimeError, OSError):
+                pass
+        self._poller.remove(folder)
+        with self._refused_lock:
+            self._refused.pop(folder, None)
+            self._polled_handlers.pop(folder, None)
         log.info("stopped watching %s", folder)
 
     def on_overflow(self) -> None:
@@ -237,31 +461,40 @@ class Watcher:
                 self.queue.reconcile(folder)
 
     def supervise(self) -> None:
-        """Restart any observer or emitter thread that died, then reconcile what it watched."""
-        for mode, observer in list(self._observers.items()):
-            dead_emitters = [e for e in observer.emitters if not e.is_alive()]
-            if observer.is_alive() and not dead_emitters:
-                continue
-            folders = [f for f, w in self._watches.items() if w.mode == mode]
-            log.error("%s watcher thread died; restarting it for %s", mode, ", ".join(map(str, folders)))
-            for folder in folders:
-                del self._watches[folder]
-            try:
-                observer.stop()
-            except RuntimeError:
-                pass
-            del self._observers[mode]
-            for folder in folders:
-                self._start(folder, mode)
-                self.queue.reconcile(folder)
+        """Restart the inotify observer or poller thread if it died, then reconcile what it watched."""
+        with self._lock:
+            observer = self._inotify
+            if observer is not None and (not observer.is_alive() or any(not e.is_alive() for e in observer.emitters)):
+                folders = [f for f, w in self._watches.items() if w.mode == "inotify"]
+                log.error("inotify watcher thread died; restarting it for %s", ", ".join(map(str, folders)))
+                for folder in folders:
+                    del self._watches[folder]
+                try:
+                    observer.stop()
+                except RuntimeError:
+                    pass
+                self._inotify = None
+                for folder in folders:
+                    self._start(folder, "inotify")
+                    self.queue.reconcile(folder)
+            if self._watches and not self._poller.is_alive():
+                polled = [f for f in self._watches if self._poller.count_under(f)]
+                log.error("polling thread died; restarting it for %s", ", ".join(map(str, polled)))
+                self._poller.start()
+                for folder in polled:
+                    self.queue.reconcile(folder)
 
     def stop(self) -> None:
-        logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
-        logging.getLogger("watchdog.observers.inotify").removeHandler(self._overflow)
-        for observer in self._observers.values():
-            observer.stop()
-        for observer in self._observers.values():
-            if observer.is_alive():
-                observer.join(timeout=10)
-        self._observers.clear()
+        for name in _WATCHDOG_LOGGERS:
+            logging.getLogger(name).removeHandler(self._overflow)
+            logging.getLogger(name).removeFilter(self._limit_filter)
+        self._poller.stop()
+        if self._inotify is not None:
+            self._inotify.stop()
+            if self._inotify.is_alive():
+                self._inotify.join(timeout=10)
+        self._inotify = None
         self._watches.clear()
+
+
+_WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
