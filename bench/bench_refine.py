@@ -1,18 +1,20 @@
-"""Near-tie refinement: its margin chosen on one photo set, its agreement reported on another.
+"""Near-tie refinement: its threshold chosen on one photo set, its agreement reported on another.
 
 A scan decodes a camera JPEG at draft scale (1/4 of a 4000x3000 photo) and decodes it again in
-full when the model's best two guesses are within `decode.refine_margin`. This bench makes two
-sets of 4000x3000 photos that share no source photo (CALIBRATION_SOURCES, REPORT_SOURCES), then:
+full when the model's best logit leads the second by less than `decode.refine_lead`. This bench
+makes two sets of 4000x3000 photos that share no source photo (CALIBRATION_SOURCES,
+REPORT_SOURCES), then:
 
 - `--calibrate`: classifies every calibration photo at draft scale, at 1/2 and in full, and
-  writes tagger/data/calibration/refine_margins.tsv; the default margin is the one that file
-  implies (tagger.engine.decode.calibrated_refine_margin, checked by tests/test_refine.py);
-- always: for each set, `tagger scan` without refinement, with the old default (0.005), with
-  the stored margin, and with draft decoding off (every photo in full: the reference), timed
-  in one run, each scan's top-1 compared with the reference's; and what refining at 1/2 scale
-  instead of in full would give, from each photo's three answers and decode times.
+  writes tagger/data/calibration/refine_leads.tsv; the default lead is the one that file
+  implies (tagger.engine.decode.calibrated_refine_lead, checked by tests/test_refine.py);
+- always, for each set, in one run: `tagger scan` without refinement, with the old rule (a
+  probability margin of OLD_REFINE_MARGIN, as before the switch to logits), with the stored
+  lead, and with draft decoding off (every photo in full: the reference), timed alternately,
+  each scan's top-1 compared with the reference's; what each rule would give without the
+  refiner's budget, and refining at 1/2 scale instead of in full, from each photo's answers.
 
-    .venv/bin/python bench/bench_refine.py --calibrate --calibration-count 300 --count 100
+    .venv/bin/python bench/bench_refine.py --calibrate --calibration-count 300 --count 100 --repeat 3
 
 All the photos come from the ~17 real photos scikit-image and matplotlib ship (scripts/sample_photos.py):
 the sets are kept apart by source photo and seed, not drawn from photos of another origin.
@@ -41,9 +43,12 @@ from sample_photos import more_sources, sample_sources
 
 from tagger.engine.decode import (
     REFINE_CALIBRATION,
-    calibrated_refine_margin,
+    REFINE_QUANTILE,
+    DraftAnswer,
+    calibrated_refine_lead,
     decode_array,
     draft_size,
+    expected_misses,
     stored_refine_calibration,
 )
 
@@ -52,8 +57,9 @@ from tagger.engine.decode import (
 CALIBRATION_SOURCES = ("astronaut", "brick", "camera", "coffee", "grass", "hubble_deep_field", "motorcycle_left",
                        "motorcycle_right", "retina")
 REPORT_SOURCES = ("chelsea", "clock_motion", "coins", "grace_hopper", "gravel", "ihc", "moon", "rocket")
-OLD_REFINE_MARGIN = 0.005  # the default before this calibration, tuned on bench_scan.py's own photos
+OLD_REFINE_MARGIN = 0.021  # the probability margin that was the default before near ties were measured in logits
 SEEDS = {"calibration": 2801, "report": 2802}
+BUDGETS = (0.04, 0.06, 0.08, 0.10, 0.12, 0.15)  # shares of a set refined at most, in the answers' what-if
 SIZE = (4000, 3000)
 MODEL = "efficientnet-lite0"  # the model with real weights here (ResNet-18's cannot be downloaded)
 
@@ -111,9 +117,13 @@ class Answers:
 
     name: str
     tops: tuple[int, int, int]  # top-1 class: draft, half, full
-    margins: tuple[float, float, float]  # best minus second-best probability, each way
-    leads: tuple[float, float]  # the draft's best logit minus its second-best: on the draft, on the full decode
+    draft_margin: float  # the draft's best minus second-best probability (the old rule's measure)
+    leads: tuple[float, float]  # the draft's top-1 logit over its strongest rival: on the draft, on the full decode
     ms: tuple[float, float, float]  # decode to model input, one thread
+
+    @property
+    def draft(self) -> DraftAnswer:
+        return DraftAnswer(*self.leads)
 
 
 def answers(classifier: object, paths: list[Path]) -> list[Answers]:
@@ -125,22 +135,19 @@ def answers(classifier: object, paths: list[Path]) -> list[Answers]:
     out = []
     for path in paths:
         data = path.read_bytes()
-        tops, margins, ms, logits = [], [], [], []
+        ms, logits = [], []
         for size in (draft, 2 * draft, None):  # 2 x draft: the next scale up, 1/2 of a 4000x3000 photo
             started = time.perf_counter()
             array = decode_array(data, 10**9, spec, size).array
             ms.append(1000 * (time.perf_counter() - started))
             raw, _ = classifier.network(array[None])
-            row = raw[0].astype(np.float64)
-            probabilities = np.exp(row - row.max())
-            probabilities /= probabilities.sum()
-            first, second = np.argsort(-probabilities, kind="stable")[:2]
-            tops.append(int(first))
-            margins.append(float(probabilities[first] - probabilities[second]))
-            logits.append(row)
+            logits.append(raw[0].astype(np.float64))
         best, second = np.argsort(-logits[0], kind="stable")[:2]
-        leads = (float(logits[0][best] - logits[0][second]), float(logits[2][best] - logits[2][second]))
-        out.append(Answers(path.name, (tops[0], tops[1], tops[2]), (margins[0], margins[1], margins[2]), leads,
+        probabilities = np.exp(logits[0] - logits[0].max())
+        probabilities /= probabilities.sum()
+        leads = tuple(float(row[best] - np.delete(row, best).max()) for row in (logits[0], logits[2]))
+        out.append(Answers(path.name, (int(best), int(np.argmax(logits[1])), int(np.argmax(logits[2]))),
+                           float(probabilities[best] - probabilities[second]), (leads[0], leads[1]),
                            (ms[0], ms[1], ms[2])))
     return out
 
@@ -154,23 +161,38 @@ def write_calibration(rows: list[Answers], count: int) -> None:
         f"# classified by {MODEL} (ONNX fp32) at the scan's draft scale (1/4), at 1/2 and in full.",
         f"# {count} photos of 4000x3000 made from {', '.join(CALIBRATION_SOURCES)} (seed {SEEDS['calibration']});",
         f"# CPU {cpu_info().describe()}; JPEG path: {describe()}.",
-        "# margin: best minus second-best probability; lead: the draft's best logit minus its second-best.",
-        "photo\tdraft_top1\thalf_top1\tfull_top1\tdraft_margin\thalf_margin\tfull_margin\tdraft_lead\tfull_lead",
+        "# draft_margin: the draft's best minus second-best probability. draft_lead: the draft's best logit",
+        "# minus the best of the other classes; full_lead: that class's logit minus the best of the others,",
+        "# on the full decode (below 0: the full decode's top-1 is another class).",
+        "photo\tdraft_top1\thalf_top1\tfull_top1\tdraft_margin\tdraft_lead\tfull_lead",
     ]
     for r in rows:
-        lines.append("\t".join([r.name, *(str(t) for t in r.tops), *(f"{m:.6f}" for m in r.margins),
+        lines.append("\t".join([r.name, *(str(t) for t in r.tops), f"{r.draft_margin:.6f}",
                                 *(f"{v:.6f}" for v in r.leads)]))
     REFINE_CALIBRATION.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class ProbabilityMargins:
+    """The old rule in a real scan: the classifier, answering each image's probability margin where
+    it now answers the logit lead, so that `decode.refine_lead` acts as the old `refine_margin`."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def predict(self, batch: np.ndarray, top_k: int, near_tie: float = 0.0) -> tuple[object, list[float], np.ndarray]:
+        tags, _, features = self.inner.predict(batch, max(top_k, 2), near_tie)  # type: ignore[attr-defined]
+        return [t[:top_k] for t in tags], [t[0].score - t[1].score for t in tags], features
 
 
 def scan(classifier: object, library: Path, work: Path, name: str, decode: dict[str, object]) -> tuple[float, int, dict[str, int]]:
     """One `tagger scan` of `library` into a fresh index: wall seconds, photos refined, top-1 per file."""
     from tagger.config import load_config
-    from tagger.engine.classify import Classifier
     from tagger.index import Index
     from tagger.library.scan import Tagger
 
-    assert isinstance(classifier, Classifier)
     config_path = work / f"{name}.yaml"
     index = work / f"{name}.sqlite"
     settings = ", ".join(f"{k}: {str(v).lower()}" for k, v in decode.items())
@@ -181,7 +203,7 @@ def scan(classifier: object, library: Path, work: Path, name: str, decode: dict[
     config = load_config(config_path)
     started = time.monotonic()
     with Index.open(config.index) as store:
-        tagger = Tagger(config, classifier, store)
+        tagger = Tagger(config, classifier, store)  # type: ignore[arg-type]
         try:
             summary = tagger.scan(list(config.folders))
         finally:
@@ -192,28 +214,29 @@ def scan(classifier: object, library: Path, work: Path, name: str, decode: dict[
     return seconds, summary.refined, top1
 
 
-def report(classifier: object, label: str, library: Path, work: Path, rows: list[Answers], margin: float,
+def report(classifier: object, label: str, library: Path, work: Path, rows: list[Answers], lead: float,
            repeat: int) -> None:
     """One set: each scan timed (median of `repeat`), its top-1 against the full decode's."""
-    paths = {
-        "draft, no refinement": {"draft": True, "refine_margin": 0},
-        f"old default: refine under {OLD_REFINE_MARGIN}, in full": {"draft": True, "refine_margin": OLD_REFINE_MARGIN},
-        f"new default: refine under {margin}, in full": {"draft": True, "refine_margin": margin},
-        "full decode everywhere (reference)": {"draft": False},
+    old = ProbabilityMargins(classifier)
+    paths: dict[str, tuple[object, dict[str, object]]] = {
+        "draft, no refinement": (classifier, {"draft": True, "refine_lead": 0}),
+        f"old: probability margin < {OLD_REFINE_MARGIN}": (old, {"draft": True, "refine_lead": OLD_REFINE_MARGIN}),
+        f"new: logit lead < {lead}": (classifier, {"draft": True, "refine_lead": lead}),
+        "full decode everywhere (reference)": (classifier, {"draft": False}),
     }
     results: dict[str, tuple[float, int, dict[str, int]]] = {}
-    scan(classifier, library, work, f"{label}-warm", {"draft": True, "refine_margin": 0})  # first-run costs
+    scan(classifier, library, work, f"{label}-warm", {"draft": True, "refine_lead": 0})  # first-run costs
     times: dict[str, list[float]] = {name: [] for name in paths}
     for k in range(repeat):  # the paths alternate, so that the machine's other load falls on all of them
-        for i, (name, decode) in enumerate(paths.items()):
-            seconds, refined, top1 = scan(classifier, library, work, f"{label}-{i}-{k}", decode)
+        for i, (name, (model, decode)) in enumerate(paths.items()):
+            seconds, refined, top1 = scan(model, library, work, f"{label}-{i}-{k}", decode)
             times[name].append(seconds)
             results[name] = (seconds, refined, top1)
     reference = results["full decode everywhere (reference)"][2]
     plain, everything = median(times["draft, no refinement"]), median(times["full decode everywhere (reference)"])
     count = len(reference)
-    print(f"\n{label} set: {count} photos of {SIZE[0]}x{SIZE[1]}; scan times median of {repeat}")
-    print(f"{'path':44s} {'top-1 = full':>12s} {'refined':>8s} {'seconds':>8s} {'cost':>7s} {'vs full':>8s}")
+    print(f"\n{label} set: {count} photos of {SIZE[0]}x{SIZE[1]}; a scan each way, times median of {repeat}")
+    print(f"{'scan':44s} {'top-1 = full':>12s} {'refined':>8s} {'seconds':>8s} {'cost':>7s} {'vs full':>8s}")
     for name in paths:
         _, refined, top1 = results[name]
         seconds = median(times[name])
@@ -221,23 +244,34 @@ def report(classifier: object, label: str, library: Path, work: Path, rows: list
         print(f"{name:44s} {agree:>5d}/{count:<3d} {refined / count:>10.1%} {seconds:>8.2f} "
               f"{seconds / plain - 1:>+7.1%} {seconds / everything:>7.2f}x")
     print("cost: scan time over the scan without refinement; vs full: over decoding every photo in full")
-    by_name = {r.name: r for r in rows}
     draft_ms, half_ms, full_ms = (median(r.ms[i] for r in rows) for i in range(3))
     print(f"decode to model input, median, one thread: draft {draft_ms:.1f} ms, 1/2 {half_ms:.1f} ms, "
           f"full {full_ms:.1f} ms")
-    for threshold in (OLD_REFINE_MARGIN, margin):
-        near = [r for r in rows if r.margins[0] < threshold]
+    print("from each photo's answers, without the refiner's budget:")
+    rules = {f"probability margin < {OLD_REFINE_MARGIN}": lambda r: r.draft_margin < OLD_REFINE_MARGIN,
+             f"logit lead < {lead}": lambda r: r.leads[0] < lead}
+    for rule, near in rules.items():
+        chosen = [r for r in rows if near(r)]
         for scale, index in (("in full", 2), ("at 1/2", 1)):
-            agree = sum((r.tops[index] if r.margins[0] < threshold else r.tops[0]) == r.tops[2] for r in rows)
-            extra = sum(r.ms[index] for r in near) / sum(r.ms[0] for r in rows)
-            print(f"refine under {threshold} {scale}: top-1 = full {agree}/{len(rows)}, {len(near) / len(rows):.1%} "
-                  f"refined, their decoding {extra:+.1%} of the drafts' decode time (from the answers above)")
-    flips = sorted(round(r.margins[0], 4) for r in rows if r.tops[0] != r.tops[2])
-    half_flips = sum(r.tops[1] != r.tops[2] for r in rows)
-    print(f"draft (1/4) top-1 != full: {len(flips)}, their draft margins {flips}; 1/2 top-1 != full: {half_flips}")
-    missing = set(by_name) - set(reference)
-    if missing:
-        print(f"not in the scans: {sorted(missing)}")
+            agree = sum((r.tops[index] if near(r) else r.tops[0]) == r.tops[2] for r in rows)
+            extra = sum(r.ms[index] for r in chosen) / sum(r.ms[0] for r in rows)
+            print(f"  {rule} {scale}: top-1 = full {agree}/{len(rows)}, {len(chosen) / len(rows):.1%} refined, "
+                  f"their decoding {extra:+.1%} of the drafts' decode time")
+    by_lead = sorted(rows, key=lambda r: r.leads[0])
+    capped = []
+    for share in BUDGETS:  # the refiner's budget across the whole set: only the closest calls refined
+        refined = {r.name for r in by_lead[: int(share * len(rows))] if r.leads[0] < lead}
+        agree = sum((r.tops[2] if r.name in refined else r.tops[0]) == r.tops[2] for r in rows)
+        capped.append(f"{share:.0%}: {agree}/{len(rows)}")
+    print(f"  logit lead < {lead} in full, the closest calls only, at most: {', '.join(capped)}")
+    flips = [r for r in rows if r.tops[0] != r.tops[2]]
+    errors = [r.draft.error for r in rows]
+    print(f"draft (1/4) top-1 != full: {len(flips)}; their draft leads "
+          f"{sorted(round(r.leads[0], 4) for r in flips)}, margins {sorted(round(r.draft_margin, 4) for r in flips)}; "
+          f"1/2 top-1 != full: {sum(r.tops[1] != r.tops[2] for r in rows)}")
+    print(f"draft's lead error |draft - full|: median {np.median(errors):.3f}, 90th {np.percentile(errors, 90):.3f}, "
+          f"{REFINE_QUANTILE}th {np.percentile(errors, REFINE_QUANTILE):.3f}, largest {max(errors):.3f}; "
+          f"expected misses at lead {lead}: {expected_misses([r.draft for r in rows], lead):.2%}")
 
 
 def main() -> int:
@@ -247,8 +281,15 @@ def main() -> int:
     parser.add_argument("--calibration-count", type=int, default=300, help="calibration photos with --calibrate")
     parser.add_argument("--repeat", type=int, default=1, help="each scan timed this many times; the median shown")
     parser.add_argument("--keep", type=Path, help="make the photos here (reused when there) instead of a temp folder")
+    parser.add_argument("--refine-share", type=float, help="the refiner's budget in the scans (default: the shipped "
+                        "tagger.library.backend.REFINE_SHARE)")
     args = parser.parse_args()
     from tagger.engine.classify import Classifier
+    from tagger.library import backend
+
+    if args.refine_share is not None:
+        backend.REFINE_SHARE = args.refine_share
+    print(f"refiner's budget: {backend.REFINE_SHARE:.0%} of the photos classified, and one more")
 
     with tempfile.TemporaryDirectory(prefix="tagger-refine-") as tmp:
         work = Path(tmp)
@@ -266,8 +307,10 @@ def main() -> int:
         if args.calibrate:
             print("calibrating ...", file=sys.stderr)
             write_calibration(answers(classifier, made["calibration"]), len(made["calibration"]))
-        margin = calibrated_refine_margin(stored_refine_calibration())
-        print(f"refine margin implied by {REFINE_CALIBRATION.name}: {margin}")
+        stored = stored_refine_calibration()
+        lead = calibrated_refine_lead(stored)
+        print(f"refine lead implied by {REFINE_CALIBRATION.name}: {lead} (expected misses with it, on those "
+              f"photos: {expected_misses(stored, lead):.2%})")
         for label in sets:
             subset = made[label][: args.count]
             library = work / f"library-{label}"
@@ -275,7 +318,7 @@ def main() -> int:
             for path in subset:
                 os.link(path, library / path.name)
             print(f"{label}: answers and scans ...", file=sys.stderr)
-            report(classifier, label, library, work, answers(classifier, subset), margin, args.repeat)
+            report(classifier, label, library, work, answers(classifier, subset), lead, args.repeat)
     return 0
 
 

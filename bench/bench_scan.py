@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sqlite3
@@ -30,12 +31,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 PATHS = {  # name -> config overrides of a `tagger scan` run
     "torch-fp32 full-decode": {"model": {"runtime": "torch", "precision": "fp32"}, "decode": {"draft": False}},
     "onnx-fp32 full-decode": {"model": {"runtime": "onnx", "precision": "fp32"}, "decode": {"draft": False}},
-    "onnx-fp32 draft no-refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_margin": 0}},
+    "onnx-fp32 draft no-refine": {"model": {"runtime": "onnx"}, "decode": {"draft": True, "refine_lead": 0}},
     "onnx-fp32 draft+refine (default)": {"model": {"runtime": "onnx"}, "decode": {"draft": True}},
     # The default as it was before tagger.engine.fastjpeg: the same pixels, made by Pillow alone.
     "default via Pillow alone (before)": {"model": {"runtime": "onnx"}, "decode": {"draft": True},
                                        "env": {"TAGGER_FASTJPEG": "0"}},
-    "onnx-int8 draft no-refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_margin": 0}},
+    "onnx-int8 draft no-refine": {"model": {"precision": "int8"}, "decode": {"draft": True, "refine_lead": 0}},
     "onnx-int8 draft+refine": {"model": {"precision": "int8"}, "decode": {"draft": True}},
 }
 
@@ -234,6 +235,8 @@ def main() -> int:
         child_naive(model, Path(weights_dir), Path(folder), args.trust)
         report_peak_memory()
         return 0
+    from tagger.config import DecodeConfig
+
     width, height = (int(v) for v in args.size.lower().split("x"))
     me = [sys.executable, __file__]
     rows = []
@@ -276,14 +279,15 @@ def main() -> int:
                 sec, mb = median([sec, *(r[0] for r in again)]), max([mb, *(r[1] for r in again)])
                 with sqlite3.connect(work / f"{len(rows)}.sqlite") as conn:
                     ours = dict(conn.execute("SELECT path, class_id FROM file_tags WHERE rank = 0").fetchall())
-                    if "no-refine" in name:
-                        margins = dict(conn.execute(
-                            "SELECT a.path, a.score - b.score FROM file_tags a JOIN file_tags b "
-                            "ON a.path = b.path AND a.rank = 0 AND b.rank = 1").fetchall())
-                        misses = sorted(round(margins[p], 4) for p, c in reference.items() if ours.get(p) != c)
-                        notes.append(f"{model} {name}: top-1 margins of the photos that differ from the "
-                                     f"reference: {misses}; photos under 0.01/0.02/0.03: " + "/".join(
-                                         str(sum(m < t for m in margins.values())) for t in (0.01, 0.02, 0.03)))
+                    if "no-refine" in name:  # the logit lead: the log of the best two probabilities' ratio
+                        lead = DecodeConfig().refine_lead
+                        leads = {p: math.log(a / b) for p, a, b in conn.execute(
+                            "SELECT a.path, a.score, b.score FROM file_tags a JOIN file_tags b "
+                            "ON a.path = b.path AND a.rank = 0 AND b.rank = 1")}
+                        misses = sorted(round(leads[p], 4) for p, c in reference.items() if ours.get(p) != c)
+                        notes.append(f"{model} {name}: top-1 logit leads of the photos that differ from the "
+                                     f"reference: {misses}; photos under 0.1/{lead}/0.2: " + "/".join(
+                                         str(sum(m < t for m in leads.values())) for t in (0.1, lead, 0.2)))
                 answers[name] = ours
                 agree = sum(ours.get(p) == c for p, c in reference.items()) / len(reference)
                 rows.append((model, name, len(files) / sec, n_sec / sec, mb, agree, start_sec, refined_count(out),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from tagger.tags.rules import Rules
 from tagger.engine.weights import MODELS, ModelChoice
 from tagger.yamlfile import read_yaml
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tagger.yaml"
+MAX_REFINE_LEAD = 100.0  # decode.refine_lead at most: every draft a near tie, in practice
 TOKEN_VARIABLE = "TAGGER_WEB_TOKEN"  # set and not empty: the viewer's web.token, whatever the file says
 MODEL_NAMES = tuple(MODELS)
 Runtime = Literal["auto", "onnx", "torch"]  # auto: ONNX Runtime where installed
@@ -48,15 +52,20 @@ class ModelConfig:
 class DecodeConfig:
     max_pixels: int = 100_000_000
     draft: bool = True  # JPEGs decoded at reduced scale (1/2..1/8), still above the model's input size
-    # A draft-decoded image whose best two guesses are closer than this is decoded fully and
-    # classified again (0 switches it off). The margin its stored calibration implies
-    # (tagger.engine.decode.calibrated_refine_margin; bench/bench_refine.py; docs/guides/decoding.md).
-    refine_margin: float = 0.021
+    # A draft-decoded image whose best logit leads the second by less than this is decoded fully
+    # and classified again (0 switches it off). The lead its stored calibration implies
+    # (tagger.engine.decode.calibrated_refine_lead; bench/bench_refine.py; docs/guides/decoding.md).
+    refine_lead: float = 0.141
     max_file_mb: int = DEFAULT_MAX_FILE_MB  # bytes read per file at most: a bigger file is refused unread
 
     @property
     def max_file_bytes(self) -> int:
         return self.max_file_mb * MB
+
+    @property
+    def near_tie(self) -> float:
+        """The lead under which a draft is decoded again; 0 where nothing is drafted, so nothing refined."""
+        return self.refine_lead if self.draft else 0.0
 
 
 @dataclass(frozen=True)
@@ -168,9 +177,8 @@ class Config:
 
     def model_choice(self) -> ModelChoice:
         """What the model floor needs of this config to load its classifier."""
-        m, d = self.model, self.decode
-        near_tie = d.refine_margin if d.draft else 0.0
-        return ModelChoice(m.name, self.weights_dir, m.fallback, m.runtime, m.precision, m.batch_size, near_tie)
+        m = self.model
+        return ModelChoice(m.name, self.weights_dir, m.fallback, m.runtime, m.precision, m.batch_size)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -206,6 +214,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, require_folders: 
 
 
 def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Config:
+    raw = _without_refine_margin(raw, source)
     _check_all_keys(raw, source)
     base = source.parent
     folders_raw = raw.get("folders", [])
@@ -234,8 +243,6 @@ def _build(raw: dict[str, Any], source: Path, *, require_folders: bool) -> Confi
     _check_video(sections["video"], source)
     _check_model(model, source)
     decode: DecodeConfig = sections["decode"]
-    if not 0.0 <= decode.refine_margin <= 1.0:
-        raise ConfigError(f"{source}: key 'decode.refine_margin' must be between 0 and 1, not {decode.refine_margin}")
     watch: WatchConfig = sections["watch"]
     _check_watch(watch, source)
     watch = dataclasses.replace(watch, polling_folders=tuple(str(_resolve(base, f)) for f in watch.polling_folders))
@@ -303,6 +310,11 @@ def _check_model(model: ModelConfig, source: Path) -> None:
 
 
 def _check_decode(decode: DecodeConfig, source: Path) -> None:
+    if not 0.0 <= decode.refine_lead <= MAX_REFINE_LEAD:
+        raise ConfigError(
+            f"{source}: key 'decode.refine_lead' must be between 0 (off) and {MAX_REFINE_LEAD:g} (a logit lead), "
+            f"not {decode.refine_lead}"
+        )
     if not 1 <= decode.max_file_mb <= 100_000:
         raise ConfigError(f"{source}: key 'decode.max_file_mb' must be between 1 and 100,000 (MB), not {decode.max_file_mb}")
     if decode.max_pixels < 1:
@@ -461,6 +473,29 @@ def _coerce(value: Any, expected: str, key: str, source: Path) -> Any:
         kind = expected.split(" ")[0]
         raise ConfigError(f"{source}: key '{key}' must be {kind}, not {type(value).__name__} ({value!r})")
     return value
+
+
+def _without_refine_margin(raw: dict[str, Any], source: Path) -> dict[str, Any]:
+    """`decode.refine_margin` (a probability, until near ties were measured in logits) is still read:
+    0 keeps refinement off, any other margin means refinement on at `decode.refine_lead`; either
+    way one line says what to write instead, and a config that worked keeps working."""
+    decode = raw.get("decode")
+    if not isinstance(decode, dict) or "refine_margin" not in decode:
+        return raw
+    decode = dict(decode)
+    margin = _coerce(decode.pop("refine_margin"), "float", "decode.refine_margin", source)
+    if not 0.0 <= margin <= 1.0:
+        raise ConfigError(f"{source}: key 'decode.refine_margin' must be between 0 and 1, not {margin} "
+                          "(better: replace it with 'decode.refine_lead', docs/configuration.md)")
+    if margin == 0 and "refine_lead" not in decode:
+        decode["refine_lead"] = 0.0
+        hint = "refinement stays off: write 'refine_lead: 0' instead"
+    else:
+        lead = decode.get("refine_lead", DecodeConfig.refine_lead)
+        hint = f"refinement uses 'decode.refine_lead' ({lead}), a logit lead; the margin {margin:g} is not used"
+    log.warning("%s: key 'decode.refine_margin' is retired (near ties are now measured in logits, not "
+                "probability): %s; remove 'refine_margin' (docs/configuration.md)", source, hint)
+    return {**raw, "decode": decode}
 
 
 def _check_all_keys(raw: dict[str, Any], source: Path) -> None:

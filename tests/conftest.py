@@ -150,9 +150,9 @@ class CountingClassifier:
         self.images += len(batch)
         return self.inner.tag_batch(batch, top_k)
 
-    def predict(self, batch: np.ndarray, top_k: int) -> Any:
+    def predict(self, batch: np.ndarray, top_k: int, near_tie: float = 0.0) -> Any:
         self.images += len(batch)
-        return self.inner.predict(batch, top_k)
+        return self.inner.predict(batch, top_k, near_tie)
 
 
 @pytest.fixture

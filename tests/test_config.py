@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tagger.config import DEFAULT_CONFIG, load_config
+from tagger.config import DEFAULT_CONFIG, DecodeConfig, load_config
 from tagger.errors import ConfigError
 
 
@@ -43,7 +43,9 @@ def test_env_var_picks_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ("folders: []\nmodel: {top_k: five}\n", ["'model.top_k'", "must be int", "str"]),
         ("folders: []\nmodel: {min_score: '0.5'}\n", ["'model.min_score'", "must be float"]),
         ("folders: []\nmodel: {min_score: 2}\n", ["'model.min_score'", "between 0 and 1"]),
-        ("folders: []\ndecode: {refine_margin: -0.1}\n", ["'decode.refine_margin'", "between 0 and 1"]),
+        ("folders: []\ndecode: {refine_lead: -0.1}\n", ["'decode.refine_lead'", "between 0 (off) and 100"]),
+        ("folders: []\ndecode: {refine_lead: tiny}\n", ["'decode.refine_lead'", "must be float"]),
+        ("folders: []\ndecode: {refine_margin: -0.1}\n", ["'decode.refine_margin'", "between 0 and 1", "refine_lead"]),
         ("folders: []\ndecode: {refine_margin: tiny}\n", ["'decode.refine_margin'", "must be float"]),
         ("folders: []\nmodel: {name: vgg16}\n", ["'model.name'", "vgg16", "resnet18"]),
         ("folders: []\nsidecar: {enabled: 'yes'}\n", ["'sidecar.enabled'", "must be bool"]),
@@ -62,6 +64,32 @@ def test_bad_config_names_key_file_and_hint(tmp_path: Path, text: str, words: li
     assert str(cfg) in message
     for word in words:
         assert word in message
+
+
+@pytest.mark.parametrize(
+    ("decode", "lead", "says"),
+    [
+        ("{refine_margin: 0}", 0.0, "refinement stays off: write 'refine_lead: 0' instead"),
+        ("{refine_margin: 0.005}", DecodeConfig.refine_lead, f"refinement uses 'decode.refine_lead' ({DecodeConfig.refine_lead})"),
+        ("{refine_margin: 0.005, refine_lead: 0.3}", 0.3, "refinement uses 'decode.refine_lead' (0.3)"),
+        ("{refine_margin: 0, refine_lead: 0.3}", 0.3, "the margin 0 is not used"),
+    ],
+)
+def test_a_config_with_the_retired_refine_margin_still_loads_and_says_what_to_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, decode: str, lead: float, says: str
+) -> None:
+    """decode.refine_margin was a probability; near ties are now logit leads, so its number is not
+    carried over: off stays off, on is on at decode.refine_lead, and one line names the new key."""
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text(f"folders: []\ndecode: {decode}\n")
+    with caplog.at_level("WARNING", logger="tagger.config"):
+        config = load_config(cfg)
+    assert config.decode.refine_lead == lead
+    [line] = [r.getMessage() for r in caplog.records]
+    assert str(cfg) in line and "'decode.refine_margin' is retired" in line and says in line
+    caplog.clear()
+    cfg.write_text("folders: []\ndecode: {refine_lead: 0.2}\n")
+    assert load_config(cfg).decode.refine_lead == 0.2 and not caplog.records
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -361,10 +361,10 @@ def test_scan_stops_on_a_signal_after_the_batch_with_a_summary(
         (lib / f"{i}.jpg").write_bytes(photo.read_bytes() + bytes([i]))  # distinct contents
 
     class SignalledOnce(CountingClassifier):
-        def predict(self, batch: Any, top_k: int) -> Any:
+        def predict(self, batch: Any, top_k: int, near_tie: float = 0.0) -> Any:
             if not self.images:
                 os.kill(os.getpid(), sig)  # as if sent while the first batch runs
-            return super().predict(batch, top_k)
+            return super().predict(batch, top_k, near_tie)
 
     model = SignalledOnce(counting.inner)
     monkeypatch.setattr(Classifier, "from_settings", classmethod(lambda cls, choice: model))

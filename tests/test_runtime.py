@@ -191,9 +191,9 @@ def test_near_ties_are_decoded_again_in_full(
     sample_paths: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A near tie (margin under decode.refine_margin) gets exactly the full decode's tags.
+    """A near tie (logit lead under decode.refine_lead) gets exactly the full decode's tags.
 
-    With the margin at 1, every draft-decoded photo is a near tie: the scan must then store what a
+    With the lead at 100, every draft-decoded photo is a near tie: the scan must then store what a
     scan without draft decoding stores, image for image; at 0 nothing is decoded twice; and a
     model unsure of everything gets at most a tenth of the photos (and one) decoded twice.
     """
@@ -222,12 +222,12 @@ def test_near_ties_are_decoded_again_in_full(
                 tagger.close()
         return summary.refined, _top_tags(config.index)
 
-    capped, _ = scan("capped", {"draft": True, "refine_margin": 1.0})
+    capped, _ = scan("capped", {"draft": True, "refine_lead": 100.0})
     assert capped == 1 + int(backend.REFINE_SHARE * len(photos))
     monkeypatch.setattr(backend, "REFINE_SHARE", 1.0)
-    refined_all, everything_refined = scan("all", {"draft": True, "refine_margin": 1.0})
+    refined_all, everything_refined = scan("all", {"draft": True, "refine_lead": 100.0})
     _, full = scan("full", {"draft": False})
-    refined_none, draft_only = scan("none", {"draft": True, "refine_margin": 0})
+    refined_none, draft_only = scan("none", {"draft": True, "refine_lead": 0})
     assert refined_all == len(photos) and refined_none == 0
     assert everything_refined == full
     assert draft_only.keys() == full.keys()

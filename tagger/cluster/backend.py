@@ -22,7 +22,7 @@ from tagger.library.summary import ScanSummary
 
 def job_settings(config: Config, classifier: Classifier) -> JobSettings:
     m, d = config.model, config.decode
-    return JobSettings(ModelIdentity.of(classifier), m.top_k, d.max_pixels, d.draft, d.refine_margin)
+    return JobSettings(ModelIdentity.of(classifier), m.top_k, d.max_pixels, d.draft, d.near_tie)
 
 
 class ClusterBackend:

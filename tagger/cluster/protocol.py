@@ -39,7 +39,7 @@ class Job:
     top_k: int
     max_pixels: int
     draft: bool
-    refine_margin: float
+    refine_lead: float  # decode.refine_lead: near ties and INT8's close calls on the worker as here
     refine_allowed: int  # near ties decoded again in full at most (tagger.engine.decode.near_ties)
 
 
@@ -71,7 +71,7 @@ class JobSettings:
     top_k: int
     max_pixels: int
     draft: bool
-    refine_margin: float
+    refine_lead: float
 
     def job(self, blobs: list[bytes], refine_allowed: int) -> Job:
-        return Job(self.model, tuple(blobs), self.top_k, self.max_pixels, self.draft, self.refine_margin, refine_allowed)
+        return Job(self.model, tuple(blobs), self.top_k, self.max_pixels, self.draft, self.refine_lead, refine_allowed)

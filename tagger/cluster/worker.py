@@ -72,8 +72,9 @@ def classify_job(job: Job) -> JobResult:
     seen: dict[int, tuple[list[Tag], np.ndarray, int]] = {}
     refined = 0
     if good:
-        results, margins, features = classifier.predict(np.stack([d.array for _, d in good]), job.top_k)
-        near = near_ties([d.reduced for _, d in good], margins, job.refine_margin, job.refine_allowed)
+        near_tie = job.refine_lead if job.draft else 0.0  # the coordinator's, also for INT8's close calls
+        results, leads, features = classifier.predict(np.stack([d.array for _, d in good]), job.top_k, near_tie)
+        near = near_ties([d.reduced for _, d in good], leads, near_tie, job.refine_allowed)
         again = [(k, _decoded(job.blobs[good[k][0]], job.max_pixels, spec, None)) for k in near]
         again_ok = [(k, d) for k, d in again if isinstance(d, DecodedArray)]
         if again_ok:

@@ -170,28 +170,27 @@ class CheckedNetwork:
     INT8's logits are off by about 0.05 (tagger.engine.quantize), so where its best two logits are
     nearer than `margin` (measured at export, for this CPU's kernels) the order may be INT8's
     error: those images are run again in fp32, and fp32's logits and features replace INT8's.
-    So are those whose probability margin, with the lead cut by `margin`, could be under
-    `near_tie` (the scan's decode.refine_margin): whether a draft is decoded again in full
-    must not be INT8's error either. On the benchmark's 206 photos (u8s8) 22% were run again
-    (33% with refinement on), and INT8's top-1 then matched fp32's on all of them, against 93%
-    without.
+    A scan that refines drafts passes `near_tie` (decode.refine_lead): a lead under it sends the
+    draft to a full decode, so a lead within `margin` of it is a close call too, and whether a
+    draft is decoded again is never INT8's error (a lead well under it is decoded again anyway,
+    and INT8's answer is trusted there as anywhere over `margin`). On the benchmark's 206 photos
+    (u8s8) 22% were run again without refinement, and INT8's top-1 then matched fp32's on all of
+    them, against 93% without the check.
     """
 
-    def __init__(self, fast: Network, exact: Network, margin: float, near_tie: float = 0.0) -> None:
+    def __init__(self, fast: Network, exact: Network, margin: float) -> None:
         self.fast = fast
         self.exact = exact
         self.margin = margin
-        self.near_tie = near_tie
         self.checked = 0  # images run again in fp32 so far
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, batch: np.ndarray, near_tie: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self.fast(batch)
         best_two = np.partition(logits, -2, axis=1)[:, -2:].astype(np.float64)
         lead = best_two[:, 1] - best_two[:, 0]
         near = lead < self.margin
-        if self.near_tie > 0:  # a scan that refines: also the probability margins INT8 could misplace
-            best = 1 / np.exp(logits - best_two[:, 1:]).sum(axis=1, dtype=np.float64)  # INT8's top probability
-            near |= -best * np.expm1(self.margin - lead) < self.near_tie
+        if near_tie > 0:
+            near |= np.abs(lead - near_tie) < self.margin
         close = np.flatnonzero(near)
         if close.size:
             logits, features = np.array(logits), np.array(features)
@@ -290,11 +289,9 @@ class Classifier:
 
     @classmethod
     def from_settings(cls, choice: ModelChoice) -> Classifier:
-        """The classifier a config names (Config.model_choice), with its batch bound and near-tie margin."""
+        """The classifier a config names (Config.model_choice), with its batch bound."""
         classifier = cls.load(choice.name, choice.weights_dir, choice.fallback, choice.runtime, choice.precision)
         classifier.max_batch = choice.max_batch
-        if isinstance(classifier.network, CheckedNetwork):
-            classifier.network.near_tie = choice.near_tie
         return classifier
 
     @property
@@ -319,28 +316,34 @@ class Classifier:
         """N x 3 x H x W float32 -> for each image, its top_k tags by probability."""
         return self.predict(batch, top_k)[0]
 
-    def predict(self, batch: np.ndarray, top_k: int) -> Prediction:
-        """The top_k tags of each image, its margin (best minus second-best probability) and
-        its embedding (the pooled features, L2-normalised float32), all from one model run.
+    def predict(self, batch: np.ndarray, top_k: int, near_tie: float = 0.0) -> Prediction:
+        """The top_k tags of each image, its lead (its best logit minus the second-best) and its
+        embedding (the pooled features, L2-normalised float32), all from one model run.
 
-        A small margin is a near tie, which a slightly different decode of the same photo can flip.
+        A small lead is a near tie, which a slightly different decode of the same photo can flip;
+        `near_tie` is the lead under which the caller will decode a draft again (decode.refine_lead,
+        0 where nothing is refined): INT8's close calls include the leads near it.
         A batch over `max_batch` is run in parts of that size.
         """
         size = self.max_batch
         if size and len(batch) > size:
-            parts = [self.predict(batch[i : i + size], top_k) for i in range(0, len(batch), size)]
+            parts = [self.predict(batch[i : i + size], top_k, near_tie) for i in range(0, len(batch), size)]
             return ([t for p in parts for t in p[0]], [m for p in parts for m in p[1]],
                     np.concatenate([p[2] for p in parts]))
-        raw, features = self.network(np.ascontiguousarray(batch, dtype=np.float32))
+        inputs = np.ascontiguousarray(batch, dtype=np.float32)
+        if isinstance(self.network, CheckedNetwork):
+            raw, features = self.network(inputs, near_tie)
+        else:
+            raw, features = self.network(inputs)
         logits = raw.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         k = min(max(top_k, 2), probabilities.shape[1])
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        margins = [float(row[i[0]] - row[i[1]]) for row, i in zip(probabilities, top)]
+        leads = [float(row[i[0]] - row[i[1]]) for row, i in zip(logits, top)]
         tags = [[self._tag(int(i), float(row[i])) for i in indices[:top_k]] for row, indices in zip(probabilities, top)]
-        return tags, margins, unit(features.reshape(len(features), -1))
+        return tags, leads, unit(features.reshape(len(features), -1))
 
     def _tag(self, class_id: int, score: float) -> Tag:
         c = self.classes[class_id]

@@ -51,9 +51,10 @@ _JPEG = ("JPEG", "MPO")
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _WHITE = (255, 255, 255)
 # Near-tie refinement's calibration: each calibration photo's answers at draft scale and in full.
-REFINE_CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration" / "refine_margins.tsv"
-REFINE_QUANTILE = 90  # of the draft margins of the photos whose draft flipped the top-1
-REFINE_SAFETY = 1.5  # times that quantile: flips are few, and the largest one seen is not the largest there is
+REFINE_CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration" / "refine_leads.tsv"
+# A near tie: a draft whose top-1 logit leads the next by less than this percentile of the draft's
+# error in that lead (|draft lead - full lead|) over all the calibration photos.
+REFINE_QUANTILE = 95
 # EXIF Orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -188,40 +189,63 @@ def decode_or_error(
         return DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")
 
 
-def near_ties(reduced: Sequence[bool], margins: Sequence[float], threshold: float, allowed: int) -> list[int]:
+def near_ties(reduced: Sequence[bool], leads: Sequence[float], threshold: float, allowed: int) -> list[int]:
     """Which images of a batch to decode again in full (in a scan and on cluster workers alike): reduced
-    decodes whose best two guesses were within `decode.refine_margin`, at most `allowed` of them, the
-    closest first (where the refiner's budget runs short, those are the likeliest to flip)."""
-    near = sorted((m, i) for i, (r, m) in enumerate(zip(reduced, margins)) if r and m < threshold)
+    decodes whose top-1 logit led the second by less than `decode.refine_lead`, at most `allowed` of
+    them, the closest first (where the refiner's budget runs short, those are the likeliest to flip)."""
+    near = sorted((lead, i) for i, (r, lead) in enumerate(zip(reduced, leads)) if r and lead < threshold)
     return sorted(i for _, i in near[: max(0, allowed)])
 
 
-def stored_refine_calibration(path: Path = REFINE_CALIBRATION) -> list[tuple[float, bool]]:
-    """Each calibration photo's margin at draft scale, and whether that draft's top-1 was not the full
-    decode's (bench/bench_refine.py --calibrate measured them)."""
-    photos = []
+@dataclass(frozen=True)
+class DraftAnswer:
+    """One calibration photo (bench/bench_refine.py --calibrate): the draft's top-1 logit lead over the
+    next class, that class pair's lead on the full decode (below 0: the full decode's top-1 differs)."""
+
+    draft_lead: float
+    full_lead: float
+
+    @property
+    def error(self) -> float:
+        return abs(self.draft_lead - self.full_lead)
+
+    @property
+    def flipped(self) -> bool:
+        return self.full_lead < 0
+
+
+def stored_refine_calibration(path: Path = REFINE_CALIBRATION) -> list[DraftAnswer]:
+    """The calibration photos' answers, as bench/bench_refine.py --calibrate stored them."""
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
     header = lines[0].split("\t")
-    draft, full, margin = header.index("draft_top1"), header.index("full_top1"), header.index("draft_margin")
-    for line in lines[1:]:
-        cells = line.split("\t")
-        photos.append((float(cells[margin]), cells[draft] != cells[full]))
-    return photos
+    draft, full = header.index("draft_lead"), header.index("full_lead")
+    return [DraftAnswer(float(cells[draft]), float(cells[full])) for cells in (line.split("\t") for line in lines[1:])]
 
 
-def calibrated_refine_margin(photos: Sequence[tuple[float, bool]]) -> float:
-    """The refine margin a calibration implies: REFINE_SAFETY times the REFINE_QUANTILE-th percentile of
-    the draft margins of the photos whose draft flipped the top-1, rounded up to a thousandth.
+def calibrated_refine_lead(photos: Sequence[DraftAnswer]) -> float:
+    """The refine lead a calibration implies: the REFINE_QUANTILE-th percentile of the draft's error in
+    the top-1's logit lead, over every calibration photo, rounded up to a thousandth.
 
-    As INT8's close calls (tagger.engine.quantize.check_margin): a quantile of the error measured on
-    photos the choice is then not reported on. Flips are few (a dozen in 300 camera photos), so the
-    quantile is near their largest margin, and the safety factor covers a flip a little above it.
+    As INT8's close calls (tagger.engine.quantize.check_margin): a draft that leads by more than its
+    error cannot flip. That error is about the same whatever the lead (docs/guides/decoding.md), so
+    all the photos measure it, not only the few that flipped.
     """
-    flipped = [m for m, flip in photos if flip]
-    if not flipped:
+    if not photos:
         return 0.0
-    chosen = REFINE_SAFETY * float(np.percentile(flipped, REFINE_QUANTILE))
+    chosen = float(np.percentile([p.error for p in photos], REFINE_QUANTILE))
     return math.ceil(round(chosen * 1000, 6)) / 1000
+
+
+def expected_misses(photos: Sequence[DraftAnswer], threshold: float) -> float:
+    """The share of photos whose draft top-1 would differ from the full decode's with near ties under
+    `threshold` refined, if any photo's lead could meet any photo's error (the error does not follow
+    the lead): each lead at or over the threshold against every error that would flip it. A steadier
+    figure than counting the few flips of one set."""
+    leads = np.array([p.draft_lead for p in photos])
+    shrinks = np.sort([p.draft_lead - p.full_lead for p in photos])
+    kept = leads[leads >= threshold]
+    flips = len(shrinks) - np.searchsorted(shrinks, kept, side="right")  # errors that take each lead below 0
+    return float(flips.sum()) / (len(leads) * len(shrinks)) if len(leads) else 0.0
 
 
 def _fast_input(

@@ -71,7 +71,6 @@ class ModelChoice:
     runtime: str = "torch"  # auto, onnx or torch
     precision: str = "fp32"  # fp32 or int8
     max_batch: int | None = None  # each model run holds at most this many images (model.batch_size)
-    near_tie: float = 0.0  # the scan's refine margin where drafts are refined; INT8 checks what it could misplace
 
 
 @dataclass(frozen=True)

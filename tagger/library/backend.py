@@ -9,6 +9,7 @@ pool (Pillow releases the GIL) while the model sees whole batches.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -202,11 +203,11 @@ class LocalBackend:
         inflight.clear()
         if not pending:
             return
-        top_k = self.config.model.top_k
-        tags_of, margins, features_of = _per_file(pending, *self.classifier.predict(
-            np.concatenate([p.inputs for p in pending]), top_k), top_k)
+        top_k, near_tie = self.config.model.top_k, self.config.decode.near_tie
+        tags_of, leads, features_of = _per_file(pending, *self.classifier.predict(
+            np.concatenate([p.inputs for p in pending]), top_k, near_tie), top_k)
         budget = refine_budget(summary, len(pending))
-        near = set(near_ties([p.reduced for p in pending], margins, self.config.decode.refine_margin, budget))
+        near = set(near_ties([p.reduced for p in pending], leads, near_tie, budget))
         spec, max_pixels = self.classifier.spec.preprocess, self.config.decode.max_pixels
         for i, (done, tags, features) in enumerate(zip(pending, tags_of, features_of)):
             if i in near:  # decoded in full beside the next batches, recorded when done
@@ -231,8 +232,8 @@ class LocalBackend:
     def _collect_refined(self, summary: ScanSummary, wait: bool) -> None:
         """Near ties whose full decode is done: the model's second answer, then their records.
 
-        A reduced decode moves each pixel a little; where the best two guesses were within
-        `decode.refine_margin`, that can swap them. Only those few images pay for a full decode,
+        A reduced decode moves each pixel a little; where the best logit led the second by less
+        than `decode.refine_lead`, that can swap them. Only those few images pay for a full decode,
         and it runs beside the next batches instead of holding the model up (a fifth of the
         speed at 7% of the photos refined, when the model waited for it). `wait` takes the
         oldest one whatever its state, and all of them at the end of a scan or batch.
@@ -255,28 +256,28 @@ class LocalBackend:
 
 
 def _per_file(
-    pending: Sequence[_Pending], tags: list[list[Tag]], margins: list[float], features: np.ndarray, top_k: int
+    pending: Sequence[_Pending], tags: list[list[Tag]], leads: list[float], features: np.ndarray, top_k: int
 ) -> tuple[list[list[Tag]], list[float], np.ndarray]:
     """The model's answers per input -> per file: a clip's frames made one answer
     (tagger.engine.video.clip_tags; its embedding the mean of its frames', normalised again)."""
     if all(p.clip is None for p in pending):
-        return tags, margins, features
+        return tags, leads, features
     out_tags: list[list[Tag]] = []
-    out_margins: list[float] = []
+    out_leads: list[float] = []
     out_features: list[np.ndarray] = []
     start = 0
     for item in pending:
         count = len(item.inputs)
         if item.clip is None:
             out_tags.append(tags[start])
-            out_margins.append(margins[start])
+            out_leads.append(leads[start])
             out_features.append(features[start])
         else:
             out_tags.append(clip_tags(tags[start : start + count], item.clip.times, top_k))
-            out_margins.append(1.0)  # never refined: a clip's frames are decoded in full
+            out_leads.append(math.inf)  # never refined: a clip's frames are decoded in full
             out_features.append(unit(features[start : start + count].mean(axis=0, keepdims=True))[0])
         start += count
-    return out_tags, out_margins, np.stack(out_features)
+    return out_tags, out_leads, np.stack(out_features)
 
 
 def _bytes_held(ahead: deque[tuple[list[_InFlight], int]]) -> int:
