@@ -210,7 +210,7 @@ def test_real_daemon_talks_to_systemd(tmp_path: Path, sample_jpegs: list[Path], 
 
     try:
         receive_until("READY=1")
-        assert "STATUS=queue" in messages[-1]
+        assert "STATUS=reconciling: " in messages[-1] and "; queue " in messages[-1]  # READY at once, not up to date yet
         health = subprocess.run([TAGGER, "--config", str(config), "health"], capture_output=True, text=True)
         assert health.returncode == 0, health.stderr
         shutil.copy(sample_jpegs[0], lib / "a.jpg")
