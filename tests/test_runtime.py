@@ -223,7 +223,10 @@ def test_near_ties_are_decoded_again_in_full(
         return summary.refined, _top_tags(config.index)
 
     capped, _ = scan("capped", {"draft": True, "refine_lead": 100.0})
-    assert capped == 1 + int(backend.REFINE_SHARE * len(photos))
+    assert capped == min(len(photos), backend.REFINE_GRACE + int(backend.REFINE_SHARE * len(photos)))
+    monkeypatch.setattr(backend, "REFINE_GRACE", 1)
+    capped, _ = scan("capped-less", {"draft": True, "refine_lead": 100.0})
+    assert capped == 1 + int(backend.REFINE_SHARE * len(photos)) < len(photos)
     monkeypatch.setattr(backend, "REFINE_SHARE", 1.0)
     refined_all, everything_refined = scan("all", {"draft": True, "refine_lead": 100.0})
     _, full = scan("full", {"draft": False})
