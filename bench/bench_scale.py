@@ -93,7 +93,9 @@ def write_config(path: Path, library: Path, index: Path, weights: Path) -> Path:
 def run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Seconds and peak resident MB (ru_maxrss) of one command, which must succeed."""
     started = time.monotonic()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Not from the repository's folder: `python -c` puts the working folder first on sys.path, which
+    # would import this checkout's tagger whatever PYTHONPATH says.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.monotonic() - started
     out, err = proc.communicate()
@@ -114,9 +116,13 @@ def tagger() -> list[str]:
 def measure(code: Path, name: str, library: Path, work: Path, seed_seconds: float, files: int) -> dict[str, float]:
     env = environment(code)
     config = write_config(work / f"{name}.yaml", library, work / f"{name}.sqlite", work / "weights")
+    where = subprocess.run([sys.executable, "-c", "import tagger; print(tagger.__file__)"], env=env, cwd="/",
+                           capture_output=True, text=True).stdout.strip()
+    assert where.startswith(str(code)), (where, code)  # the code measured is the code named
     first, first_mb = run([*tagger(), "--config", str(config), "scan"], env)
     rescan, rescan_mb = run([*tagger(), "--config", str(config), "scan"], env)
-    result = subprocess.run([sys.executable, "-c", RECONCILE, str(config)], env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", RECONCILE, str(config)], env=env, capture_output=True, text=True,
+                            cwd="/")
     if result.returncode != 0:
         raise SystemExit(f"reconcile failed:\n{result.stderr[-3000:]}")
     reconcile = json.loads(result.stdout.strip().splitlines()[-1])

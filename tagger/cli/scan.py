@@ -72,7 +72,8 @@ def scan(ctx: Context, paths: tuple[Path, ...], scheduler: str | None, prune: bo
     print_summary(summary, classifier.name, config)
     if stopped:
         left = summary.files - summary.tagged - summary.unchanged - summary.failed
-        click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images left for the next scan", err=True)
+        click.echo(f"stopped by {signal.Signals(stopped[0]).name}: {left} images found and the folders not reached "
+                   "yet left for the next scan", err=True)
         if stopped[0] == signal.SIGINT:
             sys.exit(EXIT_INTERRUPTED)
 
