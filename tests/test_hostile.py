@@ -633,7 +633,9 @@ def test_viewer_opens_every_row_it_lists(odd_viewer: tuple[Any, dict[str, Path]]
     original = next(i for i in listed if i["path"] == str(files["newline"]))["links"]["original"]
     assert "%0A" in original
     grid = client.get("/?sort=name").get_data(as_text=True)
-    assert "\\xff\\xfe.jpg" in grid  # shown, its bytes as escapes
+    assert "×" in grid  # every file holds the same photo: one tile, with its count
+    page = next(i for i in listed if i["path"] == str(files["bytes"]))["links"]["page"]
+    assert "\\xff\\xfe.jpg" in client.get(page).get_data(as_text=True)  # shown, its bytes as escapes
     folder = client.get("/", query_string={"folder": f"{files['bytes_folder'].parent}".replace("\udce9", "%E9")})
     assert folder.status_code == 200 and "inside.jpg" in folder.get_data(as_text=True)
 
