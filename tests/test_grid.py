@@ -172,7 +172,7 @@ def test_bulk_keywords_add_and_remove_for_the_selected_images(client_for, librar
     ("change", "status", "reason"),
     [
         ({"csrf": "wrong"}, 403, "viewer's own pages"),
-        ({"action": "delete"}, 400, "add or remove"),
+        ({"action": "delete"}, 400, "add, remove or search"),
         ({"keywords": " , "}, 400, "give a keyword"),
         ({"path": []}, 400, "select at least one image"),
         ({"path": ["/x"] * 501}, 400, "at most 500"),
@@ -199,3 +199,17 @@ def test_pages_can_be_kept_for_back_but_the_api_and_sign_in_are_not_stored(clien
     signed_in = guarded.get("/", headers={"Authorization": "Bearer " + "t" * 32}).get_data(as_text=True)
     assert 'action="/logout"' in signed_in and "Sign out" in signed_in
     assert "Sign out" not in client.get("/").get_data(as_text=True)  # nothing to sign out of
+
+
+def test_the_selection_opens_as_a_search(client_for, library: Path) -> None:  # type: ignore[no-untyped-def]
+    client = client_for()
+    chosen = [str(library / "coffee.jpg"), str(library / "extras" / "cat-copy.jpg")]
+    opened = client.post("/keywords", data={"csrf": TOKEN, "path": chosen, "action": "search"})
+    assert opened.status_code == 303 and "q=sha" in opened.headers["Location"]
+    page = client.get(opened.headers["Location"]).get_data(as_text=True)
+    found = names(page)
+    assert len(found) == 2 and "coffee.jpg" in found  # the cat's copies are one tile, as anywhere
+    assert "×3" in page
+    assert client.post("/keywords", data={"csrf": TOKEN, "path": ["/x"] * 101, "action": "search"}).status_code == 400
+    bad = client.get("/?q=sha:xyz").get_data(as_text=True)
+    assert "sha: takes a content hash" in bad

@@ -306,6 +306,15 @@ def test_bulk_keywords_for_a_shift_click_range(library_address: str, tmp_path: P
         wait_for(driver, lambda d: d.find_element("id", "bar-message").text.startswith("Removed"))
         driver.get(library_address + "/?q=tag:holiday-bulk")
         assert not driver.find_elements("css selector", "#grid .card")
+        driver.get(library_address + "/")
+        loaded_tiles(driver)
+        corners = driver.find_elements("css selector", "#grid .card .select")
+        corners[2].click()
+        corners[5].click()
+        driver.find_element("css selector", '#selection-bar button[value="search"]').click()  # the selection as a search
+        wait_for(driver, lambda d: "q=sha" in d.current_url)
+        loaded_tiles(driver)
+        assert sorted(card_names(driver)) == sorted([names[2], names[5]])
 
 
 PAGES = {

@@ -128,3 +128,11 @@ def test_dates_are_utc_days_as_the_docs_say() -> None:
     assert day.end == datetime(2024, 5, 2, tzinfo=timezone.utc).timestamp()
     guide = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "rules-and-queries.md").read_text()
     assert "UTC ones" in guide
+
+
+def test_sha_terms_keep_any_of_the_contents_named() -> None:
+    query = parse("sha:0123456789ABCDEF sha:sabcdef0123 tag:cat")
+    assert query.contents == ("0123456789abcdef", "sabcdef0123") and query.tags == ("cat",)
+    for bad in ("sha:1234", "sha:xyz12345678", "^sha:0123456789"):
+        with pytest.raises(QueryError):
+            parse(bad)

@@ -380,6 +380,9 @@ def _search_filter(search: Search) -> tuple[list[str], list[object]]:
     if search.not_suffixes:
         terms.append("NOT (" + " OR ".join(["f.path LIKE ?"] * len(search.not_suffixes)) + ")")
         params += ["%" + suffix for suffix in search.not_suffixes]
+    if search.contents:  # prefixes of hex (or "s" + hex): "g" sorts after every character they use
+        terms.append("(" + " OR ".join(["(f.sha256 >= ? AND f.sha256 < ?)"] * len(search.contents)) + ")")
+        params += [bound for prefix in search.contents for bound in (prefix, prefix + "g")]
     low_s, high_s = search.duration
     if low_s is not None or high_s is not None:  # a clip's length: still images (NULL) never match
         terms.append("EXISTS (SELECT 1 FROM images d WHERE d.sha256 = f.sha256 AND d.duration BETWEEN ? AND ?)")

@@ -17,6 +17,9 @@
   `^type:raw` leaves RAWs out.
 - `duration:RANGE` keeps clips by length in seconds (or with `s`, `m`, `h`): `duration:>60`,
   `duration:<30`, `duration:1m..5m`, `duration:60` (at least 60 s). Still images have no length.
+- `sha:HASH` keeps the files holding that content (its sha256 as the API and sidecars give it, or
+  the first 8 or more of its characters); several `sha:` terms keep any of them. The viewer's
+  "Open as a search" writes one per selected image.
 - `added:RANGE` (when tagger first saw the file) and `date:RANGE` (the file's own
   modification time) take `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or a relative `-3d`, `-2w`,
   `-6m`, `-1y`, alone or as `FROM..TO` with either side optional: `added:-1w..`,
@@ -32,10 +35,11 @@ from datetime import datetime, timedelta, timezone
 from tagger.errors import TaggerError
 from tagger.inputs import InputError, score
 
-FIELDS = ("tag", "class", "score", "folder", "type", "added", "date", "duration")
+FIELDS = ("tag", "class", "score", "folder", "type", "added", "date", "duration", "sha")
 TYPES = ("photo", "raw", "video")  # what `type:` takes: a camera RAW file, a clip, or any other image
 _LENGTH = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)([smh]?)")
 _LENGTH_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+_CONTENT = re.compile(r"s?[0-9a-f]{8,64}")  # a sha256, or the sampled hash of a large clip ("s...")
 _RELATIVE = re.compile(r"-([0-9]{1,7})([dwmy])")
 _ABSOLUTE = re.compile(r"([0-9]{4})(?:-([0-9]{1,2})(?:-([0-9]{1,2}))?)?")
 _DATE_HINT = "dates are YYYY, YYYY-MM, YYYY-MM-DD or relative like -3d, -2w, -6m, -1y"
@@ -76,6 +80,7 @@ class Query:
     text: str = field(default="", compare=False)
     duration_min: float | None = None  # seconds, of a clip
     duration_max: float | None = None
+    contents: tuple[str, ...] = ()  # sha: prefixes; several: a file holding any of them
 
     @property
     def empty(self) -> bool:
@@ -98,6 +103,7 @@ def parse(text: str, now: datetime | None = None) -> Query:
     not_folders: list[str] = []
     types: list[str] = []
     not_types: list[str] = []
+    contents: list[str] = []
     score_min = score_max = None
     duration_min = duration_max = None
     added = date = None
@@ -120,6 +126,10 @@ def parse(text: str, now: datetime | None = None) -> Query:
             (not_types if negated else types).append(kind)
         elif name == "class" and not negated:
             classes.append(value)
+        elif name == "sha" and not negated:
+            if not _CONTENT.fullmatch(value.casefold()):
+                raise QueryError(f"{word!r}: sha: takes a content hash (8 to 64 hexadecimal characters)")
+            contents.append(value.casefold())
         elif negated:
             raise QueryError(f"{word!r}: only tag:, folder: and type: terms can be negated with ^")
         elif name == "score":
@@ -135,6 +145,7 @@ def parse(text: str, now: datetime | None = None) -> Query:
     return Query(
         tuple(tags), tuple(not_tags), tuple(classes), score_min, score_max, tuple(folders), tuple(not_folders),
         tuple(dict.fromkeys(types)), tuple(dict.fromkeys(not_types)), added, date, text, duration_min, duration_max,
+        tuple(dict.fromkeys(contents)),
     )
 
 

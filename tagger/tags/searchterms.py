@@ -77,6 +77,7 @@ def resolve_query(rules: Rules, query: Query, has_term: Callable[[str], bool]) -
         added=_span(query.added, utc_text),
         mtime_ns=_span(query.date, lambda t: int(t * 1e9)),
         duration=(query.duration_min, query.duration_max),
+        contents=query.contents,
     )
 
 

@@ -85,6 +85,7 @@ class Search:
     added: tuple[str | None, str | None] = (None, None)  # [from, to) of files.added_at
     mtime_ns: tuple[int | None, int | None] = (None, None)  # [from, to) of files.mtime_ns
     duration: tuple[float | None, float | None] = (None, None)  # [from, to] of a clip's seconds
+    contents: tuple[str, ...] = ()  # sha256 prefixes: a file holding any of them
 
 
 # A keyword's place is its categories joined by "/" (and by "|" in XMP's hierarchical subjects): a

@@ -118,7 +118,7 @@
         form.elements.name.focus();
         return;
       }
-      if (!button || button.name !== "action") return; // teaching a tag goes to its page
+      if (!button || button.name !== "action" || button.value === "search") return; // to a page of their own
       event.preventDefault();
       const words = form.elements.keywords.value.trim();
       if (!words) { message.textContent = "Type the keywords to add or remove first."; form.elements.keywords.focus(); return; }
