@@ -23,6 +23,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from sample_photos import distinct_views, sample_sources, write_samples  # noqa: E402
 
 from tagger.engine.classify import Classifier  # noqa: E402
+from tagger.config import Config  # noqa: E402
+from tagger.index import Index  # noqa: E402
+from tagger.library.scan import Tagger  # noqa: E402
 
 
 # The container image (tests/test_container.py, tests/test_systemd_units.py) takes minutes to build the
@@ -183,3 +186,13 @@ def write_config(tmp_path: Path, weights_dir: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def scan_once(config: Config, classifier: Any) -> None:
+    """One `tagger scan` of the config's folders, in this process (with this classifier)."""
+    with Index.open(config.index) as store:
+        tagger = Tagger(config, classifier, store)
+        try:
+            tagger.scan(list(config.folders))
+        finally:
+            tagger.close()

@@ -19,11 +19,12 @@ from tagger.config import load_config
 from tagger.engine.classify import Classifier
 from tagger.index import Index
 from tagger.index.duplicates import CopyFacts
-from tagger.library.scan import Tagger
 from tagger.library.trash import TRASH_FOLDER
 from tagger.vectors import duplicates as vector_duplicates
 from tagger.vectors.duplicates import Duplicates, keep_order, make_group
 from tagger.web import duplicates as web_duplicates
+
+from conftest import scan_once
 
 from test_browser import ARTIFACTS, WAIT_SECONDS, serving
 from test_browser import browser as chromium_browser  # noqa: F401 - test_browser's `browser` fixture
@@ -294,12 +295,7 @@ def api_groups_fresh(client: FlaskClient) -> dict[str, Any]:
 
 def rescan(config_file: Path, classifier: Classifier) -> None:
     config = load_config(config_file)
-    with Index.open(config.index) as store:
-        tagger = Tagger(config, classifier, store)
-        try:
-            tagger.scan(list(config.folders))
-        finally:
-            tagger.close()
+    scan_once(config, classifier)
 
 
 def test_refusals_name_the_file_and_the_reason(

@@ -16,9 +16,10 @@ from PIL import Image
 from tagger.config import load_config
 from tagger.engine.classify import Classifier
 from tagger.index import Index
-from tagger.library.scan import Tagger
 from tagger.library.thumbcache import thumbnail_folder
 from tagger.web.context import CSRF_COOKIE
+
+from conftest import scan_once
 
 from test_web import make_app, scanned_config
 
@@ -121,12 +122,7 @@ def test_a_photos_cached_pictures_go_with_its_last_file(client_for, library: Pat
 
 def rescan(config_file: Path, classifier: Classifier) -> None:
     config = load_config(config_file)
-    with Index.open(config.index) as store:
-        tagger = Tagger(config, classifier, store)
-        try:
-            tagger.scan(list(config.folders))
-        finally:
-            tagger.close()
+    scan_once(config, classifier)
 
 
 def test_month_headings_and_the_timeline_jump(client_for, library: Path) -> None:  # type: ignore[no-untyped-def]

@@ -18,6 +18,8 @@ from tagger.engine.labels import Tag
 from tagger.index.records import ImageFacts
 from tagger.library.jsonsidecar import read_sidecar, sidecar_document, sidecar_path, write_sidecar
 
+from conftest import scan_once
+
 TAGS = [Tag(967, "n07920052", "espresso", "意式浓缩咖啡", 0.95), Tag(968, "n07930864", "cup", "茶杯", 0.01)]
 FACTS = ImageFacts("ab" * 32, 1234, 400, 300)
 
@@ -122,8 +124,6 @@ def test_the_next_scan_removes_temporary_sidecar_files_a_killed_run_left(
     import shutil
 
     from tagger.config import load_config
-    from tagger.index import Index
-    from tagger.library.scan import Tagger
 
     library = tmp_path / "library"
     (library / "a").mkdir(parents=True)
@@ -136,11 +136,6 @@ def test_the_next_scan_removes_temporary_sidecar_files_a_killed_run_left(
     for path in old:
         os.utime(path, (time.time() - 3600,) * 2)
     config = load_config(write_config([library]))
-    with Index.open(config.index) as store:
-        tagger = Tagger(config, lite0, store)
-        try:
-            tagger.scan(list(config.folders))
-        finally:
-            tagger.close()
+    scan_once(config, lite0)
     assert not any(p.exists() for p in old)
     assert fresh.exists() and theirs.exists()

@@ -17,6 +17,8 @@ from tagger.index import Index
 from tagger.library.scan import Tagger
 from tagger.web import create_app
 
+from conftest import scan_once
+
 
 def listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
@@ -83,12 +85,7 @@ def test_the_viewer_serves_a_sidecar_from_the_mirror_tree(
     library.mkdir()
     shutil.copy(sample_jpegs[0], library / "a.jpg")
     config = load_config(write_config([library], sidecar={"folder": str(tmp_path / "sidecars")}))
-    with Index.open(config.index) as store:
-        tagger = Tagger(config, lite0, store)
-        try:
-            tagger.scan(list(config.folders))
-        finally:
-            tagger.close()
+    scan_once(config, lite0)
     app = create_app(config, lite0)
     try:
         client = app.test_client()

@@ -27,10 +27,11 @@ from tagger.index import search as search_module
 from tagger.engine.classify import Classifier
 from tagger.config import Config, load_config
 from tagger.engine.labels import Tag
-from tagger.library.scan import Tagger
 from tagger.index.records import ImageFacts
 from tagger.index import Listing, Index
 from tagger.web import create_app
+
+from conftest import scan_once
 
 XSS_PATH = "<script>alert(1)</script>.jpg"  # a folder "<script>alert(1)<" holding "script>.jpg"
 TOKEN = "a-long-enough-secret-token"
@@ -83,12 +84,7 @@ def scanned_config(library: Path, classifier: Classifier, weights_dir: Path, **s
     data = {"folders": [str(library)], "index": str(library.parent / "index.sqlite"), "weights_dir": str(weights_dir)}
     config_file.write_text(yaml.safe_dump({**data, "model": model, **sections}))
     config = load_config(config_file)
-    with Index.open(config.index) as store:
-        tagger = Tagger(config, classifier, store)
-        try:
-            tagger.scan(list(config.folders))
-        finally:
-            tagger.close()
+    scan_once(config, classifier)
     return config_file
 
 
