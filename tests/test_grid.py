@@ -118,6 +118,14 @@ def test_a_photos_cached_pictures_go_with_its_last_file(client_for, library: Pat
     shutil.rmtree(library / "extras")
     rescan(library.parent / "tagger.yaml", lite0)
     assert not list(folder.rglob(f"{cat.sha256}-*"))
+    with Index.open(index, readonly=True) as store:  # an edited photo: its former content's pictures go too
+        rocket = store.file_record(str(library / "rocket.jpg"))
+    assert rocket is not None and rocket.sha256
+    assert client.get(f"/thumb/{rocket.sha256}/256").status_code == 200
+    with Image.open(library / "rocket.jpg") as photo:
+        photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(library / "rocket.jpg", quality=85)
+    rescan(library.parent / "tagger.yaml", lite0)
+    assert not list(folder.rglob(f"{rocket.sha256}-*"))
 
 
 def rescan(config_file: Path, classifier: Classifier) -> None:

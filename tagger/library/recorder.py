@@ -98,11 +98,14 @@ class Recorder:
                     self.store.save_image(facts, self.model, weights_sha256, tags)
                     save_embedding(self.store, facts.sha256, self.model, *look, learned)
                 self.store.save_keywords(facts.sha256, keywords)
+                before = self.store.contents_of([str(path)]) - {facts.sha256}  # an edited photo's former content
                 self.store.save_file(str(path), facts.sha256, facts.size, mtime_ns, sidecar, note, stamp)
+                orphans = self.store.unheld(before)
         except DiskError:
             if sidecar is not None:  # no sidecar without its index row: the next scan writes both
                 Path(sidecar).unlink(missing_ok=True)
             raise
+        remove_thumbnails(self.config.index, orphans)
         if look is not None:
             cached = CachedImage(facts, self.model, weights_sha256, list(tags))
             for other in self._classifying.pop(facts.sha256, []):
