@@ -3,6 +3,7 @@ memory does not grow with the library, copies in flight are classified once, and
 sidecar paths move with its rows."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -32,6 +33,7 @@ from tagger.tags.terms import KeywordRow
 from conftest import CountingClassifier
 
 TAGGER = str(Path(sys.executable).parent / "tagger")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def hard_linked(library: Path, photos: list[Path], files: int, per_folder: int, seed: int = 28) -> list[Path]:
@@ -161,6 +163,25 @@ def test_a_rescan_holds_one_folder_at_a_time_not_the_library(
         peaks.append(peak)
     # 18,000 more files held as before would be 18,000 x 0.5 KB = 9 MB more; one folder is 100 files.
     assert peaks[1] - peaks[0] < 1024 * 1024, peaks
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_the_scale_bench_measures_each_commands_own_peak_not_its_own(tmp_path: Path) -> None:
+    """Bug: bench/bench_scale.py took a scan's peak memory from the child's ru_maxrss, which Linux makes
+    at least the high-water mark of the process that started it (carried into the child at exec): the
+    "202 MB at a million files" was the bench's own peak after it had listed the 300,000-file library's
+    sidecars, not the scan's (121 MB). Each command now reports its own VmHWM."""
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "bench_scale.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ballast = bytearray(200 * 1024 * 1024)
+    ballast[::4096] = b"\1" * len(range(0, len(ballast), 4096))  # every page resident: this process's peak >= 200 MB
+    try:
+        _, peak_mb = bench.run(bench.python_code("pass"), dict(os.environ))
+    finally:
+        del ballast
+    assert peak_mb < 100, peak_mb  # a bare Python: about 10 MB
 
 
 def test_a_walk_drops_the_rows_of_a_deleted_folder_and_keeps_a_hidden_ones(
