@@ -87,7 +87,7 @@ def before(index: Path) -> dict[str, float]:
     from flask import Flask, render_template_string
 
     from tagger.index.vectors import quantise
-    from tagger.vectors.duplicates import CROP_BITS, Copy, groups, is_copy, largest_first, near_hashes
+    from tagger.vectors.duplicates import CROP_BITS, Copy, copies_of, groups, is_copy, near_hashes
     from tagger.vectors.similar import VectorMatrix
 
     def old_copy_pairs(hashes: np.ndarray, vectors: np.ndarray) -> list[tuple[int, int]]:
@@ -113,17 +113,7 @@ def before(index: Path) -> dict[str, float]:
         content_groups = [[shas[i] for i in members] for members in groups(len(shas), pairs)]
         grouped = {sha for group in content_groups for sha in group}
         content_groups += [[sha] for sha in rows.copies_by_content() if sha not in grouped]
-        all_shas = [sha for group in content_groups for sha in group]
-        paths, sizes = rows.paths_of(all_shas), rows.sizes_of(all_shas)
-        result = []
-        for group in content_groups:
-            copies = []
-            for sha in group:
-                width, height, size = sizes.get(sha, (0, 0, 0))
-                copies += [Copy(sha, path, width * height, size) for path in paths.get(sha, [])]
-            if len(copies) > 1:
-                result.append(largest_first(copies))
-        return sorted(result, key=lambda g: g[0].path)
+        return copies_of(store, content_groups)
 
     template = """{% for group in groups %}<section><h2>{{ group | length }} copies</h2><ul>{% for copy in group %}
     <li><a href="/image{{ copy.path }}"><img src="/thumbnail/{{ copy.sha256 }}" alt="{{ copy.path.rsplit('/', 1)[-1] }}">

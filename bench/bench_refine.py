@@ -40,7 +40,7 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from sample_photos import more_sources, sample_sources
+from sample_photos import more_sources, random_crop, sample_sources
 
 from tagger.engine.decode import (
     REFINE_CALIBRATION,
@@ -89,12 +89,7 @@ def make_photos(dest: Path, subjects: tuple[str, ...], count: int, seed: int) ->
             iw, ih = int(img.width * fit), int(img.height * fit)
             img = img.rotate(angle, Image.Resampling.BICUBIC).crop(
                 ((img.width - iw) // 2, (img.height - ih) // 2, (img.width + iw) // 2, (img.height + ih) // 2))
-        aspect = w / h
-        cw = min(img.width, int((img.width * img.height * rng.uniform(0.25, 1.0) * aspect) ** 0.5))
-        ch = min(img.height, int(cw / aspect))
-        cw = min(cw, int(ch * aspect))
-        left, top = rng.randint(0, img.width - cw), rng.randint(0, img.height - ch)
-        view = img.crop((left, top, left + cw, top + ch))
+        view = random_crop(img, w / h, rng.uniform(0.25, 1.0), rng)
         if rng.random() < 0.5:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.7, 1.3))

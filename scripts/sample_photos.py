@@ -6,6 +6,7 @@ Usage: python scripts/sample_photos.py DEST [--scale WIDTHxHEIGHT --copies N]
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def more_sources() -> dict[str, Path]:
     return {Path(n).stem: skdata / n for n in names if (skdata / n).exists()}
 
 
+def random_crop(img: Image.Image, aspect: float, fraction: float, rng: random.Random) -> Image.Image:
+    """A crop of about `fraction` of the photo's area with the given aspect, at a random place."""
+    cw = min(img.width, int((img.width * img.height * fraction * aspect) ** 0.5))
+    ch = min(img.height, int(cw / aspect))
+    cw = min(cw, int(ch * aspect))
+    left, top = rng.randint(0, img.width - cw), rng.randint(0, img.height - ch)
+    return img.crop((left, top, left + cw, top + ch))
+
+
 def distinct_views(dest: Path, count: int, size: tuple[int, int], seed: int = 10) -> list[Path]:
     """`count` JPEGs of distinct content: seeded random crops (30-100% of the area), flips and
     colour changes of every shipped photo, each scaled to `size` (portrait for every fifth).
@@ -45,8 +55,6 @@ def distinct_views(dest: Path, count: int, size: tuple[int, int], seed: int = 10
     Re-encodes of six pictures would test six answers; different crops of a photo put different
     things in the model's centre crop, so they are distinct inputs with their own near ties.
     """
-    import random
-
     from PIL import ImageEnhance
 
     rng = random.Random(seed)
@@ -62,13 +70,7 @@ def distinct_views(dest: Path, count: int, size: tuple[int, int], seed: int = 10
         name = names[i % len(names)]
         img = photos[name]
         w, h = (size[1], size[0]) if i % 5 == 4 else size
-        fraction = rng.uniform(0.3, 1.0)
-        aspect = w / h
-        cw = min(img.width, int((img.width * img.height * fraction * aspect) ** 0.5))
-        ch = min(img.height, int(cw / aspect))
-        cw = min(cw, int(ch * aspect))
-        left, top = rng.randint(0, img.width - cw), rng.randint(0, img.height - ch)
-        view = img.crop((left, top, left + cw, top + ch))
+        view = random_crop(img, w / h, rng.uniform(0.3, 1.0), rng)
         if rng.random() < 0.5:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.8, 1.2))

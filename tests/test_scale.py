@@ -31,6 +31,7 @@ from tagger.tags.keywords import machine_keywords
 from tagger.tags.terms import KeywordRow
 
 from conftest import CountingClassifier
+from test_scan import scan
 
 TAGGER = str(Path(sys.executable).parent / "tagger")
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,16 +48,6 @@ def hard_linked(library: Path, photos: list[Path], files: int, per_folder: int, 
         os.link(photos[n % len(photos)], path)
         made.append(path)
     return made
-
-
-def scan(config_path: Path, classifier: Any, roots: list[Path] | None = None) -> ScanSummary:
-    config = load_config(config_path)
-    with Index.open(config.index) as store:
-        tagger = Tagger(config, classifier, store)
-        try:
-            return tagger.scan(roots or list(config.folders))
-        finally:
-            tagger.close()
 
 
 def recorded(index: Path, library: Path, style: str = "append") -> dict[str, Any]:

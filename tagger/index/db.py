@@ -16,7 +16,9 @@ from typing import Self
 
 from tagger.errors import DiskError, StoreBusy, StoreError
 from tagger.fileio import file_kind, utc_text
-from tagger.index import identity
+from tagger.index.identity import check as check_identity
+from tagger.index.identity import is_damage, note_damage, refuse_if_damaged, settle
+from tagger.index.identity import touch as touch_identity
 from tagger.index.schema import LATEST, MIGRATIONS
 
 # SQLite's result codes for "the disk is full" and "the disk failed a read or write" (and its extended codes).
@@ -54,8 +56,8 @@ def store_failure(index: Path, exc: sqlite3.Error, consequence: str = "nothing m
     disk = disk_error(index, exc, consequence)
     if disk is not None:
         return disk
-    if identity.is_damage(exc):
-        return identity.note_damage(index, exc)
+    if is_damage(exc):
+        return note_damage(index, exc)
     return StoreError(f"{index}: {exc}")
 
 
@@ -83,8 +85,8 @@ class Database:
                 raise StoreError(f"{path}: the index is not a regular file but {file_kind(info.st_mode)}")
         conn: sqlite3.Connection | None = None
         try:
-            identity.refuse_if_damaged(path)
-            wanted = identity.check(path, _read_only_uri(path)) if path.exists() else None
+            refuse_if_damaged(path)
+            wanted = check_identity(path, _read_only_uri(path)) if path.exists() else None
             if readonly:
                 if not path.exists():
                     raise StoreError(f"{path}: no index yet (run `tagger scan` first)")
@@ -109,7 +111,7 @@ class Database:
                     return cls.open(path, readonly=True)
             else:
                 store._migrate()
-                store.identified = identity.settle(conn, path, wanted) is not None
+                store.identified = settle(conn, path, wanted) is not None
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -149,7 +151,7 @@ class Database:
         try:
             yield self.conn
             if self.identified:
-                identity.touch(self.conn)
+                touch_identity(self.conn)
             self.conn.execute("COMMIT")
         except BaseException as exc:
             if self.conn.in_transaction:
@@ -159,8 +161,8 @@ class Database:
                     pass  # SQLite already rolled back (it does so itself on a full disk)
             if isinstance(exc, sqlite3.Error):
                 self._raise_disk_error(exc, what)
-                if identity.is_damage(exc):
-                    raise identity.note_damage(self.path, exc) from None
+                if is_damage(exc):
+                    raise note_damage(self.path, exc) from None
             raise
 
     def _raise_disk_error(self, exc: sqlite3.Error, what: str) -> None:

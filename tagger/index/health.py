@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagger.errors import StoreError
-from tagger.index import identity
+from tagger.index.identity import ID_KEY, identity_report, is_damage, wal_path
+from tagger.index.identity import check as check_identity
 from tagger.index.db import Database
 
 SHOWN_PROBLEMS = 10  # lines of SQLite's report shown; the rest counted
@@ -53,11 +54,11 @@ def check_index(index: Path, *, full: bool = False) -> Checkup:
         return found
     uri = f"{index.resolve().as_uri()}?mode=ro"
     try:
-        identity.check(index, uri)
+        check_identity(index, uri)
     except StoreError as exc:
         found.problems.append(str(exc))
         uri += "&immutable=1"  # the main file alone: its own health
-        found.notes.append(f"{index}: the main file is checked alone, without {identity.wal_path(index).name}")
+        found.notes.append(f"{index}: the main file is checked alone, without {wal_path(index).name}")
     started = time.monotonic()
     pragma = "integrity_check" if full else "quick_check"
     try:
@@ -79,7 +80,7 @@ def check_index(index: Path, *, full: bool = False) -> Checkup:
         if orphans:
             found.damage = found.damage or "foreign_key_check"
             found.problems.append(f"foreign_key_check: {len(orphans)} rows point at rows that are not there")
-        problems, notes = identity.identity_report(index, conn)
+        problems, notes = identity_report(index, conn)
         found.problems.extend(f"{index}: {line}" for line in problems)
         found.notes.extend(f"{index}: {line}" for line in notes)
     except sqlite3.Error as exc:
@@ -108,12 +109,12 @@ def salvage(damaged: Path, into: Database, contents: set[str]) -> dict[str, tupl
                 for row in old.execute(f"SELECT {columns} FROM {table}"):
                     if by_content and row[1 if table == "learned_matches" else 0] not in contents:
                         continue
-                    if table == "settings" and row[0] == identity.ID_KEY:
+                    if table == "settings" and row[0] == ID_KEY:
                         continue
                     into.conn.execute(f"INSERT OR REPLACE INTO {table} ({columns}) VALUES ({marks})", row)
                     copied += 1
             except sqlite3.DatabaseError as exc:
-                if not identity.is_damage(exc) and "no such table" not in str(exc):
+                if not is_damage(exc) and "no such table" not in str(exc):
                     raise
                 problem = str(exc)
             result[table] = (copied, problem)

@@ -158,8 +158,12 @@ def content_groups(store: Index, progress: Progress | None = None) -> list[list[
 
 def find_duplicates(store: Index) -> list[list[Copy]]:
     """Groups of copies, each largest first: near-duplicates, and files with the same bytes."""
+    return copies_of(store, content_groups(store))
+
+
+def copies_of(store: Index, content: list[list[str]]) -> list[list[Copy]]:
+    """Groups of contents as groups of files (those with more than one), each largest first, by path."""
     rows = store.vectors
-    content = content_groups(store)
     all_shas = [sha for group in content for sha in group]
     paths, sizes = rows.paths_of(all_shas), rows.sizes_of(all_shas)
     result = []
